@@ -1,0 +1,291 @@
+//! Backup names, ids and manifests; listing the complete backups of a target.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Compression;
+use crate::storage::{Storage, StorageError};
+
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const MANIFEST_VERSION: u32 = 1;
+const ID_FORMAT: &str = "%Y%m%d_%H%M%S";
+/// An archive without a manifest younger than this may belong to a run that is just
+/// about to write its manifest; older ones are leftovers of an interrupted run.
+pub const ORPHAN_MIN_AGE_SECS: i64 = 600;
+
+/// A backup id: the UTC start second of the run, `YYYYMMDD_HHMMSS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupId(NaiveDateTime);
+
+impl BackupId {
+    pub fn from_time(t: DateTime<Utc>) -> Self {
+        let secs = t.timestamp();
+        BackupId(
+            DateTime::<Utc>::from_timestamp(secs, 0)
+                .unwrap_or(t)
+                .naive_utc(),
+        )
+    }
+    /// The next id after `self` (one second later).
+    pub fn succ(&self) -> Self {
+        BackupId(self.0 + chrono::Duration::seconds(1))
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format(ID_FORMAT))
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 15 {
+            return Err(format!(
+                "{s:?} is not a backup id: write YYYYMMDD_HHMMSS as shown by `dbkeep list`"
+            ));
+        }
+        NaiveDateTime::parse_from_str(s, ID_FORMAT)
+            .map(BackupId)
+            .map_err(|_| {
+                format!("{s:?} is not a backup id: write YYYYMMDD_HHMMSS as shown by `dbkeep list`")
+            })
+    }
+}
+
+impl Serialize for BackupId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What one archive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Contents {
+    /// A whole PostgreSQL database or SQLite file.
+    Database,
+    /// One PostgreSQL schema.
+    Schema,
+    /// Cluster-wide roles and tablespaces (`pg_dumpall --globals-only`).
+    Globals,
+}
+
+/// The file name of an archive:
+/// `<target>_<YYYYMMDD>_<HHMMSS>[.<schema>].<format>[.<codec>]`.
+pub fn archive_name(
+    target: &str,
+    id: BackupId,
+    qualifier: Option<&str>,
+    format: &str,
+    codec: Compression,
+) -> String {
+    let mut name = format!("{target}_{id}");
+    if let Some(q) = qualifier {
+        name.push('.');
+        name.push_str(q);
+    }
+    name.push('.');
+    name.push_str(format);
+    let ext = codec.extension();
+    if !ext.is_empty() {
+        name.push('.');
+        name.push_str(ext);
+    }
+    name
+}
+
+pub fn manifest_name(archive: &str) -> String {
+    format!("{archive}{MANIFEST_SUFFIX}")
+}
+
+/// The id encoded in a file name of `target`'s folder, if it is one of ours.
+pub fn id_of_file(target: &str, file: &str) -> Option<BackupId> {
+    let rest = file.strip_prefix(target)?.strip_prefix('_')?;
+    rest.get(..15)?
+        .parse()
+        .ok()
+        .filter(|_| rest[15..].starts_with('.'))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolVersions {
+    pub dbkeep: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dump_tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub server: Option<String>,
+}
+
+/// Written beside each archive, last: its presence commits the backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub target: String,
+    pub id: BackupId,
+    /// `postgres` or `sqlite`.
+    pub kind: String,
+    pub contents: Contents,
+    pub schema: Option<String>,
+    pub file: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub codec: String,
+    pub sha256: String,
+    pub tools: ToolVersions,
+    /// Why the backup was taken when it was not the schedule or an operator (e.g. `pre-restore`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// A complete backup archive: its manifest exists and its archive is present.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backup {
+    pub id: BackupId,
+    pub target: String,
+    pub schema: Option<String>,
+    pub contents: Contents,
+    pub storage: String,
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub created: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a storage holds for one target.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Complete backups, newest first (archives of one run in file-name order).
+    pub complete: Vec<Backup>,
+    /// Archives with no manifest, old enough to be leftovers of an interrupted run.
+    pub orphans: Vec<String>,
+    /// Manifests whose archive is missing or that cannot be read.
+    pub broken: Vec<(String, String)>,
+}
+
+/// List `target` on `storage`: only archives with a readable, matching manifest count.
+pub async fn list(
+    storage: &dyn Storage,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Result<Listing, CatalogError> {
+    let objects = storage.list(target).await?;
+    let by_name: HashMap<&str, &crate::storage::ObjectInfo> =
+        objects.iter().map(|o| (o.file.as_str(), o)).collect();
+    let mut listing = Listing::default();
+    for o in &objects {
+        if id_of_file(target, &o.file).is_none() {
+            continue;
+        }
+        if let Some(archive) = o.file.strip_suffix(MANIFEST_SUFFIX) {
+            let Some(archive_obj) = by_name.get(archive) else {
+                listing
+                    .broken
+                    .push((o.file.clone(), "its archive is missing".into()));
+                continue;
+            };
+            let manifest = match storage.get_bytes(target, &o.file).await {
+                Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        listing
+                            .broken
+                            .push((o.file.clone(), format!("unreadable manifest: {e}")));
+                        continue;
+                    }
+                },
+                // Deleted between list and read (a concurrent cleanup): not a backup any more.
+                Err(StorageError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if manifest.target != target || manifest.file != archive {
+                listing
+                    .broken
+                    .push((o.file.clone(), "manifest names another archive".into()));
+                continue;
+            }
+            if manifest.stored_bytes != archive_obj.bytes {
+                listing.broken.push((
+                    o.file.clone(),
+                    format!(
+                        "archive has {} bytes, manifest says {}",
+                        archive_obj.bytes, manifest.stored_bytes
+                    ),
+                ));
+                continue;
+            }
+            listing.complete.push(Backup {
+                id: manifest.id,
+                target: target.to_string(),
+                schema: manifest.schema.clone(),
+                contents: manifest.contents,
+                storage: storage.name().to_string(),
+                file: archive.to_string(),
+                bytes: archive_obj.bytes,
+                sha256: manifest.sha256.clone(),
+                created: manifest.finished,
+            });
+        } else if !by_name.contains_key(manifest_name(&o.file).as_str())
+            && (now - o.modified).num_seconds() >= ORPHAN_MIN_AGE_SECS
+        {
+            listing.orphans.push(o.file.clone());
+        }
+    }
+    listing
+        .complete
+        .sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let id: BackupId = "20261121_143022".parse().unwrap();
+        let z = Compression::Zstd { level: 3 };
+        assert_eq!(
+            archive_name("app", id, None, "dump", z),
+            "app_20261121_143022.dump.zst"
+        );
+        assert_eq!(
+            archive_name("app", id, Some("tenant_42"), "dump", z),
+            "app_20261121_143022.tenant_42.dump.zst"
+        );
+        assert_eq!(
+            archive_name("cache", id, None, "sqlite", Compression::Gzip { level: 6 }),
+            "cache_20261121_143022.sqlite.gz"
+        );
+        assert_eq!(
+            archive_name("app", id, None, "dump", Compression::None),
+            "app_20261121_143022.dump"
+        );
+        assert_eq!(id_of_file("app", "app_20261121_143022.dump.zst"), Some(id));
+        assert_eq!(id_of_file("app", "app_2_20261121_143022.dump.zst"), None);
+        assert_eq!(id_of_file("app", "other_20261121_143022.dump.zst"), None);
+        assert_eq!(id_of_file("app", "app_20261121_143022"), None);
+        assert!("2026-11-21".parse::<BackupId>().is_err());
+    }
+}

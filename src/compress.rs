@@ -1,0 +1,174 @@
+//! Streaming compression with a sha256 of the stored bytes, in bounded memory.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Compression;
+
+/// Size of the read buffer between the source and the encoder.
+const CHUNK: usize = 1024 * 1024;
+/// How many leading raw bytes are kept so the caller can check the format's magic.
+pub const HEAD_LEN: usize = 16;
+
+/// What one streamed archive amounted to.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub sha256: String,
+    /// The first bytes of the uncompressed stream.
+    pub head: Vec<u8>,
+}
+
+/// Counts and hashes every byte on its way to `inner`.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+    /// The inner writer, the byte count and the hex sha256.
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// How many zstd worker threads to use: one per core, at least one, at most four.
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().clamp(1, 4) as u32)
+        .unwrap_or(1)
+}
+
+/// Read `input` to its end, compress with `codec` into `out`; return the sizes and the
+/// sha256 of what `out` received. Blocking: call from a blocking thread.
+pub fn compress<R: Read, W: Write>(
+    mut input: R,
+    codec: Compression,
+    out: W,
+) -> io::Result<(W, Summary)> {
+    let sink = HashingWriter::new(out);
+    let mut buf = vec![0u8; CHUNK];
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    let mut raw_bytes = 0u64;
+    let mut pump = |w: &mut dyn Write| -> io::Result<()> {
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if head.len() < HEAD_LEN {
+                let take = (HEAD_LEN - head.len()).min(n);
+                head.extend_from_slice(&buf[..take]);
+            }
+            raw_bytes += n as u64;
+            w.write_all(&buf[..n])?;
+        }
+    };
+    let sink = match codec {
+        Compression::Zstd { level } => {
+            let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+            enc.include_checksum(true)?;
+            enc.multithread(zstd_workers())?;
+            pump(&mut enc)?;
+            enc.finish()?
+        }
+        Compression::Gzip { level } => {
+            let mut enc = flate2::write::GzEncoder::new(sink, flate2::Compression::new(level));
+            pump(&mut enc)?;
+            enc.finish()?
+        }
+        Compression::None => {
+            let mut sink = sink;
+            pump(&mut sink)?;
+            sink
+        }
+    };
+    let (mut out, stored_bytes, sha256) = sink.finish();
+    out.flush()?;
+    Ok((
+        out,
+        Summary {
+            raw_bytes,
+            stored_bytes,
+            sha256,
+            head,
+        },
+    ))
+}
+
+/// Wrap a reader of stored bytes in the matching decoder.
+#[cfg(test)]
+pub fn decoder<'a, R: Read + 'a>(codec_name: &str, input: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match codec_name {
+        "zstd" => Box::new(zstd::stream::read::Decoder::new(input)?),
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        "none" => Box::new(input),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown codec {other:?} in manifest"),
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(codec: Compression) {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let (stored, s) = compress(&data[..], codec, Vec::new()).unwrap();
+        assert_eq!(s.raw_bytes, data.len() as u64);
+        assert_eq!(s.stored_bytes, stored.len() as u64);
+        assert_eq!(s.sha256, hex::encode(Sha256::digest(&stored)));
+        assert_eq!(s.head, data[..HEAD_LEN]);
+        let mut back = Vec::new();
+        decoder(codec.name(), &stored[..])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn zstd_roundtrip() {
+        roundtrip(Compression::Zstd { level: 3 });
+    }
+
+    #[test]
+    fn gzip_roundtrip() {
+        roundtrip(Compression::Gzip { level: 6 });
+    }
+
+    #[test]
+    fn none_roundtrip() {
+        roundtrip(Compression::None);
+    }
+}

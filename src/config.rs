@@ -1,0 +1,834 @@
+//! Typed settings: built-in defaults < config file < `DBKEEP_` environment, validated once.
+//!
+//! Raw types mirror the TOML/env layout (`deny_unknown_fields`, every key optional);
+//! [`validate`] turns them into [`Config`], which holds no `Option` the rest of the code
+//! has to re-check. Every error names the key and says what to do.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Environment variables with the `DBKEEP_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["DBKEEP_CONFIG", "DBKEEP_LOG_FORMAT"];
+const DEFAULT_CONFIG_PATHS: &[&str] = &["./dbkeep.toml", "/etc/dbkeep/dbkeep.toml"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("config: {0}")]
+    Other(String),
+}
+
+fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret value: never printed, logged or serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+// ---------------------------------------------------------------- raw layout
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    defaults: RawPolicy,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<String>,
+    shutdown_grace: Option<String>,
+    max_concurrent: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    local: Option<RawLocalStorage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalStorage {
+    path: Option<String>,
+}
+
+/// Keys a target inherits from `[defaults]` and may override.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    schedule: Option<String>,
+    every: Option<String>,
+    compression: Option<String>,
+    compression_level: Option<i64>,
+    keep_days: Option<i64>,
+    min_keep: Option<i64>,
+    timeout: Option<String>,
+    pg_bin_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: Option<String>,
+    // postgres
+    url: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    schemas: Option<Vec<String>>,
+    globals: Option<bool>,
+    // sqlite
+    path: Option<String>,
+    // overrides of [defaults]; serde cannot `flatten` a RawPolicy here and still
+    // deny unknown keys, so the fields are spelled out again.
+    schedule: Option<String>,
+    every: Option<String>,
+    compression: Option<String>,
+    compression_level: Option<i64>,
+    keep_days: Option<i64>,
+    min_keep: Option<i64>,
+    timeout: Option<String>,
+    pg_bin_dir: Option<String>,
+}
+
+/// Accept a TOML array or, from the environment, a comma-separated string.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Option::<ListOrCsv>::deserialize(d)? {
+        None => None,
+        Some(ListOrCsv::List(v)) => Some(v),
+        Some(ListOrCsv::Csv(s)) => Some(
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        ),
+    })
+}
+
+// ---------------------------------------------------------------- validated types
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file the settings came from, if any (a sidecar may have none).
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
+    pub daemon: DaemonConfig,
+    pub storage: StorageConfig,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonConfig {
+    pub listen: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageConfig {
+    pub local: LocalStorageConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalStorageConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub source: SourceConfig,
+    pub schedule: Schedule,
+    pub compression: Compression,
+    pub keep_days: u32,
+    pub min_keep: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Postgres(PostgresConfig),
+    Sqlite(SqliteConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    /// Connection URL with any password removed (the password lives in `password`).
+    pub url: String,
+    pub password: Option<Secret>,
+    pub schemas: Vec<String>,
+    pub globals: bool,
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(String),
+    Every(Duration),
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Schedule::Cron(c) => s.serialize_str(&format!("cron {c}")),
+            Schedule::Every(d) => {
+                s.serialize_str(&format!("every {}", humantime::format_duration(*d)))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd { level: i32 },
+    Gzip { level: u32 },
+    None,
+}
+
+impl Compression {
+    /// The file-name extension of this codec (empty for none).
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zst",
+            Compression::Gzip { .. } => "gz",
+            Compression::None => "",
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zstd",
+            Compression::Gzip { .. } => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+impl Serialize for Compression {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Compression::Zstd { level } => s.serialize_str(&format!("zstd level {level}")),
+            Compression::Gzip { level } => s.serialize_str(&format!("gzip level {level}")),
+            Compression::None => s.serialize_str("none"),
+        }
+    }
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl Config {
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn target_names(&self) -> Vec<&str> {
+        self.targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The effective configuration as TOML-like JSON, secrets shown as `***`.
+    pub fn to_display_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Where the config file comes from: `--config`, `$DBKEEP_CONFIG`, `./dbkeep.toml`,
+/// `/etc/dbkeep/dbkeep.toml`, or none at all (env only).
+pub fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            return Err(ConfigError::File {
+                path: p.to_path_buf(),
+                message: "no such file (check the --config path)".into(),
+            });
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    if let Ok(p) = std::env::var("DBKEEP_CONFIG") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(ConfigError::File {
+                path: p,
+                message: "no such file (named by DBKEEP_CONFIG)".into(),
+            });
+        }
+        return Ok(Some(p));
+    }
+    Ok(DEFAULT_CONFIG_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file()))
+}
+
+/// Load defaults < file < environment and validate.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DBKEEP_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+        .collect();
+    let text = match file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let mut cfg = load_from(text.as_deref(), env)?;
+    cfg.source_file = file.map(Path::to_path_buf);
+    Ok(cfg)
+}
+
+/// Load from TOML text and an explicit environment map (testable without touching the process env).
+pub fn load_from(
+    toml_text: Option<&str>,
+    env: std::collections::HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(text) = toml_text {
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("DBKEEP")
+            .prefix_separator("_")
+            .separator("__")
+            .source(Some(env.into_iter().collect())),
+    );
+    let built = builder.build().map_err(|e| {
+        ConfigError::Other(format!("{e} (check the TOML syntax near the line named)"))
+    })?;
+    let root: config::Value = built
+        .try_deserialize()
+        .map_err(|e| ConfigError::Other(e.to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = if inner.contains("unknown field") {
+            format!("{inner}; remove or rename it (see config/dbkeep.example.toml)")
+        } else {
+            inner
+        };
+        key_err(if key == "." { "<root>".into() } else { key }, message)
+    })?;
+    validate(raw)
+}
+
+// ---------------------------------------------------------------- validation
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let daemon = DaemonConfig {
+        listen: raw.daemon.listen.unwrap_or_else(|| "127.0.0.1:9187".into()),
+        shutdown_grace: parse_duration(
+            "daemon.shutdown_grace",
+            raw.daemon.shutdown_grace.as_deref(),
+            "5m",
+        )?,
+        max_concurrent: match raw.daemon.max_concurrent {
+            None => 2,
+            Some(n) if n >= 1 => n as usize,
+            Some(n) => {
+                return Err(key_err(
+                    "daemon.max_concurrent",
+                    format!("{n} is not allowed: set it to 1 or more"),
+                ))
+            }
+        },
+    };
+    if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(key_err(
+            "daemon.listen",
+            format!(
+                "{:?} is not an address:port such as \"127.0.0.1:9187\"",
+                daemon.listen
+            ),
+        ));
+    }
+
+    let local = raw.storage.local.ok_or_else(|| {
+        key_err(
+            "storage.local.path",
+            "no storage configured: add [storage.local] path = \"/var/lib/dbkeep/backups\" (or DBKEEP_STORAGE__LOCAL__PATH)",
+        )
+    })?;
+    let local_path = match local.path.as_deref().map(str::trim) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            return Err(key_err(
+                "storage.local.path",
+                "missing or empty: set the folder that holds local backups",
+            ))
+        }
+    };
+
+    if raw.targets.is_empty() {
+        return Err(ConfigError::Other(
+            "no targets configured: add a [targets.NAME] section (or DBKEEP_TARGETS__NAME__KIND=postgres|sqlite)".into(),
+        ));
+    }
+    let defaults = raw.defaults;
+    let mut targets = Vec::new();
+    for (name, t) in raw.targets {
+        targets.push(validate_target(&name, t, &defaults)?);
+    }
+    Ok(Config {
+        source_file: None,
+        daemon,
+        storage: StorageConfig {
+            local: LocalStorageConfig { path: local_path },
+        },
+        targets,
+    })
+}
+
+fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Target, ConfigError> {
+    let k = |field: &str| format!("targets.{name}.{field}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(key_err(
+            format!("targets.{name}"),
+            "a target name may hold only lowercase letters, digits, '_' and '-' (it names folders and files)",
+        ));
+    }
+    let o = &t;
+
+    // Schedule: the target's own choice replaces the default's; exactly one of the two keys.
+    let (sched_key, schedule, every) = if o.schedule.is_some() || o.every.is_some() {
+        (
+            format!("targets.{name}"),
+            o.schedule.clone(),
+            o.every.clone(),
+        )
+    } else {
+        (
+            "defaults".to_string(),
+            defaults.schedule.clone(),
+            defaults.every.clone(),
+        )
+    };
+    let schedule = match (schedule, every) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                format!("{sched_key}.every"),
+                "both `schedule` and `every` are set: keep exactly one of them",
+            ))
+        }
+        (Some(cron), None) => {
+            parse_cron(&cron).map_err(|m| key_err(format!("{sched_key}.schedule"), m))?;
+            Schedule::Cron(cron)
+        }
+        (None, Some(every)) => {
+            let d = parse_duration(&format!("{sched_key}.every"), Some(&every), "")?;
+            if d < Duration::from_secs(1) {
+                return Err(key_err(format!("{sched_key}.every"), "must be at least 1s"));
+            }
+            Schedule::Every(d)
+        }
+        (None, None) => Schedule::Cron("0 2 * * *".into()),
+    };
+
+    let pick_str = |own: &Option<String>, def: &Option<String>| own.clone().or_else(|| def.clone());
+    let pick_int = |own: Option<i64>, def: Option<i64>| own.or(def);
+    let level_key = if o.compression_level.is_some() {
+        k("compression_level")
+    } else {
+        "defaults.compression_level".into()
+    };
+    let comp_key = if o.compression.is_some() {
+        k("compression")
+    } else {
+        "defaults.compression".into()
+    };
+    let level = pick_int(o.compression_level, defaults.compression_level);
+    let compression = match pick_str(&o.compression, &defaults.compression)
+        .as_deref()
+        .unwrap_or("zstd")
+    {
+        "zstd" => {
+            let level = level.unwrap_or(3);
+            if !(1..=19).contains(&level) {
+                return Err(key_err(
+                    level_key,
+                    format!("{level} is out of range for zstd: use 1 to 19 (3 is the default)"),
+                ));
+            }
+            Compression::Zstd {
+                level: level as i32,
+            }
+        }
+        "gzip" => {
+            let level = level.unwrap_or(6);
+            if !(1..=9).contains(&level) {
+                return Err(key_err(
+                    level_key,
+                    format!("{level} is out of range for gzip: use 1 to 9 (6 is the default)"),
+                ));
+            }
+            Compression::Gzip {
+                level: level as u32,
+            }
+        }
+        "none" => Compression::None,
+        other => {
+            return Err(key_err(
+                comp_key,
+                format!("unknown compression {other:?}: use \"zstd\", \"gzip\" or \"none\""),
+            ));
+        }
+    };
+
+    let non_negative = |key: String, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (0..=u32::MAX as i64).contains(&n) => Ok(n as u32),
+            Some(n) => Err(key_err(
+                key,
+                format!("{n} is not allowed: use 0 or a positive whole number"),
+            )),
+        }
+    };
+    let keep_days = non_negative(
+        if o.keep_days.is_some() {
+            k("keep_days")
+        } else {
+            "defaults.keep_days".into()
+        },
+        pick_int(o.keep_days, defaults.keep_days),
+        30,
+    )?;
+    let min_keep = non_negative(
+        if o.min_keep.is_some() {
+            k("min_keep")
+        } else {
+            "defaults.min_keep".into()
+        },
+        pick_int(o.min_keep, defaults.min_keep),
+        5,
+    )?;
+    let timeout_key = if o.timeout.is_some() {
+        k("timeout")
+    } else {
+        "defaults.timeout".into()
+    };
+    let timeout = parse_duration(
+        &timeout_key,
+        pick_str(&o.timeout, &defaults.timeout).as_deref(),
+        "12h",
+    )?;
+    let pg_bin_dir = pick_str(&o.pg_bin_dir, &defaults.pg_bin_dir).map(PathBuf::from);
+
+    let kind = t.kind.as_deref().ok_or_else(|| {
+        key_err(
+            k("kind"),
+            "missing: set kind = \"postgres\" or kind = \"sqlite\"",
+        )
+    })?;
+    let source = match kind {
+        "postgres" => {
+            if t.path.is_some() {
+                return Err(key_err(
+                    k("path"),
+                    "is for sqlite targets; a postgres target takes `url`",
+                ));
+            }
+            let url = t
+                .url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    key_err(
+                        k("url"),
+                        "missing: set url = \"postgres://user@host:5432/dbname\"",
+                    )
+                })?;
+            let (url, url_password) = split_url_password(url).map_err(|m| key_err(k("url"), m))?;
+            let password = match (t.password, t.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(key_err(
+                        k("password_file"),
+                        "both `password` and `password_file` are set: keep one",
+                    ))
+                }
+                (Some(p), None) => Some(Secret::new(p)),
+                (None, Some(f)) => Some(read_secret_file(&k("password_file"), &f)?),
+                (None, None) => {
+                    url_password.or_else(|| std::env::var("PGPASSWORD").ok().map(Secret::new))
+                }
+            };
+            let schemas = t.schemas.unwrap_or_default();
+            if let Some(bad) = schemas.iter().find(|s| s.trim().is_empty()) {
+                return Err(key_err(
+                    k("schemas"),
+                    format!("{bad:?} is not a schema name or pattern"),
+                ));
+            }
+            PostgresConfig {
+                url,
+                password,
+                schemas,
+                globals: t.globals.unwrap_or(false),
+                pg_bin_dir,
+            }
+            .into()
+        }
+        "sqlite" => {
+            for (field, set) in [
+                ("url", t.url.is_some()),
+                ("password", t.password.is_some()),
+                ("password_file", t.password_file.is_some()),
+                ("schemas", t.schemas.is_some()),
+                ("globals", t.globals.is_some()),
+            ] {
+                if set {
+                    return Err(key_err(
+                        k(field),
+                        "is for postgres targets; a sqlite target takes `path`",
+                    ));
+                }
+            }
+            let path = t
+                .path
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    key_err(
+                        k("path"),
+                        "missing: set path = \"/var/lib/app/app.db\" (the SQLite database file)",
+                    )
+                })?;
+            SourceConfig::Sqlite(SqliteConfig {
+                path: PathBuf::from(path),
+            })
+        }
+        other => {
+            return Err(key_err(
+                k("kind"),
+                format!("unknown kind {other:?}: use \"postgres\" or \"sqlite\""),
+            ));
+        }
+    };
+
+    Ok(Target {
+        name: name.to_string(),
+        source,
+        schedule,
+        compression,
+        keep_days,
+        min_keep,
+        timeout,
+    })
+}
+
+impl From<PostgresConfig> for SourceConfig {
+    fn from(p: PostgresConfig) -> Self {
+        SourceConfig::Postgres(p)
+    }
+}
+
+/// Parse a cron expression of 5 fields (or 6 with seconds).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    let fields = expr.split_whitespace().count();
+    if !(fields == 5 || fields == 6) {
+        return Err(format!(
+            "{expr:?} has {fields} fields: write 5 (minute hour day month weekday, e.g. \"0 2 * * *\") or 6 with seconds first"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!(
+                "{expr:?} is not a valid cron expression ({e}); e.g. \"0 2 * * *\" for 02:00 daily"
+            )
+        })
+}
+
+fn parse_duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default).trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(v).map_err(|e| {
+        key_err(
+            key,
+            format!("{v:?} is not a duration ({e}): write e.g. \"90s\", \"30m\", \"6h\" or \"1d\""),
+        )
+    })
+}
+
+fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        key_err(
+            key,
+            format!("cannot read {path}: {e}; check the path and that dbkeep's user may read it"),
+        )
+    })?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(Secret::new(trimmed))
+}
+
+/// Remove the password from a postgres URL, returning it separately.
+fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| format!("not a valid URL ({e}): write postgres://user@host:5432/dbname"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "scheme {:?} is not supported: the URL must start with postgres:// or postgresql://",
+            parsed.scheme()
+        ));
+    }
+    let password = parsed.password().map(|p| Secret::new(percent_decode(p)));
+    if password.is_some() {
+        parsed
+            .set_password(None)
+            .map_err(|()| "cannot remove the password from this URL".to_string())?;
+    }
+    Ok((parsed.to_string(), password))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const BASE: &str = r#"
+        [storage.local]
+        path = "/tmp/x"
+        [targets.app]
+        kind = "postgres"
+        url = "postgres://backup:s3cret@db:5432/app"
+    "#;
+
+    #[test]
+    fn url_password_is_split_out_and_hidden() {
+        let cfg = load_from(Some(BASE), HashMap::new()).unwrap();
+        let SourceConfig::Postgres(pg) = &cfg.targets[0].source else {
+            panic!()
+        };
+        assert_eq!(pg.url, "postgres://backup@db:5432/app");
+        assert_eq!(pg.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(!cfg.to_display_json().contains("s3cret"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let env = HashMap::from([
+            ("DBKEEP_DEFAULTS__KEEP_DAYS".to_string(), "14".to_string()),
+            (
+                "DBKEEP_TARGETS__APP__SCHEMAS".to_string(),
+                "shared, tenant_*".to_string(),
+            ),
+            ("DBKEEP_TARGETS__APP__EVERY".to_string(), "6h".to_string()),
+        ]);
+        let cfg = load_from(Some(BASE), env).unwrap();
+        let t = &cfg.targets[0];
+        assert_eq!(t.keep_days, 14);
+        assert_eq!(t.min_keep, 5);
+        assert!(matches!(t.schedule, Schedule::Every(d) if d == Duration::from_secs(6 * 3600)));
+        let SourceConfig::Postgres(pg) = &t.source else {
+            panic!()
+        };
+        assert_eq!(pg.schemas, vec!["shared", "tenant_*"]);
+    }
+
+    #[test]
+    fn percent_encoded_password() {
+        let (url, pw) = split_url_password("postgres://u:p%40ss@h/db").unwrap();
+        assert_eq!(url, "postgres://u@h/db");
+        assert_eq!(pw.unwrap().expose(), "p@ss");
+    }
+}

@@ -1,0 +1,382 @@
+//! The `dbkeep` command line: parses arguments, runs one command, maps the result to
+//! an exit code (0 success, 1 failure, 2 usage or config error).
+
+mod catalog;
+mod compress;
+mod config;
+mod demo;
+mod job;
+mod process;
+mod source;
+mod storage;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Backup;
+use crate::config::Config;
+use crate::telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "dbkeep",
+    version,
+    about = "Backups of PostgreSQL and SQLite that restore: streamed, checksummed, kept by age and count"
+)]
+struct Cli {
+    /// Config file (default: $DBKEEP_CONFIG, ./dbkeep.toml, /etc/dbkeep/dbkeep.toml, or env only)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log line format on stderr
+    #[arg(
+        long,
+        global = true,
+        env = "DBKEEP_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Take one backup now, of the named targets or of all of them
+    Backup {
+        /// Targets to back up (all when none is named)
+        targets: Vec<String>,
+    },
+    /// List complete backups, newest first
+    List {
+        /// Only this target
+        target: Option<String>,
+        /// Only this storage
+        #[arg(long, value_name = "local|s3")]
+        storage: Option<String>,
+        /// One JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Config commands
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Run on a built-in SQLite demo (no server needed) until Ctrl-C
+    Demo {
+        /// Folder for the demo database and its backups
+        #[arg(long, default_value = "dbkeep-demo")]
+        dir: PathBuf,
+        /// Time between backups
+        #[arg(long, default_value = "30s")]
+        every: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate; print the effective config with secrets as ***
+    Check,
+}
+
+/// Why a command failed, which decides the exit code.
+enum Failure {
+    /// Bad arguments or config: exit 2.
+    Usage(anyhow::Error),
+    /// The work failed: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Failed(e.into())
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.cmd, Cmd::List { .. } | Cmd::Config { .. });
+    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, Failure> {
+    let file = config::find_config_file(path).map_err(usage)?;
+    config::load(file.as_deref()).map_err(usage)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Check,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            match &cfg.source_file {
+                Some(f) => println!("# config OK: {} + DBKEEP_* environment", f.display()),
+                None => println!("# config OK: DBKEEP_* environment only (no file)"),
+            }
+            println!("{}", cfg.to_display_json());
+            Ok(())
+        }
+        Cmd::Backup { targets } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let selected = select_targets(&cfg, &targets)?;
+            let cancel = cancel_on_ctrl_c();
+            backup_targets(&cfg, &selected, &cancel).await
+        }
+        Cmd::List {
+            target,
+            storage,
+            json,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            list(&cfg, &selected, storage.as_deref(), json).await
+        }
+        Cmd::Demo { dir, every } => run_demo(dir, &every).await,
+    }
+}
+
+fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure> {
+    if names.is_empty() {
+        return Ok(cfg.targets.iter().map(|t| t.name.clone()).collect());
+    }
+    for n in names {
+        if cfg.target(n).is_none() {
+            return Err(usage(anyhow!(
+                "unknown target `{n}`: the config defines {}",
+                cfg.target_names().join(", ")
+            )));
+        }
+    }
+    Ok(names.to_vec())
+}
+
+fn cancel_on_ctrl_c() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the running backup, nothing partial is kept");
+            c.cancel();
+        }
+    });
+    cancel
+}
+
+async fn backup_targets(
+    cfg: &Config,
+    names: &[String],
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    let storages = storage::build(cfg);
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        match job::backup(target, &storages, None, cancel).await {
+            Ok(outcome) => print_outcome(&outcome),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow!(
+            "backup failed for: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
+fn print_outcome(o: &job::Outcome) {
+    if !o.leftovers_removed.is_empty() {
+        println!(
+            "{:<12} removed {} leftover temp file(s) of an interrupted run",
+            o.target,
+            o.leftovers_removed.len()
+        );
+    }
+    for m in &o.manifests {
+        println!(
+            "{:<12} {}  {:<48} {:>10}  (raw {}, {:.1}x)  sha256 {}",
+            o.target,
+            o.id,
+            m.file,
+            human_bytes(m.stored_bytes),
+            human_bytes(m.raw_bytes),
+            m.raw_bytes as f64 / m.stored_bytes.max(1) as f64,
+            &m.sha256[..16],
+        );
+    }
+    println!(
+        "{:<12} {}  OK: {} archive(s), {} in {:.2}s",
+        o.target,
+        o.id,
+        o.manifests.len(),
+        human_bytes(o.stored_bytes()),
+        o.duration.as_secs_f64()
+    );
+}
+
+async fn list(
+    cfg: &Config,
+    names: &[String],
+    only: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let storages = storage::build(cfg);
+    if let Some(s) = only {
+        if !storages.iter().any(|st| st.name() == s) {
+            let configured: Vec<&str> = storages.iter().map(|st| st.name()).collect();
+            return Err(usage(anyhow!(
+                "storage `{s}` is not configured (configured: {}); add a [storage.{s}] section",
+                configured.join(", ")
+            )));
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut all: Vec<Backup> = Vec::new();
+    for name in names {
+        for s in storages
+            .iter()
+            .filter(|s| only.is_none_or(|o| o == s.name()))
+        {
+            let listing = catalog::list(s.as_ref(), name, now)
+                .await
+                .with_context(|| format!("listing {} on {}", name, s.location(name)))?;
+            for (file, why) in &listing.broken {
+                tracing::warn!(target = %name, storage = s.name(), file = %file, "not a complete backup: {why}");
+            }
+            all.extend(listing.complete);
+        }
+    }
+    all.sort_by(|a, b| {
+        b.id.cmp(&a.id)
+            .then_with(|| a.target.cmp(&b.target))
+            .then_with(|| a.storage.cmp(&b.storage))
+            .then_with(|| a.file.cmp(&b.file))
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no complete backups");
+        return Ok(());
+    }
+    println!(
+        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  FILE",
+        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED"
+    );
+    for b in &all {
+        let schema = match (b.contents, &b.schema) {
+            (catalog::Contents::Globals, _) => "(globals)".to_string(),
+            (_, Some(s)) => s.clone(),
+            (_, None) => "-".to_string(),
+        };
+        println!(
+            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {}",
+            b.id,
+            b.target,
+            schema,
+            b.storage,
+            human_bytes(b.bytes),
+            b.created.format("%Y-%m-%d %H:%M:%SZ"),
+            b.file
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn run_demo(dir: PathBuf, every: &str) -> Result<(), Failure> {
+    let cfg = demo::config(&dir, every).map_err(usage)?;
+    let config::Schedule::Every(period) = cfg.targets[0].schedule else {
+        return Err(usage(anyhow!("--every must be a duration such as 30s")));
+    };
+    let pool = demo::open_database(&dir)
+        .await
+        .with_context(|| format!("creating the demo database in {}", dir.display()))?;
+    let cancel = cancel_on_ctrl_c();
+    let writer = tokio::spawn(demo::keep_writing(
+        pool.clone(),
+        Duration::from_millis(250),
+        cancel.clone(),
+    ));
+    println!(
+        "dbkeep demo: {} is taking orders; backing it up every {} into {} (Ctrl-C stops)",
+        dir.join(demo::DB_FILE).display(),
+        humantime::format_duration(period),
+        cfg.storage.local.path.join("shop").display()
+    );
+    let storages = storage::build(&cfg);
+    let target = &cfg.targets[0];
+    while !cancel.is_cancelled() {
+        match job::backup(target, &storages, None, &cancel).await {
+            Ok(outcome) => print_outcome(&outcome),
+            Err(e) if cancel.is_cancelled() => tracing::info!(error = %e, "stopping"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+    let _ = writer.await;
+    pool.close().await;
+    println!(
+        "demo stopped; backups are in {}",
+        cfg.storage.local.path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The only place that spawns child processes: null stdin, kill on drop, SIGTERM on
+//! cancel or timeout, every exit status checked, the tail of stderr kept for errors.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+
+/// How many lines of a child's stderr are kept for its error message.
+const STDERR_TAIL_LINES: usize = 12;
+/// How long a child gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}){}", fmt_tail(.stderr))]
+    Failed {
+        program: String,
+        status: String,
+        exit_code: Option<i32>,
+        stderr: String,
+    },
+    #[error("{program} was stopped: the job was cancelled")]
+    Cancelled { program: String },
+    #[error("{program} did not finish within {}; raise the target's `timeout` if the database is that large", humantime::format_duration(*.after))]
+    TimedOut { program: String, after: Duration },
+    #[error("waiting for {program}: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn fmt_tail(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tail.trim())
+    }
+}
+
+/// What to run. Secrets go to the child's environment only, never its command line.
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub secret_env: Vec<(String, Secret)>,
+}
+
+impl Spec {
+    pub fn new(program: impl AsRef<Path>) -> Self {
+        Spec {
+            program: program.as_ref().to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            secret_env: Vec::new(),
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.push((k.to_string(), v.into()));
+        self
+    }
+    pub fn secret_env(mut self, k: &str, v: Option<&Secret>) -> Self {
+        if let Some(v) = v {
+            self.secret_env.push((k.to_string(), v.clone()));
+        }
+        self
+    }
+    fn display_name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.program.display().to_string())
+    }
+}
+
+/// A running child whose stdout is streamed by the caller.
+pub struct Running {
+    program: String,
+    child: Child,
+    pid: Option<u32>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_task: Option<JoinHandle<()>>,
+}
+
+/// Start `spec` with stdout piped; returns the child and its stdout.
+pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessError> {
+    let program = spec.display_name();
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    for (k, v) in &spec.secret_env {
+        cmd.env(k, v.expose());
+    }
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: format!("{program} ({})", spec.program.display()),
+        source,
+    })?;
+    let stdout = child.stdout.take().ok_or_else(|| ProcessError::Spawn {
+        program: program.clone(),
+        source: std::io::Error::other("stdout was not captured"),
+    })?;
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_task = child.stderr.take().map(|stderr| {
+        let tail = stderr_tail.clone();
+        let name = program.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(program = %name, "{line}");
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == STDERR_TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+        })
+    });
+    let pid = child.id();
+    Ok((
+        Running {
+            program,
+            child,
+            pid,
+            stderr_tail,
+            stderr_task,
+        },
+        stdout,
+    ))
+}
+
+impl Running {
+    /// A handle that can ask the child to stop from another task.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { pid: self.pid }
+    }
+
+    /// Wait for the child to exit; cancel or timeout sends SIGTERM, then SIGKILL.
+    /// A non-zero exit or a death by signal is an error carrying the stderr tail.
+    pub async fn wait(
+        mut self,
+        cancel: &CancellationToken,
+        timeout: Duration,
+    ) -> Result<(), ProcessError> {
+        let outcome = tokio::select! {
+            status = self.child.wait() => Ok(status),
+            _ = cancel.cancelled() => Err(ProcessError::Cancelled { program: self.program.clone() }),
+            _ = tokio::time::sleep(timeout) => Err(ProcessError::TimedOut { program: self.program.clone(), after: timeout }),
+        };
+        let status = match outcome {
+            Ok(status) => status.map_err(|source| ProcessError::Wait {
+                program: self.program.clone(),
+                source,
+            })?,
+            Err(e) => {
+                self.stopper().terminate();
+                if tokio::time::timeout(TERM_GRACE, self.child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = self.child.kill().await;
+                }
+                return Err(e);
+            }
+        };
+        // Let the stderr reader drain so the tail is complete.
+        if let Some(task) = self.stderr_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        check_status(&self.program, status, &self.stderr_tail)
+    }
+}
+
+fn check_status(
+    program: &str,
+    status: ExitStatus,
+    tail: &Mutex<VecDeque<String>>,
+) -> Result<(), ProcessError> {
+    if status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let status_text = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    };
+    let stderr = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    Err(ProcessError::Failed {
+        program: program.to_string(),
+        status: status_text,
+        exit_code: status.code(),
+        stderr,
+    })
+}
+
+/// Sends SIGTERM to a child, e.g. when the stage reading its output failed.
+#[derive(Clone, Copy)]
+pub struct Stopper {
+    pid: Option<u32>,
+}
+
+impl Stopper {
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Run a short command to completion and return its stdout (e.g. `pg_dump --version`).
+pub async fn run_capture(spec: Spec, timeout: Duration) -> Result<String, ProcessError> {
+    let program = spec.display_name();
+    let (running, mut stdout) = spawn_streaming(spec)?;
+    let mut out = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out);
+    let never = CancellationToken::new();
+    let (read, waited) = tokio::join!(read, running.wait(&never, timeout));
+    waited?;
+    read.map_err(|source| ProcessError::Wait { program, source })?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

@@ -1,0 +1,141 @@
+//! The `Source` trait: what a target's database dumps into, as a byte stream per archive.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Contents, ToolVersions};
+use crate::config::{SourceConfig, Target};
+use crate::process::{ProcessError, Stopper};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to {what}: {message}")]
+    Connect { what: String, message: String },
+    #[error("{0}")]
+    ToolMissing(String),
+    #[error("schema pattern {pattern:?} matches no schema in the database (it has: {available}); fix `targets.{target}.schemas`")]
+    NoSchemaMatch {
+        target: String,
+        pattern: String,
+        available: String,
+    },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("SQLite {path}: {message}")]
+    Sqlite { path: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One archive a run will produce.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub schema: Option<String>,
+    pub contents: Contents,
+    /// Format word of the file name: `dump`, `sql`, `sqlite`.
+    pub format: &'static str,
+    /// The bytes a complete stream of this format starts with.
+    pub magic: &'static [u8],
+}
+
+impl Part {
+    /// The qualifier in the file name (`.<schema>`, `.globals`).
+    pub fn qualifier(&self) -> Option<&str> {
+        match self.contents {
+            Contents::Database => None,
+            Contents::Schema => self.schema.as_deref(),
+            Contents::Globals => Some("globals"),
+        }
+    }
+}
+
+/// What a source found out before dumping: the archives to make and the tool versions.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub parts: Vec<Part>,
+    pub tools: ToolVersions,
+    /// The folder of the client binaries chosen for this server (PostgreSQL).
+    pub tool_dir: Option<PathBuf>,
+}
+
+pub type DoneFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
+
+/// A dump in progress: a blocking reader of the raw bytes and a future that resolves
+/// once the producer has exited (with its exit status checked).
+pub struct Dump {
+    pub reader: Box<dyn Read + Send>,
+    pub done: DoneFuture,
+    /// Stops the producer when the reading side fails.
+    pub stopper: Option<Stopper>,
+}
+
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Connect, check tools and versions, resolve the archives to make. Touches no storage.
+    async fn prepare(&self) -> Result<Prepared, SourceError>;
+    /// Start dumping one part. `scratch` is a folder for a short-lived snapshot file.
+    async fn open(
+        &self,
+        prepared: &Prepared,
+        part: &Part,
+        scratch: Option<&Path>,
+        cancel: &CancellationToken,
+    ) -> Result<Dump, SourceError>;
+}
+
+pub fn build(target: &Target) -> Box<dyn Source> {
+    match &target.source {
+        SourceConfig::Postgres(pg) => Box::new(postgres::PostgresSource::new(
+            &target.name,
+            pg.clone(),
+            target.timeout,
+        )),
+        SourceConfig::Sqlite(sq) => Box::new(sqlite::SqliteSource::new(&target.name, sq.clone())),
+    }
+}
+
+/// `*` and `?` glob match, the way operators write schema patterns (`tenant_*`).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        for (p, n, want) in [
+            ("tenant_*", "tenant_42", true),
+            ("tenant_*", "tenant_", true),
+            ("tenant_*", "tenants", false),
+            ("shared", "shared", true),
+            ("shared", "shared2", false),
+            ("t?", "t1", true),
+            ("*", "anything", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ] {
+            assert_eq!(glob_match(p, n), want, "{p} vs {n}");
+        }
+    }
+}

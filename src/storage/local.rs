@@ -1,0 +1,394 @@
+//! Local folder storage: `<root>/<target>/<file>`, written as temp file, fsync, rename,
+//! fsync of the folder.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{ObjectInfo, ObjectWriter, Storage, StorageError};
+
+const NAME: &str = "local";
+/// Temp files are `.dbkeep-tmp.<pid>.<random>.<final name>`: hidden, never listed,
+/// and the pid tells a later run whether their writer can still be alive.
+const TEMP_PREFIX: &str = ".dbkeep-tmp.";
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// Temp files this process is writing right now (never removed as leftovers).
+static ACTIVE: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStorage { root }
+    }
+
+    fn dir(&self, target: &str) -> PathBuf {
+        self.root.join(target)
+    }
+
+    fn ensure_dir(&self, target: &str) -> Result<PathBuf, StorageError> {
+        let dir = self.dir(target);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&dir)
+            .map_err(|source| io_err("create folder", &dir, source))?;
+        Ok(dir)
+    }
+}
+
+fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
+    StorageError::Io {
+        storage: NAME,
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn temp_path(dir: &Path, file: &str) -> PathBuf {
+    let nonce: u64 = rand::random();
+    dir.join(format!(
+        "{TEMP_PREFIX}{}.{nonce:016x}.{file}",
+        std::process::id()
+    ))
+}
+
+fn create_temp(dir: &Path, file: &str) -> Result<(File, PathBuf), StorageError> {
+    let tmp = temp_path(dir, file);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&tmp)
+        .map_err(|source| io_err("create", &tmp, source))?;
+    if let Ok(mut active) = ACTIVE.lock() {
+        active.insert(tmp.clone());
+    }
+    Ok((f, tmp))
+}
+
+fn forget_temp(tmp: &Path) {
+    if let Ok(mut active) = ACTIVE.lock() {
+        active.remove(tmp);
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io_err("fsync folder", dir, source))
+}
+
+/// fsync the temp file, rename it to its final name, fsync the folder.
+fn publish(file: File, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+    file.sync_all()
+        .map_err(|source| io_err("fsync", tmp, source))?;
+    drop(file);
+    fs::rename(tmp, dest).map_err(|source| io_err("rename into place", dest, source))?;
+    forget_temp(tmp);
+    sync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+struct LocalWriter {
+    out: Option<BufWriter<File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.out.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::other("writer already closed")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.out.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let out = self.out.take().ok_or_else(|| StorageError::Task {
+            storage: NAME,
+            message: "commit after close".into(),
+        })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err("write", &self.tmp, e.into_error()))?;
+        let result = publish(file, &self.tmp, &self.dest);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+            forget_temp(&self.tmp);
+        }
+        result
+    }
+
+    fn abort(self: Box<Self>) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+            forget_temp(&self.tmp);
+        }
+    }
+}
+
+/// Is the process that wrote this temp file possibly still writing it?
+fn temp_owner_alive(path: &Path, name: &str) -> bool {
+    let pid: Option<u32> = name
+        .strip_prefix(TEMP_PREFIX)
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|p| p.parse().ok());
+    match pid {
+        None => false,
+        Some(pid) if pid == std::process::id() => {
+            ACTIVE.lock().map(|a| a.contains(path)).unwrap_or(true)
+        }
+        // SAFETY: kill with signal 0 only checks whether the pid exists.
+        Some(pid) => unsafe { libc::kill(pid as libc::pid_t, 0) == 0 },
+    }
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, StorageError>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StorageError::Task {
+                storage: NAME,
+                message: e.to_string(),
+            })?
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn location(&self, target: &str) -> String {
+        self.dir(target).display().to_string()
+    }
+
+    async fn create(
+        &self,
+        target: &str,
+        file: &str,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let dir = self.ensure_dir(target)?;
+        let dest = dir.join(file);
+        let (f, tmp) = create_temp(&dir, file)?;
+        Ok(Box::new(LocalWriter {
+            out: Some(BufWriter::with_capacity(WRITE_BUFFER, f)),
+            tmp,
+            dest,
+        }))
+    }
+
+    async fn put_bytes(
+        &self,
+        target: &str,
+        file: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let dir = self.ensure_dir(target)?;
+        let file = file.to_string();
+        blocking(move || {
+            let dest = dir.join(&file);
+            let (mut f, tmp) = create_temp(&dir, &file)?;
+            let written = f
+                .write_all(&bytes)
+                .map_err(|source| io_err("write", &tmp, source));
+            let result = written.and_then(|()| publish(f, &tmp, &dest));
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+                forget_temp(&tmp);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
+        let path = self.dir(target).join(file);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                storage: NAME,
+                path,
+            }),
+            Err(source) => Err(io_err("read", &path, source)),
+        }
+    }
+
+    async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let dir = self.dir(target);
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => return Err(io_err("list", &dir, source)),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|source| io_err("list", &dir, source))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                // symlink_metadata: a symlink planted in the folder is not a backup.
+                let meta = match entry.path().symlink_metadata() {
+                    Ok(m) if m.is_file() => m,
+                    _ => continue,
+                };
+                let modified = meta
+                    .modified()
+                    .map(DateTime::<Utc>::from)
+                    .unwrap_or_else(|_| Utc::now());
+                out.push(ObjectInfo {
+                    file: name,
+                    bytes: meta.len(),
+                    modified,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError> {
+        let path = self.dir(target).join(file);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_err("delete", &path, source)),
+        }
+    }
+
+    async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.dir(target);
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => return Err(io_err("list", &dir, source)),
+            };
+            let mut removed = Vec::new();
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if !name.starts_with(TEMP_PREFIX) || temp_owner_alive(&path, &name) {
+                    continue;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => removed.push(name),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(io_err("remove leftover", &path, source)),
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    fn scratch_dir(&self, target: &str) -> Option<PathBuf> {
+        self.ensure_dir(target).ok()
+    }
+}
+
+/// A scratch file in a storage folder that follows the temp-name rules (so a crash
+/// leaves something the next run removes) and is deleted on drop.
+pub struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// Reserve a name in `dir` for a file another component (SQLite) will create.
+    pub fn reserve(dir: &Path, what: &str) -> Self {
+        let path = temp_path(dir, what);
+        if let Ok(mut active) = ACTIVE.lock() {
+            active.insert(path.clone());
+        }
+        ScratchFile { path }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        forget_temp(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_publishes_and_abort_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().to_path_buf());
+        let mut w = s.create("t", "a.bin").await.unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(
+            s.list("t").await.unwrap().is_empty(),
+            "temp file must not be listed"
+        );
+        w.commit().unwrap();
+        let mut w = s.create("t", "b.bin").await.unwrap();
+        w.write_all(b"partial").unwrap();
+        w.abort();
+        let names: Vec<_> = fs::read_dir(dir.path().join("t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["a.bin"]);
+        assert_eq!(fs::read(dir.path().join("t/a.bin")).unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_dead_writers_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().to_path_buf());
+        let tdir = dir.path().join("t");
+        fs::create_dir_all(&tdir).unwrap();
+        // pid 0x7fffffff never exists
+        fs::write(
+            tdir.join(format!("{TEMP_PREFIX}2147483646.00.x.dump.zst")),
+            b"junk",
+        )
+        .unwrap();
+        let mut live = s.create("t", "live.bin").await.unwrap();
+        live.write_all(b"x").unwrap();
+        let removed = s.remove_temp_files("t").await.unwrap();
+        assert_eq!(
+            removed,
+            vec![format!("{TEMP_PREFIX}2147483646.00.x.dump.zst")]
+        );
+        live.commit().unwrap();
+        assert_eq!(s.list("t").await.unwrap().len(), 1);
+    }
+}

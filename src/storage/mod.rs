@@ -1,0 +1,80 @@
+//! The `Storage` trait: write a stream atomically, list, read, delete, clean leftovers.
+
+pub mod local;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{storage} storage: {action} {path}: {source}")]
+    Io {
+        storage: &'static str,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{storage} storage: no object {path}")]
+    NotFound {
+        storage: &'static str,
+        path: PathBuf,
+    },
+    #[error("{storage} storage: background task failed: {message}")]
+    Task {
+        storage: &'static str,
+        message: String,
+    },
+}
+
+/// One stored object as the storage lists it.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub file: String,
+    pub bytes: u64,
+    pub modified: DateTime<Utc>,
+}
+
+/// An object being written. Blocking `Write`: it is fed from the compression thread.
+/// Nothing is visible under the final name until `commit`; `abort` (or drop) removes it.
+pub trait ObjectWriter: Write + Send {
+    /// Make the object durable and visible under its final name.
+    fn commit(self: Box<Self>) -> Result<(), StorageError>;
+    /// Throw away everything written.
+    fn abort(self: Box<Self>);
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// The storage's name in listings, logs and metrics (`local`, `s3`).
+    fn name(&self) -> &'static str;
+    /// Where a target's objects live, for messages.
+    fn location(&self, target: &str) -> String;
+    /// Start writing `file` in `target`'s folder.
+    async fn create(&self, target: &str, file: &str)
+        -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Write a small object (a manifest) atomically.
+    async fn put_bytes(&self, target: &str, file: &str, bytes: Vec<u8>)
+        -> Result<(), StorageError>;
+    /// Read a small object (a manifest) whole.
+    async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError>;
+    /// Every finished object in `target`'s folder (no temp files).
+    async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+    async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError>;
+    /// Remove temp files that no running writer owns; returns their names.
+    async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError>;
+    /// A folder where a source may put a short-lived scratch file (a SQLite snapshot).
+    fn scratch_dir(&self, target: &str) -> Option<PathBuf>;
+}
+
+/// The storages a config enables, in write order.
+pub fn build(cfg: &Config) -> Vec<Box<dyn Storage>> {
+    vec![Box::new(local::LocalStorage::new(
+        cfg.storage.local.path.clone(),
+    ))]
+}
