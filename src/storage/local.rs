@@ -167,17 +167,15 @@ fn temp_owner_alive(path: &Path, name: &str) -> bool {
     }
 }
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, StorageError>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| StorageError::Task {
-                storage: NAME,
-                message: e.to_string(),
-            })?
-    }
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Task {
+            storage: NAME,
+            message: e.to_string(),
+        })?
 }
 
 #[async_trait]

@@ -1,0 +1,356 @@
+//! Shared test helpers: a throwaway PostgreSQL cluster, the real dbkeep binary, files.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PG_PASSWORD: &str = "test-secret-pw";
+
+/// A PostgreSQL cluster of our own on a free 127.0.0.1 port, stopped and removed on drop.
+/// TCP connections need a password (scram); the unix socket in the temp dir trusts.
+pub struct TestPostgres {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub bin: PathBuf,
+    owner: Option<(u32, u32)>,
+}
+
+/// The newest installed PostgreSQL server binaries. Fails loudly when there are none.
+pub fn pg_bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: \
+             run ./scripts/test, which installs them, or `apt-get install postgresql`"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .expect("id");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
+        panic!("tests run as root need the `postgres` user to run the server: apt-get install postgresql")
+    });
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .expect("id");
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (uid, gid)
+}
+
+fn run_checked(mut cmd: Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl TestPostgres {
+    pub fn start() -> Self {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("dbkeep-pg-")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        let owner = is_root().then(postgres_ids);
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, format!("{PG_PASSWORD}\n")).unwrap();
+        if let Some((uid, gid)) = owner {
+            for p in [&dir, &pwfile] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = free_port();
+        let pg = TestPostgres {
+            dir,
+            port,
+            bin,
+            owner,
+        };
+        let mut initdb = pg.server_cmd("initdb");
+        initdb
+            .arg("-D")
+            .arg(pg.data())
+            .args([
+                "-U",
+                "postgres",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+        run_checked(initdb, "initdb");
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn server_cmd(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.stdin(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Start (or restart) the server.
+    pub fn pg_ctl_start(&self) {
+        let mut start = self.server_cmd("pg_ctl");
+        start
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start");
+        run_checked(start, "pg_ctl start");
+    }
+
+    /// Stop the server (fast), keeping its data.
+    pub fn pg_ctl_stop(&self) {
+        let mut stop = self.server_cmd("pg_ctl");
+        stop.arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"]);
+        run_checked(stop, "pg_ctl stop");
+    }
+
+    /// URL without password (the password goes in the config's `password`).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Run SQL with psql over TCP; returns unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.env("PGPASSWORD", PG_PASSWORD)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", db, "-c", sql]);
+        let out = run_checked(cmd, &format!("psql {sql}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn create_db(&self, name: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+    }
+
+    /// pg_restore a raw (uncompressed) custom-format archive into `db`.
+    pub fn pg_restore(&self, db: &str, archive: &Path) -> Output {
+        Command::new(self.bin.join("pg_restore"))
+            .env("PGPASSWORD", PG_PASSWORD)
+            .args(["--no-owner", "--exit-on-error", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", db])
+            .arg(archive)
+            .output()
+            .expect("pg_restore")
+    }
+
+    /// md5 over every row of every user table, per table, to compare databases.
+    pub fn table_checksums(&self, db: &str) -> Vec<(String, String)> {
+        let tables = self.psql(
+            db,
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        );
+        tables
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|t| {
+                let sum = self.psql(
+                    db,
+                    &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x"),
+                );
+                (t.to_string(), sum)
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let mut stop = self.server_cmd("pg_ctl");
+        stop.arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A temp folder for one test, with helpers to write a config and run the binary.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("dbkeep-test-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+    pub fn write_config(&self, toml: &str) -> PathBuf {
+        let p = self.path().join("dbkeep.toml");
+        std::fs::write(&p, toml).unwrap();
+        p
+    }
+    /// Files in a target's backup folder, including hidden temp files, sorted.
+    pub fn files(&self, target: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.backups().join(target))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Run the real binary with a clean `DBKEEP_*`/`PG*` environment plus `env`.
+pub fn dbkeep(config: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_binary(None, config, args, env)
+}
+
+/// Run the binary in `cwd` with no `--config` (so no ./dbkeep.toml is found by accident).
+pub fn dbkeep_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_binary(Some(cwd), None, args, env)
+}
+
+fn run_binary(
+    cwd: Option<&Path>,
+    config: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbkeep"));
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DBKEEP_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info").stdin(Stdio::null());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run dbkeep");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Decompress a zstd/gzip archive into `dest`.
+pub fn decompress(archive: &Path, dest: &Path) {
+    let input = std::fs::File::open(archive).unwrap();
+    let mut out = std::fs::File::create(dest).unwrap();
+    let name = archive.to_string_lossy();
+    if name.ends_with(".zst") {
+        zstd::stream::copy_decode(input, &mut out).unwrap();
+    } else if name.ends_with(".gz") {
+        std::io::copy(&mut flate2::read::MultiGzDecoder::new(input), &mut out).unwrap();
+    } else {
+        std::io::copy(&mut std::io::BufReader::new(input), &mut out).unwrap();
+    }
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(p).unwrap();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
