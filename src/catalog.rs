@@ -30,6 +30,9 @@ impl BackupId {
                 .naive_utc(),
         )
     }
+    pub fn time(&self) -> DateTime<Utc> {
+        self.0.and_utc()
+    }
     /// The next id after `self` (one second later).
     pub fn succ(&self) -> Self {
         BackupId(self.0 + chrono::Duration::seconds(1))

@@ -110,6 +110,12 @@ struct RawPolicy {
     min_keep: Option<i64>,
     timeout: Option<String>,
     pg_bin_dir: Option<String>,
+    cleanup_schedule: Option<String>,
+    jitter: Option<String>,
+    health_grace: Option<String>,
+    keep_daily: Option<i64>,
+    keep_weekly: Option<i64>,
+    keep_monthly: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +141,12 @@ struct RawTarget {
     min_keep: Option<i64>,
     timeout: Option<String>,
     pg_bin_dir: Option<String>,
+    cleanup_schedule: Option<String>,
+    jitter: Option<String>,
+    health_grace: Option<String>,
+    keep_daily: Option<i64>,
+    keep_weekly: Option<i64>,
+    keep_monthly: Option<i64>,
 }
 
 /// Accept a TOML array or, from the environment, a comma-separated string.
@@ -192,11 +204,33 @@ pub struct Target {
     pub name: String,
     pub source: SourceConfig,
     pub schedule: Schedule,
+    /// When cleanup runs; `None`: right after each backup of the target.
+    pub cleanup_schedule: Option<Schedule>,
+    #[serde(serialize_with = "ser_duration")]
+    pub jitter: Duration,
+    /// How late a backup may be before the target is stale (after its next due time).
+    #[serde(serialize_with = "ser_duration")]
+    pub health_grace: Duration,
     pub compression: Compression,
     pub keep_days: u32,
     pub min_keep: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+}
+
+impl Target {
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_days: self.keep_days,
+            min_keep: self.min_keep,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -576,6 +610,51 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         pick_int(o.min_keep, defaults.min_keep),
         5,
     )?;
+    // The key an error names: the target's own when it set one, else the default's.
+    let key_of = |own_set: bool, field: &str| {
+        if own_set {
+            k(field)
+        } else {
+            format!("defaults.{field}")
+        }
+    };
+    let keep_daily = non_negative(
+        key_of(o.keep_daily.is_some(), "keep_daily"),
+        pick_int(o.keep_daily, defaults.keep_daily),
+        0,
+    )?;
+    let keep_weekly = non_negative(
+        key_of(o.keep_weekly.is_some(), "keep_weekly"),
+        pick_int(o.keep_weekly, defaults.keep_weekly),
+        0,
+    )?;
+    let keep_monthly = non_negative(
+        key_of(o.keep_monthly.is_some(), "keep_monthly"),
+        pick_int(o.keep_monthly, defaults.keep_monthly),
+        0,
+    )?;
+    let cleanup_key = key_of(o.cleanup_schedule.is_some(), "cleanup_schedule");
+    let cleanup_schedule = match pick_str(&o.cleanup_schedule, &defaults.cleanup_schedule) {
+        None => None,
+        Some(s) if s.trim() == "after_backup" => None,
+        Some(s) => Some(parse_schedule_or_interval(&cleanup_key, &s)?),
+    };
+    let jitter = parse_duration(
+        &key_of(o.jitter.is_some(), "jitter"),
+        pick_str(&o.jitter, &defaults.jitter).as_deref(),
+        "0s",
+    )?;
+    let health_grace = match pick_str(&o.health_grace, &defaults.health_grace) {
+        Some(g) => parse_duration(
+            &key_of(o.health_grace.is_some(), "health_grace"),
+            Some(&g),
+            "",
+        )?,
+        None => match &schedule {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(_) => Duration::from_secs(3600),
+        },
+    };
     let timeout_key = if o.timeout.is_some() {
         k("timeout")
     } else {
@@ -685,9 +764,15 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         name: name.to_string(),
         source,
         schedule,
+        cleanup_schedule,
+        jitter,
+        health_grace,
         compression,
         keep_days,
         min_keep,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
         timeout,
     })
 }
@@ -715,6 +800,23 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
                 "{expr:?} is not a valid cron expression ({e}); e.g. \"0 2 * * *\" for 02:00 daily"
             )
         })
+}
+
+/// `cleanup_schedule` takes a cron expression or an interval ("6h").
+fn parse_schedule_or_interval(key: &str, value: &str) -> Result<Schedule, ConfigError> {
+    if let Ok(d) = humantime::parse_duration(value.trim()) {
+        if d < Duration::from_secs(1) {
+            return Err(key_err(key, "an interval must be at least 1s"));
+        }
+        return Ok(Schedule::Every(d));
+    }
+    parse_cron(value).map_err(|m| {
+        key_err(
+            key,
+            format!("{m}; or write an interval such as \"6h\", or \"after_backup\" (the default)"),
+        )
+    })?;
+    Ok(Schedule::Cron(value.to_string()))
 }
 
 fn parse_duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {

@@ -1,0 +1,286 @@
+//! Metric definitions and one helper per notable event that logs and counts it with the
+//! same names (`target`, `storage`, `status`, `reason`).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub const BACKUP_LAST_SUCCESS: &str = "dbkeep_backup_last_success_timestamp_seconds";
+pub const BACKUP_LAST_ATTEMPT: &str = "dbkeep_backup_last_attempt_timestamp_seconds";
+pub const BACKUP_DURATION: &str = "dbkeep_backup_duration_seconds";
+pub const BACKUP_SIZE: &str = "dbkeep_backup_size_bytes";
+pub const BACKUP_RUNS: &str = "dbkeep_backup_runs_total";
+pub const BACKUPS: &str = "dbkeep_backups";
+pub const BACKUP_OLDEST: &str = "dbkeep_backup_oldest_timestamp_seconds";
+pub const RETENTION_DELETED: &str = "dbkeep_retention_deleted_total";
+pub const RUNS_SKIPPED: &str = "dbkeep_runs_skipped_total";
+pub const TARGET_UP: &str = "dbkeep_target_up";
+pub const BUILD_INFO: &str = "dbkeep_build_info";
+pub const CONFIG_RELOAD: &str = "dbkeep_config_reload_total";
+
+pub struct Metrics {
+    registry: Registry,
+    last_success: GaugeVec,
+    last_attempt: GaugeVec,
+    duration: HistogramVec,
+    size: IntGaugeVec,
+    runs: IntCounterVec,
+    backups: IntGaugeVec,
+    oldest: GaugeVec,
+    deleted: IntCounterVec,
+    skipped: IntCounterVec,
+    target_up: IntGaugeVec,
+    reloads: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Registration fails only for a duplicate or malformed name: a programming error
+    // caught by the metric-name tests, so the metric then simply stays unexported.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+    )
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+    )
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+    )
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let build = int_gauge(&r, BUILD_INFO, "dbkeep build, value 1", &["version"]);
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let duration = register(
+        &r,
+        HistogramVec::new(
+            HistogramOpts::new(BACKUP_DURATION, "Wall time of backup runs").buckets(vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+            ]),
+            &["target"],
+        )
+        .expect("valid histogram"),
+    );
+    Metrics {
+        last_success: gauge(
+            &r,
+            BACKUP_LAST_SUCCESS,
+            "Unix time of the last successful backup",
+            &["target"],
+        ),
+        last_attempt: gauge(
+            &r,
+            BACKUP_LAST_ATTEMPT,
+            "Unix time the last backup run started",
+            &["target"],
+        ),
+        duration,
+        size: int_gauge(
+            &r,
+            BACKUP_SIZE,
+            "Stored bytes of the last successful backup",
+            &["target"],
+        ),
+        runs: counter(
+            &r,
+            BACKUP_RUNS,
+            "Backup runs by outcome",
+            &["target", "status"],
+        ),
+        backups: int_gauge(
+            &r,
+            BACKUPS,
+            "Complete backups per storage",
+            &["target", "storage"],
+        ),
+        oldest: gauge(
+            &r,
+            BACKUP_OLDEST,
+            "Unix time of the oldest complete backup",
+            &["target", "storage"],
+        ),
+        deleted: counter(
+            &r,
+            RETENTION_DELETED,
+            "Backups deleted by retention",
+            &["target", "storage"],
+        ),
+        skipped: counter(
+            &r,
+            RUNS_SKIPPED,
+            "Scheduled runs not started",
+            &["target", "reason"],
+        ),
+        target_up: int_gauge(
+            &r,
+            TARGET_UP,
+            "1 when the target's database answers",
+            &["target"],
+        ),
+        reloads: counter(
+            &r,
+            CONFIG_RELOAD,
+            "Config reloads (SIGHUP) by outcome",
+            &["status"],
+        ),
+        registry: r,
+    }
+});
+
+fn m() -> &'static Metrics {
+    &METRICS
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let families = m().registry.gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Make a target's series exist from the start (0 runs) so dashboards and alerts see it.
+pub fn target_registered(target: &str) {
+    for status in ["success", "failure"] {
+        m().runs.with_label_values(&[target, status]);
+    }
+}
+
+pub fn backup_started(
+    target: &str,
+    backup_id: &str,
+    archives: usize,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    m().last_attempt
+        .with_label_values(&[target])
+        .set(at.timestamp() as f64);
+    tracing::info!(target, backup_id, archives, "backup started");
+}
+
+pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std::time::Duration) {
+    let m = m();
+    m.runs.with_label_values(&[target, "success"]).inc();
+    m.last_success
+        .with_label_values(&[target])
+        .set(chrono::Utc::now().timestamp() as f64);
+    m.size.with_label_values(&[target]).set(bytes as i64);
+    m.duration
+        .with_label_values(&[target])
+        .observe(duration.as_secs_f64());
+    tracing::info!(
+        target,
+        backup_id,
+        bytes,
+        duration_ms = duration.as_millis() as u64,
+        "backup succeeded"
+    );
+}
+
+pub fn backup_failed(target: &str, error: &dyn std::fmt::Display, duration: std::time::Duration) {
+    let m = m();
+    m.runs.with_label_values(&[target, "failure"]).inc();
+    m.duration
+        .with_label_values(&[target])
+        .observe(duration.as_secs_f64());
+    tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "backup failed");
+}
+
+pub fn run_skipped(target: &str, reason: &str) {
+    m().skipped.with_label_values(&[target, reason]).inc();
+    tracing::warn!(target, reason, "scheduled run skipped");
+}
+
+pub fn retention_deleted(target: &str, storage: &str, backup_id: &str, reason: &str) {
+    m().deleted.with_label_values(&[target, storage]).inc();
+    tracing::info!(
+        target,
+        storage,
+        backup_id,
+        reason,
+        "backup deleted by retention"
+    );
+}
+
+pub fn leftover_removed(target: &str, storage: &str, file: &str, why: &str) {
+    tracing::warn!(
+        target,
+        storage,
+        file,
+        why,
+        "removed leftover of an interrupted run"
+    );
+}
+
+pub fn backups_counted(
+    target: &str,
+    storage: &str,
+    count: usize,
+    oldest: Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let m = m();
+    m.backups
+        .with_label_values(&[target, storage])
+        .set(count as i64);
+    match oldest {
+        Some(t) => m
+            .oldest
+            .with_label_values(&[target, storage])
+            .set(t.timestamp() as f64),
+        None => {
+            let _ = m.oldest.remove_label_values(&[target, storage]);
+        }
+    }
+}
+
+pub fn target_up(target: &str, up: bool, error: Option<&str>) {
+    let gauge = m().target_up.with_label_values(&[target]);
+    if gauge.get() != i64::from(up) {
+        match error {
+            Some(e) if !up => tracing::warn!(target, error = e, "database does not answer"),
+            _ => tracing::info!(target, up, "database reachability changed"),
+        }
+    }
+    gauge.set(i64::from(up));
+}
+
+pub fn config_reloaded(ok: bool, error: Option<&dyn std::fmt::Display>) {
+    let status = if ok { "success" } else { "failure" };
+    m().reloads.with_label_values(&[status]).inc();
+    match error {
+        Some(e) => {
+            tracing::error!(status, error = %e, "config reload rejected; the previous config keeps running")
+        }
+        None => tracing::info!(status, "config reloaded"),
+    }
+}
+
+/// Forget a target that a reload removed.
+pub fn target_removed(target: &str) {
+    let m = m();
+    let _ = m.last_success.remove_label_values(&[target]);
+    let _ = m.last_attempt.remove_label_values(&[target]);
+    let _ = m.size.remove_label_values(&[target]);
+    let _ = m.target_up.remove_label_values(&[target]);
+}

@@ -1,0 +1,363 @@
+//! When each job runs next (cron or interval, plus jitter), and the per-target loop that
+//! starts runs without overlap.
+//!
+//! Built on croner (the cron engine tokio-cron-scheduler uses) and tokio timers rather than
+//! tokio-cron-scheduler itself: that crate keeps its own job store and reads the wall clock
+//! internally, so it can neither be driven by `tokio::time::pause()` in tests nor resume
+//! from our persisted last-run times. `next_run` here is a pure function instead.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Schedule};
+
+/// The next time a job with `schedule` is due, given when it last ran. A time in the past
+/// means "due now"; computing from the last run makes a missed run happen once, not once
+/// per missed slot.
+pub fn next_run(
+    schedule: &Schedule,
+    last_run: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match schedule {
+        Schedule::Every(d) => match last_run {
+            Some(last) => last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
+            None => now,
+        },
+        Schedule::Cron(expr) => {
+            let from = last_run.unwrap_or(now);
+            config::parse_cron(expr)
+                .ok()
+                .and_then(|c| c.find_next_occurrence(&from, false).ok())
+                // A validated expression always has a next occurrence; fall back to a day.
+                .unwrap_or(from + chrono::Duration::days(1))
+        }
+    }
+}
+
+/// The usual gap between two runs: the interval, or for cron the gap after `at`.
+pub fn period(schedule: &Schedule, at: DateTime<Utc>) -> Duration {
+    let next = next_run(schedule, Some(at), at);
+    let after = next_run(schedule, Some(next), next);
+    (after - next)
+        .to_std()
+        .unwrap_or(Duration::from_secs(86400))
+}
+
+/// A random delay in `[0, jitter)`.
+pub fn jitter_delay(jitter: Duration) -> Duration {
+    if jitter.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::random_range(0..jitter.as_millis().max(1) as u64))
+}
+
+/// Wall-clock time that tests can drive with `tokio::time::pause()`.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    System,
+    /// `base` at the tokio instant `start`, advancing with tokio's (possibly paused) time.
+    Tokio {
+        base: DateTime<Utc>,
+        start: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    pub fn tokio_at(base: DateTime<Utc>) -> Self {
+        Clock::Tokio {
+            base,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Clock::System => Utc::now(),
+            Clock::Tokio { base, start } => {
+                *base + chrono::Duration::from_std(start.elapsed()).unwrap_or_default()
+            }
+        }
+    }
+
+    pub async fn sleep_until(&self, at: DateTime<Utc>) {
+        let wait = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What the loop of one target's job needs from the daemon.
+pub trait Runner: Send + Sync + 'static {
+    /// Start one run; the handle tells the loop whether it is still going.
+    fn start(&self) -> JoinHandle<()>;
+    /// A due run was not started.
+    fn skipped(&self, reason: &str);
+    /// The next run is planned for `at`.
+    fn planned(&self, at: DateTime<Utc>);
+}
+
+/// Run `runner` on `schedule` until `cancel`: never two runs of it at once.
+pub fn spawn_loop(
+    schedule: Schedule,
+    jitter: Duration,
+    last_run: Option<DateTime<Utc>>,
+    clock: Clock,
+    runner: impl Runner,
+    cancel: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut last = last_run;
+        let mut running: Option<JoinHandle<()>> = None;
+        loop {
+            let now = clock.now();
+            let due = next_run(&schedule, last, now).max(now);
+            let at = due + chrono::Duration::from_std(jitter_delay(jitter)).unwrap_or_default();
+            runner.planned(at);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = clock.sleep_until(at) => {}
+            }
+            last = Some(clock.now());
+            if running.as_ref().is_some_and(|h| !h.is_finished()) {
+                runner.skipped("overlap");
+                continue;
+            }
+            running = Some(runner.start());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::sync::{Arc, Mutex};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        Utc.from_utc_datetime(
+            &chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap(),
+        )
+    }
+
+    #[test]
+    fn next_run_table() {
+        let every = Schedule::Every(Duration::from_secs(6 * 3600));
+        let nightly = Schedule::Cron("0 2 * * *".into());
+        let with_secs = Schedule::Cron("*/15 * * * * *".into());
+        let now = t("2026-11-21 14:30:00");
+        for (name, schedule, last, want) in [
+            (
+                "interval, never ran: now",
+                &every,
+                None,
+                t("2026-11-21 14:30:00"),
+            ),
+            (
+                "interval after last",
+                &every,
+                Some(t("2026-11-21 12:00:00")),
+                t("2026-11-21 18:00:00"),
+            ),
+            (
+                "interval missed: due in the past (once)",
+                &every,
+                Some(t("2026-11-20 00:00:00")),
+                t("2026-11-20 06:00:00"),
+            ),
+            (
+                "cron, never ran: next slot",
+                &nightly,
+                None,
+                t("2026-11-22 02:00:00"),
+            ),
+            (
+                "cron after last",
+                &nightly,
+                Some(t("2026-11-21 02:00:05")),
+                t("2026-11-22 02:00:00"),
+            ),
+            (
+                "cron missed while down",
+                &nightly,
+                Some(t("2026-11-19 02:00:00")),
+                t("2026-11-20 02:00:00"),
+            ),
+            (
+                "cron with seconds",
+                &with_secs,
+                Some(t("2026-11-21 14:29:50")),
+                t("2026-11-21 14:30:00"),
+            ),
+        ] {
+            assert_eq!(next_run(schedule, last, now), want, "{name}");
+        }
+        assert_eq!(period(&nightly, now), Duration::from_secs(86400));
+        assert_eq!(period(&every, now), Duration::from_secs(6 * 3600));
+    }
+
+    #[test]
+    fn jitter_stays_in_bounds() {
+        let j = Duration::from_secs(30);
+        for _ in 0..1000 {
+            assert!(jitter_delay(j) < j);
+        }
+        assert_eq!(jitter_delay(Duration::ZERO), Duration::ZERO);
+    }
+
+    /// Records start times (by the test clock); each run takes `work`.
+    #[derive(Clone)]
+    struct Recorder {
+        clock: Clock,
+        work: Duration,
+        starts: Arc<Mutex<Vec<DateTime<Utc>>>>,
+        skips: Arc<Mutex<Vec<DateTime<Utc>>>>,
+    }
+
+    impl Runner for Recorder {
+        fn start(&self) -> JoinHandle<()> {
+            self.starts.lock().unwrap().push(self.clock.now());
+            let work = self.work;
+            tokio::spawn(async move { tokio::time::sleep(work).await })
+        }
+        fn skipped(&self, _reason: &str) {
+            self.skips.lock().unwrap().push(self.clock.now());
+        }
+        fn planned(&self, _at: DateTime<Utc>) {}
+    }
+
+    async fn run_for(
+        schedule: Schedule,
+        jitter: Duration,
+        last: Option<DateTime<Utc>>,
+        work: Duration,
+        total: Duration,
+    ) -> Recorder {
+        let clock = Clock::tokio_at(t("2026-11-21 00:00:00"));
+        let rec = Recorder {
+            clock,
+            work,
+            starts: Default::default(),
+            skips: Default::default(),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(spawn_loop(
+            schedule,
+            jitter,
+            last,
+            clock,
+            rec.clone(),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(total).await;
+        cancel.cancel();
+        task.await.unwrap();
+        rec
+    }
+
+    fn secs_after_start(v: &[DateTime<Utc>]) -> Vec<i64> {
+        v.iter()
+            .map(|d| (*d - t("2026-11-21 00:00:00")).num_seconds())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interval_runs_at_start_then_every_period() {
+        let rec = run_for(
+            Schedule::Every(Duration::from_secs(10)),
+            Duration::ZERO,
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(35),
+        )
+        .await;
+        assert_eq!(
+            secs_after_start(&rec.starts.lock().unwrap()),
+            [0, 10, 20, 30]
+        );
+        assert!(rec.skips.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cron_with_seconds_runs_on_its_slots() {
+        let rec = run_for(
+            Schedule::Cron("*/15 * * * * *".into()),
+            Duration::ZERO,
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(50),
+        )
+        .await;
+        assert_eq!(secs_after_start(&rec.starts.lock().unwrap()), [15, 30, 45]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_run_is_skipped() {
+        let rec = run_for(
+            Schedule::Every(Duration::from_secs(10)),
+            Duration::ZERO,
+            None,
+            Duration::from_secs(25),
+            Duration::from_secs(45),
+        )
+        .await;
+        assert_eq!(secs_after_start(&rec.starts.lock().unwrap()), [0, 30]);
+        assert_eq!(secs_after_start(&rec.skips.lock().unwrap()), [10, 20, 40]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jittered_runs_start_within_the_jitter_window() {
+        let rec = run_for(
+            Schedule::Cron("0 * * * * *".into()),
+            Duration::from_secs(20),
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(10 * 60 + 30),
+        )
+        .await;
+        let starts = secs_after_start(&rec.starts.lock().unwrap());
+        assert_eq!(starts.len(), 10, "{starts:?}");
+        for (i, s) in starts.iter().enumerate() {
+            let slot = 60 * (i as i64 + 1);
+            assert!(
+                (slot..slot + 20).contains(s),
+                "run {i} at {s}s, slot {slot}s"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_missed_while_down_is_taken_once_at_start() {
+        // Last ran 1 h before start with a 10 min interval: six slots were missed.
+        let last = t("2026-11-20 23:00:00");
+        let rec = run_for(
+            Schedule::Every(Duration::from_secs(600)),
+            Duration::ZERO,
+            Some(last),
+            Duration::from_secs(1),
+            Duration::from_secs(25 * 60),
+        )
+        .await;
+        assert_eq!(
+            secs_after_start(&rec.starts.lock().unwrap()),
+            [0, 600, 1200]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_before_the_next_slot_does_not_run_early() {
+        let last = t("2026-11-20 23:55:00");
+        let rec = run_for(
+            Schedule::Every(Duration::from_secs(600)),
+            Duration::ZERO,
+            Some(last),
+            Duration::from_secs(1),
+            Duration::from_secs(12 * 60),
+        )
+        .await;
+        assert_eq!(secs_after_start(&rec.starts.lock().unwrap()), [300]);
+    }
+}
