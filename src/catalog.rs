@@ -16,6 +16,8 @@ const ID_FORMAT: &str = "%Y%m%d_%H%M%S";
 /// An archive without a manifest younger than this may belong to a run that is just
 /// about to write its manifest; older ones are leftovers of an interrupted run.
 pub const ORPHAN_MIN_AGE_SECS: i64 = 600;
+/// The `Listing::broken` reason of a manifest whose archive is gone.
+pub const ARCHIVE_MISSING: &str = "its archive is missing";
 
 /// A backup id: the UTC start second of the run, `YYYYMMDD_HHMMSS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

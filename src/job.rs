@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{self, BackupId, Manifest, MANIFEST_VERSION};
+use std::collections::BTreeMap;
+
+use chrono::DateTime;
+
+use crate::catalog::{self, Backup, BackupId, Manifest, MANIFEST_VERSION};
 use crate::compress::{self, Summary};
 use crate::config::Target;
+use crate::metrics;
+use crate::retention::{self, Action, Candidate, Decision};
 use crate::source::{self, Part, Prepared, SourceError};
 use crate::storage::{ObjectWriter, Storage, StorageError};
 
@@ -72,7 +78,7 @@ impl Write for FanOut {
     }
 }
 
-/// Take one backup of `target` into every storage.
+/// Take one backup of `target` into every storage; the outcome is logged and counted.
 pub async fn backup(
     target: &Target,
     storages: &[Box<dyn Storage>],
@@ -80,6 +86,23 @@ pub async fn backup(
     cancel: &CancellationToken,
 ) -> Result<Outcome, JobError> {
     let t0 = Instant::now();
+    let result = backup_inner(target, storages, reason, cancel, t0).await;
+    match &result {
+        Ok(o) => {
+            metrics::backup_succeeded(&o.target, &o.id.to_string(), o.stored_bytes(), o.duration)
+        }
+        Err(e) => metrics::backup_failed(&target.name, e, t0.elapsed()),
+    }
+    result
+}
+
+async fn backup_inner(
+    target: &Target,
+    storages: &[Box<dyn Storage>],
+    reason: Option<&str>,
+    cancel: &CancellationToken,
+    t0: Instant,
+) -> Result<Outcome, JobError> {
     let name = target.name.as_str();
     let storage_err = |source| JobError::Storage {
         target: name.to_string(),
@@ -90,7 +113,7 @@ pub async fn backup(
     for s in storages {
         let removed = s.remove_temp_files(name).await.map_err(storage_err)?;
         for file in &removed {
-            tracing::warn!(target = name, storage = s.name(), file = %file, "removed leftover temp file of an interrupted run");
+            metrics::leftover_removed(name, s.name(), file, "temp file of an interrupted run");
         }
         leftovers_removed.extend(removed);
     }
@@ -102,8 +125,7 @@ pub async fn backup(
     })?;
 
     let id = next_id(target, storages).await.map_err(storage_err)?;
-    let started = Utc::now();
-    tracing::info!(target = name, backup_id = %id, archives = prepared.parts.len(), "backup started");
+    metrics::backup_started(name, &id.to_string(), prepared.parts.len(), Utc::now());
 
     let mut done: Vec<(Manifest, Summary)> = Vec::new();
     let mut result = Ok(());
@@ -166,7 +188,6 @@ pub async fn backup(
     }
     if let Err(e) = result {
         remove_run(name, storages, &done).await;
-        tracing::error!(target = name, backup_id = %id, error = %e, "backup failed");
         return Err(e);
     }
     let manifests: Vec<Manifest> = done.into_iter().map(|(m, _)| m).collect();
@@ -177,14 +198,6 @@ pub async fn backup(
         duration: t0.elapsed(),
         leftovers_removed,
     };
-    tracing::info!(
-        target = name,
-        backup_id = %id,
-        started = %started.to_rfc3339(),
-        bytes = outcome.stored_bytes(),
-        duration_ms = outcome.duration.as_millis() as u64,
-        "backup succeeded"
-    );
     Ok(outcome)
 }
 
@@ -345,4 +358,115 @@ async fn remove_run(target: &str, storages: &[Box<dyn Storage>], done: &[(Manife
             }
         }
     }
+}
+
+/// What cleanup did (or, in a dry run, would do) on one storage.
+#[derive(Debug)]
+pub struct CleanupReport {
+    pub target: String,
+    pub storage: &'static str,
+    /// Every complete backup with its decision and the files that make it up.
+    pub decisions: Vec<(Decision, Vec<String>)>,
+    /// Files that are not backups and were (or would be) removed, with why.
+    pub leftovers: Vec<(String, &'static str)>,
+    /// Backups that stay after cleanup.
+    pub remaining: usize,
+}
+
+/// Apply the retention plan of `target` on every storage. A dry run deletes nothing.
+/// Deletion order per backup: manifests first, then archives, so an interruption leaves an
+/// archive without manifest (removed next time), never a manifest pointing at nothing.
+pub async fn cleanup(
+    target: &Target,
+    storages: &[Box<dyn Storage>],
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<CleanupReport>, JobError> {
+    let name = target.name.as_str();
+    let storage_err = |source| JobError::Storage {
+        target: name.to_string(),
+        source,
+    };
+    let mut reports = Vec::new();
+    for s in storages {
+        let mut leftovers = Vec::new();
+        if !dry_run {
+            for file in s.remove_temp_files(name).await.map_err(storage_err)? {
+                metrics::leftover_removed(name, s.name(), &file, "temp file of an interrupted run");
+                leftovers.push((file, "temp file of an interrupted run"));
+            }
+        }
+        let listing = catalog::list(s.as_ref(), name, now)
+            .await
+            .map_err(|e| match e {
+                catalog::CatalogError::Storage(source) => storage_err(source),
+            })?;
+        let mut runs: BTreeMap<BackupId, Vec<Backup>> = BTreeMap::new();
+        for b in listing.complete {
+            runs.entry(b.id).or_default().push(b);
+        }
+        let candidates: Vec<Candidate> = runs
+            .keys()
+            .map(|id| Candidate {
+                id: *id,
+                pending_upload: false,
+            })
+            .collect();
+        let plan = retention::plan(&candidates, &target.policy(), now);
+        let mut decisions = Vec::new();
+        let mut remaining: Vec<BackupId> = Vec::new();
+        for d in plan {
+            let archives: Vec<String> = runs
+                .get(&d.id)
+                .map(|v| v.iter().map(|b| b.file.clone()).collect())
+                .unwrap_or_default();
+            if d.action == Action::Delete && !dry_run {
+                let mut files: Vec<String> =
+                    archives.iter().map(|a| catalog::manifest_name(a)).collect();
+                files.extend(archives.iter().cloned());
+                for f in &files {
+                    s.delete(name, f).await.map_err(storage_err)?;
+                }
+                metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
+            }
+            if d.action == Action::Keep {
+                remaining.push(d.id);
+            }
+            decisions.push((d, archives));
+        }
+        for file in listing.orphans {
+            if !dry_run {
+                s.delete(name, &file).await.map_err(storage_err)?;
+                metrics::leftover_removed(name, s.name(), &file, "archive without manifest");
+            }
+            leftovers.push((file, "archive without manifest (interrupted run)"));
+        }
+        for (file, why) in listing.broken {
+            if why == catalog::ARCHIVE_MISSING {
+                if !dry_run {
+                    s.delete(name, &file).await.map_err(storage_err)?;
+                    metrics::leftover_removed(name, s.name(), &file, "manifest without archive");
+                }
+                leftovers.push((file, "manifest without archive"));
+            } else {
+                tracing::warn!(target = name, storage = s.name(), file = %file, problem = %why, "kept for inspection: not a complete backup");
+            }
+        }
+        if !dry_run {
+            metrics::backups_counted(
+                name,
+                s.name(),
+                remaining.len(),
+                remaining.iter().min().map(|id| id.time()),
+            );
+        }
+        reports.push(CleanupReport {
+            target: name.to_string(),
+            storage: s.name(),
+            decisions,
+            leftovers,
+            remaining: remaining.len(),
+        });
+    }
+    Ok(reports)
 }

@@ -1,16 +1,20 @@
 //! The `dbkeep` command line: parses arguments, runs one command, maps the result to
 //! an exit code (0 success, 1 failure, 2 usage or config error).
 
+mod app;
 mod catalog;
 mod compress;
 mod config;
 mod demo;
+mod health;
+mod http;
 mod job;
 mod metrics;
 mod process;
 mod retention;
 mod scheduler;
 mod source;
+mod state;
 mod storage;
 mod telemetry;
 
@@ -51,6 +55,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the daemon: scheduled backups and cleanup, /metrics, /health, /ready
+    Run,
     /// Take one backup now, of the named targets or of all of them
     Backup {
         /// Targets to back up (all when none is named)
@@ -67,12 +73,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply retention now: delete old backups and leftovers of interrupted runs
+    Cleanup {
+        /// Only this target
+        target: Option<String>,
+        /// Show the plan (id, age, keep/delete, reason) and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Per-target health from the backups and the state file, without a running daemon
+    Status {
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Config commands
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Run on a built-in SQLite demo (no server needed) until Ctrl-C
+    /// The daemon on a built-in SQLite demo (no server needed) until Ctrl-C
     Demo {
         /// Folder for the demo database and its backups
         #[arg(long, default_value = "dbkeep-demo")]
@@ -109,7 +129,10 @@ fn usage(e: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.cmd, Cmd::List { .. } | Cmd::Config { .. });
+    let quiet = matches!(
+        cli.cmd,
+        Cmd::List { .. } | Cmd::Config { .. } | Cmd::Status { .. }
+    );
     telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -167,6 +190,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let selected = select_targets(&cfg, target.as_slice())?;
             list(&cfg, &selected, storage.as_deref(), json).await
         }
+        Cmd::Run => {
+            let cfg = load_config(cli.config.as_deref())?;
+            app::run(cfg).await.map_err(Failure::Failed)
+        }
+        Cmd::Cleanup { target, dry_run } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            cleanup(&cfg, &selected, dry_run).await
+        }
+        Cmd::Status { json } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            status(&cfg, json).await
+        }
         Cmd::Demo { dir, every } => run_demo(dir, &every).await,
     }
 }
@@ -204,12 +240,17 @@ async fn backup_targets(
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
     let storages = storage::build(cfg);
+    let state = state::StateFile::beside(&cfg.storage.local.path);
     let mut failed = Vec::new();
     for name in names {
         let Some(target) = cfg.target(name) else {
             continue;
         };
-        match job::backup(target, &storages, None, cancel).await {
+        let started = chrono::Utc::now();
+        let result = job::backup(target, &storages, None, cancel).await;
+        let error = result.as_ref().err().map(|e| e.to_string());
+        state.update(name, |s| s.record_run(started, chrono::Utc::now(), error));
+        match result {
             Ok(outcome) => print_outcome(&outcome),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -327,6 +368,160 @@ async fn list(
     Ok(())
 }
 
+async fn cleanup(cfg: &Config, names: &[String], dry_run: bool) -> Result<(), Failure> {
+    let storages = storage::build(cfg);
+    let now = chrono::Utc::now();
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        let reports = match job::cleanup(target, &storages, dry_run, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(name.clone());
+                continue;
+            }
+        };
+        for r in reports {
+            print_cleanup(&r, dry_run, now);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow!(
+            "cleanup failed for: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
+fn print_cleanup(r: &job::CleanupReport, dry_run: bool, now: chrono::DateTime<chrono::Utc>) {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let deleting = r
+        .decisions
+        .iter()
+        .filter(|(d, _)| d.action == retention::Action::Delete)
+        .count();
+    println!(
+        "{} on {}: {} backup(s), {verb} {deleting}, keeping {}{}",
+        r.target,
+        r.storage,
+        r.decisions.len(),
+        r.remaining,
+        if dry_run {
+            " (dry run: nothing deleted)"
+        } else {
+            ""
+        }
+    );
+    println!("  {:<15}  {:>8}  {:<6}  REASON", "ID", "AGE", "ACTION");
+    for (d, _files) in &r.decisions {
+        let action = match d.action {
+            retention::Action::Keep => "keep",
+            retention::Action::Delete => "delete",
+        };
+        println!(
+            "  {:<15}  {:>8}  {:<6}  {}",
+            d.id,
+            retention::fmt_age(now - d.id.time()),
+            action,
+            d.reason
+        );
+    }
+    for (file, why) in &r.leftovers {
+        println!("  {verb} leftover {file}: {why}");
+    }
+}
+
+async fn status(cfg: &Config, json: bool) -> Result<(), Failure> {
+    let storages = storage::build(cfg);
+    let state = state::StateFile::beside(&cfg.storage.local.path);
+    let now = chrono::Utc::now();
+    let mut all = Vec::new();
+    for t in &cfg.targets {
+        let st = state.get(&t.name);
+        let (newest, count) = app::newest_backup(&storages, &t.name, now).await;
+        let ping = source::build(t).ping().await;
+        let db = health::DbStatus {
+            up: ping.is_ok(),
+            error: ping.err().map(|e| e.to_string()),
+            checked: now,
+        };
+        let last = st.last_run.or(newest.as_ref().map(|n| n.1));
+        let next = scheduler::next_run(&t.schedule, last, now).max(now);
+        all.push(health::assess(
+            t,
+            health::Facts {
+                newest,
+                backups: count,
+                state: &st,
+                next_run: Some(next),
+                database: Some(db),
+            },
+            now,
+        ));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print_status(&all);
+    }
+    if all.iter().all(|h| h.healthy) {
+        Ok(())
+    } else {
+        let failing: Vec<&str> = all
+            .iter()
+            .filter(|h| !h.healthy)
+            .map(|h| h.target.as_str())
+            .collect();
+        Err(Failure::Failed(anyhow!(
+            "failing targets: {}",
+            failing.join(", ")
+        )))
+    }
+}
+
+fn print_status(all: &[health::TargetHealth]) {
+    println!(
+        "{:<12} {:<8} {:<7} {:<15} {:>8} {:>7} {:<8} {:<20}  DATABASE",
+        "TARGET", "KIND", "HEALTH", "NEWEST", "AGE", "BACKUPS", "LAST RUN", "NEXT RUN"
+    );
+    for h in all {
+        let (id, age) = match &h.newest_backup {
+            Some(n) => (
+                n.id.clone(),
+                retention::fmt_age(chrono::Duration::seconds(n.age_seconds)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let last = match h.last_run.status {
+            Some(state::RunStatus::Success) => "success",
+            Some(state::RunStatus::Failure) => "failure",
+            None => "-",
+        };
+        let db = match &h.database {
+            Some(d) if d.up => "up".to_string(),
+            Some(d) => format!("DOWN: {}", d.error.as_deref().unwrap_or("")),
+            None => "-".into(),
+        };
+        let next = h
+            .next_run
+            .map(|n| n.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        let health = if h.healthy { "ok" } else { "FAILING" };
+        println!(
+            "{:<12} {:<8} {:<7} {:<15} {:>8} {:>7} {:<8} {:<20}  {db}",
+            h.target, h.kind, health, id, age, h.backups, last, next
+        );
+        for p in &h.problems {
+            println!("{:<12} problem: {p}", "");
+        }
+    }
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -344,42 +539,24 @@ fn human_bytes(n: u64) -> String {
 
 async fn run_demo(dir: PathBuf, every: &str) -> Result<(), Failure> {
     let cfg = demo::config(&dir, every).map_err(usage)?;
-    let config::Schedule::Every(period) = cfg.targets[0].schedule else {
-        return Err(usage(anyhow!("--every must be a duration such as 30s")));
-    };
     let pool = demo::open_database(&dir)
         .await
         .with_context(|| format!("creating the demo database in {}", dir.display()))?;
-    let cancel = cancel_on_ctrl_c();
+    let stop_writer = CancellationToken::new();
     let writer = tokio::spawn(demo::keep_writing(
         pool.clone(),
         Duration::from_millis(250),
-        cancel.clone(),
+        stop_writer.clone(),
     ));
     println!(
-        "dbkeep demo: {} is taking orders; backing it up every {} into {} (Ctrl-C stops)",
+        "dbkeep demo: {} is taking orders; the daemon backs it up every {every} into {}, keeping the newest 3.\n\
+         Try: curl -s localhost:9187/metrics | grep ^dbkeep_   and   curl -s localhost:9187/health   (Ctrl-C stops)",
         dir.join(demo::DB_FILE).display(),
-        humantime::format_duration(period),
         cfg.storage.local.path.join("shop").display()
     );
-    let storages = storage::build(&cfg);
-    let target = &cfg.targets[0];
-    while !cancel.is_cancelled() {
-        match job::backup(target, &storages, None, &cancel).await {
-            Ok(outcome) => print_outcome(&outcome),
-            Err(e) if cancel.is_cancelled() => tracing::info!(error = %e, "stopping"),
-            Err(e) => eprintln!("error: {e}"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(period) => {}
-        }
-    }
+    let result = app::run(cfg).await;
+    stop_writer.cancel();
     let _ = writer.await;
     pool.close().await;
-    println!(
-        "demo stopped; backups are in {}",
-        cfg.storage.local.path.display()
-    );
-    Ok(())
+    result.map_err(Failure::Failed)
 }

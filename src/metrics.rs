@@ -160,10 +160,15 @@ pub fn render() -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// Make a target's series exist from the start (0 runs) so dashboards and alerts see it.
-pub fn target_registered(target: &str) {
+/// Make a target's series exist from the start (at 0) so dashboards and alerts see them.
+pub fn target_registered(target: &str, storages: &[&str]) {
+    let m = m();
     for status in ["success", "failure"] {
-        m().runs.with_label_values(&[target, status]);
+        m.runs.with_label_values(&[target, status]);
+    }
+    m.skipped.with_label_values(&[target, "overlap"]);
+    for s in storages {
+        m.deleted.with_label_values(&[target, s]);
     }
 }
 

@@ -101,6 +101,17 @@ pub struct Running {
     pid: Option<u32>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_task: Option<JoinHandle<()>>,
+    reaped: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped before its exit was seen (the job was abandoned): kill the whole group;
+        // kill_on_drop alone would reach only the direct child.
+        if !self.reaped {
+            self.stopper().signal(libc::SIGKILL);
+        }
+    }
 }
 
 /// Start `spec` with stdout piped; returns the child and its stdout.
@@ -111,6 +122,8 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a stop reaches grandchildren (a wrapper's pipeline) too.
+        .process_group(0)
         .kill_on_drop(true);
     for (k, v) in &spec.env {
         cmd.env(k, v);
@@ -151,6 +164,7 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
             pid,
             stderr_tail,
             stderr_task,
+            reaped: false,
         },
         stdout,
     ))
@@ -185,11 +199,14 @@ impl Running {
                     .await
                     .is_err()
                 {
+                    self.stopper().signal(libc::SIGKILL);
                     let _ = self.child.kill().await;
                 }
+                self.reaped = true;
                 return Err(e);
             }
         };
+        self.reaped = true;
         // Let the stderr reader drain so the tail is complete.
         if let Some(task) = self.stderr_task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
@@ -224,7 +241,7 @@ fn check_status(
     })
 }
 
-/// Sends SIGTERM to a child, e.g. when the stage reading its output failed.
+/// Signals a child's process group, e.g. when the stage reading its output failed.
 #[derive(Clone, Copy)]
 pub struct Stopper {
     pid: Option<u32>,
@@ -232,10 +249,14 @@ pub struct Stopper {
 
 impl Stopper {
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.pid {
-            // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+            // SAFETY: kill(2) on the process group we created for a child not yet reaped.
             unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                libc::kill(-(pid as libc::pid_t), sig);
             }
         }
     }

@@ -79,6 +79,8 @@ pub struct Dump {
 
 #[async_trait]
 pub trait Source: Send + Sync {
+    /// A cheap check that the database answers (`SELECT 1`).
+    async fn ping(&self) -> Result<(), SourceError>;
     /// Connect, check tools and versions, resolve the archives to make. Touches no storage.
     async fn prepare(&self) -> Result<Prepared, SourceError>;
     /// Start dumping one part. `scratch` is a folder for a short-lived snapshot file.

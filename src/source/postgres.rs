@@ -18,6 +18,7 @@ use crate::config::PostgresConfig;
 use crate::process::{self, Spec};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const CUSTOM_FORMAT_MAGIC: &[u8] = b"PGDMP";
 const SQL_MAGIC: &[u8] = b"--";
 
@@ -173,6 +174,24 @@ fn exact_pattern(name: &str) -> String {
 
 #[async_trait]
 impl Source for PostgresSource {
+    async fn ping(&self) -> Result<(), SourceError> {
+        let opts = self.connect_options()?;
+        let err = |message: String| SourceError::Connect {
+            what: self.describe(),
+            message,
+        };
+        let mut conn = tokio::time::timeout(PING_TIMEOUT, PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| err(format!("no answer within {}s", PING_TIMEOUT.as_secs())))?
+            .map_err(|e| err(explain_connect_error(&e)))?;
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     async fn prepare(&self) -> Result<Prepared, SourceError> {
         let opts = self.connect_options()?;
         let connect_err = |e: sqlx::Error| SourceError::Connect {

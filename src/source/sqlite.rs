@@ -71,6 +71,19 @@ fn quote_literal(s: &str) -> String {
 
 #[async_trait]
 impl Source for SqliteSource {
+    async fn ping(&self) -> Result<(), SourceError> {
+        if !self.cfg.path.is_file() {
+            return Err(self.err("the database file does not exist"));
+        }
+        let mut conn = self.connect(&self.cfg.path, true).await?;
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| self.err(format!("not a usable SQLite database: {e}")))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     async fn prepare(&self) -> Result<Prepared, SourceError> {
         let meta = std::fs::metadata(&self.cfg.path).map_err(|e| {
             self.err(format!(

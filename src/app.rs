@@ -1,0 +1,474 @@
+//! The daemon's wiring and lifecycle: HTTP port, schedules, signals (reload on SIGHUP,
+//! ordered shutdown on SIGTERM/SIGINT) and systemd notifications.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog;
+use crate::config::{self, Config, Target};
+use crate::health::{self, DbStatus, TargetHealth};
+use crate::job;
+use crate::metrics;
+use crate::scheduler::{self, Clock, Runner};
+use crate::source;
+use crate::state::StateFile;
+use crate::storage::{self, Storage};
+
+/// How long a database check result is reused before asking again.
+const DB_CHECK_TTL: Duration = Duration::from_secs(5);
+/// After the grace, cancelled jobs get this long to stop their children and clean up.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+    storages: RwLock<Arc<Vec<Box<dyn Storage>>>>,
+    permits: RwLock<Arc<Semaphore>>,
+    state: StateFile,
+    clock: Clock,
+    next_runs: Mutex<HashMap<String, DateTime<Utc>>>,
+    db: Mutex<HashMap<String, (Instant, DbStatus)>>,
+    jobs: TaskTracker,
+    /// Cancelled when the shutdown grace is over: running jobs stop.
+    jobs_cancel: CancellationToken,
+    ready: AtomicBool,
+}
+
+impl Daemon {
+    pub fn new(cfg: Config, clock: Clock) -> Arc<Self> {
+        let storages = storage::build(&cfg);
+        let permits = Semaphore::new(cfg.daemon.max_concurrent);
+        Arc::new(Daemon {
+            state: StateFile::beside(&cfg.storage.local.path),
+            storages: RwLock::new(Arc::new(storages)),
+            permits: RwLock::new(Arc::new(permits)),
+            config: RwLock::new(Arc::new(cfg)),
+            clock,
+            next_runs: Mutex::new(HashMap::new()),
+            db: Mutex::new(HashMap::new()),
+            jobs: TaskTracker::new(),
+            jobs_cancel: CancellationToken::new(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn storages(&self) -> Arc<Vec<Box<dyn Storage>>> {
+        self.storages
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Start the backup (and cleanup) loop of every target; they stop with `cancel`.
+    fn start_schedules(self: &Arc<Self>, cancel: &CancellationToken) {
+        let cfg = self.config();
+        let now = self.clock.now();
+        let storage_names: Vec<&str> = self.storages().iter().map(|s| s.name()).collect();
+        for t in &cfg.targets {
+            metrics::target_registered(&t.name, &storage_names);
+            let st = self.state.get(&t.name);
+            if st.since.is_none() {
+                self.state.update(&t.name, |s| s.since = Some(now));
+            }
+            let runner = JobRunner {
+                daemon: self.clone(),
+                target: t.name.clone(),
+                cleanup_only: false,
+            };
+            tokio::spawn(scheduler::spawn_loop(
+                t.schedule.clone(),
+                t.jitter,
+                st.last_run,
+                self.clock,
+                runner,
+                cancel.clone(),
+            ));
+            if let Some(cleanup) = &t.cleanup_schedule {
+                let runner = JobRunner {
+                    daemon: self.clone(),
+                    target: t.name.clone(),
+                    cleanup_only: true,
+                };
+                tokio::spawn(scheduler::spawn_loop(
+                    cleanup.clone(),
+                    t.jitter,
+                    st.last_cleanup,
+                    self.clock,
+                    runner,
+                    cancel.clone(),
+                ));
+            }
+            let d = self.clone();
+            let name = t.name.clone();
+            tokio::spawn(async move { d.refresh_catalog(&name).await });
+        }
+    }
+
+    /// One scheduled backup of `name`, then its cleanup when that follows each backup.
+    async fn run_backup(self: Arc<Self>, name: String) {
+        let Some(permit) = self.acquire().await else {
+            return;
+        };
+        let cfg = self.config();
+        let Some(target) = cfg.target(&name) else {
+            return;
+        };
+        let storages = self.storages();
+        let started = self.clock.now();
+        self.state.update(&name, |s| s.last_run = Some(started));
+        let result = job::backup(target, &storages, None, &self.jobs_cancel.child_token()).await;
+        let finished = self.clock.now();
+        let ok = result.is_ok();
+        let error = result.as_ref().err().map(|e| e.to_string());
+        self.state
+            .update(&name, |s| s.record_run(started, finished, error));
+        if ok && target.cleanup_schedule.is_none() {
+            self.cleanup_target(target, &storages).await;
+        } else {
+            self.refresh_catalog(&name).await;
+        }
+        drop(permit);
+    }
+
+    async fn run_cleanup(self: Arc<Self>, name: String) {
+        let Some(permit) = self.acquire().await else {
+            return;
+        };
+        let cfg = self.config();
+        if let Some(target) = cfg.target(&name) {
+            let storages = self.storages();
+            self.cleanup_target(target, &storages).await;
+        }
+        drop(permit);
+    }
+
+    async fn cleanup_target(&self, target: &Target, storages: &[Box<dyn Storage>]) {
+        let now = self.clock.now();
+        match job::cleanup(target, storages, false, now).await {
+            Ok(_) => self
+                .state
+                .update(&target.name, |s| s.last_cleanup = Some(now)),
+            Err(e) => tracing::error!(target = %target.name, error = %e, "cleanup failed"),
+        }
+    }
+
+    /// Wait for a job slot (`daemon.max_concurrent`); `None` when shutting down.
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = self
+            .permits
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        tokio::select! {
+            p = sem.acquire_owned() => p.ok(),
+            _ = self.jobs_cancel.cancelled() => None,
+        }
+    }
+
+    /// Count the complete backups of a target per storage (for metrics).
+    async fn refresh_catalog(&self, name: &str) {
+        let now = self.clock.now();
+        for s in self.storages().iter() {
+            match catalog::list(s.as_ref(), name, now).await {
+                Ok(listing) => {
+                    let mut ids: Vec<_> = listing.complete.iter().map(|b| b.id).collect();
+                    ids.dedup();
+                    metrics::backups_counted(
+                        name,
+                        s.name(),
+                        ids.len(),
+                        ids.iter().min().map(|i| i.time()),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(target = name, storage = s.name(), error = %e, "cannot list backups")
+                }
+            }
+        }
+    }
+
+    /// Does the target's database answer? Cached for a few seconds.
+    async fn db_status(&self, target: &Target) -> DbStatus {
+        if let Some((at, status)) = self
+            .db
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&target.name).cloned())
+        {
+            if at.elapsed() < DB_CHECK_TTL {
+                return status;
+            }
+        }
+        let result = source::build(target).ping().await;
+        let status = DbStatus {
+            up: result.is_ok(),
+            error: result.err().map(|e| e.to_string()),
+            checked: self.clock.now(),
+        };
+        metrics::target_up(&target.name, status.up, status.error.as_deref());
+        if let Ok(mut m) = self.db.lock() {
+            m.insert(target.name.clone(), (Instant::now(), status.clone()));
+        }
+        status
+    }
+
+    /// The health of every target (database checks run concurrently).
+    pub async fn health(self: &Arc<Self>) -> Vec<TargetHealth> {
+        let cfg = self.config();
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, t) in cfg.targets.iter().enumerate() {
+            let d = self.clone();
+            let t = t.clone();
+            checks.spawn(async move { (i, d.db_status(&t).await) });
+        }
+        let mut db: HashMap<usize, DbStatus> = HashMap::new();
+        while let Some(Ok((i, s))) = checks.join_next().await {
+            db.insert(i, s);
+        }
+        let now = self.clock.now();
+        let next_runs = self.next_runs.lock().map(|m| m.clone()).unwrap_or_default();
+        let storages = self.storages();
+        let mut out = Vec::new();
+        for (i, t) in cfg.targets.iter().enumerate() {
+            let state = self.state.get(&t.name);
+            let (newest, count) = newest_backup(&storages, &t.name, now).await;
+            out.push(health::assess(
+                t,
+                health::Facts {
+                    newest,
+                    backups: count,
+                    state: &state,
+                    next_run: next_runs.get(&t.name).copied(),
+                    database: db.remove(&i),
+                },
+                now,
+            ));
+        }
+        out
+    }
+
+    /// Refresh the per-target database gauges (for `/metrics`).
+    pub async fn check_databases(self: &Arc<Self>) {
+        let cfg = self.config();
+        let mut checks = tokio::task::JoinSet::new();
+        for t in cfg.targets.iter().cloned() {
+            let d = self.clone();
+            checks.spawn(async move { d.db_status(&t).await });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+
+    /// Replace targets and schedules with a new valid config; keep the old one otherwise.
+    fn reload(self: &Arc<Self>, schedules: &mut CancellationToken, root: &CancellationToken) {
+        let file = self.config().source_file.clone();
+        match config::load(file.as_deref()) {
+            Ok(new) => {
+                let old = self.config();
+                for t in &old.targets {
+                    if new.target(&t.name).is_none() {
+                        metrics::target_removed(&t.name);
+                    }
+                }
+                if new.daemon.listen != old.daemon.listen {
+                    tracing::warn!(old = %old.daemon.listen, new = %new.daemon.listen, "daemon.listen changes only at restart");
+                }
+                if let Ok(mut s) = self.storages.write() {
+                    *s = Arc::new(storage::build(&new));
+                }
+                if let Ok(mut p) = self.permits.write() {
+                    *p = Arc::new(Semaphore::new(new.daemon.max_concurrent));
+                }
+                if let Ok(mut c) = self.config.write() {
+                    *c = Arc::new(new);
+                }
+                schedules.cancel();
+                *schedules = root.child_token();
+                self.start_schedules(schedules);
+                metrics::config_reloaded(true, None);
+            }
+            Err(e) => metrics::config_reloaded(false, Some(&e)),
+        }
+    }
+}
+
+/// Newest complete backup (id, time) and the number of backups, across storages.
+pub async fn newest_backup(
+    storages: &[Box<dyn Storage>],
+    target: &str,
+    now: DateTime<Utc>,
+) -> (Option<(String, DateTime<Utc>)>, usize) {
+    let mut newest: Option<catalog::BackupId> = None;
+    let mut ids = std::collections::BTreeSet::new();
+    for s in storages {
+        if let Ok(listing) = catalog::list(s.as_ref(), target, now).await {
+            for b in listing.complete {
+                ids.insert(b.id);
+                newest = newest.max(Some(b.id));
+            }
+        }
+    }
+    (newest.map(|id| (id.to_string(), id.time())), ids.len())
+}
+
+struct JobRunner {
+    daemon: Arc<Daemon>,
+    target: String,
+    cleanup_only: bool,
+}
+
+impl Runner for JobRunner {
+    fn start(&self) -> JoinHandle<()> {
+        let d = self.daemon.clone();
+        let name = self.target.clone();
+        if self.cleanup_only {
+            self.daemon.jobs.spawn(d.run_cleanup(name))
+        } else {
+            self.daemon.jobs.spawn(d.run_backup(name))
+        }
+    }
+
+    fn skipped(&self, reason: &str) {
+        metrics::run_skipped(&self.target, reason);
+    }
+
+    fn planned(&self, at: DateTime<Utc>) {
+        if !self.cleanup_only {
+            if let Ok(mut m) = self.daemon.next_runs.lock() {
+                m.insert(self.target.clone(), at);
+            }
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Returns after an orderly shutdown.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let listen = cfg.daemon.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (daemon.listen): is another dbkeep running, or pick another port"))?;
+    let addr = listener.local_addr()?;
+    let daemon = Daemon::new(cfg, Clock::System);
+
+    let http_cancel = CancellationToken::new();
+    let router = crate::http::router(daemon.clone());
+    let http = {
+        let c = http_cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+        })
+    };
+    let mut signals = signal_hook_tokio::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+
+    let root = CancellationToken::new();
+    let mut schedules = root.child_token();
+    daemon.start_schedules(&schedules);
+    daemon.ready.store(true, Ordering::SeqCst);
+    println!("dbkeep listening on http://{addr}");
+    tracing::info!(listen = %addr, targets = daemon.config().targets.len(), "daemon started");
+    sd_notify("READY=1\nSTATUS=backing up on schedule");
+    let watchdog = spawn_watchdog(CancellationToken::new());
+
+    while let Some(sig) = signals.next().await {
+        if sig == signal_hook::consts::SIGHUP {
+            tracing::info!("SIGHUP: reloading config");
+            sd_notify("RELOADING=1");
+            daemon.reload(&mut schedules, &root);
+            sd_notify("READY=1");
+            continue;
+        }
+        tracing::info!(
+            signal = sig,
+            "stopping: no new runs; waiting for running jobs"
+        );
+        break;
+    }
+    sd_notify("STOPPING=1");
+    daemon.ready.store(false, Ordering::SeqCst);
+    root.cancel();
+    daemon.jobs.close();
+    let grace = daemon.config().daemon.shutdown_grace;
+    if tokio::time::timeout(grace, daemon.jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = %humantime::format_duration(grace), "shutdown grace over: cancelling running jobs");
+        daemon.jobs_cancel.cancel();
+        if tokio::time::timeout(CANCEL_WAIT, daemon.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("jobs did not stop after cancellation; exiting anyway");
+        }
+    }
+    http_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Tell systemd about our state when it started us with `Type=notify`.
+pub fn sd_notify(msg: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Ping systemd's watchdog at half its interval when `WatchdogSec` is set.
+fn spawn_watchdog(stop: CancellationToken) -> Option<JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(500));
+    Some(tokio::spawn(async move {
+        loop {
+            sd_notify("WATCHDOG=1");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }))
+}

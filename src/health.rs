@@ -1,0 +1,211 @@
+//! A target's health: is its newest complete backup fresh, did its last run succeed, does
+//! its database answer. Pure; used by `/health` and `dbkeep status` alike.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Target;
+use crate::retention::fmt_age;
+use crate::scheduler::next_run;
+use crate::state::{RunStatus, TargetState};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    pub up: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub checked: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewestBackup {
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub age_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub status: Option<RunStatus>,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetHealth {
+    pub target: String,
+    pub kind: &'static str,
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    pub newest_backup: Option<NewestBackup>,
+    pub backups: usize,
+    pub last_run: LastRun,
+    pub next_run: Option<DateTime<Utc>>,
+    /// When the target turns stale if no new backup completes.
+    pub stale_after: DateTime<Utc>,
+    pub database: Option<DbStatus>,
+}
+
+/// What is known about one target, gathered by the caller.
+pub struct Facts<'a> {
+    pub newest: Option<(String, DateTime<Utc>)>,
+    pub backups: usize,
+    pub state: &'a TargetState,
+    pub next_run: Option<DateTime<Utc>>,
+    pub database: Option<DbStatus>,
+}
+
+pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHealth {
+    let grace =
+        chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
+    let mut problems = Vec::new();
+    let stale_after = match &facts.newest {
+        Some((_, created)) => next_run(&target.schedule, Some(*created), now) + grace,
+        None => {
+            let since = facts.state.since.unwrap_or(now);
+            next_run(&target.schedule, None, since) + grace
+        }
+    };
+    if now > stale_after {
+        problems.push(match &facts.newest {
+            Some((id, created)) => format!(
+                "stale: newest complete backup {id} is {} old; a new one was due by {}",
+                fmt_age(now - *created),
+                stale_after.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => format!(
+                "stale: no complete backup yet; the first was due by {}",
+                stale_after.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        });
+    }
+    if facts.state.last_status == Some(RunStatus::Failure) {
+        problems.push(format!(
+            "last run failed: {}",
+            facts.state.last_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    TargetHealth {
+        target: target.name.clone(),
+        kind: target.source.kind(),
+        healthy: problems.is_empty(),
+        problems,
+        newest_backup: facts.newest.map(|(id, created)| NewestBackup {
+            id,
+            created,
+            age_seconds: (now - created).num_seconds(),
+        }),
+        backups: facts.backups,
+        last_run: LastRun {
+            status: facts.state.last_status,
+            started: facts.state.last_run,
+            finished: facts.state.last_finished,
+            error: facts.state.last_error.clone(),
+        },
+        next_run: facts.next_run,
+        stale_after,
+        database: facts.database,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compression, Schedule, SourceConfig, SqliteConfig};
+    use chrono::TimeZone;
+    use std::time::Duration;
+
+    fn target(schedule: Schedule, grace: Duration) -> Target {
+        Target {
+            name: "t".into(),
+            source: SourceConfig::Sqlite(SqliteConfig {
+                path: "/x.db".into(),
+            }),
+            schedule,
+            cleanup_schedule: None,
+            jitter: Duration::ZERO,
+            health_grace: grace,
+            compression: Compression::None,
+            keep_days: 1,
+            min_keep: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, h, m, 0).unwrap()
+    }
+
+    fn check(
+        t: &Target,
+        newest: Option<DateTime<Utc>>,
+        state: TargetState,
+        now: DateTime<Utc>,
+    ) -> TargetHealth {
+        let facts = Facts {
+            newest: newest.map(|c| ("id".to_string(), c)),
+            backups: usize::from(newest.is_some()),
+            state: &state,
+            next_run: None,
+            database: None,
+        };
+        assess(t, facts, now)
+    }
+
+    #[test]
+    fn stale_rule() {
+        let hourly = target(
+            Schedule::Every(Duration::from_secs(3600)),
+            Duration::from_secs(600),
+        );
+        // Newest at 10:00, due 11:00, grace to 11:10.
+        assert!(check(&hourly, Some(at(10, 0)), TargetState::default(), at(11, 10)).healthy);
+        let late = check(&hourly, Some(at(10, 0)), TargetState::default(), at(11, 11));
+        assert!(!late.healthy);
+        assert!(
+            late.problems[0].starts_with("stale: newest complete backup id is 1h 11m old"),
+            "{:?}",
+            late.problems
+        );
+
+        // A fresh daemon: not stale until its first run is due + grace.
+        let nightly = target(
+            Schedule::Cron("0 2 * * *".into()),
+            Duration::from_secs(3600),
+        );
+        let fresh = TargetState {
+            since: Some(at(12, 0)),
+            ..Default::default()
+        };
+        assert!(check(&nightly, None, fresh.clone(), at(23, 59)).healthy);
+        let next_day = Utc.with_ymd_and_hms(2026, 11, 22, 3, 1, 0).unwrap();
+        let h = check(&nightly, None, fresh, next_day);
+        assert!(!h.healthy);
+        assert!(
+            h.problems[0].contains("no complete backup yet"),
+            "{:?}",
+            h.problems
+        );
+    }
+
+    #[test]
+    fn a_failed_last_run_is_unhealthy_even_when_fresh() {
+        let hourly = target(
+            Schedule::Every(Duration::from_secs(3600)),
+            Duration::from_secs(600),
+        );
+        let failed = TargetState {
+            last_status: Some(RunStatus::Failure),
+            last_error: Some("pg_dump failed".into()),
+            ..Default::default()
+        };
+        let h = check(&hourly, Some(at(10, 0)), failed, at(10, 30));
+        assert!(!h.healthy);
+        assert_eq!(h.problems, ["last run failed: pg_dump failed"]);
+    }
+}

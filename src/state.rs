@@ -1,0 +1,106 @@
+//! The persisted run state of each target (last run, its outcome), kept in a small JSON
+//! file beside the local backups so a restart neither repeats nor forgets a due run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = ".dbkeep-state.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetState {
+    /// When the daemon first scheduled this target (the clock for "first backup overdue").
+    pub since: Option<DateTime<Utc>>,
+    pub last_run: Option<DateTime<Utc>>,
+    pub last_finished: Option<DateTime<Utc>>,
+    pub last_status: Option<RunStatus>,
+    pub last_error: Option<String>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_cleanup: Option<DateTime<Utc>>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl StateFile {
+    pub fn beside(backup_root: &Path) -> Self {
+        StateFile {
+            path: backup_root.join(FILE_NAME),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn read(&self) -> BTreeMap<String, TargetState> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.path.display(), error = %e, "state file unreadable; starting from the backups themselves");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, target: &str) -> TargetState {
+        self.read().remove(target).unwrap_or_default()
+    }
+
+    /// Read, change one target's entry, write back atomically (temp + rename).
+    pub fn update(&self, target: &str, change: impl FnOnce(&mut TargetState)) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.read();
+        change(all.entry(target.to_string()).or_default());
+        if let Err(e) = self.write(&all) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot save the state file; schedules fall back to the backups' own times after a restart");
+        }
+    }
+
+    fn write(&self, all: &BTreeMap<String, TargetState>) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+impl TargetState {
+    /// Record a finished run; `error` is `None` on success.
+    pub fn record_run(
+        &mut self,
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+        error: Option<String>,
+    ) {
+        self.last_run = Some(started);
+        self.last_finished = Some(finished);
+        match error {
+            None => {
+                self.last_status = Some(RunStatus::Success);
+                self.last_error = None;
+                self.last_success = Some(finished);
+            }
+            Some(e) => {
+                self.last_status = Some(RunStatus::Failure);
+                self.last_error = Some(e);
+            }
+        }
+    }
+}
