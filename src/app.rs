@@ -95,7 +95,7 @@ impl Daemon {
                 target: t.name.clone(),
                 cleanup_only: false,
             };
-            tokio::spawn(scheduler::spawn_loop(
+            tokio::spawn(scheduler::run_loop(
                 t.schedule.clone(),
                 t.jitter,
                 st.last_run,
@@ -109,7 +109,7 @@ impl Daemon {
                     target: t.name.clone(),
                     cleanup_only: true,
                 };
-                tokio::spawn(scheduler::spawn_loop(
+                tokio::spawn(scheduler::run_loop(
                     cleanup.clone(),
                     t.jitter,
                     st.last_cleanup,
@@ -271,7 +271,8 @@ impl Daemon {
     pub async fn check_databases(self: &Arc<Self>) {
         let cfg = self.config();
         let mut checks = tokio::task::JoinSet::new();
-        for t in cfg.targets.iter().cloned() {
+        for t in cfg.targets.iter() {
+            let t = t.clone();
             let d = self.clone();
             checks.spawn(async move { d.db_status(&t).await });
         }

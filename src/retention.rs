@@ -42,7 +42,7 @@ pub struct Decision {
 /// incomplete leftovers are not backups and are handled elsewhere.
 pub fn plan(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<Decision> {
     let mut sorted: Vec<Candidate> = backups.to_vec();
-    sorted.sort_by(|a, b| b.id.cmp(&a.id));
+    sorted.sort_by_key(|b| std::cmp::Reverse(b.id));
     sorted.dedup_by(|a, b| {
         if a.id == b.id {
             b.pending_upload |= a.pending_upload;
@@ -196,7 +196,8 @@ mod tests {
     #[test]
     fn table() {
         let now = "2026-11-30 12:00:00";
-        let cases: Vec<(&str, Vec<Candidate>, Policy, &str, Vec<&str>)> = vec![
+        type Case<'a> = (&'a str, Vec<Candidate>, Policy, &'a str, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             ("empty", vec![], pol(30, 5), now, vec![]),
             (
                 "one backup, very old",

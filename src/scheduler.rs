@@ -6,7 +6,6 @@
 //! internally, so it can neither be driven by `tokio::time::pause()` in tests nor resume
 //! from our persisted last-run times. `next_run` here is a pure function instead.
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -95,33 +94,31 @@ pub trait Runner: Send + Sync + 'static {
 }
 
 /// Run `runner` on `schedule` until `cancel`: never two runs of it at once.
-pub fn spawn_loop(
+pub async fn run_loop(
     schedule: Schedule,
     jitter: Duration,
     last_run: Option<DateTime<Utc>>,
     clock: Clock,
     runner: impl Runner,
     cancel: CancellationToken,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let mut last = last_run;
-        let mut running: Option<JoinHandle<()>> = None;
-        loop {
-            let now = clock.now();
-            let due = next_run(&schedule, last, now).max(now);
-            let at = due + chrono::Duration::from_std(jitter_delay(jitter)).unwrap_or_default();
-            runner.planned(at);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = clock.sleep_until(at) => {}
-            }
-            last = Some(clock.now());
-            if running.as_ref().is_some_and(|h| !h.is_finished()) {
-                runner.skipped("overlap");
-                continue;
-            }
-            running = Some(runner.start());
+) {
+    let mut last = last_run;
+    let mut running: Option<JoinHandle<()>> = None;
+    loop {
+        let now = clock.now();
+        let due = next_run(&schedule, last, now).max(now);
+        let at = due + chrono::Duration::from_std(jitter_delay(jitter)).unwrap_or_default();
+        runner.planned(at);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = clock.sleep_until(at) => {}
         }
+        last = Some(clock.now());
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            runner.skipped("overlap");
+            continue;
+        }
+        running = Some(runner.start());
     }
 }
 
@@ -236,7 +233,7 @@ mod tests {
             skips: Default::default(),
         };
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(spawn_loop(
+        let task = tokio::spawn(run_loop(
             schedule,
             jitter,
             last,

@@ -3,7 +3,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cleanup_status;
 mod config_errors;
+mod daemon;
 mod listing;
 mod postgres_backup;
 mod sqlite_backup;

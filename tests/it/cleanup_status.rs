@@ -1,0 +1,199 @@
+//! `cleanup [--dry-run]` on real files, and `status` without a daemon.
+
+use chrono::{Duration, Utc};
+
+use crate::common::{dbkeep, Sandbox};
+
+/// A sqlite target with one real backup plus copies of it dated `days_ago`.
+fn with_history(days_ago: &[i64], extra: &str) -> (Sandbox, std::path::PathBuf) {
+    let sb = Sandbox::new();
+    let db = sb.path().join("app.db");
+    assert!(std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .status()
+        .unwrap()
+        .success());
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"sqlite\"\npath = \"{}\"\nkeep_days = 30\nmin_keep = 2\n{extra}",
+        sb.backups().display(),
+        db.display()
+    ));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let dir = sb.backups().join("app");
+    let real = sb
+        .files("app")
+        .into_iter()
+        .find(|f| f.ends_with(".sqlite.zst"))
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{real}.manifest.json"))).unwrap())
+            .unwrap();
+    for d in days_ago {
+        let id = (Utc::now() - Duration::days(*d))
+            .format("%Y%m%d_%H%M%S")
+            .to_string();
+        let file = format!("app_{id}.sqlite.zst");
+        std::fs::copy(dir.join(&real), dir.join(&file)).unwrap();
+        let mut m = manifest.clone();
+        m["id"] = id.clone().into();
+        m["file"] = file.clone().into();
+        std::fs::write(
+            dir.join(format!("{file}.manifest.json")),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
+    }
+    (sb, cfg)
+}
+
+fn ids(cfg: &std::path::Path) -> usize {
+    let run = dbkeep(Some(cfg), &["list", "--json"], &[]).ok();
+    serde_json::from_str::<Vec<serde_json::Value>>(&run.stdout)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes_exactly_that() {
+    let (sb, cfg) = with_history(&[40, 35, 20, 10, 1], "");
+    let dir = sb.backups().join("app");
+    // Not backups: an old archive without manifest, a manifest without archive, another
+    // target's file, and a file outside the target's folder.
+    std::fs::write(dir.join("app_20200101_000000.sqlite.zst"), b"half").unwrap();
+    assert!(std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(dir.join("app_20200101_000000.sqlite.zst"))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(
+        dir.join("app_20200102_000000.sqlite.zst.manifest.json"),
+        b"{}",
+    )
+    .unwrap();
+    std::fs::write(dir.join("other_20200101_000000.sqlite.zst"), b"not ours").unwrap();
+    std::fs::write(
+        sb.backups().join("app_20200101_000000.sqlite.zst"),
+        b"outside",
+    )
+    .unwrap();
+    let before = sb.files("app");
+    assert_eq!(ids(&cfg), 6);
+
+    let dry = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
+    assert!(
+        dry.stdout
+            .contains("app on local: 6 backup(s), would delete 2, keeping 4 (dry run"),
+        "{}",
+        dry.stdout
+    );
+    let delete_rows = dry
+        .stdout
+        .lines()
+        .filter(|l| l.contains("  delete  "))
+        .count();
+    assert_eq!(delete_rows, 2, "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("older than keep_days = 30"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("newest complete backup (never deleted)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("would delete leftover app_20200101_000000.sqlite.zst"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(sb.files("app"), before, "a dry run deletes nothing");
+
+    let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(
+        run.stdout.contains("deleted 2, keeping 4"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(ids(&cfg), 4);
+    let after = sb.files("app");
+    let forty = (Utc::now() - Duration::days(40))
+        .format("%Y%m%d")
+        .to_string();
+    assert!(after.iter().all(|f| !f.contains(&forty)), "{after:?}");
+    assert!(
+        !after.contains(&"app_20200101_000000.sqlite.zst".to_string()),
+        "orphan removed"
+    );
+    assert!(
+        !after.contains(&"app_20200102_000000.sqlite.zst.manifest.json".to_string()),
+        "dangling manifest removed"
+    );
+    assert!(
+        after.contains(&"other_20200101_000000.sqlite.zst".to_string()),
+        "another target's file untouched"
+    );
+    assert!(
+        sb.backups().join("app_20200101_000000.sqlite.zst").exists(),
+        "outside the folder untouched"
+    );
+    assert_eq!(after.len(), 4 * 2 + 1, "{after:?}");
+}
+
+#[test]
+fn min_keep_keeps_the_newest_even_when_all_are_old() {
+    let (sb, cfg) = with_history(&[400, 300, 200], "");
+    // Remove today's real backup: only old ones remain.
+    for f in sb.files("app") {
+        if f.contains(&Utc::now().format("%Y%m%d").to_string()) {
+            std::fs::remove_file(sb.backups().join("app").join(f)).unwrap();
+        }
+    }
+    assert_eq!(ids(&cfg), 3);
+    let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(
+        run.stdout.contains("deleted 1, keeping 2"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(ids(&cfg), 2);
+}
+
+#[test]
+fn status_reports_each_target_without_a_daemon() {
+    let (sb, cfg) = with_history(&[], "every = \"1h\"\n");
+    let run = dbkeep(Some(&cfg), &["status", "--json"], &[]).ok();
+    let v: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v[0]["target"], "app");
+    assert_eq!(v[0]["healthy"], true);
+    assert_eq!(v[0]["backups"], 1);
+    assert_eq!(v[0]["last_run"]["status"], "success");
+    assert_eq!(v[0]["database"]["up"], true);
+    let table = dbkeep(Some(&cfg), &["status"], &[]).ok();
+    assert!(
+        table.stdout.contains("app") && table.stdout.contains(" ok "),
+        "{}",
+        table.stdout
+    );
+
+    std::fs::remove_file(sb.path().join("app.db")).unwrap();
+    let failing = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(failing.code, 1);
+    let run = dbkeep(Some(&cfg), &["status", "--json"], &[]);
+    assert_eq!(run.code, 1, "a failing target makes status exit 1");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v[0]["healthy"], false);
+    assert_eq!(v[0]["database"]["up"], false);
+    assert!(
+        v[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("last run failed"),
+        "{}",
+        run.stdout
+    );
+}
