@@ -95,14 +95,25 @@ impl Daemon {
                 target: t.name.clone(),
                 cleanup_only: false,
             };
-            tokio::spawn(scheduler::run_loop(
+            let (d, name, schedule, jitter, cancel_loop) = (
+                self.clone(),
+                t.name.clone(),
                 t.schedule.clone(),
                 t.jitter,
-                st.last_run,
-                self.clock,
-                runner,
                 cancel.clone(),
-            ));
+            );
+            tokio::spawn(async move {
+                // Without a recorded run (state file new or lost), the newest backup in the
+                // storage says when the target last ran.
+                let last = match st.last_run {
+                    Some(l) => Some(l),
+                    None => newest_backup(&d.storages(), &name, d.clock.now())
+                        .await
+                        .0
+                        .map(|(_, t)| t),
+                };
+                scheduler::run_loop(schedule, jitter, last, d.clock, runner, cancel_loop).await;
+            });
             if let Some(cleanup) = &t.cleanup_schedule {
                 let runner = JobRunner {
                     daemon: self.clone(),

@@ -517,3 +517,40 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     // TimeoutStopSec stays above the default shutdown grace (5m).
     assert!(unit.contains("TimeoutStopSec=6min"));
 }
+
+#[test]
+fn a_lost_state_file_falls_back_to_the_newest_backup_instead_of_running_at_once() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("a.db");
+    std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .status()
+        .unwrap();
+    let cfg = sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.one]\nkind = \"sqlite\"\npath = \"{}\"\nevery = \"1h\"\n",
+        sb.backups().display(),
+        db.display()
+    ));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    std::fs::remove_file(sb.backups().join(".dbkeep-state.json")).unwrap();
+    let d = spawn_daemon(&cfg, &[]);
+    wait_for(Duration::from_secs(10), "next run planned", || {
+        let (_, body) = d.get("/health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        h["targets"][0]["next_run"].is_string()
+    });
+    let (_, body) = d.get("/health");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(h["targets"][0]["next_run"].as_str().unwrap())
+        .unwrap();
+    let until = next.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        until > chrono::Duration::minutes(55),
+        "next run in {until}: it should follow the existing backup by 1h"
+    );
+    assert_eq!(
+        d.metric(r#"dbkeep_backup_runs_total{status="success",target="one"}"#),
+        Some(0.0)
+    );
+}
