@@ -507,3 +507,21 @@ pub fn wait_for(limit: std::time::Duration, what: &str, mut cond: impl FnMut() -
     }
     panic!("timed out after {limit:?} waiting for: {what}");
 }
+
+/// A SQLite database `<name>.db` with one row, and a config with one sqlite target `name`
+/// (plus `extra` target keys) whose daemon listens on 127.0.0.1:0.
+pub fn sqlite_target(sb: &Sandbox, name: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let db = sb.path().join(format!("{name}.db"));
+    let st = Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) VALUES ('a'), ('b');")
+        .status()
+        .expect("sqlite3 CLI (installed by ./scripts/test)");
+    assert!(st.success());
+    let cfg = sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.{name}]\nkind = \"sqlite\"\npath = \"{}\"\n{extra}\n",
+        sb.backups().display(),
+        db.display()
+    ));
+    (db, cfg)
+}

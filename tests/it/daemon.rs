@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{dbkeep, spawn_daemon, wait_for, Sandbox, TestPostgres, PG_PASSWORD};
+use crate::common::{
+    dbkeep, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres, PG_PASSWORD,
+};
 
 fn pg_config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> std::path::PathBuf {
     sb.write_config(&format!(
@@ -147,17 +149,7 @@ fn scheduled_backups_cleanup_metrics_and_health_follow_the_database() {
 #[test]
 fn metric_names_match_the_design_contract() {
     let sb = Sandbox::new();
-    let db = sb.path().join("m.db");
-    std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-        .status()
-        .unwrap();
-    let cfg = sb.write_config(&format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.m]\nkind = \"sqlite\"\npath = \"{}\"\nevery = \"1h\"\n",
-        sb.backups().display(),
-        db.display()
-    ));
+    let (_db, cfg) = sqlite_target(&sb, "m", "every = \"1h\"\n");
     let d = spawn_daemon(&cfg, &[]);
     wait_for(Duration::from_secs(30), "first backup", || {
         d.metric(r#"dbkeep_backup_runs_total{status="success",target="m"}"#) == Some(1.0)
@@ -337,18 +329,8 @@ fn kill_9_during_a_backup_then_restart_removes_the_leftover_and_backs_up() {
 #[test]
 fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     let sb = Sandbox::new();
-    let db = sb.path().join("a.db");
-    std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-        .status()
-        .unwrap();
-    let base = format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.one]\nkind = \"sqlite\"\npath = \"{}\"\nevery = \"1h\"\n",
-        sb.backups().display(),
-        db.display()
-    );
-    let cfg = sb.write_config(&base);
+    let (db, cfg) = sqlite_target(&sb, "one", "every = \"1h\"");
+    let base = std::fs::read_to_string(&cfg).unwrap();
     let d = spawn_daemon(&cfg, &[]);
     let targets = |d: &crate::common::Daemon| -> Vec<String> {
         let (_, body) = d.get("/health");
@@ -409,17 +391,7 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
 #[test]
 fn systemd_is_told_ready_and_stopping() {
     let sb = Sandbox::new();
-    let db = sb.path().join("a.db");
-    std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (x);")
-        .status()
-        .unwrap();
-    let cfg = sb.write_config(&format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.one]\nkind = \"sqlite\"\npath = \"{}\"\n",
-        sb.backups().display(),
-        db.display()
-    ));
+    let (_db, cfg) = sqlite_target(&sb, "one", "");
     let sock_path = sb.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -521,17 +493,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
 #[test]
 fn a_lost_state_file_falls_back_to_the_newest_backup_instead_of_running_at_once() {
     let sb = Sandbox::new();
-    let db = sb.path().join("a.db");
-    std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-        .status()
-        .unwrap();
-    let cfg = sb.write_config(&format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.one]\nkind = \"sqlite\"\npath = \"{}\"\nevery = \"1h\"\n",
-        sb.backups().display(),
-        db.display()
-    ));
+    let (_db, cfg) = sqlite_target(&sb, "one", "every = \"1h\"\n");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     std::fs::remove_file(sb.backups().join(".dbkeep-state.json")).unwrap();
     let d = spawn_daemon(&cfg, &[]);

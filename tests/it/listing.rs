@@ -1,21 +1,10 @@
 //! `list`: only complete backups, newest first, the JSON contract; leftovers cleaned.
 
-use crate::common::{dbkeep, sha256_file, Sandbox};
+use crate::common::{dbkeep, sha256_file, sqlite_target, Sandbox};
 
 fn sqlite_sandbox() -> (Sandbox, std::path::PathBuf) {
     let sb = Sandbox::new();
-    let db = sb.path().join("app.db");
-    let st = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) VALUES ('a'), ('b');")
-        .status()
-        .expect("sqlite3 CLI (installed by ./scripts/test)");
-    assert!(st.success());
-    let cfg = sb.write_config(&format!(
-        "[storage.local]\npath = \"{}\"\n[targets.cache]\nkind = \"sqlite\"\npath = \"{}\"\n",
-        sb.backups().display(),
-        db.display()
-    ));
+    let (_db, cfg) = sqlite_target(&sb, "cache", "");
     (sb, cfg)
 }
 
