@@ -44,11 +44,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, clock: Clock) -> Arc<Self> {
-        let storages = storage::build(&cfg);
+    pub async fn new(cfg: Config, clock: Clock) -> Arc<Self> {
+        let storages = storage::build(&cfg).await;
         let permits = Semaphore::new(cfg.daemon.max_concurrent);
         Arc::new(Daemon {
-            state: StateFile::beside(&cfg.storage.local.path),
+            state: StateFile::beside(&cfg.daemon.work_dir),
             storages: RwLock::new(Arc::new(storages)),
             permits: RwLock::new(Arc::new(permits)),
             config: RwLock::new(Arc::new(cfg)),
@@ -147,7 +147,14 @@ impl Daemon {
         let storages = self.storages();
         let started = self.clock.now();
         self.state.update(&name, |s| s.last_run = Some(started));
-        let result = job::backup(target, &storages, None, &self.jobs_cancel.child_token()).await;
+        let result = job::backup(
+            target,
+            &storages,
+            &self.state,
+            None,
+            &self.jobs_cancel.child_token(),
+        )
+        .await;
         let finished = self.clock.now();
         let ok = result.is_ok();
         let error = result.as_ref().err().map(|e| e.to_string());
@@ -175,7 +182,7 @@ impl Daemon {
 
     async fn cleanup_target(&self, target: &Target, storages: &[Box<dyn Storage>]) {
         let now = self.clock.now();
-        match job::cleanup(target, storages, false, now).await {
+        match job::cleanup(target, storages, &self.state, false, now).await {
             Ok(_) => self
                 .state
                 .update(&target.name, |s| s.last_cleanup = Some(now)),
@@ -200,9 +207,9 @@ impl Daemon {
     async fn refresh_catalog(&self, name: &str) {
         let now = self.clock.now();
         for s in self.storages().iter() {
-            match catalog::list(s.as_ref(), name, now).await {
-                Ok(listing) => {
-                    let mut ids: Vec<_> = listing.complete.iter().map(|b| b.id).collect();
+            match catalog::scan(s.as_ref(), name, now).await {
+                Ok(scan) => {
+                    let mut ids: Vec<_> = scan.complete.iter().map(|(id, _, _)| *id).collect();
                     ids.dedup();
                     metrics::backups_counted(
                         name,
@@ -291,7 +298,7 @@ impl Daemon {
     }
 
     /// Replace targets and schedules with a new valid config; keep the old one otherwise.
-    fn reload(self: &Arc<Self>, schedules: &mut CancellationToken, root: &CancellationToken) {
+    async fn reload(self: &Arc<Self>, schedules: &mut CancellationToken, root: &CancellationToken) {
         let file = self.config().source_file.clone();
         match config::load(file.as_deref()) {
             Ok(new) => {
@@ -304,8 +311,9 @@ impl Daemon {
                 if new.daemon.listen != old.daemon.listen {
                     tracing::warn!(old = %old.daemon.listen, new = %new.daemon.listen, "daemon.listen changes only at restart");
                 }
+                let storages = Arc::new(storage::build(&new).await);
                 if let Ok(mut s) = self.storages.write() {
-                    *s = Arc::new(storage::build(&new));
+                    *s = storages;
                 }
                 if let Ok(mut p) = self.permits.write() {
                     *p = Arc::new(Semaphore::new(new.daemon.max_concurrent));
@@ -332,10 +340,10 @@ pub async fn newest_backup(
     let mut newest: Option<catalog::BackupId> = None;
     let mut ids = std::collections::BTreeSet::new();
     for s in storages {
-        if let Ok(listing) = catalog::list(s.as_ref(), target, now).await {
-            for b in listing.complete {
-                ids.insert(b.id);
-                newest = newest.max(Some(b.id));
+        if let Ok(scan) = catalog::scan(s.as_ref(), target, now).await {
+            for (id, _, _) in scan.complete {
+                ids.insert(id);
+                newest = newest.max(Some(id));
             }
         }
     }
@@ -379,7 +387,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (daemon.listen): is another dbkeep running, or pick another port"))?;
     let addr = listener.local_addr()?;
-    let daemon = Daemon::new(cfg, Clock::System);
+    let daemon = Daemon::new(cfg, Clock::System).await;
 
     let http_cancel = CancellationToken::new();
     let router = crate::http::router(daemon.clone());
@@ -411,7 +419,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if sig == signal_hook::consts::SIGHUP {
             tracing::info!("SIGHUP: reloading config");
             sd_notify("RELOADING=1");
-            daemon.reload(&mut schedules, &root);
+            daemon.reload(&mut schedules, &root).await;
             sd_notify("READY=1");
             continue;
         }

@@ -153,6 +153,9 @@ pub struct Manifest {
     pub codec: String,
     pub sha256: String,
     pub tools: ToolVersions,
+    /// The archive's key in S3-compatible storage, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub object_key: Option<String>,
     /// Why the backup was taken when it was not the schedule or an operator (e.g. `pre-restore`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
@@ -178,84 +181,124 @@ pub enum CatalogError {
     Storage(#[from] StorageError),
 }
 
-/// What a storage holds for one target.
+/// What a storage holds for one target, judged by object names alone.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// (id, archive file, archive bytes) of archives whose manifest exists.
+    pub complete: Vec<(BackupId, String, u64)>,
+    /// Archives with no manifest, old enough to be leftovers of an interrupted run.
+    pub orphans: Vec<String>,
+    /// Manifests whose archive is gone.
+    pub dangling_manifests: Vec<String>,
+}
+
+/// Classify `target`'s objects by name: cheap (one listing, no reads). Retention needs no
+/// more: a backup is complete when its manifest exists.
+pub async fn scan(
+    storage: &dyn Storage,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Result<Scan, CatalogError> {
+    let objects = storage.list(target).await?;
+    let by_name: HashMap<&str, &crate::storage::ObjectInfo> =
+        objects.iter().map(|o| (o.file.as_str(), o)).collect();
+    let mut scan = Scan::default();
+    for o in &objects {
+        let Some(id) = id_of_file(target, &o.file) else {
+            continue;
+        };
+        if let Some(archive) = o.file.strip_suffix(MANIFEST_SUFFIX) {
+            match by_name.get(archive) {
+                Some(a) => scan.complete.push((id, archive.to_string(), a.bytes)),
+                None => scan.dangling_manifests.push(o.file.clone()),
+            }
+        } else if !by_name.contains_key(manifest_name(&o.file).as_str())
+            && (now - o.modified).num_seconds() >= ORPHAN_MIN_AGE_SECS
+        {
+            scan.orphans.push(o.file.clone());
+        }
+    }
+    scan.complete
+        .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    Ok(scan)
+}
+
+/// Complete backups with their manifests read and checked against the archives.
 #[derive(Debug, Default)]
 pub struct Listing {
     /// Complete backups, newest first (archives of one run in file-name order).
     pub complete: Vec<Backup>,
-    /// Archives with no manifest, old enough to be leftovers of an interrupted run.
-    pub orphans: Vec<String>,
-    /// Manifests whose archive is missing or that cannot be read.
+    /// Manifests that cannot be trusted, with why.
     pub broken: Vec<(String, String)>,
 }
 
-/// List `target` on `storage`: only archives with a readable, matching manifest count.
+/// How many manifests are fetched at once.
+const MANIFEST_FETCHES: usize = 16;
+
+/// List `target` on `storage`: archives with a readable manifest that matches them.
 pub async fn list(
     storage: &dyn Storage,
     target: &str,
     now: DateTime<Utc>,
 ) -> Result<Listing, CatalogError> {
-    let objects = storage.list(target).await?;
-    let by_name: HashMap<&str, &crate::storage::ObjectInfo> =
-        objects.iter().map(|o| (o.file.as_str(), o)).collect();
+    use futures_util::StreamExt;
+    let scan = scan(storage, target, now).await?;
     let mut listing = Listing::default();
-    for o in &objects {
-        if id_of_file(target, &o.file).is_none() {
+    for m in scan.dangling_manifests {
+        listing.broken.push((m, ARCHIVE_MISSING.into()));
+    }
+    let fetches = futures_util::stream::iter(scan.complete.into_iter().map(
+        |(_, archive, bytes)| async move {
+            let manifest_file = manifest_name(&archive);
+            let got = storage.get_bytes(target, &manifest_file).await;
+            (archive, bytes, manifest_file, got)
+        },
+    ))
+    .buffered(MANIFEST_FETCHES)
+    .collect::<Vec<_>>()
+    .await;
+    for (archive, bytes, manifest_file, got) in fetches {
+        let manifest = match got {
+            Ok(raw) => match serde_json::from_slice::<Manifest>(&raw) {
+                Ok(m) => m,
+                Err(e) => {
+                    listing
+                        .broken
+                        .push((manifest_file, format!("unreadable manifest: {e}")));
+                    continue;
+                }
+            },
+            // Deleted between list and read (a concurrent cleanup): not a backup any more.
+            Err(StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if manifest.target != target || manifest.file != archive {
+            listing
+                .broken
+                .push((manifest_file, "manifest names another archive".into()));
             continue;
         }
-        if let Some(archive) = o.file.strip_suffix(MANIFEST_SUFFIX) {
-            let Some(archive_obj) = by_name.get(archive) else {
-                listing
-                    .broken
-                    .push((o.file.clone(), "its archive is missing".into()));
-                continue;
-            };
-            let manifest = match storage.get_bytes(target, &o.file).await {
-                Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        listing
-                            .broken
-                            .push((o.file.clone(), format!("unreadable manifest: {e}")));
-                        continue;
-                    }
-                },
-                // Deleted between list and read (a concurrent cleanup): not a backup any more.
-                Err(StorageError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if manifest.target != target || manifest.file != archive {
-                listing
-                    .broken
-                    .push((o.file.clone(), "manifest names another archive".into()));
-                continue;
-            }
-            if manifest.stored_bytes != archive_obj.bytes {
-                listing.broken.push((
-                    o.file.clone(),
-                    format!(
-                        "archive has {} bytes, manifest says {}",
-                        archive_obj.bytes, manifest.stored_bytes
-                    ),
-                ));
-                continue;
-            }
-            listing.complete.push(Backup {
-                id: manifest.id,
-                target: target.to_string(),
-                schema: manifest.schema.clone(),
-                contents: manifest.contents,
-                storage: storage.name().to_string(),
-                file: archive.to_string(),
-                bytes: archive_obj.bytes,
-                sha256: manifest.sha256.clone(),
-                created: manifest.finished,
-            });
-        } else if !by_name.contains_key(manifest_name(&o.file).as_str())
-            && (now - o.modified).num_seconds() >= ORPHAN_MIN_AGE_SECS
-        {
-            listing.orphans.push(o.file.clone());
+        if manifest.stored_bytes != bytes {
+            listing.broken.push((
+                manifest_file,
+                format!(
+                    "archive has {bytes} bytes, manifest says {}",
+                    manifest.stored_bytes
+                ),
+            ));
+            continue;
         }
+        listing.complete.push(Backup {
+            id: manifest.id,
+            target: target.to_string(),
+            schema: manifest.schema.clone(),
+            contents: manifest.contents,
+            storage: storage.name().to_string(),
+            file: archive,
+            bytes,
+            sha256: manifest.sha256.clone(),
+            created: manifest.finished,
+        });
     }
     listing
         .complete

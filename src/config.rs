@@ -84,12 +84,38 @@ struct RawDaemon {
     listen: Option<String>,
     shutdown_grace: Option<String>,
     max_concurrent: Option<i64>,
+    work_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     local: Option<RawLocalStorage>,
+    s3: Option<RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: Option<String>,
+    prefix: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    force_path_style: Option<bool>,
+    access_key_id: Option<String>,
+    access_key_id_file: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<String>,
+    session_token: Option<String>,
+    session_token_file: Option<String>,
+    storage_class: Option<String>,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
+    checksum: Option<String>,
+    part_size: Option<String>,
+    upload_concurrency: Option<i64>,
+    max_attempts: Option<i64>,
+    retry_base_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +210,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonConfig {
     pub listen: String,
+    /// Holds the state file, and scratch files when there is no local storage.
+    pub work_dir: PathBuf,
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     pub max_concurrent: usize,
@@ -191,7 +219,33 @@ pub struct DaemonConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageConfig {
-    pub local: LocalStorageConfig,
+    pub local: Option<LocalStorageConfig>,
+    pub s3: Option<S3Config>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing '/', never empty.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+    /// Static keys; `None` uses the SDK's default chain (env, profile, web identity, IMDS).
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Send checksums only when the operation requires them (for stores that reject the
+    /// newer default checksum headers, such as some R2 or older MinIO versions).
+    pub checksum_when_required: bool,
+    pub part_size: usize,
+    pub upload_concurrency: usize,
+    pub max_attempts: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub retry_base_delay: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -419,7 +473,38 @@ pub fn load_from(
 // ---------------------------------------------------------------- validation
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let local = match raw.storage.local {
+        None => None,
+        Some(l) => match l.path.as_deref().map(str::trim) {
+            Some(p) if !p.is_empty() => Some(LocalStorageConfig {
+                path: PathBuf::from(p),
+            }),
+            _ => {
+                return Err(key_err(
+                    "storage.local.path",
+                    "missing or empty: set the folder that holds local backups",
+                ))
+            }
+        },
+    };
+    let s3 = raw.storage.s3.map(validate_s3).transpose()?;
+    if local.is_none() && s3.is_none() {
+        return Err(key_err(
+            "storage.local.path",
+            "no storage configured: add [storage.local] path = \"/var/lib/dbkeep/backups\" \
+             (or DBKEEP_STORAGE__LOCAL__PATH), and/or a [storage.s3] section",
+        ));
+    }
+    let work_dir = match raw.daemon.work_dir.as_deref().map(str::trim) {
+        Some(w) if !w.is_empty() => PathBuf::from(w),
+        _ => local
+            .as_ref()
+            .map(|l| l.path.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/dbkeep")),
+    };
+
     let daemon = DaemonConfig {
+        work_dir,
         listen: raw.daemon.listen.unwrap_or_else(|| "127.0.0.1:9187".into()),
         shutdown_grace: parse_duration(
             "daemon.shutdown_grace",
@@ -447,22 +532,6 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
-    let local = raw.storage.local.ok_or_else(|| {
-        key_err(
-            "storage.local.path",
-            "no storage configured: add [storage.local] path = \"/var/lib/dbkeep/backups\" (or DBKEEP_STORAGE__LOCAL__PATH)",
-        )
-    })?;
-    let local_path = match local.path.as_deref().map(str::trim) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            return Err(key_err(
-                "storage.local.path",
-                "missing or empty: set the folder that holds local backups",
-            ))
-        }
-    };
-
     if raw.targets.is_empty() {
         return Err(ConfigError::Other(
             "no targets configured: add a [targets.NAME] section (or DBKEEP_TARGETS__NAME__KIND=postgres|sqlite)".into(),
@@ -476,9 +545,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         source_file: None,
         daemon,
-        storage: StorageConfig {
-            local: LocalStorageConfig { path: local_path },
-        },
+        storage: StorageConfig { local, s3 },
         targets,
     })
 }
@@ -800,6 +867,166 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
                 "{expr:?} is not a valid cron expression ({e}); e.g. \"0 2 * * *\" for 02:00 daily"
             )
         })
+}
+
+fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
+    let k = |f: &str| format!("storage.s3.{f}");
+    let bucket = raw
+        .bucket
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| key_err(k("bucket"), "missing: set the bucket name"))?;
+    let prefix = raw
+        .prefix
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('/')
+        .to_string();
+    if prefix.is_empty() {
+        return Err(key_err(
+            k("prefix"),
+            "missing or empty: set a non-empty key prefix such as \"prod\"; dbkeep never \
+             lists or deletes at the root of a bucket",
+        ));
+    }
+    if prefix.contains("//") {
+        return Err(key_err(
+            k("prefix"),
+            format!("{prefix:?} has an empty path segment"),
+        ));
+    }
+    if let Some(e) = &raw.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(key_err(
+                k("endpoint"),
+                format!("{e:?} must start with https:// (or http:// for a local test server)"),
+            ));
+        }
+    }
+    let secret = |plain: Option<String>,
+                  file: Option<String>,
+                  field: &str|
+     -> Result<Option<Secret>, ConfigError> {
+        match (plain, file) {
+            (Some(_), Some(_)) => Err(key_err(
+                k(&format!("{field}_file")),
+                format!("both `{field}` and `{field}_file` are set: keep one"),
+            )),
+            (Some(p), None) => Ok(Some(Secret::new(p))),
+            (None, Some(f)) => read_secret_file(&k(&format!("{field}_file")), &f).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let access_key_id = secret(raw.access_key_id, raw.access_key_id_file, "access_key_id")?;
+    let secret_access_key = secret(
+        raw.secret_access_key,
+        raw.secret_access_key_file,
+        "secret_access_key",
+    )?;
+    let session_token = secret(raw.session_token, raw.session_token_file, "session_token")?;
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(key_err(
+            k("secret_access_key"),
+            "access_key_id and secret_access_key go together: set both, or neither to use the \
+             default credential chain (environment, profile, web identity, instance metadata)",
+        ));
+    }
+    let checksum_when_required = match raw.checksum.as_deref().unwrap_or("when_supported") {
+        "when_supported" => false,
+        "when_required" => true,
+        other => {
+            return Err(key_err(
+                k("checksum"),
+                format!("{other:?}: use \"when_supported\" (default) or \"when_required\""),
+            ))
+        }
+    };
+    let sse = match raw.sse.as_deref() {
+        None => None,
+        Some(s @ ("AES256" | "aws:kms" | "aws:kms:dsse")) => Some(s.to_string()),
+        Some(other) => {
+            return Err(key_err(
+                k("sse"),
+                format!("{other:?}: use \"AES256\" or \"aws:kms\""),
+            ))
+        }
+    };
+    if raw.sse_kms_key_id.is_some() && !matches!(sse.as_deref(), Some("aws:kms" | "aws:kms:dsse")) {
+        return Err(key_err(
+            k("sse_kms_key_id"),
+            "only goes with sse = \"aws:kms\"",
+        ));
+    }
+    let part_size = match raw.part_size.as_deref() {
+        None => 16 * 1024 * 1024,
+        Some(p) => parse_size(p).ok_or_else(|| {
+            key_err(
+                k("part_size"),
+                format!("{p:?} is not a size: write e.g. \"16MiB\""),
+            )
+        })?,
+    };
+    if !(5 * 1024 * 1024..=5 * 1024 * 1024 * 1024).contains(&part_size) {
+        return Err(key_err(
+            k("part_size"),
+            "S3 parts must be between 5MiB and 5GiB",
+        ));
+    }
+    let upload_concurrency = match raw.upload_concurrency {
+        None => 2,
+        Some(n) if (1..=16).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(key_err(
+                k("upload_concurrency"),
+                format!("{n}: use 1 to 16"),
+            ))
+        }
+    };
+    let max_attempts = match raw.max_attempts {
+        None => 5,
+        Some(n) if (1..=20).contains(&n) => n as u32,
+        Some(n) => return Err(key_err(k("max_attempts"), format!("{n}: use 1 to 20"))),
+    };
+    let retry_base_delay = parse_duration(
+        &k("retry_base_delay"),
+        raw.retry_base_delay.as_deref(),
+        "500ms",
+    )?;
+    Ok(S3Config {
+        bucket,
+        prefix,
+        endpoint: raw.endpoint,
+        region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        access_key_id,
+        secret_access_key,
+        session_token,
+        storage_class: raw.storage_class,
+        sse,
+        sse_kms_key_id: raw.sse_kms_key_id,
+        checksum_when_required,
+        part_size,
+        upload_concurrency,
+        max_attempts,
+        retry_base_delay,
+    })
+}
+
+/// "16MiB", "5MB", "8388608".
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// `cleanup_schedule` takes a cron expression or an interval ("6h").

@@ -41,6 +41,7 @@ pub struct TargetHealth {
     pub problems: Vec<String>,
     pub newest_backup: Option<NewestBackup>,
     pub backups: usize,
+    pub pending_uploads: usize,
     pub last_run: LastRun,
     pub next_run: Option<DateTime<Utc>>,
     /// When the target turns stale if no new backup completes.
@@ -81,6 +82,20 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             ),
         });
     }
+    if let Some(first) = facts.state.pending_uploads.first() {
+        problems.push(format!(
+            "{} archive(s) not uploaded to {} (pending since {}): {}",
+            facts.state.pending_uploads.len(),
+            first.storage,
+            first.since.format("%Y-%m-%dT%H:%M:%SZ"),
+            facts
+                .state
+                .pending_uploads
+                .last()
+                .map(|p| p.error.as_str())
+                .unwrap_or("")
+        ));
+    }
     if facts.state.last_status == Some(RunStatus::Failure) {
         problems.push(format!(
             "last run failed: {}",
@@ -98,6 +113,7 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             age_seconds: (now - created).num_seconds(),
         }),
         backups: facts.backups,
+        pending_uploads: facts.state.pending_uploads.len(),
         last_run: LastRun {
             status: facts.state.last_status,
             started: facts.state.last_run,

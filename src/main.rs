@@ -61,6 +61,9 @@ enum Cmd {
     Backup {
         /// Targets to back up (all when none is named)
         targets: Vec<String>,
+        /// Only upload archives a remote storage missed earlier; take no new backup
+        #[arg(long)]
+        upload_pending: bool,
     },
     /// List complete backups, newest first
     List {
@@ -175,7 +178,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", cfg.to_display_json());
             Ok(())
         }
-        Cmd::Backup { targets } => {
+        Cmd::Backup {
+            targets,
+            upload_pending: true,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let selected = select_targets(&cfg, &targets)?;
+            upload_pending(&cfg, &selected).await
+        }
+        Cmd::Backup { targets, .. } => {
             let cfg = load_config(cli.config.as_deref())?;
             let selected = select_targets(&cfg, &targets)?;
             let cancel = cancel_on_ctrl_c();
@@ -239,15 +250,15 @@ async fn backup_targets(
     names: &[String],
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
-    let storages = storage::build(cfg);
-    let state = state::StateFile::beside(&cfg.storage.local.path);
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
     let mut failed = Vec::new();
     for name in names {
         let Some(target) = cfg.target(name) else {
             continue;
         };
         let started = chrono::Utc::now();
-        let result = job::backup(target, &storages, None, cancel).await;
+        let result = job::backup(target, &storages, &state, None, cancel).await;
         let error = result.as_ref().err().map(|e| e.to_string());
         state.update(name, |s| s.record_run(started, chrono::Utc::now(), error));
         match result {
@@ -268,7 +279,40 @@ async fn backup_targets(
     }
 }
 
+async fn upload_pending(cfg: &Config, names: &[String]) -> Result<(), Failure> {
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        match job::upload_pending(target, &storages, &state).await {
+            Ok(n) => println!("{name}: uploaded {n} pending archive(s)"),
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                failed.push(name.clone());
+            }
+        }
+        let left = state.get(name).pending_uploads.len();
+        if left > 0 {
+            println!("{name}: {left} archive(s) still pending upload");
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow!(
+            "pending uploads still failing for: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
 fn print_outcome(o: &job::Outcome) {
+    for (file, storage) in &o.pending {
+        println!("{:<12} {file}: NOT uploaded to {storage}; kept locally, pending upload (retried at the next run)", o.target);
+    }
     if !o.leftovers_removed.is_empty() {
         println!(
             "{:<12} removed {} leftover temp file(s) of an interrupted run",
@@ -304,7 +348,7 @@ async fn list(
     only: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
-    let storages = storage::build(cfg);
+    let storages = storage::build(cfg).await;
     if let Some(s) = only {
         if !storages.iter().any(|st| st.name() == s) {
             let configured: Vec<&str> = storages.iter().map(|st| st.name()).collect();
@@ -369,14 +413,15 @@ async fn list(
 }
 
 async fn cleanup(cfg: &Config, names: &[String], dry_run: bool) -> Result<(), Failure> {
-    let storages = storage::build(cfg);
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
     let now = chrono::Utc::now();
     let mut failed = Vec::new();
     for name in names {
         let Some(target) = cfg.target(name) else {
             continue;
         };
-        let reports = match job::cleanup(target, &storages, dry_run, now).await {
+        let reports = match job::cleanup(target, &storages, &state, dry_run, now).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -437,8 +482,8 @@ fn print_cleanup(r: &job::CleanupReport, dry_run: bool, now: chrono::DateTime<ch
 }
 
 async fn status(cfg: &Config, json: bool) -> Result<(), Failure> {
-    let storages = storage::build(cfg);
-    let state = state::StateFile::beside(&cfg.storage.local.path);
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
     let now = chrono::Utc::now();
     let mut all = Vec::new();
     for t in &cfg.targets {
@@ -552,7 +597,7 @@ async fn run_demo(dir: PathBuf, every: &str) -> Result<(), Failure> {
         "dbkeep demo: {} is taking orders; the daemon backs it up every {every} into {}, keeping the newest 3.\n\
          Try: curl -s localhost:9187/metrics | grep ^dbkeep_   and   curl -s localhost:9187/health   (Ctrl-C stops)",
         dir.join(demo::DB_FILE).display(),
-        cfg.storage.local.path.join("shop").display()
+        dir.join("backups").join("shop").display()
     );
     let result = app::run(cfg).await;
     stop_writer.cancel();

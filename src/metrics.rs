@@ -20,6 +20,9 @@ pub const RUNS_SKIPPED: &str = "dbkeep_runs_skipped_total";
 pub const TARGET_UP: &str = "dbkeep_target_up";
 pub const BUILD_INFO: &str = "dbkeep_build_info";
 pub const CONFIG_RELOAD: &str = "dbkeep_config_reload_total";
+pub const UPLOAD_DURATION: &str = "dbkeep_upload_duration_seconds";
+pub const UPLOADS_PENDING: &str = "dbkeep_uploads_pending";
+pub const STORAGE_UP: &str = "dbkeep_storage_up";
 
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +37,9 @@ pub struct Metrics {
     skipped: IntCounterVec,
     target_up: IntGaugeVec,
     reloads: IntCounterVec,
+    upload_duration: HistogramVec,
+    uploads_pending: IntGaugeVec,
+    storage_up: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -80,7 +86,34 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )
         .expect("valid histogram"),
     );
+    let upload_duration = register(
+        &r,
+        HistogramVec::new(
+            HistogramOpts::new(
+                UPLOAD_DURATION,
+                "Wall time of archive uploads to remote storage",
+            )
+            .buckets(vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+            ]),
+            &["target", "storage"],
+        )
+        .expect("valid histogram"),
+    );
     Metrics {
+        upload_duration,
+        uploads_pending: int_gauge(
+            &r,
+            UPLOADS_PENDING,
+            "Archives stored locally but not yet uploaded",
+            &["target"],
+        ),
+        storage_up: int_gauge(
+            &r,
+            STORAGE_UP,
+            "1 when the storage answered its last request",
+            &["storage"],
+        ),
         last_success: gauge(
             &r,
             BACKUP_LAST_SUCCESS,
@@ -170,6 +203,44 @@ pub fn target_registered(target: &str, storages: &[&str]) {
     for s in storages {
         m.deleted.with_label_values(&[target, s]);
     }
+    if storages.iter().any(|s| *s != "local") {
+        m.uploads_pending.with_label_values(&[target]);
+    }
+}
+
+pub fn upload_finished(target: &str, storage: &str, bytes: u64, duration: std::time::Duration) {
+    m().upload_duration
+        .with_label_values(&[target, storage])
+        .observe(duration.as_secs_f64());
+    tracing::info!(
+        target,
+        storage,
+        bytes,
+        duration_ms = duration.as_millis() as u64,
+        "upload finished"
+    );
+}
+
+pub fn upload_pending(target: &str, storage: &str, file: &str, error: &str) {
+    tracing::error!(
+        target,
+        storage,
+        file,
+        error,
+        "upload failed; the local backup is kept and marked pending upload"
+    );
+}
+
+pub fn uploads_pending(target: &str, count: usize) {
+    m().uploads_pending
+        .with_label_values(&[target])
+        .set(count as i64);
+}
+
+pub fn storage_up(storage: &str, up: bool) {
+    m().storage_up
+        .with_label_values(&[storage])
+        .set(i64::from(up));
 }
 
 pub fn backup_started(

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,8 @@ pub fn next_run(
             config::parse_cron(expr)
                 .ok()
                 .and_then(|c| c.find_next_occurrence(&from, false).ok())
+                // croner keeps the sub-second part of `from`; cron slots are whole seconds.
+                .and_then(|t| t.with_nanosecond(0))
                 // A validated expression always has a next occurrence; fall back to a day.
                 .unwrap_or(from + chrono::Duration::days(1))
         }
@@ -183,6 +185,12 @@ mod tests {
                 Some(t("2026-11-21 14:29:50")),
                 t("2026-11-21 14:30:00"),
             ),
+            (
+                "cron after a run that started mid-second: on the whole second",
+                &nightly,
+                Some(t("2026-11-21 02:00:05") + chrono::Duration::milliseconds(545)),
+                t("2026-11-22 02:00:00"),
+            ),
         ] {
             assert_eq!(next_run(schedule, last, now), want, "{name}");
         }
@@ -307,15 +315,29 @@ mod tests {
             Duration::from_secs(10 * 60 + 30),
         )
         .await;
-        let starts = secs_after_start(&rec.starts.lock().unwrap());
-        assert_eq!(starts.len(), 10, "{starts:?}");
-        for (i, s) in starts.iter().enumerate() {
-            let slot = 60 * (i as i64 + 1);
+        let origin = t("2026-11-21 00:00:00");
+        let starts_ms: Vec<i64> = rec
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| (*d - origin).num_milliseconds())
+            .collect();
+        assert_eq!(starts_ms.len(), 10, "{starts_ms:?}");
+        let mut spread = std::collections::BTreeSet::new();
+        for (i, ms) in starts_ms.iter().enumerate() {
+            let slot = 60_000 * (i as i64 + 1);
+            // Jitter is below 20 s; tokio rounds a timer up to the next millisecond.
             assert!(
-                (slot..slot + 20).contains(s),
-                "run {i} at {s}s, slot {slot}s"
+                (slot..=slot + 20_000).contains(ms),
+                "run {i} at {ms} ms, slot {slot} ms"
             );
+            spread.insert((ms - slot) / 1000);
         }
+        assert!(
+            spread.len() > 1,
+            "jitter must vary between runs: {starts_ms:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

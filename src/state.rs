@@ -27,6 +27,17 @@ pub struct TargetState {
     pub last_error: Option<String>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_cleanup: Option<DateTime<Utc>>,
+    /// Archives stored locally whose upload to a remote storage has not succeeded yet.
+    #[serde(default)]
+    pub pending_uploads: Vec<PendingUpload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpload {
+    pub file: String,
+    pub storage: String,
+    pub since: DateTime<Utc>,
+    pub error: String,
 }
 
 pub struct StateFile {
@@ -35,11 +46,16 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    pub fn beside(backup_root: &Path) -> Self {
+    /// The state file in `work_dir` (the local backup folder unless configured).
+    pub fn beside(work_dir: &Path) -> Self {
         StateFile {
-            path: backup_root.join(FILE_NAME),
+            path: work_dir.join(FILE_NAME),
             lock: Mutex::new(()),
         }
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     fn read(&self) -> BTreeMap<String, TargetState> {

@@ -239,6 +239,22 @@ impl Storage for LocalStorage {
         }
     }
 
+    async fn open(
+        &self,
+        target: &str,
+        file: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
+        let path = self.dir(target).join(file);
+        match File::open(&path) {
+            Ok(f) => Ok(Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                storage: NAME,
+                path,
+            }),
+            Err(source) => Err(io_err("open", &path, source)),
+        }
+    }
+
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let dir = self.dir(target);
         blocking(move || {

@@ -1,6 +1,7 @@
 //! The `Storage` trait: write a stream atomically, list, read, delete, clean leftovers.
 
 pub mod local;
+pub mod s3;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +31,13 @@ pub enum StorageError {
         storage: &'static str,
         message: String,
     },
+    #[error("{storage} storage ({place}): {action}: {message}")]
+    Remote {
+        storage: &'static str,
+        place: String,
+        action: String,
+        message: String,
+    },
 }
 
 /// One stored object as the storage lists it.
@@ -53,6 +61,15 @@ pub trait ObjectWriter: Write + Send {
 pub trait Storage: Send + Sync {
     /// The storage's name in listings, logs and metrics (`local`, `s3`).
     fn name(&self) -> &'static str;
+    /// Off the database host (S3): its failure makes a backup pending upload, not failed,
+    /// when a local copy exists.
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// The object key of a file, for stores addressed by key (S3).
+    fn object_key(&self, _target: &str, _file: &str) -> Option<String> {
+        None
+    }
     /// Where a target's objects live, for messages.
     fn location(&self, target: &str) -> String;
     /// Start writing `file` in `target`'s folder.
@@ -63,6 +80,12 @@ pub trait Storage: Send + Sync {
         -> Result<(), StorageError>;
     /// Read a small object (a manifest) whole.
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError>;
+    /// A blocking reader over a stored object (read it from a blocking thread).
+    async fn open(
+        &self,
+        target: &str,
+        file: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, StorageError>;
     /// Every finished object in `target`'s folder (no temp files).
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError>;
@@ -72,9 +95,16 @@ pub trait Storage: Send + Sync {
     fn scratch_dir(&self, target: &str) -> Option<PathBuf>;
 }
 
-/// The storages a config enables, in write order.
-pub fn build(cfg: &Config) -> Vec<Box<dyn Storage>> {
-    vec![Box::new(local::LocalStorage::new(
-        cfg.storage.local.path.clone(),
-    ))]
+/// The storages a config enables: local first (it is the one a backup must reach).
+pub async fn build(cfg: &Config) -> Vec<Box<dyn Storage>> {
+    let mut out: Vec<Box<dyn Storage>> = Vec::new();
+    if let Some(l) = &cfg.storage.local {
+        out.push(Box::new(local::LocalStorage::new(l.path.clone())));
+    }
+    if let Some(s) = &cfg.storage.s3 {
+        out.push(Box::new(
+            s3::S3Storage::new(s.clone(), cfg.daemon.work_dir.clone()).await,
+        ));
+    }
+    out
 }

@@ -1,5 +1,7 @@
-//! Shared test helpers: a throwaway PostgreSQL cluster, the real dbkeep binary, files.
+//! Shared test helpers: a throwaway PostgreSQL cluster, an S3 server, the real dbkeep binary.
 #![allow(dead_code)]
+
+pub mod s3;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -524,4 +526,19 @@ pub fn sqlite_target(sb: &Sandbox, name: &str, extra: &str) -> (PathBuf, PathBuf
         db.display()
     ));
     (db, cfg)
+}
+
+/// A pg_bin_dir whose pg_dump streams the real dump, then keeps its stdout open for
+/// `secs` seconds: a backup that is still running when the test acts.
+pub fn slow_pg_dump(sb: &Sandbox, pg: &TestPostgres, secs: u32) -> PathBuf {
+    let bin = sb.path().join(format!("slow-bin-{secs}"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = pg.bin.join("pg_dump");
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n{{ {real} \"$@\"; sleep {secs}; }}\n",
+        real = real.display()
+    );
+    std::fs::write(bin.join("pg_dump"), script).unwrap();
+    std::fs::set_permissions(bin.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
 }

@@ -39,6 +39,14 @@ fn bad_configs_exit_2_naming_the_key() {
         ("unknown env key", format!("{STORAGE}{APP}"), vec![("DBKEEP_TARGETS__APP__BOGUS", "1")], "unknown field `bogus`"),
         ("bad env value", format!("{STORAGE}{APP}"), vec![("DBKEEP_DEFAULTS__MIN_KEEP", "many")], "defaults.min_keep"),
         ("env compression", format!("{STORAGE}{APP}"), vec![("DBKEEP_TARGETS__APP__COMPRESSION", "brotli")], "targets.app.compression"),
+        ("s3 empty prefix", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"\"\n"), vec![], "storage.s3.prefix"),
+        ("s3 prefix /", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"/\"\n"), vec![], "storage.s3.prefix"),
+        ("s3 no prefix", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\n"), vec![], "storage.s3.prefix"),
+        ("s3 no bucket", format!("{STORAGE}{APP}[storage.s3]\nprefix = \"p\"\n"), vec![], "storage.s3.bucket"),
+        ("s3 half the keys", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"p\"\naccess_key_id = \"x\"\n"), vec![], "storage.s3.secret_access_key"),
+        ("s3 small parts", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"p\"\npart_size = \"1MiB\"\n"), vec![], "storage.s3.part_size"),
+        ("s3 bad checksum", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"p\"\nchecksum = \"never\"\n"), vec![], "storage.s3.checksum"),
+        ("s3 prefix from env", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"p\"\n"), vec![("DBKEEP_STORAGE__S3__PREFIX", "/")], "storage.s3.prefix"),
         ("toml syntax", format!("{STORAGE}{APP}keep_days = = 3\n"), vec![], "TOML"),
     ];
     let mut failures = Vec::new();

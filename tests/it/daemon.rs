@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    dbkeep, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres, PG_PASSWORD,
+    dbkeep, slow_pg_dump, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres, PG_PASSWORD,
 };
 
 fn pg_config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> std::path::PathBuf {
@@ -25,25 +25,6 @@ password = "{PG_PASSWORD}"
         sb.backups().display(),
         pg.url(db)
     ))
-}
-
-/// A pg_bin_dir whose pg_dump streams the real dump, then keeps its stdout open for 60 s:
-/// a backup that is still running when the test acts.
-fn slow_pg_dump(sb: &Sandbox, pg: &TestPostgres) -> std::path::PathBuf {
-    let bin = sb.path().join("slow-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let real = pg.bin.join("pg_dump");
-    let script = format!(
-        "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n{{ {real} \"$@\"; sleep 60; }}\n",
-        real = real.display()
-    );
-    std::fs::write(bin.join("pg_dump"), script).unwrap();
-    std::fs::set_permissions(
-        bin.join("pg_dump"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    bin
 }
 
 fn temp_files(sb: &Sandbox) -> Vec<String> {
@@ -207,7 +188,7 @@ fn sigterm_during_a_long_backup_exits_0_within_the_grace_and_leaves_nothing() {
     let before = listed(&cfg);
     assert_eq!(before.len(), 1);
 
-    let slow = slow_pg_dump(&sb, &pg);
+    let slow = slow_pg_dump(&sb, &pg, 60);
     let cfg = pg_config(
         &sb,
         &pg,
@@ -264,7 +245,7 @@ fn kill_9_during_a_backup_then_restart_removes_the_leftover_and_backs_up() {
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 5000) g",
     );
     let sb = Sandbox::new();
-    let slow = slow_pg_dump(&sb, &pg);
+    let slow = slow_pg_dump(&sb, &pg, 60);
     let slow_cfg = pg_config(
         &sb,
         &pg,

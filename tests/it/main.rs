@@ -8,4 +8,5 @@ mod config_errors;
 mod daemon;
 mod listing;
 mod postgres_backup;
+mod s3_storage;
 mod sqlite_backup;

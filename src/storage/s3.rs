@@ -1,0 +1,759 @@
+//! S3-compatible object storage: `<prefix>/<target>/<file>` keys, streaming multipart
+//! upload in bounded memory, paginated listing, retries with backoff, and aborting of
+//! multipart uploads left behind by failures.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::{ObjectInfo, ObjectWriter, Storage, StorageError};
+use crate::config::S3Config;
+use crate::metrics;
+
+const NAME: &str = "s3";
+/// Abandoned multipart uploads (the abort itself failed) are remembered here, in the work
+/// folder, and aborted at the next run.
+const ABANDONED_FILE: &str = ".dbkeep-s3-abandoned.json";
+/// Multipart uploads older than this under a target's prefix are leftovers of a crash.
+const STALE_UPLOAD_AGE: chrono::Duration = chrono::Duration::hours(24);
+
+pub struct S3Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    cfg: S3Config,
+    /// "bucket `x` at <endpoint>", for messages (never credentials).
+    place: String,
+    abandoned_path: PathBuf,
+    abandoned_lock: Mutex<()>,
+}
+
+impl S3Storage {
+    pub async fn new(cfg: S3Config, work_dir: PathBuf) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(cfg.region.clone()))
+            // dbkeep retries itself, with a log line per retry.
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                ak.expose(),
+                sk.expose(),
+                cfg.session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "dbkeep-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut b =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+        if let Some(e) = &cfg.endpoint {
+            b = b.endpoint_url(e);
+        }
+        if cfg.checksum_when_required {
+            b = b
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        let place = format!(
+            "bucket `{}` at {}",
+            cfg.bucket,
+            cfg.endpoint.as_deref().unwrap_or("AWS S3")
+        );
+        S3Storage {
+            inner: Arc::new(Inner {
+                client: Client::from_conf(b.build()),
+                cfg,
+                place,
+                abandoned_path: work_dir.join(ABANDONED_FILE),
+                abandoned_lock: Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, target: &str, file: &str) -> String {
+        format!("{}/{target}/{file}", self.cfg.prefix)
+    }
+
+    fn target_prefix(&self, target: &str) -> String {
+        format!("{}/{target}/", self.cfg.prefix)
+    }
+
+    fn err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        action: &str,
+        key: &str,
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError {
+        StorageError::Remote {
+            storage: NAME,
+            place: self.place.clone(),
+            action: format!("{action} {key}"),
+            message: describe(e),
+        }
+    }
+
+    /// Run `op`, retrying transient failures with exponential backoff and jitter.
+    async fn retry<T, E, F, Fut>(
+        &self,
+        action: &str,
+        key: &str,
+        mut op: F,
+    ) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+            Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        >,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    metrics::storage_up(NAME, true);
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let transient = is_transient(&e);
+                    if !transient || attempt >= self.cfg.max_attempts {
+                        if transient {
+                            metrics::storage_up(NAME, false);
+                        }
+                        return Err(self.err(action, key, &e));
+                    }
+                    let base = self.cfg.retry_base_delay;
+                    let backoff = base
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(Duration::from_secs(30));
+                    let delay = backoff + crate::scheduler::jitter_delay(base);
+                    tracing::warn!(
+                        storage = NAME,
+                        action,
+                        key,
+                        attempt,
+                        max_attempts = self.cfg.max_attempts,
+                        delay_ms = delay.as_millis() as u64,
+                        error = %describe(&e),
+                        "transient S3 error; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
+        self.retry("upload", key, || {
+            self.client
+                .put_object()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from))
+                .set_server_side_encryption(self.cfg.sse.as_deref().map(ServerSideEncryption::from))
+                .set_ssekms_key_id(self.cfg.sse_kms_key_id.clone())
+                .body(ByteStream::from(body.clone()))
+                .send()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.retry("abort multipart upload of", key, || {
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn load_abandoned(&self) -> BTreeMap<String, String> {
+        std::fs::read(&self.abandoned_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_abandoned(&self, all: &BTreeMap<String, String>) {
+        let result = if all.is_empty() {
+            match std::fs::remove_file(&self.abandoned_path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            serde_json::to_vec_pretty(all)
+                .map_err(io::Error::other)
+                .and_then(|b| std::fs::write(&self.abandoned_path, b))
+        };
+        if let Err(e) = result {
+            tracing::error!(path = %self.abandoned_path.display(), error = %e, "cannot record abandoned multipart uploads");
+        }
+    }
+
+    /// Remember an upload whose abort failed (upload id -> key), to abort it next time.
+    fn remember_abandoned(&self, key: &str, upload_id: &str) {
+        let _g = self
+            .abandoned_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut all = self.load_abandoned();
+        all.insert(upload_id.to_string(), key.to_string());
+        self.save_abandoned(&all);
+    }
+}
+
+/// Service errors carry a code and message; transport errors their cause.
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> String {
+    match e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = e.code().unwrap_or("error");
+            let msg = e.message().unwrap_or("");
+            let hint = match code {
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken" | "ExpiredToken" => {
+                    ": check access_key_id / secret_access_key (or the credential chain) and the bucket policy"
+                }
+                "NoSuchBucket" => ": check storage.s3.bucket, region and endpoint",
+                _ => "",
+            };
+            format!("{code} (HTTP {status}) {msg}{hint}")
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            format!("cannot reach the endpoint: {}", DisplayErrorContext(e))
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+/// 5xx, 429, throttling, timeouts and connection failures are worth another try.
+fn is_transient<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            status >= 500
+                || status == 429
+                || matches!(
+                    e.code(),
+                    Some(
+                        "SlowDown"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "RequestTimeout"
+                            | "InternalError"
+                    )
+                )
+        }
+        _ => false,
+    }
+}
+
+/// The multipart upload running behind an `S3Writer`.
+struct Uploader {
+    tx: mpsc::Sender<(i32, Bytes)>,
+    task: JoinHandle<Result<(), StorageError>>,
+}
+
+/// Buffers up to `part_size`, hands full parts to the uploader; small objects are one PUT.
+struct S3Writer {
+    inner: Arc<Inner>,
+    handle: Handle,
+    key: String,
+    target: String,
+    buf: Vec<u8>,
+    next_part: i32,
+    uploader: Option<Uploader>,
+    abort: CancellationToken,
+    started: Instant,
+    bytes: u64,
+    done: bool,
+}
+
+impl S3Writer {
+    fn send_part(&mut self, part: Bytes) -> io::Result<()> {
+        if self.uploader.is_none() {
+            let (tx, rx) = mpsc::channel(1);
+            let task = self.handle.spawn(upload_parts(
+                self.inner.clone(),
+                self.key.clone(),
+                rx,
+                self.abort.clone(),
+            ));
+            self.uploader = Some(Uploader { tx, task });
+        }
+        self.next_part += 1;
+        let n = self.next_part;
+        let Some(up) = self.uploader.as_ref() else {
+            return Err(io::Error::other("uploader missing"));
+        };
+        if up.tx.blocking_send((n, part)).is_err() {
+            // The uploader stopped: report its error.
+            let up = self
+                .uploader
+                .take()
+                .ok_or_else(|| io::Error::other("uploader missing"))?;
+            drop(up.tx);
+            let err = match self.handle.block_on(up.task) {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "upload ended early".to_string(),
+                Err(e) => format!("upload task failed: {e}"),
+            };
+            return Err(io::Error::other(err));
+        }
+        Ok(())
+    }
+}
+
+impl Write for S3Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let part_size = self.inner.cfg.part_size;
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        while self.buf.len() >= part_size {
+            let rest = self.buf.split_off(part_size);
+            let part = std::mem::replace(&mut self.buf, rest);
+            self.send_part(Bytes::from(part))?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer {
+    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let task_err = |e: String| StorageError::Task {
+            storage: NAME,
+            message: e,
+        };
+        let result = if self.uploader.is_none() {
+            let body = Bytes::from(std::mem::take(&mut self.buf));
+            let inner = self.inner.clone();
+            let key = self.key.clone();
+            self.handle
+                .block_on(async move { inner.put_object(&key, body).await })
+        } else {
+            if !self.buf.is_empty() {
+                let last = Bytes::from(std::mem::take(&mut self.buf));
+                self.send_part(last).map_err(|e| task_err(e.to_string()))?;
+            }
+            let up = self
+                .uploader
+                .take()
+                .ok_or_else(|| task_err("uploader missing".into()))?;
+            drop(up.tx);
+            self.handle
+                .block_on(up.task)
+                .map_err(|e| task_err(format!("upload task failed: {e}")))?
+        };
+        self.done = true;
+        if result.is_ok() {
+            metrics::upload_finished(&self.target, NAME, self.bytes, self.started.elapsed());
+        }
+        result
+    }
+
+    fn abort(self: Box<Self>) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if !self.done {
+            // The uploader sees the cancellation and aborts the multipart upload.
+            self.abort.cancel();
+        }
+    }
+}
+
+/// Upload parts as they arrive (at most `upload_concurrency` at once), then complete. On
+/// any failure or cancellation the multipart upload is aborted; if even that fails, its id
+/// is remembered and aborted at the next run.
+async fn upload_parts(
+    inner: Arc<Inner>,
+    key: String,
+    mut rx: mpsc::Receiver<(i32, Bytes)>,
+    abort: CancellationToken,
+) -> Result<(), StorageError> {
+    let cfg = &inner.cfg;
+    let created = inner
+        .retry("start multipart upload of", &key, || {
+            inner
+                .client
+                .create_multipart_upload()
+                .bucket(&cfg.bucket)
+                .key(&key)
+                .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+                .set_server_side_encryption(cfg.sse.as_deref().map(ServerSideEncryption::from))
+                .set_ssekms_key_id(cfg.sse_kms_key_id.clone())
+                .send()
+        })
+        .await?;
+    let upload_id = created.upload_id().unwrap_or_default().to_string();
+    let outcome: Result<(), StorageError> = async {
+        let mut parts: Vec<CompletedPart> = Vec::new();
+        let mut inflight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        loop {
+            let msg = tokio::select! {
+                _ = abort.cancelled() => return Err(StorageError::Task { storage: NAME, message: "upload cancelled".into() }),
+                m = rx.recv() => m,
+            };
+            let Some((n, body)) = msg else { break };
+            while inflight.len() >= cfg.upload_concurrency {
+                if let Some(r) = inflight.join_next().await {
+                    parts.push(joined(r)?);
+                }
+            }
+            let (inner, key, upload_id) = (inner.clone(), key.clone(), upload_id.clone());
+            inflight.spawn(async move {
+                let out = inner
+                    .retry(&format!("upload part {n} of"), &key, || {
+                        inner
+                            .client
+                            .upload_part()
+                            .bucket(&inner.cfg.bucket)
+                            .key(&key)
+                            .upload_id(&upload_id)
+                            .part_number(n)
+                            .body(ByteStream::from(body.clone()))
+                            .send()
+                    })
+                    .await?;
+                Ok(CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build())
+            });
+        }
+        while let Some(r) = inflight.join_next().await {
+            parts.push(joined(r)?);
+        }
+        if abort.is_cancelled() {
+            return Err(StorageError::Task { storage: NAME, message: "upload cancelled".into() });
+        }
+        parts.sort_by_key(|p| p.part_number());
+        let count = parts.len();
+        let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+        inner
+            .retry("complete multipart upload of", &key, || {
+                inner
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&cfg.bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(done.clone())
+                    .send()
+            })
+            .await?;
+        tracing::info!(storage = NAME, key = %key, parts = count, "multipart upload completed");
+        Ok(())
+    }
+    .await;
+    if outcome.is_err() {
+        if let Err(e) = inner.abort_upload(&key, &upload_id).await {
+            tracing::error!(storage = NAME, key = %key, error = %e, "cannot abort the multipart upload now; it is remembered and aborted at the next run");
+            inner.remember_abandoned(&key, &upload_id);
+        }
+    }
+    outcome
+}
+
+fn joined(
+    r: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
+) -> Result<CompletedPart, StorageError> {
+    r.map_err(|e| StorageError::Task {
+        storage: NAME,
+        message: format!("part upload task failed: {e}"),
+    })?
+}
+
+/// A blocking reader over an object's body.
+struct BodyReader(tokio_util::io::SyncIoBridge<Box<dyn tokio::io::AsyncRead + Send + Unpin>>);
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn object_key(&self, target: &str, file: &str) -> Option<String> {
+        Some(self.inner.key(target, file))
+    }
+
+    fn location(&self, target: &str) -> String {
+        format!(
+            "s3://{}/{}",
+            self.inner.cfg.bucket,
+            self.inner.target_prefix(target)
+        )
+    }
+
+    async fn create(
+        &self,
+        target: &str,
+        file: &str,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            handle: Handle::current(),
+            key: self.inner.key(target, file),
+            target: target.to_string(),
+            buf: Vec::new(),
+            next_part: 0,
+            uploader: None,
+            abort: CancellationToken::new(),
+            started: Instant::now(),
+            bytes: 0,
+            done: false,
+        }))
+    }
+
+    async fn put_bytes(
+        &self,
+        target: &str,
+        file: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .put_object(&self.inner.key(target, file), Bytes::from(bytes))
+            .await
+    }
+
+    async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
+        let key = self.inner.key(target, file);
+        let out = self.get(&key).await?;
+        let body = out.body.collect().await.map_err(|e| StorageError::Remote {
+            storage: NAME,
+            place: self.inner.place.clone(),
+            action: format!("download {key}"),
+            message: e.to_string(),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    async fn open(&self, target: &str, file: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        let key = self.inner.key(target, file);
+        let out = self.get(&key).await?;
+        let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> =
+            Box::new(out.body.into_async_read());
+        Ok(Box::new(BodyReader(tokio_util::io::SyncIoBridge::new(
+            reader,
+        ))))
+    }
+
+    async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let prefix = self.inner.target_prefix(target);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .retry("list", &prefix, || {
+                    self.inner
+                        .client
+                        .list_objects_v2()
+                        .bucket(&self.inner.cfg.bucket)
+                        .prefix(&prefix)
+                        .set_continuation_token(token.clone())
+                        .send()
+                })
+                .await?;
+            for o in page.contents() {
+                let Some(file) = o.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                // Only the target's own folder, not anything nested below it.
+                if file.is_empty() || file.contains('/') {
+                    continue;
+                }
+                let modified = o
+                    .last_modified()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), 0))
+                    .unwrap_or_else(Utc::now);
+                out.push(ObjectInfo {
+                    file: file.to_string(),
+                    bytes: o.size().unwrap_or(0).max(0) as u64,
+                    modified,
+                });
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() || page.is_truncated() != Some(true) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError> {
+        let key = self.inner.key(target, file);
+        self.inner
+            .retry("delete", &key, || {
+                self.inner
+                    .client
+                    .delete_object()
+                    .bucket(&self.inner.cfg.bucket)
+                    .key(&key)
+                    .send()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Abort multipart uploads left behind for this target: the ones remembered after a
+    /// failed abort, and (where the store can list them) ones older than a day.
+    async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = self.inner.target_prefix(target);
+        let mut removed = Vec::new();
+        let remembered: Vec<(String, String)> = {
+            let _g = self
+                .inner
+                .abandoned_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.inner
+                .load_abandoned()
+                .into_iter()
+                .filter(|(_, key)| key.starts_with(&prefix))
+                .collect()
+        };
+        for (upload_id, key) in remembered {
+            match self.inner.abort_upload(&key, &upload_id).await {
+                Ok(()) => {
+                    let _g = self
+                        .inner
+                        .abandoned_lock
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let mut all = self.inner.load_abandoned();
+                    all.remove(&upload_id);
+                    self.inner.save_abandoned(&all);
+                    removed.push(format!("multipart upload {upload_id} of {key}"));
+                }
+                Err(e) => {
+                    tracing::warn!(storage = NAME, key = %key, error = %e, "abandoned multipart upload still cannot be aborted")
+                }
+            }
+        }
+        let listed = self
+            .inner
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.inner.cfg.bucket)
+            .prefix(&prefix)
+            .send()
+            .await;
+        match listed {
+            Ok(page) => {
+                let cutoff = Utc::now() - STALE_UPLOAD_AGE;
+                for u in page.uploads() {
+                    let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                        continue;
+                    };
+                    let old = u
+                        .initiated()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), 0))
+                        .is_some_and(|t| t < cutoff);
+                    if old && self.inner.abort_upload(key, id).await.is_ok() {
+                        removed.push(format!("multipart upload {id} of {key}"));
+                    }
+                }
+            }
+            // Not every S3-compatible store implements ListMultipartUploads.
+            Err(e) => {
+                tracing::debug!(storage = NAME, error = %describe(&e), "cannot list multipart uploads")
+            }
+        }
+        Ok(removed)
+    }
+
+    fn scratch_dir(&self, _target: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+impl S3Storage {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        let result = self
+            .inner
+            .retry("download", key, || {
+                self.inner
+                    .client
+                    .get_object()
+                    .bucket(&self.inner.cfg.bucket)
+                    .key(key)
+                    .send()
+            })
+            .await;
+        match result {
+            Err(StorageError::Remote { message, .. }) if message.starts_with("NoSuchKey") => {
+                Err(StorageError::NotFound {
+                    storage: NAME,
+                    path: PathBuf::from(key),
+                })
+            }
+            other => other,
+        }
+    }
+}
