@@ -3,8 +3,10 @@
 
 Starts a throwaway PostgreSQL cluster on 127.0.0.1, loads the "mixed" table of
 shared/TESTING.md (6 M rows, ~917 MB; --rows to change), then runs, alternating, N times each:
-  pipeline:  pg_dump -Fc -Z0 | zstd -3 -T2 > f
-  dbkeep:    dbkeep backup (zstd level 3, local storage)
+  pipeline:    pg_dump -Fc -Z0 | zstd -3 -T2 > f
+  dbkeep:      dbkeep backup (zstd level 3, local storage)
+  dbkeep+s3:   the same, streamed to local and to S3 at once (s3s-fs server on loopback)
+  dbkeep-s3:   S3 only, no local copy
 and reports median/min/max wall time, CPU time, peak RSS (/usr/bin/time -v) and output size,
 with dbkeep's ratio to the pipeline. Writes the table to bench/results/<date>-backup.md.
 Exits non-zero if any run failed. Needs: a release build (cargo build --release), zstd,
@@ -84,6 +86,20 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_s3(work):
+    """The s3s-fs example server on a free loopback port; returns (process, config section)."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "s3_server"], cwd=ROOT, check=True)
+    os.makedirs(f"{work}/s3data/bench")
+    port = free_port()
+    proc = subprocess.Popen([f"{ROOT}/target/release/examples/s3_server", f"{work}/s3data", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    section = (f'[storage.s3]\nbucket = "bench"\nprefix = "prod"\nendpoint = "http://127.0.0.1:{port}"\n'
+               'force_path_style = true\naccess_key_id = "dbkeep-test-access"\n'
+               'secret_access_key = "dbkeep-test-secret-4f1c9a"\n')
+    return proc, section
+
+
 def timed(cmd, env=None):
     """Run cmd under /usr/bin/time -v; return (ok, wall s, cpu s, max rss KiB, stderr tail)."""
     p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
@@ -102,6 +118,7 @@ def main():
     ap.add_argument("--rows", type=int, default=6_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--binary", default=f"{ROOT}/target/release/dbkeep")
+    ap.add_argument("--no-s3", action="store_true", help="skip the S3 runs")
     args = ap.parse_args()
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} missing: run cargo build --release first")
@@ -131,12 +148,23 @@ def main():
             f.write(f'[storage.local]\npath = "{work}/backups"\n[targets.bench]\nkind = "postgres"\n'
                     f'url = "{cluster.url("bench")}"\ncompression = "zstd"\ncompression_level = 3\n'
                     f'pg_bin_dir = "{bin_dir}"\n')
+        s3_server = None
+        if not args.no_s3:
+            s3_server, s3_section = start_s3(work)
+            with open(f"{work}/both.toml", "w") as f:
+                f.write(open(cfg).read() + s3_section)
+            with open(f"{work}/s3only.toml", "w") as f:
+                f.write(f'[daemon]\nwork_dir = "{work}/s3work"\n' + s3_section
+                        + open(cfg).read().split("\n", 2)[2])
         pipeline_out = f"{work}/pipeline.dump.zst"
         cmds = {
             "pipeline": ["bash", "-c", f"set -o pipefail; {bin_dir}/pg_dump -Fc -Z0 "
                                      f"-d '{cluster.url('bench')}' | zstd -q -3 -T2 > {pipeline_out}"],
             "dbkeep": [args.binary, "--config", cfg, "backup", "bench"],
         }
+        if s3_server:
+            cmds["dbkeep+s3"] = [args.binary, "--config", f"{work}/both.toml", "backup", "bench"]
+            cmds["dbkeep-s3"] = [args.binary, "--config", f"{work}/s3only.toml", "backup", "bench"]
         results = {k: [] for k in cmds}
         sizes = {}
         env = dict(os.environ, RUST_LOG="warn")
@@ -146,12 +174,17 @@ def main():
         for i in range(args.runs):
             for name, cmd in cmds.items():
                 shutil.rmtree(f"{work}/backups", ignore_errors=True)
+                shutil.rmtree(f"{work}/s3data/bench/prod", ignore_errors=True)
                 ok, wall, cpu, rss, err = timed(cmd, env)
                 if not ok:
                     failed.append(f"{name} run {i + 1}: {err}")
                     continue
-                if name == "dbkeep":
-                    out = glob.glob(f"{work}/backups/bench/*.dump.zst")
+                if name.startswith("dbkeep"):
+                    out = glob.glob(f"{work}/backups/bench/*.dump.zst") + glob.glob(
+                        f"{work}/s3data/bench/prod/bench/*.dump.zst")
+                    if not out or (name != "dbkeep" and not glob.glob(f"{work}/s3data/bench/prod/bench/*.dump.zst")):
+                        failed.append(f"{name} run {i + 1}: no archive where expected")
+                        continue
                     sizes[name] = os.path.getsize(out[0])
                 else:
                     sizes[name] = os.path.getsize(pipeline_out)
@@ -166,6 +199,8 @@ def main():
             f.write("\n".join(lines) + "\n")
         print(f"written to {out}")
     finally:
+        if s3_server:
+            s3_server.terminate()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     if failed:
@@ -187,19 +222,23 @@ def report(results, sizes, args, table_size):
         f"Table `r` of shared/TESTING.md, {args.rows} rows, {table_size}; {os.cpu_count()} cores; "
         f"{args.runs} alternating runs each, median (min–max).",
         "",
-        "| run | wall s | cpu s | peak RSS MiB | output MiB | wall vs pipeline |",
-        "|---|---|---|---|---|---|",
+        "| run | wall s | cpu s | peak RSS MiB | output MiB | wall vs pipeline | wall vs dbkeep local |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = med("pipeline", 0) if results["pipeline"] else None
+    local = med("dbkeep", 0) if results.get("dbkeep") else None
     for name in results:
         if not results[name]:
-            lines.append(f"| {name} | failed | | | | |")
+            lines.append(f"| {name} | failed | | | | | |")
             continue
         ratio = f"{med(name, 0) / base:.3f}×" if base else "n/a"
+        vs_local = f"{med(name, 0) / local:.3f}×" if local and name.startswith("dbkeep") else ""
         lines.append(f"| {name} | {rng(name, 0)} | {rng(name, 1)} | {rng(name, 2, 1024, '{:.1f}')} | "
-                     f"{sizes.get(name, 0) / 2**20:.1f} | {ratio} |")
+                     f"{sizes.get(name, 0) / 2**20:.1f} | {ratio} | {vs_local} |")
     lines += ["", "pipeline = `pg_dump -Fc -Z0 | zstd -3 -T2 > f`; dbkeep = `dbkeep backup` "
-              "(zstd level 3, multithreaded, sha256, fsync, manifest). Peak RSS of dbkeep is "
+              "(zstd level 3, multithreaded, sha256, fsync, manifest); dbkeep+s3 = local and S3 from "
+              "one stream; dbkeep-s3 = S3 only (16 MiB parts, 2 in flight). The S3 server is s3s-fs "
+              "on loopback (examples/s3_server.rs), sharing the 2 cores. Peak RSS is "
               "/usr/bin/time's maximum over dbkeep and its pg_dump child."]
     return lines
 

@@ -47,30 +47,12 @@ impl TestS3 {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let fs = s3s_fs::FileSystem::new(self.root.path()).unwrap();
-        let mut b = S3ServiceBuilder::new(fs);
-        b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
-        let service = b.build();
         let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        self.runtime.spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let socket = tokio::select! {
-                    _ = token.cancelled() => break,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                };
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                conns.spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            // Down hard: open connections are dropped mid-request.
-            conns.abort_all();
-        });
+        self.runtime.spawn(serve(
+            self.root.path().to_path_buf(),
+            listener,
+            stop.clone(),
+        ));
         self.stop = Some(stop);
     }
 
@@ -142,6 +124,34 @@ impl Drop for TestS3 {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Serve s3s-fs on `listener` with the test credentials until `stop`; then cut every
+/// open connection, as a server that goes down hard would.
+pub async fn serve(
+    root: PathBuf,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs root");
+    let mut b = S3ServiceBuilder::new(fs);
+    b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
+    let service = b.build();
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let socket = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let conn = http
+            .serve_connection(TokioIo::new(socket), service.clone())
+            .into_owned();
+        conns.spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    conns.abort_all();
 }
 
 fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
