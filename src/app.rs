@@ -19,6 +19,7 @@ use crate::config::{self, Config, Target};
 use crate::health::{self, DbStatus, TargetHealth};
 use crate::job;
 use crate::metrics;
+use crate::restore;
 use crate::scheduler::{self, Clock, Runner};
 use crate::source;
 use crate::state::StateFile;
@@ -93,7 +94,7 @@ impl Daemon {
             let runner = JobRunner {
                 daemon: self.clone(),
                 target: t.name.clone(),
-                cleanup_only: false,
+                kind: JobKind::Backup,
             };
             let (d, name, schedule, jitter, cancel_loop) = (
                 self.clone(),
@@ -118,12 +119,29 @@ impl Daemon {
                 let runner = JobRunner {
                     daemon: self.clone(),
                     target: t.name.clone(),
-                    cleanup_only: true,
+                    kind: JobKind::Cleanup,
                 };
                 tokio::spawn(scheduler::run_loop(
                     cleanup.clone(),
                     t.jitter,
                     st.last_cleanup,
+                    self.clock,
+                    runner,
+                    cancel.clone(),
+                ));
+            }
+            if let Some(drills) = &t.verify_schedule {
+                let runner = JobRunner {
+                    daemon: self.clone(),
+                    target: t.name.clone(),
+                    kind: JobKind::Drill,
+                };
+                // Never drilled: the first drill follows the first schedule slot, not start-up.
+                let last = st.last_verify.or(Some(now));
+                tokio::spawn(scheduler::run_loop(
+                    drills.clone(),
+                    t.jitter,
+                    last,
                     self.clock,
                     runner,
                     cancel.clone(),
@@ -164,6 +182,25 @@ impl Daemon {
             self.cleanup_target(target, &storages).await;
         } else {
             self.refresh_catalog(&name).await;
+        }
+        drop(permit);
+    }
+
+    async fn run_drill(self: Arc<Self>, name: String) {
+        let Some(permit) = self.acquire().await else {
+            return;
+        };
+        let cfg = self.config();
+        if let Some(target) = cfg.target(&name) {
+            let storages = self.storages();
+            // The outcome is logged, counted and kept in the state file by `drill` itself.
+            let _ = restore::drill(
+                target,
+                &storages,
+                &self.state,
+                &self.jobs_cancel.child_token(),
+            )
+            .await;
         }
         drop(permit);
     }
@@ -350,20 +387,27 @@ pub async fn newest_backup(
     (newest.map(|id| (id.to_string(), id.time())), ids.len())
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Backup,
+    Cleanup,
+    Drill,
+}
+
 struct JobRunner {
     daemon: Arc<Daemon>,
     target: String,
-    cleanup_only: bool,
+    kind: JobKind,
 }
 
 impl Runner for JobRunner {
     fn start(&self) -> JoinHandle<()> {
         let d = self.daemon.clone();
         let name = self.target.clone();
-        if self.cleanup_only {
-            self.daemon.jobs.spawn(d.run_cleanup(name))
-        } else {
-            self.daemon.jobs.spawn(d.run_backup(name))
+        match self.kind {
+            JobKind::Backup => self.daemon.jobs.spawn(d.run_backup(name)),
+            JobKind::Cleanup => self.daemon.jobs.spawn(d.run_cleanup(name)),
+            JobKind::Drill => self.daemon.jobs.spawn(d.run_drill(name)),
         }
     }
 
@@ -372,7 +416,7 @@ impl Runner for JobRunner {
     }
 
     fn planned(&self, at: DateTime<Utc>) {
-        if !self.cleanup_only {
+        if self.kind == JobKind::Backup {
             if let Ok(mut m) = self.daemon.next_runs.lock() {
                 m.insert(self.target.clone(), at);
             }

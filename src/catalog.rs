@@ -134,6 +134,16 @@ pub struct ToolVersions {
     pub server: Option<String>,
 }
 
+/// A table in an archive, with the rows the server estimated at backup time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableInfo {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub schema: Option<String>,
+    pub name: String,
+    /// Row count (SQLite, exact) or estimate (PostgreSQL); `None` when unknown.
+    pub rows: Option<i64>,
+}
+
 /// Written beside each archive, last: its presence commits the backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -153,6 +163,12 @@ pub struct Manifest {
     pub codec: String,
     pub sha256: String,
     pub tools: ToolVersions,
+    /// The tables the archive holds, for restore drills.
+    #[serde(default)]
+    pub tables: Vec<TableInfo>,
+    /// When a restore drill last proved this archive restores.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verified_at: Option<DateTime<Utc>>,
     /// The archive's key in S3-compatible storage, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub object_key: Option<String>,
@@ -173,6 +189,8 @@ pub struct Backup {
     pub bytes: u64,
     pub sha256: String,
     pub created: DateTime<Utc>,
+    #[serde(skip)]
+    pub manifest: Manifest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +316,7 @@ pub async fn list(
             bytes,
             sha256: manifest.sha256.clone(),
             created: manifest.finished,
+            manifest,
         });
     }
     listing

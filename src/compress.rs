@@ -120,13 +120,29 @@ pub fn compress<R: Read, W: Write>(
     ))
 }
 
-/// Wrap a reader of stored bytes in the matching decoder.
-#[cfg(test)]
-pub fn decoder<'a, R: Read + 'a>(codec_name: &str, input: R) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match codec_name {
-        "zstd" => Box::new(zstd::stream::read::Decoder::new(input)?),
-        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        "none" => Box::new(input),
+/// A decoder of stored bytes that can hand back its source (to read what follows).
+pub enum Decoder<R: Read> {
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
+    Gzip(flate2::read::MultiGzDecoder<R>),
+    None(R),
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::None(r) => r.read(buf),
+        }
+    }
+}
+
+/// The decoder for a manifest's `codec`.
+pub fn decoder_for<R: Read>(codec: &str, input: R) -> io::Result<Decoder<R>> {
+    Ok(match codec {
+        "zstd" => Decoder::Zstd(zstd::stream::read::Decoder::new(input)?),
+        "gzip" => Decoder::Gzip(flate2::read::MultiGzDecoder::new(input)),
+        "none" => Decoder::None(input),
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -134,6 +150,16 @@ pub fn decoder<'a, R: Read + 'a>(codec_name: &str, input: R) -> io::Result<Box<d
             ))
         }
     })
+}
+
+/// The source reader, positioned after what the decoder consumed (bytes it buffered
+/// are dropped: callers hash below the decoder, so those were counted already).
+pub fn into_inner<R: Read>(d: Decoder<R>) -> R {
+    match d {
+        Decoder::Zstd(d) => d.finish().into_inner(),
+        Decoder::Gzip(d) => d.into_inner(),
+        Decoder::None(r) => r,
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +176,7 @@ mod tests {
         assert_eq!(s.sha256, hex::encode(Sha256::digest(&stored)));
         assert_eq!(s.head, data[..HEAD_LEN]);
         let mut back = Vec::new();
-        decoder(codec.name(), &stored[..])
+        decoder_for(codec.name(), &stored[..])
             .unwrap()
             .read_to_end(&mut back)
             .unwrap();

@@ -142,6 +142,7 @@ struct RawPolicy {
     keep_daily: Option<i64>,
     keep_weekly: Option<i64>,
     keep_monthly: Option<i64>,
+    verify_schedule: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +156,8 @@ struct RawTarget {
     #[serde(default, deserialize_with = "list_or_csv")]
     schemas: Option<Vec<String>>,
     globals: Option<bool>,
+    drill_url: Option<String>,
+    restore_owner: Option<bool>,
     // sqlite
     path: Option<String>,
     // overrides of [defaults]; serde cannot `flatten` a RawPolicy here and still
@@ -173,6 +176,7 @@ struct RawTarget {
     keep_daily: Option<i64>,
     keep_weekly: Option<i64>,
     keep_monthly: Option<i64>,
+    verify_schedule: Option<String>,
 }
 
 /// Accept a TOML array or, from the environment, a comma-separated string.
@@ -258,6 +262,8 @@ pub struct Target {
     pub name: String,
     pub source: SourceConfig,
     pub schedule: Schedule,
+    /// When restore drills run; `None`: never.
+    pub verify_schedule: Option<Schedule>,
     /// When cleanup runs; `None`: right after each backup of the target.
     pub cleanup_schedule: Option<Schedule>,
     #[serde(serialize_with = "ser_duration")]
@@ -307,6 +313,10 @@ impl SourceConfig {
 pub struct PostgresConfig {
     /// Connection URL with any password removed (the password lives in `password`).
     pub url: String,
+    /// A server where restore drills may create scratch databases (default: `url`'s server).
+    pub drill_url: Option<String>,
+    /// Keep object ownership on restore (needs a superuser); default `--no-owner`.
+    pub restore_owner: bool,
     pub password: Option<Secret>,
     pub schemas: Vec<String>,
     pub globals: bool,
@@ -706,6 +716,15 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         Some(s) if s.trim() == "after_backup" => None,
         Some(s) => Some(parse_schedule_or_interval(&cleanup_key, &s)?),
     };
+    let verify_key = key_of(o.verify_schedule.is_some(), "verify_schedule");
+    let verify_schedule = match pick_str(&o.verify_schedule, &defaults.verify_schedule)
+        .as_deref()
+        .map(str::trim)
+    {
+        None => Some(Schedule::Every(Duration::from_secs(24 * 3600))),
+        Some("off") => None,
+        Some(s) => Some(parse_schedule_or_interval(&verify_key, s)?),
+    };
     let jitter = parse_duration(
         &key_of(o.jitter.is_some(), "jitter"),
         pick_str(&o.jitter, &defaults.jitter).as_deref(),
@@ -780,8 +799,18 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                     format!("{bad:?} is not a schema name or pattern"),
                 ));
             }
+            let drill_url = match t.drill_url.as_deref() {
+                None => None,
+                Some(d) => Some(
+                    split_url_password(d)
+                        .map_err(|m| key_err(k("drill_url"), m))?
+                        .0,
+                ),
+            };
             PostgresConfig {
                 url,
+                drill_url,
+                restore_owner: t.restore_owner.unwrap_or(false),
                 password,
                 schemas,
                 globals: t.globals.unwrap_or(false),
@@ -796,6 +825,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 ("password_file", t.password_file.is_some()),
                 ("schemas", t.schemas.is_some()),
                 ("globals", t.globals.is_some()),
+                ("drill_url", t.drill_url.is_some()),
+                ("restore_owner", t.restore_owner.is_some()),
             ] {
                 if set {
                     return Err(key_err(
@@ -832,6 +863,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         source,
         schedule,
         cleanup_schedule,
+        verify_schedule,
         jitter,
         health_grace,
         compression,

@@ -44,6 +44,7 @@ pub struct TargetHealth {
     pub pending_uploads: usize,
     pub last_run: LastRun,
     pub next_run: Option<DateTime<Utc>>,
+    pub last_drill: LastRun,
     /// When the target turns stale if no new backup completes.
     pub stale_after: DateTime<Utc>,
     pub database: Option<DbStatus>,
@@ -96,6 +97,16 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
                 .unwrap_or("")
         ));
     }
+    if facts.state.last_verify_status == Some(RunStatus::Failure) {
+        problems.push(format!(
+            "last restore drill failed: {}",
+            facts
+                .state
+                .last_verify_error
+                .as_deref()
+                .unwrap_or("unknown error")
+        ));
+    }
     if facts.state.last_status == Some(RunStatus::Failure) {
         problems.push(format!(
             "last run failed: {}",
@@ -121,6 +132,12 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             error: facts.state.last_error.clone(),
         },
         next_run: facts.next_run,
+        last_drill: LastRun {
+            status: facts.state.last_verify_status,
+            started: facts.state.last_verify,
+            finished: facts.state.last_verify,
+            error: facts.state.last_verify_error.clone(),
+        },
         stale_after,
         database: facts.database,
     }
@@ -141,6 +158,7 @@ mod tests {
             }),
             schedule,
             cleanup_schedule: None,
+            verify_schedule: None,
             jitter: Duration::ZERO,
             health_grace: grace,
             compression: Compression::None,

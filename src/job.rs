@@ -238,6 +238,8 @@ async fn backup_inner(
                     codec: target.compression.name().to_string(),
                     sha256: summary.sha256.clone(),
                     tools: prepared.tools.clone(),
+                    tables: prepared.tables_of(part),
+                    verified_at: None,
                     object_key,
                     reason: reason.map(str::to_string),
                 };

@@ -11,6 +11,7 @@ mod http;
 mod job;
 mod metrics;
 mod process;
+mod restore;
 mod retention;
 mod scheduler;
 mod source;
@@ -83,6 +84,34 @@ enum Cmd {
         /// Show the plan (id, age, keep/delete, reason) and delete nothing
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Restore a backup (latest by default): checksum first, one transaction
+    Restore {
+        /// The target to restore
+        target: String,
+        /// `latest`, an id (YYYYMMDD_HHMMSS) or ID:SCHEMA
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Restore into another database (postgres URL) or file (SQLite path)
+        #[arg(long, value_name = "URL|PATH")]
+        into: Option<String>,
+        /// Do not ask; replace what needs replacing
+        #[arg(long)]
+        yes: bool,
+        /// Skip the backup of the current database taken before restoring over it
+        #[arg(long)]
+        no_safety_backup: bool,
+        /// Restore the roles and tablespaces archive (pg_dumpall --globals-only) with psql
+        #[arg(long)]
+        globals: bool,
+    },
+    /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
+    Verify {
+        /// Only this target
+        target: Option<String>,
+        /// Restore the newest complete backup into a scratch database and check it
+        #[arg(long)]
+        drill: bool,
     },
     /// Per-target health from the backups and the state file, without a running daemon
     Status {
@@ -209,6 +238,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(cli.config.as_deref())?;
             let selected = select_targets(&cfg, target.as_slice())?;
             cleanup(&cfg, &selected, dry_run).await
+        }
+        Cmd::Restore {
+            target,
+            backup,
+            into,
+            yes,
+            no_safety_backup,
+            globals,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            select_targets(&cfg, std::slice::from_ref(&target))?;
+            let opts = restore::Options {
+                yes,
+                safety_backup: !no_safety_backup,
+            };
+            restore_cmd(&cfg, &target, &backup, into.as_deref(), globals, &opts).await
+        }
+        Cmd::Verify { target, drill } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            verify_cmd(&cfg, &selected, drill).await
         }
         Cmd::Status { json } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -478,6 +528,125 @@ fn print_cleanup(r: &job::CleanupReport, dry_run: bool, now: chrono::DateTime<ch
     }
     for (file, why) in &r.leftovers {
         println!("  {verb} leftover {file}: {why}");
+    }
+}
+
+fn restore_failure(e: restore::RestoreError) -> Failure {
+    match e {
+        restore::RestoreError::Refused(_) => Failure::Usage(e.into()),
+        other => Failure::Failed(other.into()),
+    }
+}
+
+async fn restore_cmd(
+    cfg: &Config,
+    name: &str,
+    backup: &str,
+    into: Option<&str>,
+    globals: bool,
+    opts: &restore::Options,
+) -> Result<(), Failure> {
+    let Some(target) = cfg.target(name) else {
+        return Err(usage(anyhow!("unknown target `{name}`")));
+    };
+    let selector: restore::Selector = backup.parse().map_err(|e: String| usage(anyhow!(e)))?;
+    let dest = restore::Destination::parse(target, into).map_err(restore_failure)?;
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
+    let chosen = restore::choose(target, &storages, &selector, globals)
+        .await
+        .map_err(restore_failure)?;
+    let plan = restore::describe(target, &chosen, &dest);
+    eprintln!("{plan}");
+    // The archive is proven intact before anything is asked or touched.
+    restore::verify_checksum(storages[chosen.storage].as_ref(), &chosen.backup)
+        .await
+        .map_err(restore_failure)?;
+    eprintln!("checksum OK (sha256 {})", &chosen.backup.sha256[..16]);
+    if dest.is_own() && !opts.yes {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(usage(anyhow!(
+                "refusing to restore over the live database without confirmation: run it on a terminal, or add --yes"
+            )));
+        }
+        eprint!(
+            "This replaces data in the live database{}. Type the target name ({name}) to go on: ",
+            if opts.safety_backup {
+                " (a safety backup is taken first)"
+            } else {
+                ""
+            }
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != name {
+            return Err(usage(anyhow!("not confirmed; nothing was changed")));
+        }
+    }
+    let cancel = cancel_on_ctrl_c();
+    let t0 = std::time::Instant::now();
+    restore::execute(target, &storages, &state, &chosen, &dest, opts, &cancel)
+        .await
+        .map_err(restore_failure)?;
+    println!(
+        "{name}: restored {} from {} in {:.1}s",
+        chosen.backup.file,
+        chosen.backup.storage,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn verify_cmd(cfg: &Config, names: &[String], drill: bool) -> Result<(), Failure> {
+    let storages = storage::build(cfg).await;
+    let state = state::StateFile::beside(&cfg.daemon.work_dir);
+    let cancel = cancel_on_ctrl_c();
+    let mut bad = 0usize;
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        if drill {
+            match restore::drill(target, &storages, &state, &cancel).await {
+                Ok(r) => println!(
+                    "{name}: drill OK: backup {} restored ({} archive(s), {} tables checked) in {:.1}s",
+                    r.id,
+                    r.archives,
+                    r.tables,
+                    r.duration.as_secs_f64()
+                ),
+                Err(e) => {
+                    bad += 1;
+                    println!("{name}: drill FAILED: {e}");
+                }
+            }
+            continue;
+        }
+        match restore::verify_all(target, &storages).await {
+            Ok(checked) => {
+                for c in &checked {
+                    match &c.problem {
+                        None => println!("{name} {:<6} OK       {}", c.storage, c.file),
+                        Some(p) => {
+                            bad += 1;
+                            println!("{name} {:<6} PROBLEM  {}: {p}", c.storage, c.file);
+                        }
+                    }
+                }
+                if checked.is_empty() {
+                    println!("{name}: no backups to verify");
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                println!("{name}: cannot verify: {e}");
+            }
+        }
+    }
+    if bad == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow!("{bad} problem(s) found")))
     }
 }
 

@@ -23,6 +23,9 @@ pub const CONFIG_RELOAD: &str = "dbkeep_config_reload_total";
 pub const UPLOAD_DURATION: &str = "dbkeep_upload_duration_seconds";
 pub const UPLOADS_PENDING: &str = "dbkeep_uploads_pending";
 pub const STORAGE_UP: &str = "dbkeep_storage_up";
+pub const VERIFY_LAST_SUCCESS: &str = "dbkeep_verify_last_success_timestamp_seconds";
+pub const VERIFY_RUNS: &str = "dbkeep_verify_runs_total";
+pub const VERIFY_DURATION: &str = "dbkeep_verify_duration_seconds";
 
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +43,9 @@ pub struct Metrics {
     upload_duration: HistogramVec,
     uploads_pending: IntGaugeVec,
     storage_up: IntGaugeVec,
+    verify_last_success: GaugeVec,
+    verify_runs: IntCounterVec,
+    verify_duration: HistogramVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -100,7 +106,30 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )
         .expect("valid histogram"),
     );
+    let verify_duration = register(
+        &r,
+        HistogramVec::new(
+            HistogramOpts::new(VERIFY_DURATION, "Wall time of restore drills").buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+            ]),
+            &["target"],
+        )
+        .expect("valid histogram"),
+    );
     Metrics {
+        verify_duration,
+        verify_last_success: gauge(
+            &r,
+            VERIFY_LAST_SUCCESS,
+            "Unix time of the last successful restore drill",
+            &["target"],
+        ),
+        verify_runs: counter(
+            &r,
+            VERIFY_RUNS,
+            "Restore drills by outcome",
+            &["target", "status"],
+        ),
         upload_duration,
         uploads_pending: int_gauge(
             &r,
@@ -200,6 +229,9 @@ pub fn target_registered(target: &str, storages: &[&str]) {
         m.runs.with_label_values(&[target, status]);
     }
     m.skipped.with_label_values(&[target, "overlap"]);
+    for status in ["success", "failure"] {
+        m.verify_runs.with_label_values(&[target, status]);
+    }
     for s in storages {
         m.deleted.with_label_values(&[target, s]);
     }
@@ -235,6 +267,32 @@ pub fn uploads_pending(target: &str, count: usize) {
     m().uploads_pending
         .with_label_values(&[target])
         .set(count as i64);
+}
+
+pub fn drill_succeeded(target: &str, backup_id: &str, duration: std::time::Duration) {
+    let m = m();
+    m.verify_runs.with_label_values(&[target, "success"]).inc();
+    m.verify_last_success
+        .with_label_values(&[target])
+        .set(chrono::Utc::now().timestamp() as f64);
+    m.verify_duration
+        .with_label_values(&[target])
+        .observe(duration.as_secs_f64());
+    tracing::info!(
+        target,
+        backup_id,
+        duration_ms = duration.as_millis() as u64,
+        "restore drill succeeded"
+    );
+}
+
+pub fn drill_failed(target: &str, error: &dyn std::fmt::Display, duration: std::time::Duration) {
+    let m = m();
+    m.verify_runs.with_label_values(&[target, "failure"]).inc();
+    m.verify_duration
+        .with_label_values(&[target])
+        .observe(duration.as_secs_f64());
+    tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "restore drill failed");
 }
 
 pub fn storage_up(storage: &str, up: bool) {

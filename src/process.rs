@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -114,13 +114,19 @@ impl Drop for Running {
     }
 }
 
-/// Start `spec` with stdout piped; returns the child and its stdout.
-pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessError> {
+/// The pipes of a started child that the caller asked for.
+struct Pipes {
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+}
+
+/// Start `spec` with the given stdin and stdout; stderr is kept (tail) for errors.
+fn start(spec: Spec, stdin: Stdio, stdout: Stdio) -> Result<(Running, Pipes), ProcessError> {
     let program = spec.display_name();
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdin(stdin)
+        .stdout(stdout)
         .stderr(Stdio::piped())
         // Its own process group, so a stop reaches grandchildren (a wrapper's pipeline) too.
         .process_group(0)
@@ -135,10 +141,10 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
         program: format!("{program} ({})", spec.program.display()),
         source,
     })?;
-    let stdout = child.stdout.take().ok_or_else(|| ProcessError::Spawn {
-        program: program.clone(),
-        source: std::io::Error::other("stdout was not captured"),
-    })?;
+    let pipes = Pipes {
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+    };
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     let stderr_task = child.stderr.take().map(|stderr| {
         let tail = stderr_tail.clone();
@@ -166,8 +172,40 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
             stderr_task,
             reaped: false,
         },
-        stdout,
+        pipes,
     ))
+}
+
+fn missing_pipe(program: &str, which: &str) -> ProcessError {
+    ProcessError::Spawn {
+        program: program.to_string(),
+        source: std::io::Error::other(format!("{which} was not captured")),
+    }
+}
+
+/// Start `spec` with stdout piped to us; returns the child and its stdout.
+pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessError> {
+    let name = spec.display_name();
+    let (running, pipes) = start(spec, Stdio::null(), Stdio::piped())?;
+    let stdout = pipes.stdout.ok_or_else(|| missing_pipe(&name, "stdout"))?;
+    Ok((running, stdout))
+}
+
+/// Start `spec` reading its stdin from us; its stdout is discarded.
+pub fn spawn_stdin(spec: Spec) -> Result<(Running, ChildStdin), ProcessError> {
+    let name = spec.display_name();
+    let (running, pipes) = start(spec, Stdio::piped(), Stdio::null())?;
+    let stdin = pipes.stdin.ok_or_else(|| missing_pipe(&name, "stdin"))?;
+    Ok((running, stdin))
+}
+
+/// Start `spec` as a filter: we write its stdin and read its stdout.
+pub fn spawn_filter(spec: Spec) -> Result<(Running, ChildStdin, ChildStdout), ProcessError> {
+    let name = spec.display_name();
+    let (running, pipes) = start(spec, Stdio::piped(), Stdio::piped())?;
+    let stdin = pipes.stdin.ok_or_else(|| missing_pipe(&name, "stdin"))?;
+    let stdout = pipes.stdout.ok_or_else(|| missing_pipe(&name, "stdout"))?;
+    Ok((running, stdin, stdout))
 }
 
 impl Running {

@@ -27,6 +27,10 @@ pub struct TargetState {
     pub last_error: Option<String>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_cleanup: Option<DateTime<Utc>>,
+    /// The last restore drill: when, how it went, and why it failed.
+    pub last_verify: Option<DateTime<Utc>>,
+    pub last_verify_status: Option<RunStatus>,
+    pub last_verify_error: Option<String>,
     /// Archives stored locally whose upload to a remote storage has not succeeded yet.
     #[serde(default)]
     pub pending_uploads: Vec<PendingUpload>,

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Contents, ToolVersions};
+use crate::catalog::{Contents, TableInfo, ToolVersions};
 use crate::config::{SourceConfig, Target};
 use crate::process::{ProcessError, Stopper};
 
@@ -64,6 +64,24 @@ pub struct Prepared {
     pub tools: ToolVersions,
     /// The folder of the client binaries chosen for this server (PostgreSQL).
     pub tool_dir: Option<PathBuf>,
+    /// Every user table with its row estimate (for the manifest, and later drills).
+    pub tables: Vec<TableInfo>,
+}
+
+impl Prepared {
+    /// The tables one part holds.
+    pub fn tables_of(&self, part: &Part) -> Vec<TableInfo> {
+        match part.contents {
+            Contents::Database => self.tables.clone(),
+            Contents::Schema => self
+                .tables
+                .iter()
+                .filter(|t| t.schema.as_deref() == part.schema.as_deref())
+                .cloned()
+                .collect(),
+            Contents::Globals => Vec::new(),
+        }
+    }
 }
 
 pub type DoneFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;

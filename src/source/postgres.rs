@@ -13,7 +13,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::{glob_match, Dump, Part, Prepared, Source, SourceError};
-use crate::catalog::{Contents, ToolVersions};
+use crate::catalog::{Contents, TableInfo, ToolVersions};
 use crate::config::PostgresConfig;
 use crate::process::{self, Spec};
 
@@ -111,7 +111,7 @@ async fn tool_version(program: &Path) -> Option<(u32, String)> {
 
 /// Pick the folder whose `tool` can dump a server of `major`: the exact version first,
 /// then the oldest newer one, then `tool` on PATH.
-async fn find_tool_dir(
+pub(crate) async fn find_tool_dir(
     tool: &str,
     major: u32,
     pg_bin_dir: Option<&Path>,
@@ -263,6 +263,25 @@ impl Source for PostgresSource {
                 magic: CUSTOM_FORMAT_MAGIC,
             }));
         }
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text, \
+                    greatest(c.reltuples::bigint, coalesce(s.n_live_tup, -1))::bigint \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .map_err(connect_err)?;
+        let tables = rows
+            .into_iter()
+            .map(|(schema, name, rows)| TableInfo {
+                schema: Some(schema),
+                name,
+                rows: (rows >= 0).then_some(rows),
+            })
+            .collect();
         let _ = conn.close().await;
 
         let (tool_dir, dump_version) = find_tool_dir(
@@ -295,6 +314,7 @@ impl Source for PostgresSource {
                 server: Some(format!("PostgreSQL {version}")),
             },
             tool_dir: Some(tool_dir),
+            tables,
         })
     }
 

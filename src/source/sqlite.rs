@@ -12,7 +12,7 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::{Dump, Part, Prepared, Source, SourceError};
-use crate::catalog::{Contents, ToolVersions};
+use crate::catalog::{Contents, TableInfo, ToolVersions};
 use crate::config::SqliteConfig;
 use crate::storage::local::ScratchFile;
 
@@ -107,6 +107,25 @@ impl Source for SqliteSource {
             .fetch_one(&mut conn)
             .await
             .map_err(|e| self.err(format!("not a usable SQLite database: {e}")))?;
+        let names: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| self.err(format!("cannot list tables: {e}")))?;
+        let mut tables = Vec::new();
+        for (name,) in names {
+            let sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
+            let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| self.err(format!("cannot count rows of {name}: {e}")))?;
+            tables.push(TableInfo {
+                schema: None,
+                name,
+                rows: Some(rows),
+            });
+        }
         let _ = conn.close().await;
         Ok(Prepared {
             parts: vec![Part {
@@ -121,6 +140,7 @@ impl Source for SqliteSource {
                 server: None,
             },
             tool_dir: None,
+            tables,
         })
     }
 

@@ -21,7 +21,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -294,10 +294,16 @@ fn is_transient<E: ProvideErrorMetadata>(
     }
 }
 
+/// A part on its way, with the permit that counts it against `upload_concurrency`.
+type PartMsg = (i32, Bytes, OwnedSemaphorePermit);
+
 /// The multipart upload running behind an `S3Writer`.
 struct Uploader {
-    tx: mpsc::Sender<(i32, Bytes)>,
+    tx: mpsc::UnboundedSender<PartMsg>,
     task: JoinHandle<Result<(), StorageError>>,
+    /// A part holds a permit from being handed over until its upload ends, so at most
+    /// `upload_concurrency` parts are in flight plus the one being filled.
+    permits: Arc<Semaphore>,
 }
 
 /// Buffers up to `part_size`, hands full parts to the uploader; small objects are one PUT.
@@ -318,48 +324,71 @@ struct S3Writer {
 impl S3Writer {
     fn send_part(&mut self, part: Bytes) -> io::Result<()> {
         if self.uploader.is_none() {
-            let (tx, rx) = mpsc::channel(1);
+            let (tx, rx) = mpsc::unbounded_channel();
             let task = self.handle.spawn(upload_parts(
                 self.inner.clone(),
                 self.key.clone(),
                 rx,
                 self.abort.clone(),
             ));
-            self.uploader = Some(Uploader { tx, task });
+            let permits = Arc::new(Semaphore::new(self.inner.cfg.upload_concurrency));
+            self.uploader = Some(Uploader { tx, task, permits });
         }
         self.next_part += 1;
         let n = self.next_part;
         let Some(up) = self.uploader.as_ref() else {
             return Err(io::Error::other("uploader missing"));
         };
-        if up.tx.blocking_send((n, part)).is_err() {
-            // The uploader stopped: report its error.
-            let up = self
-                .uploader
-                .take()
-                .ok_or_else(|| io::Error::other("uploader missing"))?;
-            drop(up.tx);
-            let err = match self.handle.block_on(up.task) {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(())) => "upload ended early".to_string(),
-                Err(e) => format!("upload task failed: {e}"),
-            };
-            return Err(io::Error::other(err));
+        // Wait for a slot; a failed uploader drops its parts and the channel, so this
+        // cannot hang on it.
+        let (permits, tx) = (up.permits.clone(), up.tx.clone());
+        let permit = self.handle.block_on(async move {
+            tokio::select! {
+                p = permits.acquire_owned() => p.ok(),
+                _ = tx.closed() => None,
+            }
+        });
+        let Some(permit) = permit else {
+            return Err(self.uploader_error());
+        };
+        if up.tx.send((n, part, permit)).is_err() {
+            return Err(self.uploader_error());
         }
         Ok(())
+    }
+
+    /// The uploader stopped early: wait for it and report its error.
+    fn uploader_error(&mut self) -> io::Error {
+        let Some(up) = self.uploader.take() else {
+            return io::Error::other("uploader missing");
+        };
+        drop(up.tx);
+        io::Error::other(match self.handle.block_on(up.task) {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "upload ended early".to_string(),
+            Err(e) => format!("upload task failed: {e}"),
+        })
     }
 }
 
 impl Write for S3Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // The buffer never grows past one part: a part leaves as exactly one allocation.
         let part_size = self.inner.cfg.part_size;
-        self.buf.extend_from_slice(data);
-        self.bytes += data.len() as u64;
-        while self.buf.len() >= part_size {
-            let rest = self.buf.split_off(part_size);
-            let part = std::mem::replace(&mut self.buf, rest);
-            self.send_part(Bytes::from(part))?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(part_size);
+            }
+            let take = (part_size - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == part_size {
+                let part = std::mem::take(&mut self.buf);
+                self.send_part(Bytes::from(part))?;
+            }
         }
+        self.bytes += data.len() as u64;
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -420,7 +449,7 @@ impl Drop for S3Writer {
 async fn upload_parts(
     inner: Arc<Inner>,
     key: String,
-    mut rx: mpsc::Receiver<(i32, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<PartMsg>,
     abort: CancellationToken,
 ) -> Result<(), StorageError> {
     let cfg = &inner.cfg;
@@ -446,14 +475,16 @@ async fn upload_parts(
                 _ = abort.cancelled() => return Err(StorageError::Task { storage: NAME, message: "upload cancelled".into() }),
                 m = rx.recv() => m,
             };
-            let Some((n, body)) = msg else { break };
-            while inflight.len() >= cfg.upload_concurrency {
-                if let Some(r) = inflight.join_next().await {
-                    parts.push(joined(r)?);
-                }
+            let Some((n, body, permit)) = msg else {
+                break;
+            };
+            // Collect finished parts as we go, so a failure stops the upload early.
+            while let Some(r) = inflight.try_join_next() {
+                parts.push(joined(r)?);
             }
             let (inner, key, upload_id) = (inner.clone(), key.clone(), upload_id.clone());
             inflight.spawn(async move {
+                let _permit = permit;
                 let out = inner
                     .retry(&format!("upload part {n} of"), &key, || {
                         inner

@@ -156,6 +156,7 @@ fn metric_names_match_the_design_contract() {
         ("dbkeep_runs_skipped_total", "counter"),
         ("dbkeep_target_up", "gauge"),
         ("dbkeep_build_info", "gauge"),
+        ("dbkeep_verify_runs_total", "counter"),
     ] {
         assert!(
             declared.contains(&(name.to_string(), kind.to_string())),

@@ -8,5 +8,6 @@ mod config_errors;
 mod daemon;
 mod listing;
 mod postgres_backup;
+mod restore;
 mod s3_storage;
 mod sqlite_backup;
