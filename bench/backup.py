@@ -86,6 +86,38 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def restore_runs(args, cluster, cfg, bin_dir, work, env, results, failed):
+    """Restore into a fresh database: pg_restore of an uncompressed -Fc -Z0 archive vs
+    `dbkeep restore --into` of the zstd backup (checksum pass, decompression, one transaction)."""
+    raw = f"{work}/raw.dump"
+    subprocess.run(["sh", "-c", f"{bin_dir}/pg_dump -Fc -Z0 -d '{cluster.url('bench')}' > {raw}"], check=True)
+    shutil.rmtree(f"{work}/backups", ignore_errors=True)
+    subprocess.run([args.binary, "--config", cfg, "backup", "bench"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    results["restore: pg_restore -Z0"] = []
+    results["restore: dbkeep"] = []
+    for i in range(args.runs):
+        for name in ("restore: pg_restore -Z0", "restore: dbkeep"):
+            cluster.psql("postgres", "DROP DATABASE IF EXISTS restored WITH (FORCE)")
+            if name.endswith("-Z0"):
+                cluster.psql("postgres", "CREATE DATABASE restored")
+                cmd = ["sh", "-c", f"{bin_dir}/pg_restore --no-owner -d '{cluster.url('restored')}' {raw}"]
+            else:
+                cmd = [args.binary, "--config", cfg, "restore", "bench", "--into", cluster.url("restored")]
+            ok, wall, cpu, rss, err = timed(cmd, env)
+            if not ok:
+                failed.append(f"{name} run {i + 1}: {err}")
+                continue
+            rows = cluster.psql("restored", "SELECT count(*) FROM r")
+            if rows != str(args.rows):
+                failed.append(f"{name} run {i + 1}: restored {rows} rows, expected {args.rows}")
+                continue
+            results[name].append((wall, cpu, rss))
+            print(f"  {name:24} run {i + 1}: {wall:6.2f} s wall, {cpu:6.2f} s cpu, {rss / 1024:6.1f} MiB peak RSS",
+                  flush=True)
+    cluster.psql("postgres", "DROP DATABASE IF EXISTS restored WITH (FORCE)")
+
+
 def start_s3(work):
     """The s3s-fs example server on a free loopback port; returns (process, config section)."""
     subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "s3_server"], cwd=ROOT, check=True)
@@ -119,6 +151,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--binary", default=f"{ROOT}/target/release/dbkeep")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 runs")
+    ap.add_argument("--no-restore", action="store_true", help="skip the restore runs")
     args = ap.parse_args()
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} missing: run cargo build --release first")
@@ -191,6 +224,8 @@ def main():
                 results[name].append((wall, cpu, rss))
                 print(f"  {name:9} run {i + 1}: {wall:6.2f} s wall, {cpu:6.2f} s cpu, "
                       f"{rss / 1024:6.1f} MiB peak RSS", flush=True)
+        if not args.no_restore:
+            restore_runs(args, cluster, cfg, bin_dir, work, env, results, failed)
         lines = report(results, sizes, args, size)
         print("\n".join(lines))
         os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
@@ -227,14 +262,19 @@ def report(results, sizes, args, table_size):
     ]
     base = med("pipeline", 0) if results["pipeline"] else None
     local = med("dbkeep", 0) if results.get("dbkeep") else None
+    restore_base = med("restore: pg_restore -Z0", 0) if results.get("restore: pg_restore -Z0") else None
     for name in results:
         if not results[name]:
             lines.append(f"| {name} | failed | | | | | |")
             continue
-        ratio = f"{med(name, 0) / base:.3f}×" if base else "n/a"
+        if name.startswith("restore"):
+            ratio = f"{med(name, 0) / restore_base:.3f}× pg_restore" if restore_base else "n/a"
+        else:
+            ratio = f"{med(name, 0) / base:.3f}×" if base else "n/a"
         vs_local = f"{med(name, 0) / local:.3f}×" if local and name.startswith("dbkeep") else ""
+        out = f"{sizes[name] / 2**20:.1f}" if name in sizes else ""
         lines.append(f"| {name} | {rng(name, 0)} | {rng(name, 1)} | {rng(name, 2, 1024, '{:.1f}')} | "
-                     f"{sizes.get(name, 0) / 2**20:.1f} | {ratio} | {vs_local} |")
+                     f"{out} | {ratio} | {vs_local} |")
     lines += ["", "pipeline = `pg_dump -Fc -Z0 | zstd -3 -T2 > f`; dbkeep = `dbkeep backup` "
               "(zstd level 3, multithreaded, sha256, fsync, manifest); dbkeep+s3 = local and S3 from "
               "one stream; dbkeep-s3 = S3 only (16 MiB parts, 2 in flight). The S3 server is s3s-fs "

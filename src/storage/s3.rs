@@ -188,6 +188,10 @@ impl Inner {
                 .set_server_side_encryption(self.cfg.sse.as_deref().map(ServerSideEncryption::from))
                 .set_ssekms_key_id(self.cfg.sse_kms_key_id.clone())
                 .body(ByteStream::from(body.clone()))
+                .customize()
+                // The archive's sha256 is in its manifest and checked on restore; signing
+                // the payload would hash every byte again on both ends.
+                .disable_payload_signing()
                 .send()
         })
         .await
@@ -495,6 +499,8 @@ async fn upload_parts(
                             .upload_id(&upload_id)
                             .part_number(n)
                             .body(ByteStream::from(body.clone()))
+                            .customize()
+                            .disable_payload_signing()
                             .send()
                     })
                     .await?;
