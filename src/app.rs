@@ -240,9 +240,17 @@ impl Daemon {
         }
     }
 
-    /// Count the complete backups of a target per storage (for metrics).
+    /// Count the complete backups of a target per storage, and when it turns stale (metrics).
     async fn refresh_catalog(&self, name: &str) {
         let now = self.clock.now();
+        if let Some(target) = self.config().target(name) {
+            let (newest, _) = newest_backup(&self.storages(), name, now).await;
+            let since = self.state.get(name).since;
+            metrics::stale_after(
+                name,
+                health::stale_after(target, newest.map(|n| n.1), since, now),
+            );
+        }
         for s in self.storages().iter() {
             match catalog::scan(s.as_ref(), name, now).await {
                 Ok(scan) => {

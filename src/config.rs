@@ -199,6 +199,84 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
     })
 }
 
+// ---------------------------------------------------------------- the key list
+
+/// Reads the field names a struct's `Deserialize` asks for, without data.
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = serde::de::value::Error;
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("field probe"))
+    }
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("field probe"))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+/// Every environment variable dbkeep reads, derived from the config types themselves (so
+/// the documented list cannot drift from what the loader accepts).
+pub fn env_keys() -> Vec<String> {
+    let mut out = vec!["DBKEEP_CONFIG".to_string(), "DBKEEP_LOG_FORMAT".to_string()];
+    let section = |prefix: &str, fields: &[&str], out: &mut Vec<String>| {
+        for f in fields {
+            out.push(format!("{prefix}{}", f.to_ascii_uppercase()));
+        }
+    };
+    section("DBKEEP_DAEMON__", fields_of::<RawDaemon>(), &mut out);
+    section(
+        "DBKEEP_STORAGE__LOCAL__",
+        fields_of::<RawLocalStorage>(),
+        &mut out,
+    );
+    section("DBKEEP_STORAGE__S3__", fields_of::<RawS3>(), &mut out);
+    section("DBKEEP_DEFAULTS__", fields_of::<RawPolicy>(), &mut out);
+    section(
+        "DBKEEP_TARGETS__<NAME>__",
+        fields_of::<RawTarget>(),
+        &mut out,
+    );
+    for pg in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {
+        out.push(pg.to_string());
+    }
+    out
+}
+
+/// A postgres URL from libpq's own variables, for a target configured without `url`.
+fn url_from_libpq_env() -> Option<String> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (host, db) = (get("PGHOST"), get("PGDATABASE"));
+    if host.is_none() && db.is_none() {
+        return None;
+    }
+    let user = get("PGUSER").unwrap_or_else(|| "postgres".into());
+    let port = get("PGPORT").unwrap_or_else(|| "5432".into());
+    let db = db.unwrap_or_else(|| user.clone());
+    Some(match host.as_deref() {
+        Some(h) if h.starts_with('/') => {
+            format!("postgres://{user}@localhost:{port}/{db}?host={h}")
+        }
+        Some(h) => format!("postgres://{user}@{h}:{port}/{db}"),
+        None => format!("postgres://{user}@localhost:{port}/{db}"),
+    })
+}
+
 // ---------------------------------------------------------------- validated types
 
 #[derive(Debug, Clone, Serialize)]
@@ -767,17 +845,16 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                     "is for sqlite targets; a postgres target takes `url`",
                 ));
             }
-            let url = t
-                .url
-                .as_deref()
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| {
+            let url = match t.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+                Some(u) => u.to_string(),
+                None => url_from_libpq_env().ok_or_else(|| {
                     key_err(
                         k("url"),
-                        "missing: set url = \"postgres://user@host:5432/dbname\"",
+                        "missing: set url = \"postgres://user@host:5432/dbname\" (or libpq's PGHOST and PGDATABASE)",
                     )
-                })?;
+                })?,
+            };
+            let url = url.as_str();
             let (url, url_password) = split_url_password(url).map_err(|m| key_err(k("url"), m))?;
             let password = match (t.password, t.password_file) {
                 (Some(_), Some(_)) => {

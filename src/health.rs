@@ -59,17 +59,30 @@ pub struct Facts<'a> {
     pub database: Option<DbStatus>,
 }
 
-pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHealth {
+/// When `target` turns stale: its next due time after the newest complete backup (or, with
+/// none yet, after the daemon first scheduled it) plus `health_grace`.
+pub fn stale_after(
+    target: &Target,
+    newest: Option<DateTime<Utc>>,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
     let grace =
         chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
+    match newest {
+        Some(created) => next_run(&target.schedule, Some(created), now) + grace,
+        None => next_run(&target.schedule, None, since.unwrap_or(now)) + grace,
+    }
+}
+
+pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHealth {
     let mut problems = Vec::new();
-    let stale_after = match &facts.newest {
-        Some((_, created)) => next_run(&target.schedule, Some(*created), now) + grace,
-        None => {
-            let since = facts.state.since.unwrap_or(now);
-            next_run(&target.schedule, None, since) + grace
-        }
-    };
+    let stale_after = stale_after(
+        target,
+        facts.newest.as_ref().map(|n| n.1),
+        facts.state.since,
+        now,
+    );
     if now > stale_after {
         problems.push(match &facts.newest {
             Some((id, created)) => format!(

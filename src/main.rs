@@ -124,6 +124,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Exit 0 when the daemon's /health is 200, else 1 (for container health checks)
+    Healthcheck {
+        /// The health URL (default: http://<daemon.listen>/health)
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// The daemon on a built-in SQLite demo (no server needed) until Ctrl-C
     Demo {
         /// Folder for the demo database and its backups
@@ -139,6 +145,8 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate; print the effective config with secrets as ***
     Check,
+    /// List every environment variable dbkeep reads
+    Keys,
 }
 
 /// Why a command failed, which decides the exit code.
@@ -179,7 +187,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.cmd,
-        Cmd::List { .. } | Cmd::Config { .. } | Cmd::Status { .. }
+        Cmd::List { .. } | Cmd::Config { .. } | Cmd::Status { .. } | Cmd::Healthcheck { .. }
     );
     telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -222,6 +230,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("{}", cfg.to_display_json());
             Ok(())
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Keys,
+        } => {
+            for k in config::env_keys() {
+                println!("{k}");
+            }
+            Ok(())
+        }
+        Cmd::Healthcheck { url } => {
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let cfg = load_config(cli.config.as_deref())?;
+                    let listen = cfg
+                        .daemon
+                        .listen
+                        .replace("0.0.0.0:", "127.0.0.1:")
+                        .replace("[::]:", "[::1]:");
+                    format!("http://{listen}/health")
+                }
+            };
+            healthcheck(&url).await
         }
         Cmd::Backup {
             targets,
@@ -749,6 +780,38 @@ fn print_status(all: &[health::TargetHealth]) {
         for p in &h.problems {
             println!("{:<12} problem: {p}", "");
         }
+    }
+}
+
+/// GET `url` (plain HTTP, loopback) and succeed on 200.
+async fn healthcheck(url: &str) -> Result<(), Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| usage(anyhow!("{url}: only http:// URLs are supported")))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/health".into()));
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(host).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| Failure::Failed(anyhow!("{url}: no answer within 10 s")))?
+        .map_err(|e| Failure::Failed(anyhow!("{url}: {e}")))?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    println!("{}", body.trim());
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow!("{url} answered {status}")))
     }
 }
 

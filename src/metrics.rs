@@ -26,6 +26,9 @@ pub const STORAGE_UP: &str = "dbkeep_storage_up";
 pub const VERIFY_LAST_SUCCESS: &str = "dbkeep_verify_last_success_timestamp_seconds";
 pub const VERIFY_RUNS: &str = "dbkeep_verify_runs_total";
 pub const VERIFY_DURATION: &str = "dbkeep_verify_duration_seconds";
+pub const STALE_AFTER: &str = "dbkeep_backup_stale_after_timestamp_seconds";
+pub const LAST_RUN_FAILED: &str = "dbkeep_backup_last_run_failed";
+pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
 
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +49,9 @@ pub struct Metrics {
     verify_last_success: GaugeVec,
     verify_runs: IntCounterVec,
     verify_duration: HistogramVec,
+    stale_after: GaugeVec,
+    last_run_failed: IntGaugeVec,
+    verify_last_run_failed: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -117,6 +123,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("valid histogram"),
     );
     Metrics {
+        stale_after: gauge(
+            &r,
+            STALE_AFTER,
+            "Unix time after which the target is stale without a new backup",
+            &["target"],
+        ),
+        last_run_failed: int_gauge(
+            &r,
+            LAST_RUN_FAILED,
+            "1 when the last backup run of the target failed",
+            &["target"],
+        ),
+        verify_last_run_failed: int_gauge(
+            &r,
+            VERIFY_LAST_RUN_FAILED,
+            "1 when the last restore drill failed",
+            &["target"],
+        ),
         verify_duration,
         verify_last_success: gauge(
             &r,
@@ -272,6 +296,7 @@ pub fn uploads_pending(target: &str, count: usize) {
 pub fn drill_succeeded(target: &str, backup_id: &str, duration: std::time::Duration) {
     let m = m();
     m.verify_runs.with_label_values(&[target, "success"]).inc();
+    m.verify_last_run_failed.with_label_values(&[target]).set(0);
     m.verify_last_success
         .with_label_values(&[target])
         .set(chrono::Utc::now().timestamp() as f64);
@@ -289,10 +314,18 @@ pub fn drill_succeeded(target: &str, backup_id: &str, duration: std::time::Durat
 pub fn drill_failed(target: &str, error: &dyn std::fmt::Display, duration: std::time::Duration) {
     let m = m();
     m.verify_runs.with_label_values(&[target, "failure"]).inc();
+    m.verify_last_run_failed.with_label_values(&[target]).set(1);
     m.verify_duration
         .with_label_values(&[target])
         .observe(duration.as_secs_f64());
     tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "restore drill failed");
+}
+
+/// When the target turns stale without a new complete backup (schedule plus grace).
+pub fn stale_after(target: &str, at: chrono::DateTime<chrono::Utc>) {
+    m().stale_after
+        .with_label_values(&[target])
+        .set(at.timestamp() as f64);
 }
 
 pub fn storage_up(storage: &str, up: bool) {
@@ -315,6 +348,7 @@ pub fn backup_started(
 
 pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std::time::Duration) {
     let m = m();
+    m.last_run_failed.with_label_values(&[target]).set(0);
     m.runs.with_label_values(&[target, "success"]).inc();
     m.last_success
         .with_label_values(&[target])
@@ -334,6 +368,7 @@ pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std
 
 pub fn backup_failed(target: &str, error: &dyn std::fmt::Display, duration: std::time::Duration) {
     let m = m();
+    m.last_run_failed.with_label_values(&[target]).set(1);
     m.runs.with_label_values(&[target, "failure"]).inc();
     m.duration
         .with_label_values(&[target])
@@ -417,4 +452,6 @@ pub fn target_removed(target: &str) {
     let _ = m.last_attempt.remove_label_values(&[target]);
     let _ = m.size.remove_label_values(&[target]);
     let _ = m.target_up.remove_label_values(&[target]);
+    let _ = m.stale_after.remove_label_values(&[target]);
+    let _ = m.last_run_failed.remove_label_values(&[target]);
 }

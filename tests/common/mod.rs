@@ -366,18 +366,40 @@ pub struct Daemon {
 
 /// Start `dbkeep --config CONFIG run` and wait (≤ 30 s) until it says where it listens.
 pub fn spawn_daemon(config: &Path, env: &[(&str, &str)]) -> Daemon {
+    let log = config.with_extension(format!("stderr.{}.log", rand_suffix()));
+    start_daemon(
+        Some(config),
+        config.parent().unwrap_or(Path::new("/tmp")),
+        log,
+        env,
+    )
+}
+
+/// Start `dbkeep run` with no config file, from `cwd`, configured by `env` alone.
+pub fn spawn_daemon_env(cwd: &Path, env: &[(&str, &str)]) -> Daemon {
+    let log = cwd.join(format!("daemon.stderr.{}.log", rand_suffix()));
+    start_daemon(None, cwd, log, env)
+}
+
+fn start_daemon(
+    config: Option<&Path>,
+    cwd: &Path,
+    stderr_log: PathBuf,
+    env: &[(&str, &str)],
+) -> Daemon {
     use std::io::BufRead;
-    let stderr_log = config.with_extension(format!("stderr.{}.log", rand_suffix()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbkeep"));
+    cmd.current_dir(cwd);
     for (k, _) in std::env::vars() {
         if k.starts_with("DBKEEP_") || k.starts_with("PG") || k == "NOTIFY_SOCKET" {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "info")
-        .arg("--config")
-        .arg(config)
-        .arg("run")
+    cmd.env("RUST_LOG", "info");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.arg("run")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_log).unwrap());

@@ -6,6 +6,7 @@ mod common;
 mod cleanup_status;
 mod config_errors;
 mod daemon;
+mod deploy;
 mod listing;
 mod postgres_backup;
 mod restore;
