@@ -86,6 +86,29 @@ pub struct Chosen {
     pub schema_from_full: Option<String>,
 }
 
+impl From<catalog::CatalogError> for RestoreError {
+    fn from(e: catalog::CatalogError) -> Self {
+        match e {
+            catalog::CatalogError::Storage(se) => RestoreError::Storage(se),
+        }
+    }
+}
+
+/// Every complete backup of `target` with the index of the storage it is on, storages in
+/// preference order (local first).
+async fn list_everywhere(
+    target: &Target,
+    storages: &[Box<dyn Storage>],
+) -> Result<Vec<(usize, Backup)>, RestoreError> {
+    let now = Utc::now();
+    let mut all = Vec::new();
+    for (i, s) in storages.iter().enumerate() {
+        let listing = catalog::list(s.as_ref(), &target.name, now).await?;
+        all.extend(listing.complete.into_iter().map(|b| (i, b)));
+    }
+    Ok(all)
+}
+
 /// Pick the archive for `selector`: the local copy when there is one, else a remote one.
 pub async fn choose(
     target: &Target,
@@ -93,16 +116,7 @@ pub async fn choose(
     selector: &Selector,
     globals: bool,
 ) -> Result<Chosen, RestoreError> {
-    let now = Utc::now();
-    let mut all: Vec<(usize, Backup)> = Vec::new();
-    for (i, s) in storages.iter().enumerate() {
-        let listing = catalog::list(s.as_ref(), &target.name, now)
-            .await
-            .map_err(|e| match e {
-                catalog::CatalogError::Storage(se) => RestoreError::Storage(se),
-            })?;
-        all.extend(listing.complete.into_iter().map(|b| (i, b)));
-    }
+    let all = list_everywhere(target, storages).await?;
     let id = match selector.id {
         Some(id) => id,
         None => all.iter().map(|(_, b)| b.id).max().ok_or_else(|| {
@@ -1052,16 +1066,7 @@ async fn choose_newest_run(
     target: &Target,
     storages: &[Box<dyn Storage>],
 ) -> Result<Vec<(usize, Backup)>, RestoreError> {
-    let now = Utc::now();
-    let mut all: Vec<(usize, Backup)> = Vec::new();
-    for (i, s) in storages.iter().enumerate() {
-        let listing = catalog::list(s.as_ref(), &target.name, now)
-            .await
-            .map_err(|e| match e {
-                catalog::CatalogError::Storage(se) => RestoreError::Storage(se),
-            })?;
-        all.extend(listing.complete.into_iter().map(|b| (i, b)));
-    }
+    let all = list_everywhere(target, storages).await?;
     let id = all
         .iter()
         .filter(|(_, b)| b.contents != Contents::Globals)
@@ -1113,11 +1118,7 @@ pub async fn verify_all(
     let now = Utc::now();
     let mut out = Vec::new();
     for s in storages {
-        let listing = catalog::list(s.as_ref(), &target.name, now)
-            .await
-            .map_err(|e| match e {
-                catalog::CatalogError::Storage(se) => RestoreError::Storage(se),
-            })?;
+        let listing = catalog::list(s.as_ref(), &target.name, now).await?;
         for (file, why) in listing.broken {
             out.push(Checked {
                 storage: s.name(),

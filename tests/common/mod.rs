@@ -564,3 +564,14 @@ pub fn slow_pg_dump(sb: &Sandbox, pg: &TestPostgres, secs: u32) -> PathBuf {
     std::fs::set_permissions(bin.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
     bin
 }
+
+/// A config with one postgres target `app` on `db` of `pg` (password in the file), local
+/// storage in the sandbox, and a daemon section for `run` (port 0, 1 s shutdown grace).
+pub fn pg_config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> PathBuf {
+    sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n\n[storage.local]\npath = \"{}\"\n\n\
+         [targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n{extra}\n",
+        sb.backups().display(),
+        pg.url(db)
+    ))
+}

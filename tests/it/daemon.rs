@@ -3,29 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    dbkeep, slow_pg_dump, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres, PG_PASSWORD,
+    dbkeep, pg_config, slow_pg_dump, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres,
 };
-
-fn pg_config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> std::path::PathBuf {
-    sb.write_config(&format!(
-        r#"
-[daemon]
-listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-
-[storage.local]
-path = "{}"
-
-[targets.app]
-kind = "postgres"
-url = "{}"
-password = "{PG_PASSWORD}"
-{extra}
-"#,
-        sb.backups().display(),
-        pg.url(db)
-    ))
-}
 
 fn temp_files(sb: &Sandbox) -> Vec<String> {
     sb.files("app")

@@ -2,24 +2,7 @@
 
 use std::path::Path;
 
-use crate::common::{dbkeep, decompress, Sandbox, TestPostgres, PG_PASSWORD};
-
-fn config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> std::path::PathBuf {
-    sb.write_config(&format!(
-        r#"
-[storage.local]
-path = "{}"
-
-[targets.app]
-kind = "postgres"
-url = "{}"
-password = "{PG_PASSWORD}"
-{extra}
-"#,
-        sb.backups().display(),
-        pg.url(db)
-    ))
-}
+use crate::common::{dbkeep, decompress, pg_config, Sandbox, TestPostgres, PG_PASSWORD};
 
 const MANY_TYPES: &str = r#"
 CREATE SCHEMA billing;
@@ -63,7 +46,7 @@ fn roundtrip_of_many_types_restores_identical_rows() {
     pg.create_db("src");
     pg.psql("src", MANY_TYPES);
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "src", "");
+    let cfg = pg_config(&sb, &pg, "src", "");
     let run = dbkeep(Some(&cfg), &["backup", "app"], &[]).ok();
     assert!(run.stdout.contains("OK: 1 archive"), "{}", run.stdout);
 
@@ -146,7 +129,7 @@ fn schemas_give_one_archive_each_that_restores_only_that_schema() {
          CREATE TABLE other.junk (id int);",
     );
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "mt", r#"schemas = ["shared", "tenant_*"]"#);
+    let cfg = pg_config(&sb, &pg, "mt", r#"schemas = ["shared", "tenant_*"]"#);
     let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
     assert!(run.stdout.contains("OK: 3 archive"), "{}", run.stdout);
     only_archive(&sb, "app", ".shared.dump.zst");
@@ -191,7 +174,7 @@ fn schema_pattern_matching_nothing_fails_and_keeps_nothing() {
         "CREATE SCHEMA shared; CREATE TABLE shared.t (id int);",
     );
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "mt", r#"schemas = ["shared", "tenant_*"]"#);
+    let cfg = pg_config(&sb, &pg, "mt", r#"schemas = ["shared", "tenant_*"]"#);
     let run = dbkeep(Some(&cfg), &["backup"], &[]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
@@ -210,7 +193,7 @@ fn globals_are_dumped_beside_the_database() {
     pg.psql("postgres", "CREATE ROLE reporting_ro NOLOGIN");
     pg.psql("g", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "g", "globals = true\ncompression = \"gzip\"");
+    let cfg = pg_config(&sb, &pg, "g", "globals = true\ncompression = \"gzip\"");
     let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
     assert!(run.stdout.contains("OK: 2 archive"), "{}", run.stdout);
     let globals = only_archive(&sb, "app", ".globals.sql.gz");
@@ -270,7 +253,7 @@ fn wrong_password_fails_with_a_clear_message_and_leaves_nothing() {
 fn missing_database_fails_with_a_clear_message_and_leaves_nothing() {
     let pg = TestPostgres::start();
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "no_such_db", "");
+    let cfg = pg_config(&sb, &pg, "no_such_db", "");
     let run = dbkeep(Some(&cfg), &["backup"], &[]);
     assert_failed_cleanly(&sb, &cfg, &run, "database \"no_such_db\" does not exist");
 }
@@ -299,7 +282,7 @@ fn pg_dump_killed_mid_stream_keeps_nothing() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let cfg = config(
+    let cfg = pg_config(
         &sb,
         &pg,
         "big",
@@ -316,7 +299,7 @@ fn a_pg_bin_dir_without_pg_dump_names_the_package_to_install() {
     let sb = Sandbox::new();
     let empty = sb.path().join("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
-    let cfg = config(
+    let cfg = pg_config(
         &sb,
         &pg,
         "app",

@@ -4,17 +4,8 @@ use std::time::Duration;
 
 use crate::common::s3::TestS3;
 use crate::common::{
-    dbkeep, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres, PG_PASSWORD,
+    dbkeep, pg_config, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres,
 };
-
-fn config(sb: &Sandbox, pg: &TestPostgres, db: &str, extra: &str) -> std::path::PathBuf {
-    sb.write_config(&format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         password = \"{PG_PASSWORD}\"\n{extra}\n",
-        sb.backups().display(),
-        pg.url(db)
-    ))
-}
 
 fn seed(pg: &TestPostgres, db: &str) {
     pg.create_db(db);
@@ -46,7 +37,7 @@ fn restore_latest_brings_back_the_backed_up_state_after_a_safety_backup() {
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let backed_up = pg.table_checksums("app");
 
@@ -105,7 +96,7 @@ fn one_tenant_schema_is_replaced_and_the_others_are_untouched() {
          CREATE TABLE tenant_2.items (id int PRIMARY KEY, v text); INSERT INTO tenant_2.items SELECT g, 'b' || g FROM generate_series(1, 300) g;",
     );
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "mt", "schemas = [\"tenant_*\"]");
+    let cfg = pg_config(&sb, &pg, "mt", "schemas = [\"tenant_*\"]");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let before = pg.table_checksums("mt");
     pg.psql(
@@ -157,7 +148,7 @@ fn one_schema_restores_out_of_a_whole_database_archive() {
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let billing_before = pg.psql(
         "app",
@@ -198,7 +189,7 @@ fn a_flipped_byte_is_refused_before_connecting_and_reported_by_verify_and_the_dr
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "every = \"1h\"\nverify_schedule = \"2s\"");
+    let cfg = pg_config(&sb, &pg, "app", "every = \"1h\"\nverify_schedule = \"2s\"");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     pg.psql("app", "UPDATE public.a SET v = 'live'");
     let live = pg.table_checksums("app");
@@ -246,7 +237,7 @@ fn a_restore_that_fails_midway_leaves_the_database_exactly_as_it_was() {
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     // A destination where the archive conflicts: billing.t exists with another shape;
     // public.a (restored first) must not survive the rollback.
@@ -269,7 +260,7 @@ fn without_a_terminal_or_yes_the_live_database_is_not_touched_and_into_rules_hol
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     pg.psql("app", "DELETE FROM public.a");
     let live = pg.table_checksums("app");
@@ -298,7 +289,7 @@ fn restore_reads_from_s3_when_the_local_copy_is_gone() {
     seed(&pg, "app");
     let s3 = TestS3::start("bkp");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
@@ -394,7 +385,7 @@ fn a_drill_proves_the_backup_and_cleans_up_its_scratch_database_even_when_it_fai
     let pg = TestPostgres::start();
     seed(&pg, "app");
     let sb = Sandbox::new();
-    let cfg = config(&sb, &pg, "app", "");
+    let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let run = dbkeep(Some(&cfg), &["verify", "--drill"], &[]).ok();
     assert!(run.stdout.contains("drill OK"), "{}", run.stdout);
