@@ -190,6 +190,15 @@ fn main() -> ExitCode {
         Cmd::List { .. } | Cmd::Config { .. } | Cmd::Status { .. } | Cmd::Healthcheck { .. }
     );
     telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
+    if quiet {
+        // Report commands end quietly when their reader goes away (`dbkeep list | head`).
+        // Not for the others: they write into child pipes (pg_restore may close its input
+        // early on purpose) and must see EPIPE as an error, not die of SIGPIPE.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -606,6 +606,37 @@ pub async fn pg_restore(
     cancel: &CancellationToken,
 ) -> Result<(), RestoreError> {
     use tokio::io::AsyncWriteExt;
+    if let Mode::Whole { clean } = mode {
+        // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
+        // and --single-transaction rolls everything back. `feed` withholds the end of the
+        // stream until the sha256 matched, so pg_restore cannot commit before that.
+        let mut spec = Spec::new(tools.join("pg_restore"))
+            .env("PGAPPNAME", "dbkeep-restore")
+            .secret_env("PGPASSWORD", password)
+            .arg("--single-transaction")
+            .arg("--exit-on-error")
+            .arg(format!("--dbname={url}"));
+        if !keep_owner {
+            spec = spec.arg("--no-owner");
+        }
+        if *clean {
+            spec = spec.arg("--clean").arg("--if-exists");
+        }
+        let (run, stdin) = process::spawn_stdin(spec)?;
+        let stop = run.stopper();
+        let reader = storage.open(&backup.target, &backup.file).await?;
+        let feeding = async {
+            let r = feed(reader, backup, stdin).await;
+            if r.is_err() {
+                stop.terminate();
+            }
+            r
+        };
+        let (fed, restored) = tokio::join!(feeding, run.wait(cancel, timeout));
+        // A changed archive is the cause when both fail (pg_restore was stopped for it).
+        fed.map_err(RestoreError::Other)?;
+        return restored.map_err(RestoreError::from);
+    }
     let mut psql = Spec::new(tools.join("psql"))
         .env("PGAPPNAME", "dbkeep-restore")
         .secret_env("PGPASSWORD", password)
@@ -703,6 +734,45 @@ pub async fn pg_restore(
     ))
 }
 
+/// How much of the end of a restore stream is held back until its checksum is confirmed.
+const HOLD_BACK: usize = 64 * 1024;
+
+/// Passes bytes on but keeps the last `HOLD_BACK` until `release`: the consumer cannot
+/// reach the end of the stream (and commit) before the caller allows it.
+struct HoldBack<W: Write> {
+    inner: W,
+    tail: Vec<u8>,
+}
+
+impl<W: Write> HoldBack<W> {
+    fn new(inner: W) -> Self {
+        HoldBack {
+            inner,
+            tail: Vec::with_capacity(2 * HOLD_BACK),
+        }
+    }
+
+    fn release(mut self) -> io::Result<W> {
+        self.inner.write_all(&self.tail)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for HoldBack<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > 2 * HOLD_BACK {
+            let pass = self.tail.len() - HOLD_BACK;
+            self.inner.write_all(&self.tail[..pass])?;
+            self.tail.drain(..pass);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Decompress the stored archive into `sink`, hashing the stored bytes on the way; a hash
 /// that differs from the manifest's is an error before the sink sees its end.
 async fn feed(
@@ -724,7 +794,7 @@ async fn feed(
             last: Instant::now(),
             tty: io::stderr().is_terminal(),
         };
-        let mut out = SyncIoBridge::new(sink);
+        let mut out = HoldBack::new(SyncIoBridge::new(sink));
         let mut decoder = compress::decoder_for(&codec, progress).map_err(|e| e.to_string())?;
         // pg_restore with --schema stops reading once it has what it wants (exit 0): a
         // closed pipe is not an error here; its exit status says whether it succeeded.
@@ -743,8 +813,15 @@ async fn feed(
             ));
         }
         if !closed_early {
-            out.flush().map_err(|e| e.to_string())?;
-            out.shutdown().map_err(|e| e.to_string())?;
+            // The consumer may also stop at the held-back tail; its exit status decides.
+            match out.release() {
+                Ok(mut inner) => {
+                    inner.flush().map_err(|e| e.to_string())?;
+                    inner.shutdown().map_err(|e| e.to_string())?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                Err(e) => return Err(format!("streaming {file} into the restore: {e}")),
+            }
         }
         Ok(())
     })

@@ -101,3 +101,18 @@ fn unknown_target_or_storage_is_a_usage_error() {
     let run = dbkeep(Some(&cfg), &["frobnicate"], &[]);
     assert_eq!(run.code, 2);
 }
+
+#[test]
+fn report_commands_end_quietly_when_the_reader_goes_away() {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} config keys | head -1",
+            env!("CARGO_BIN_EXE_dbkeep")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "DBKEEP_CONFIG");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -251,7 +251,7 @@ fn a_restore_that_fails_midway_leaves_the_database_exactly_as_it_was() {
         &[],
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("psql failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("pg_restore failed"), "{}", run.stderr);
     assert_eq!(pg.table_checksums("conflict"), before, "rolled back whole");
 }
 
