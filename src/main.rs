@@ -375,14 +375,7 @@ async fn backup_targets(
             }
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Failed(anyhow!(
-            "backup failed for: {}",
-            failed.join(", ")
-        )))
-    }
+    all_done(&failed, "backup")
 }
 
 async fn upload_pending(cfg: &Config, names: &[String]) -> Result<(), Failure> {
@@ -405,11 +398,16 @@ async fn upload_pending(cfg: &Config, names: &[String]) -> Result<(), Failure> {
             println!("{name}: {left} archive(s) still pending upload");
         }
     }
+    all_done(&failed, "pending uploads")
+}
+
+/// Success when no target failed; else exit 1 naming the ones that did.
+fn all_done(failed: &[String], what: &str) -> Result<(), Failure> {
     if failed.is_empty() {
         Ok(())
     } else {
         Err(Failure::Failed(anyhow!(
-            "pending uploads still failing for: {}",
+            "{what} failed for: {}",
             failed.join(", ")
         )))
     }
@@ -539,14 +537,7 @@ async fn cleanup(cfg: &Config, names: &[String], dry_run: bool) -> Result<(), Fa
             print_cleanup(&r, dry_run, now);
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Failed(anyhow!(
-            "cleanup failed for: {}",
-            failed.join(", ")
-        )))
-    }
+    all_done(&failed, "cleanup")
 }
 
 fn print_cleanup(r: &job::CleanupReport, dry_run: bool, now: chrono::DateTime<chrono::Utc>) {
