@@ -27,6 +27,12 @@ use crate::storage::{self, Storage};
 
 /// How long a database check result is reused before asking again.
 const DB_CHECK_TTL: Duration = Duration::from_secs(5);
+/// How long `/health` reuses a target's newest-backup lookup (a storage listing, an S3
+/// LIST) before listing again; every run refreshes it anyway.
+const CATALOG_TTL: Duration = Duration::from_secs(30);
+
+/// The newest complete backup (id, time) and the number of backups of a target.
+type CatalogSummary = (Option<(String, DateTime<Utc>)>, usize);
 /// After the grace, cancelled jobs get this long to stop their children and clean up.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
@@ -38,6 +44,7 @@ pub struct Daemon {
     clock: Clock,
     next_runs: Mutex<HashMap<String, DateTime<Utc>>>,
     db: Mutex<HashMap<String, (Instant, DbStatus)>>,
+    catalog: Mutex<HashMap<String, (Instant, CatalogSummary)>>,
     jobs: TaskTracker,
     /// Cancelled when the shutdown grace is over: running jobs stop.
     jobs_cancel: CancellationToken,
@@ -56,6 +63,7 @@ impl Daemon {
             clock,
             next_runs: Mutex::new(HashMap::new()),
             db: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(HashMap::new()),
             jobs: TaskTracker::new(),
             jobs_cancel: CancellationToken::new(),
             ready: AtomicBool::new(false),
@@ -180,9 +188,9 @@ impl Daemon {
             .update(&name, |s| s.record_run(started, finished, error));
         if ok && target.cleanup_schedule.is_none() {
             self.cleanup_target(target, &storages).await;
-        } else {
-            self.refresh_catalog(&name).await;
         }
+        // Counts, the stale deadline and /health's cached listing follow every run.
+        self.refresh_catalog(&name).await;
         drop(permit);
     }
 
@@ -213,6 +221,7 @@ impl Daemon {
         if let Some(target) = cfg.target(&name) {
             let storages = self.storages();
             self.cleanup_target(target, &storages).await;
+            self.refresh_catalog(&name).await;
         }
         drop(permit);
     }
@@ -244,7 +253,11 @@ impl Daemon {
     async fn refresh_catalog(&self, name: &str) {
         let now = self.clock.now();
         if let Some(target) = self.config().target(name) {
-            let (newest, _) = newest_backup(&self.storages(), name, now).await;
+            let summary = newest_backup(&self.storages(), name, now).await;
+            let newest = summary.0.clone();
+            if let Ok(mut c) = self.catalog.lock() {
+                c.insert(name.to_string(), (Instant::now(), summary));
+            }
             let since = self.state.get(name).since;
             metrics::stale_after(
                 name,
@@ -268,6 +281,25 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// The target's newest backup and count, listed at most every `CATALOG_TTL`.
+    async fn catalog_summary(
+        &self,
+        storages: &[Box<dyn Storage>],
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> CatalogSummary {
+        if let Some((at, summary)) = self.catalog.lock().ok().and_then(|c| c.get(name).cloned()) {
+            if at.elapsed() < CATALOG_TTL {
+                return summary;
+            }
+        }
+        let summary = newest_backup(storages, name, now).await;
+        if let Ok(mut c) = self.catalog.lock() {
+            c.insert(name.to_string(), (Instant::now(), summary.clone()));
+        }
+        summary
     }
 
     /// Does the target's database answer? Cached for a few seconds.
@@ -314,7 +346,7 @@ impl Daemon {
         let mut out = Vec::new();
         for (i, t) in cfg.targets.iter().enumerate() {
             let state = self.state.get(&t.name);
-            let (newest, count) = newest_backup(&storages, &t.name, now).await;
+            let (newest, count) = self.catalog_summary(&storages, &t.name, now).await;
             out.push(health::assess(
                 t,
                 health::Facts {
@@ -381,7 +413,7 @@ pub async fn newest_backup(
     storages: &[Box<dyn Storage>],
     target: &str,
     now: DateTime<Utc>,
-) -> (Option<(String, DateTime<Utc>)>, usize) {
+) -> CatalogSummary {
     let mut newest: Option<catalog::BackupId> = None;
     let mut ids = std::collections::BTreeSet::new();
     for s in storages {

@@ -55,6 +55,14 @@ fn scheduled_backups_cleanup_metrics_and_health_follow_the_database() {
             >= 1.0
     );
     assert_eq!(d.metric(r#"dbkeep_target_up{target="app"}"#), Some(1.0));
+    // The stale deadline the alerts use follows the successful runs (interval + grace ahead).
+    let deadline = d
+        .metric(r#"dbkeep_backup_stale_after_timestamp_seconds{target="app"}"#)
+        .unwrap();
+    assert!(
+        deadline > chrono::Utc::now().timestamp() as f64,
+        "stale deadline {deadline} is in the past"
+    );
     let (status, body) = d.get("/health");
     assert_eq!(status, 200, "{body}");
     let h: serde_json::Value = serde_json::from_str(&body).unwrap();
