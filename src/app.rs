@@ -157,7 +157,12 @@ impl Daemon {
             }
             let d = self.clone();
             let name = t.name.clone();
-            tokio::spawn(async move { d.refresh_catalog(&name).await });
+            tokio::spawn(async move {
+                d.refresh_catalog(&name).await;
+                if let Some(t) = d.config().target(&name) {
+                    check_drift(t).await;
+                }
+            });
         }
     }
 
@@ -192,6 +197,9 @@ impl Daemon {
         // Counts, the stale deadline and /health's cached listing follow every run.
         self.refresh_catalog(&name).await;
         drop(permit);
+        if ok {
+            check_drift(target).await;
+        }
     }
 
     async fn run_drill(self: Arc<Self>, name: String) {
@@ -425,6 +433,28 @@ pub async fn newest_backup(
         }
     }
     (newest.map(|id| (id.to_string(), id.time())), ids.len())
+}
+
+/// Compare the live schema with the declared one and set `dbkeep_schema_drift`.
+async fn check_drift(target: &Target) {
+    if target.schema.is_none() {
+        return;
+    }
+    match crate::schema::status(target).await {
+        Ok(r) => {
+            let differences = r.schemas.iter().map(|s| s.differences.len()).sum();
+            let pending = r
+                .schemas
+                .iter()
+                .flat_map(|s| &s.migrations)
+                .filter(|m| m.state != crate::schema::migrate::MigrationState::Applied)
+                .count();
+            metrics::schema_drift(&target.name, !r.in_sync, differences, pending);
+        }
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %e, "cannot compare the live schema with the declared one")
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

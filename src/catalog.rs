@@ -175,6 +175,10 @@ pub struct Manifest {
     /// Why the backup was taken when it was not the schedule or an operator (e.g. `pre-restore`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// sha256 of the normalized catalog (tables, columns, indexes, constraints) of what the
+    /// archive holds, read just before the dump; `schema diff` and drift logs compare it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub schema_fingerprint: Option<String>,
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.
@@ -189,6 +193,9 @@ pub struct Backup {
     pub bytes: u64,
     pub sha256: String,
     pub created: DateTime<Utc>,
+    /// Why it was taken, when not by schedule or operator (`pre-migrate`, `pre-restore`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(skip)]
     pub manifest: Manifest,
 }
@@ -316,6 +323,7 @@ pub async fn list(
             bytes,
             sha256: manifest.sha256.clone(),
             created: manifest.finished,
+            reason: manifest.reason.clone(),
             manifest,
         });
     }

@@ -177,6 +177,16 @@ struct RawTarget {
     keep_weekly: Option<i64>,
     keep_monthly: Option<i64>,
     verify_schedule: Option<String>,
+    schema: Option<RawSchema>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    migrations: Option<String>,
+    desired: Option<String>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    tenant_schemas: Option<Vec<String>>,
 }
 
 /// Accept a TOML array or, from the environment, a comma-separated string.
@@ -235,7 +245,8 @@ fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 pub fn env_keys() -> Vec<String> {
     let mut out = vec!["DBKEEP_CONFIG".to_string(), "DBKEEP_LOG_FORMAT".to_string()];
     let section = |prefix: &str, fields: &[&str], out: &mut Vec<String>| {
-        for f in fields {
+        // `schema` is a nested section, listed with its own keys.
+        for f in fields.iter().filter(|f| **f != "schema") {
             out.push(format!("{prefix}{}", f.to_ascii_uppercase()));
         }
     };
@@ -250,6 +261,11 @@ pub fn env_keys() -> Vec<String> {
     section(
         "DBKEEP_TARGETS__<NAME>__",
         fields_of::<RawTarget>(),
+        &mut out,
+    );
+    section(
+        "DBKEEP_TARGETS__<NAME>__SCHEMA__",
+        fields_of::<RawSchema>(),
         &mut out,
     );
     for pg in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {
@@ -357,6 +373,25 @@ pub struct Target {
     pub keep_monthly: u32,
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// The declared schema, when the target manages one.
+    pub schema: Option<SchemaConfig>,
+}
+
+/// Where a target's declared schema comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemaConfig {
+    pub declared: Declared,
+    /// Patterns of schemas the migrations also apply to (PostgreSQL).
+    pub tenant_schemas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Declared {
+    /// A folder of versioned migrations (`NNNN_name.up.sql` / `.down.sql`).
+    Migrations(PathBuf),
+    /// One file with the whole desired DDL.
+    Desired(PathBuf),
 }
 
 impl Target {
@@ -935,8 +970,14 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         }
     };
 
+    let schema = t
+        .schema
+        .map(|s| validate_schema(name, s, matches!(source, SourceConfig::Sqlite(_))))
+        .transpose()?;
+
     Ok(Target {
         name: name.to_string(),
+        schema,
         source,
         schedule,
         cleanup_schedule,
@@ -950,6 +991,75 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         keep_weekly,
         keep_monthly,
         timeout,
+    })
+}
+
+fn validate_schema(name: &str, s: RawSchema, sqlite: bool) -> Result<SchemaConfig, ConfigError> {
+    let k = |f: &str| format!("targets.{name}.schema.{f}");
+    let path = |field: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        match v.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("") => Err(key_err(k(field), "is empty: name a file or folder")),
+            Some(p) => Ok(Some(PathBuf::from(p))),
+        }
+    };
+    let declared = match (
+        path("migrations", s.migrations)?,
+        path("desired", s.desired)?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                k("desired"),
+                "both `migrations` and `desired` are set: declare the schema one way",
+            ))
+        }
+        (Some(dir), None) => {
+            if !dir.is_dir() {
+                return Err(key_err(
+                    k("migrations"),
+                    format!(
+                        "{} is not a folder: point it at the folder of NNNN_name.up.sql files",
+                        dir.display()
+                    ),
+                ));
+            }
+            Declared::Migrations(dir)
+        }
+        (None, Some(file)) => {
+            if !file.is_file() {
+                return Err(key_err(
+                    k("desired"),
+                    format!(
+                        "{} is not a file: point it at the SQL file of the whole desired schema",
+                        file.display()
+                    ),
+                ));
+            }
+            Declared::Desired(file)
+        }
+        (None, None) => {
+            return Err(key_err(
+                k("migrations"),
+                "missing: set migrations = \"migrations/app\" (a folder) or desired = \"schema/app.sql\"",
+            ))
+        }
+    };
+    let tenant_schemas = s.tenant_schemas.unwrap_or_default();
+    if sqlite && !tenant_schemas.is_empty() {
+        return Err(key_err(
+            k("tenant_schemas"),
+            "is for postgres targets: a SQLite database has one schema",
+        ));
+    }
+    if let Some(bad) = tenant_schemas.iter().find(|p| p.trim().is_empty()) {
+        return Err(key_err(
+            k("tenant_schemas"),
+            format!("{bad:?} is not a schema name or pattern"),
+        ));
+    }
+    Ok(SchemaConfig {
+        declared,
+        tenant_schemas,
     })
 }
 

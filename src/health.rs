@@ -165,6 +165,7 @@ mod tests {
 
     fn target(schedule: Schedule, grace: Duration) -> Target {
         Target {
+            schema: None,
             name: "t".into(),
             source: SourceConfig::Sqlite(SqliteConfig {
                 path: "/x.db".into(),

@@ -192,14 +192,12 @@ async fn backup_inner(
         source,
     })?;
 
+    let fingerprints = fingerprints(target, storages).await;
     let id = next_id(target, storages).await.map_err(storage_err)?;
     metrics::backup_started(name, &id.to_string(), prepared.parts.len(), Utc::now());
 
     // A SQLite snapshot goes beside the local backups, else into the work folder.
-    let scratch = storages
-        .iter()
-        .find_map(|s| s.scratch_dir(name))
-        .unwrap_or_else(|| state.work_dir().to_path_buf());
+    let scratch = crate::storage::scratch_dir(storages, name, state.work_dir());
     let ctx = RunContext {
         target,
         storages,
@@ -242,6 +240,15 @@ async fn backup_inner(
                     verified_at: None,
                     object_key,
                     reason: reason.map(str::to_string),
+                    schema_fingerprint: fingerprints.as_ref().and_then(|(whole, each)| match part
+                        .contents
+                    {
+                        catalog::Contents::Database => Some(whole.clone()),
+                        catalog::Contents::Schema => {
+                            part.schema.as_ref().and_then(|s| each.get(s).cloned())
+                        }
+                        catalog::Contents::Globals => None,
+                    }),
                 };
                 done.push(Stored { manifest, failed });
             }
@@ -293,6 +300,47 @@ async fn backup_inner(
 
 /// The id for a new run: now, or one second after the newest id already stored,
 /// so ids of a target strictly increase even for runs within the same second.
+/// The live schema's fingerprints (whole database, per schema), logged when they differ
+/// from the newest backup's. A failure to read them is logged and does not stop the backup.
+async fn fingerprints(
+    target: &Target,
+    storages: &[Box<dyn Storage>],
+) -> Option<(String, BTreeMap<String, String>)> {
+    let found = match crate::schema::live_fingerprints(target).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %e, "cannot read the schema fingerprint; the backup goes on without it");
+            return None;
+        }
+    };
+    let previous = async {
+        let storage = storages.first()?;
+        let scan = catalog::scan(storage.as_ref(), &target.name, Utc::now())
+            .await
+            .ok()?;
+        let (id, file, _) = scan.complete.iter().find(|(_, f, _)| {
+            catalog::id_of_file(&target.name, f).is_some() && !f.contains(".globals.")
+        })?;
+        let bytes = storage
+            .get_bytes(&target.name, &catalog::manifest_name(file))
+            .await
+            .ok()?;
+        let m: Manifest = serde_json::from_slice(&bytes).ok()?;
+        Some((*id, m.contents, m.schema, m.schema_fingerprint?))
+    }
+    .await;
+    if let Some((id, contents, schema, before)) = previous {
+        let now = match (contents, schema) {
+            (catalog::Contents::Schema, Some(s)) => found.1.get(&s).cloned(),
+            _ => Some(found.0.clone()),
+        };
+        if let Some(now) = now.filter(|n| *n != before) {
+            metrics::schema_changed(&target.name, &id.to_string(), &before, &now);
+        }
+    }
+    Some(found)
+}
+
 async fn next_id(target: &Target, storages: &[Box<dyn Storage>]) -> Result<BackupId, StorageError> {
     let mut id = BackupId::from_time(Utc::now());
     for s in storages {

@@ -14,6 +14,8 @@ mod process;
 mod restore;
 mod retention;
 mod scheduler;
+mod schema;
+mod schema_cmd;
 mod source;
 mod state;
 mod storage;
@@ -119,6 +121,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Declared versus live schema: status, sync, diff
+    Schema {
+        #[command(subcommand)]
+        cmd: schema_cmd::SchemaCmd,
+    },
+    /// Versioned migrations (up by default), each run after a verified pre-migrate backup
+    Migrate {
+        /// The target whose schema to migrate
+        target: String,
+        #[command(subcommand)]
+        cmd: Option<schema_cmd::MigrateCmd>,
+    },
     /// Config commands
     Config {
         #[command(subcommand)]
@@ -155,6 +169,8 @@ enum Failure {
     Usage(anyhow::Error),
     /// The work failed: exit 1.
     Failed(anyhow::Error),
+    /// The live schema differs from the declared one: exit 3.
+    Drift(anyhow::Error),
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -218,6 +234,10 @@ fn main() -> ExitCode {
         Err(Failure::Failed(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+        Err(Failure::Drift(e)) => {
+            eprintln!("drift: {e:#}");
+            ExitCode::from(3)
         }
     }
 }
@@ -321,6 +341,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             status(&cfg, json).await
         }
         Cmd::Demo { dir, every } => run_demo(dir, &every).await,
+        Cmd::Schema { cmd } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            schema_cmd::schema(&cfg, cmd).await
+        }
+        Cmd::Migrate { target, cmd } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            schema_cmd::migrate(&cfg, &target, cmd).await
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub const VERIFY_RUNS: &str = "dbkeep_verify_runs_total";
 pub const VERIFY_DURATION: &str = "dbkeep_verify_duration_seconds";
 pub const STALE_AFTER: &str = "dbkeep_backup_stale_after_timestamp_seconds";
 pub const LAST_RUN_FAILED: &str = "dbkeep_backup_last_run_failed";
+pub const SCHEMA_DRIFT: &str = "dbkeep_schema_drift";
 pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
 
 pub struct Metrics {
@@ -52,6 +53,7 @@ pub struct Metrics {
     stale_after: GaugeVec,
     last_run_failed: IntGaugeVec,
     verify_last_run_failed: IntGaugeVec,
+    schema_drift: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -123,6 +125,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("valid histogram"),
     );
     Metrics {
+        schema_drift: int_gauge(
+            &r,
+            SCHEMA_DRIFT,
+            "1 when the live schema differs from the declared one (or migrations are pending)",
+            &["target"],
+        ),
         stale_after: gauge(
             &r,
             STALE_AFTER,
@@ -363,6 +371,31 @@ pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std
         bytes,
         duration_ms = duration.as_millis() as u64,
         "backup succeeded"
+    );
+}
+
+/// The result of comparing the live schema with the declared one.
+pub fn schema_drift(target: &str, drifted: bool, differences: usize, pending: usize) {
+    let g = m().schema_drift.with_label_values(&[target]);
+    if drifted && g.get() != 1 {
+        tracing::warn!(
+            target,
+            differences,
+            pending_migrations = pending,
+            "the live schema differs from the declared one; `dbkeep schema status {target}` names the differences"
+        );
+    }
+    g.set(i64::from(drifted));
+}
+
+/// The live schema's fingerprint differs from the one the newest backup recorded.
+pub fn schema_changed(target: &str, since_backup: &str, before: &str, now: &str) {
+    tracing::info!(
+        target,
+        since_backup,
+        before = &before[..before.len().min(12)],
+        now = &now[..now.len().min(12)],
+        "schema changed since the last backup (fingerprint differs); `dbkeep schema diff {target} --against {since_backup}` shows how"
     );
 }
 

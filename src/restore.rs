@@ -409,7 +409,7 @@ async fn safety_backup(
 }
 
 /// The URL without password, and the password to pass by environment.
-fn split_password(
+pub(crate) fn split_password(
     url: &str,
     configured: Option<&Secret>,
 ) -> Result<(String, Option<Secret>), RestoreError> {
@@ -425,7 +425,10 @@ fn split_password(
     ))
 }
 
-async fn connect(url: &str, password: Option<&Secret>) -> Result<PgConnection, RestoreError> {
+pub(crate) async fn connect(
+    url: &str,
+    password: Option<&Secret>,
+) -> Result<PgConnection, RestoreError> {
     let mut opts = PgConnectOptions::from_str(url)
         .map_err(|e| RestoreError::Database(format!("bad url: {e}")))?;
     if let Some(p) = password {
@@ -480,7 +483,7 @@ async fn prepare_database(
         .execute(&mut admin)
         .await
         .map_err(|e| RestoreError::Database(format!("cannot create database {db}: {e}")))?;
-        tracing::info!(database = %db, "created the database to restore into");
+        tracing::info!(database = %db, "created database");
         return Ok(());
     }
     let _ = admin.close().await;
@@ -501,7 +504,7 @@ async fn prepare_database(
 }
 
 /// pg_restore and psql that can read this archive and talk to this server.
-async fn restore_tools(
+pub(crate) async fn restore_tools(
     pg: &PostgresConfig,
     url: &str,
     password: Option<&Secret>,
@@ -540,6 +543,8 @@ pub enum Mode {
     Schema { name: String, from_full: bool },
     /// Roles and tablespaces, with psql; errors for roles that exist are expected.
     Globals,
+    /// The definitions only, no rows (`pg_restore --schema-only`), into an empty database.
+    Definitions,
 }
 
 /// Counts bytes, hashes them, and reports progress on a terminal.
@@ -606,7 +611,7 @@ pub async fn pg_restore(
     cancel: &CancellationToken,
 ) -> Result<(), RestoreError> {
     use tokio::io::AsyncWriteExt;
-    if let Mode::Whole { clean } = mode {
+    if let Mode::Whole { .. } | Mode::Definitions = mode {
         // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
         // and --single-transaction rolls everything back. `feed` withholds the end of the
         // stream until the sha256 matched, so pg_restore cannot commit before that.
@@ -619,8 +624,10 @@ pub async fn pg_restore(
         if !keep_owner {
             spec = spec.arg("--no-owner");
         }
-        if *clean {
-            spec = spec.arg("--clean").arg("--if-exists");
+        match mode {
+            Mode::Whole { clean: true } => spec = spec.arg("--clean").arg("--if-exists"),
+            Mode::Definitions => spec = spec.arg("--schema-only"),
+            _ => {}
         }
         let (run, stdin) = process::spawn_stdin(spec)?;
         let stop = run.stopper();
@@ -849,7 +856,7 @@ async fn hold_write_lock(path: &Path) -> Result<SqliteConnection, RestoreError> 
 }
 
 /// Decompress into a temp file beside `dest`, check it, then rename it over `dest`.
-async fn sqlite_restore(
+pub(crate) async fn sqlite_restore(
     storage: &dyn Storage,
     backup: &Backup,
     dest: &Path,
@@ -1061,17 +1068,8 @@ async fn drill_inner(
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
     match &target.source {
         SourceConfig::Postgres(pg) => {
-            let base = pg.drill_url.clone().unwrap_or_else(|| pg.url.clone());
-            let (base, password) = split_password(&base, pg.password.as_ref())?;
-            let mut u = url::Url::parse(&base).map_err(|e| RestoreError::Other(e.to_string()))?;
-            let scratch = format!(
-                "dbkeep_drill_{}_{:08x}",
-                target.name.replace('-', "_"),
-                rand::random::<u32>()
-            );
-            u.set_path(&format!("/{scratch}"));
-            let scratch_url = u.to_string();
-            prepare_database(&scratch_url, password.as_ref(), false).await?;
+            let (scratch_url, password) =
+                scratch_database(pg, &target.name, "drill", pg.drill_url.as_deref()).await?;
             let restored = async {
                 let tools = restore_tools(
                     pg,
@@ -1105,10 +1103,7 @@ async fn drill_inner(
         }
         SourceConfig::Sqlite(_) => {
             let (i, b) = &newest[0];
-            let dir = storages
-                .iter()
-                .find_map(|s| s.scratch_dir(&target.name))
-                .unwrap_or_else(|| state.work_dir().to_path_buf());
+            let dir = crate::storage::scratch_dir(storages, &target.name, state.work_dir());
             let scratch = ScratchFile::reserve(&dir, "drill.sqlite");
             let dest = scratch.path().to_path_buf();
             let r = sqlite_restore(storages[*i].as_ref(), b, &dest, false).await;
@@ -1167,7 +1162,33 @@ async fn choose_newest_run(
     Ok(out)
 }
 
-async fn drop_database(url: &str, password: Option<&Secret>) -> Result<(), RestoreError> {
+/// A new, empty database named `dbkeep_<purpose>_<target>_<random>` on `server` (default:
+/// the target's own server), for drills and schema work. Returns its URL and the password;
+/// drop it with [`drop_database`].
+pub(crate) async fn scratch_database(
+    pg: &PostgresConfig,
+    target: &str,
+    purpose: &str,
+    server: Option<&str>,
+) -> Result<(String, Option<Secret>), RestoreError> {
+    let base = server.unwrap_or(&pg.url);
+    let (base, password) = split_password(base, pg.password.as_ref())?;
+    let mut u = url::Url::parse(&base).map_err(|e| RestoreError::Other(e.to_string()))?;
+    let scratch = format!(
+        "dbkeep_{purpose}_{}_{:08x}",
+        target.replace('-', "_"),
+        rand::random::<u32>()
+    );
+    u.set_path(&format!("/{scratch}"));
+    let url = u.to_string();
+    prepare_database(&url, password.as_ref(), false).await?;
+    Ok((url, password))
+}
+
+pub(crate) async fn drop_database(
+    url: &str,
+    password: Option<&Secret>,
+) -> Result<(), RestoreError> {
     let (admin_url, db) = maintenance_url(url)?;
     let mut admin = connect(&admin_url, password).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -108,3 +108,16 @@ pub async fn build(cfg: &Config) -> Vec<Box<dyn Storage>> {
     }
     out
 }
+
+/// A folder for short-lived files of `target` (snapshots, scratch restores): beside the
+/// local backups when there are any (same filesystem), else `work_dir`.
+pub fn scratch_dir(
+    storages: &[Box<dyn Storage>],
+    target: &str,
+    work_dir: &std::path::Path,
+) -> PathBuf {
+    storages
+        .iter()
+        .find_map(|s| s.scratch_dir(target))
+        .unwrap_or_else(|| work_dir.to_path_buf())
+}

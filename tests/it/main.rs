@@ -11,4 +11,5 @@ mod listing;
 mod postgres_backup;
 mod restore;
 mod s3_storage;
+mod schema;
 mod sqlite_backup;

@@ -1,0 +1,282 @@
+//! The `schema` and `migrate` commands: argument shapes, confirmation, and output.
+
+use anyhow::anyhow;
+use clap::Subcommand;
+
+use crate::config::{Config, Target};
+use crate::restore::Selector;
+use crate::schema::{self, Direction, SchemaError};
+use crate::state::StateFile;
+use crate::{cancel_on_ctrl_c, storage, usage, Failure};
+
+#[derive(Subcommand)]
+pub enum SchemaCmd {
+    /// Migrations applied/pending/modified and drift from the declared schema (exit 3 on drift)
+    Status {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the missing tables (with their indexes and constraints) after a pre-sync backup
+    Sync {
+        target: String,
+        /// Do not ask
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Live schema against the declared one, or against the schema in a past backup
+    Diff {
+        target: String,
+        /// Compare with the schema inside this backup (an id, or `latest`)
+        #[arg(long, value_name = "BACKUP_ID")]
+        against: Option<String>,
+        /// Print a proposed migration script (never applied)
+        #[arg(long)]
+        sql: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MigrateCmd {
+    /// Apply pending migrations (the default), after a pre-migrate backup
+    Up {
+        /// Stop after this version
+        #[arg(long, value_name = "N")]
+        to: Option<i64>,
+    },
+    /// Revert the newest applied migrations with their down files
+    Down {
+        /// How many to revert
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        steps: usize,
+        /// Required: reverting usually drops data
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The applied migrations of every schema
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, Failure> {
+    cfg.target(name).ok_or_else(|| {
+        usage(anyhow!(
+            "unknown target `{name}`: the config defines {}",
+            cfg.target_names().join(", ")
+        ))
+    })
+}
+
+fn failure(e: SchemaError) -> Failure {
+    match e {
+        SchemaError::NotConfigured(_) | SchemaError::Refused(_) => Failure::Usage(e.into()),
+        other => Failure::Failed(other.into()),
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Ask for the target name on a terminal; without one, `--yes` is required.
+fn confirm(name: &str, what: &str) -> Result<(), Failure> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(usage(anyhow!(
+            "refusing to {what} without confirmation: run it on a terminal, or add --yes"
+        )));
+    }
+    eprint!("Type the target name ({name}) to {what}: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != name {
+        return Err(usage(anyhow!("not confirmed; nothing was changed")));
+    }
+    Ok(())
+}
+
+pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
+    match cmd {
+        SchemaCmd::Status {
+            target: name,
+            json: as_json,
+        } => {
+            let t = target(cfg, &name)?;
+            let report = schema::status(t).await.map_err(failure)?;
+            if as_json {
+                json(&report)?;
+            } else {
+                print!("{}", schema::render_status(&report));
+            }
+            if report.in_sync {
+                Ok(())
+            } else {
+                Err(Failure::Drift(anyhow!(
+                    "{name}: the live schema differs from the declared one"
+                )))
+            }
+        }
+        SchemaCmd::Sync { target: name, yes } => {
+            let t = target(cfg, &name)?;
+            let plan = schema::plan_sync(t).await.map_err(failure)?;
+            if plan.is_empty() {
+                println!("{name}: no table is missing; nothing to create");
+                return Ok(());
+            }
+            println!("{}", plan.render());
+            if !yes {
+                confirm(
+                    &name,
+                    "create these tables (a pre-sync backup is taken first)",
+                )?;
+            }
+            let storages = storage::build(cfg).await;
+            let state = StateFile::beside(&cfg.daemon.work_dir);
+            let cancel = cancel_on_ctrl_c();
+            let id = schema::apply_sync(t, &plan, &storages, &state, &cancel)
+                .await
+                .map_err(failure)?;
+            let created: usize = plan
+                .schemas
+                .iter()
+                .map(|(_, s)| s.iter().filter(|s| s.starts_with("CREATE TABLE")).count())
+                .sum();
+            println!("{name}: created {created} table(s) after backup {id} (pre-sync)");
+            Ok(())
+        }
+        SchemaCmd::Diff {
+            target: name,
+            against,
+            sql,
+            json: as_json,
+        } => {
+            let t = target(cfg, &name)?;
+            let selector = against
+                .as_deref()
+                .map(|a| a.parse::<Selector>().map_err(|e| usage(anyhow!(e))))
+                .transpose()?;
+            let storages = storage::build(cfg).await;
+            let state = StateFile::beside(&cfg.daemon.work_dir);
+            let cancel = cancel_on_ctrl_c();
+            let report = schema::diff(t, selector.as_ref(), &storages, &state, &cancel)
+                .await
+                .map_err(failure)?;
+            if as_json {
+                return json(&report);
+            }
+            if sql {
+                println!(
+                    "-- dbkeep schema diff {name}: statements that would bring the live schema to the {}.\n-- Review before use; destructive statements are commented out. Nothing was applied.",
+                    report.reference
+                );
+                for s in &report.schemas {
+                    if s.sql.is_empty() {
+                        continue;
+                    }
+                    if report.schemas.len() > 1 {
+                        println!(
+                            "\n-- schema {}\nSET search_path TO \"{}\";",
+                            s.schema,
+                            s.schema.replace('"', "\"\"")
+                        );
+                    }
+                    for stmt in &s.sql {
+                        println!("{stmt}");
+                    }
+                }
+                return Ok(());
+            }
+            for s in &report.schemas {
+                if s.differences.is_empty() {
+                    println!("schema {}: same as the {}", s.schema, report.reference);
+                } else {
+                    println!(
+                        "schema {}: {} difference(s) from the {}:",
+                        s.schema,
+                        s.differences.len(),
+                        report.reference
+                    );
+                    for d in &s.differences {
+                        println!("  {}", d.message);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn migrate(cfg: &Config, name: &str, cmd: Option<MigrateCmd>) -> Result<(), Failure> {
+    let t = target(cfg, name)?;
+    let direction = match cmd.unwrap_or(MigrateCmd::Up { to: None }) {
+        MigrateCmd::History { json: as_json } => {
+            let rows = schema::history(t).await.map_err(failure)?;
+            if as_json {
+                return json(&rows);
+            }
+            if rows.is_empty() {
+                println!("{name}: no migration applied yet");
+            }
+            for r in rows {
+                println!(
+                    "{:<12} {:04}  {}  {:>8.1} ms  {}{}",
+                    r.schema,
+                    r.applied.version,
+                    r.applied.installed_on.format("%Y-%m-%d %H:%M:%S"),
+                    r.applied.execution_ms,
+                    r.file.as_deref().unwrap_or("(file missing)"),
+                    if r.modified {
+                        "  MODIFIED since applied"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            return Ok(());
+        }
+        MigrateCmd::Up { to } => Direction::Up { to },
+        MigrateCmd::Down { steps, yes } => {
+            if !yes {
+                return Err(usage(anyhow!(
+                    "`migrate down` reverts applied migrations, which usually drops data: add --yes (a pre-migrate backup is taken first)"
+                )));
+            }
+            if steps == 0 {
+                return Err(usage(anyhow!("--steps 0 reverts nothing: use 1 or more")));
+            }
+            Direction::Down { steps }
+        }
+    };
+    let down = matches!(direction, Direction::Down { .. });
+    let storages = storage::build(cfg).await;
+    let state = StateFile::beside(&cfg.daemon.work_dir);
+    let cancel = cancel_on_ctrl_c();
+    let report = schema::migrate(t, direction, &storages, &state, &cancel)
+        .await
+        .map_err(failure)?;
+    let Some(id) = report.backup else {
+        println!(
+            "{name}: nothing to {}; every schema is up to date",
+            if down { "revert" } else { "apply" }
+        );
+        return Ok(());
+    };
+    println!("{name}: backup {id} (pre-migrate) taken and verified");
+    for (schema, versions) in &report.schemas {
+        let list: Vec<String> = versions.iter().map(|v| format!("{v:04}")).collect();
+        println!(
+            "  schema {schema}: {} {}",
+            if down { "reverted" } else { "applied" },
+            if list.is_empty() {
+                "nothing".to_string()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
