@@ -77,7 +77,7 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn storages(&self) -> Arc<Vec<Box<dyn Storage>>> {
+    pub(crate) fn storages(&self) -> Arc<Vec<Box<dyn Storage>>> {
         self.storages
             .read()
             .map(|s| s.clone())
@@ -168,16 +168,22 @@ impl Daemon {
 
     /// One scheduled backup of `name`, then its cleanup when that follows each backup.
     async fn run_backup(self: Arc<Self>, name: String) {
-        let Some(permit) = self.acquire().await else {
-            return;
-        };
+        let _ = self.backup_target(&name).await;
+    }
+
+    /// A backup of `name` now (schedule or admin API): waits for a job slot, records the
+    /// run in the state file, cleans up when cleanup follows backups, refreshes the counts
+    /// and checks schema drift. `None` when shutting down or the target is gone.
+    pub(crate) async fn backup_target(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Option<Result<job::Outcome, job::JobError>> {
+        let permit = self.acquire().await?;
         let cfg = self.config();
-        let Some(target) = cfg.target(&name) else {
-            return;
-        };
+        let target = cfg.target(name)?;
         let storages = self.storages();
         let started = self.clock.now();
-        self.state.update(&name, |s| s.last_run = Some(started));
+        self.state.update(name, |s| s.last_run = Some(started));
         let result = job::backup(
             target,
             &storages,
@@ -190,16 +196,34 @@ impl Daemon {
         let ok = result.is_ok();
         let error = result.as_ref().err().map(|e| e.to_string());
         self.state
-            .update(&name, |s| s.record_run(started, finished, error));
+            .update(name, |s| s.record_run(started, finished, error));
         if ok && target.cleanup_schedule.is_none() {
             self.cleanup_target(target, &storages).await;
         }
         // Counts, the stale deadline and /health's cached listing follow every run.
-        self.refresh_catalog(&name).await;
+        self.refresh_catalog(name).await;
         drop(permit);
         if ok {
             check_drift(target).await;
         }
+        Some(result)
+    }
+
+    pub(crate) fn state(&self) -> &StateFile {
+        &self.state
+    }
+
+    /// Cancelled when running jobs must stop (end of the shutdown grace).
+    pub(crate) fn jobs_cancel(&self) -> CancellationToken {
+        self.jobs_cancel.child_token()
+    }
+
+    /// Run `f` as a tracked job: shutdown waits for it like for scheduled runs.
+    pub(crate) fn spawn_job<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.jobs.spawn(f);
     }
 
     async fn run_drill(self: Arc<Self>, name: String) {
@@ -508,7 +532,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let http = {
         let c = http_cancel.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
                 .with_graceful_shutdown(async move { c.cancelled().await })
                 .await
         })

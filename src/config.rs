@@ -85,6 +85,8 @@ struct RawDaemon {
     shutdown_grace: Option<String>,
     max_concurrent: Option<i64>,
     work_dir: Option<String>,
+    admin_token_file: Option<String>,
+    admin_api: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +315,8 @@ pub struct DaemonConfig {
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     pub max_concurrent: usize,
+    /// The bearer token of the admin API; `None`: the admin API is off.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -644,7 +648,28 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 ))
             }
         },
+        admin_token: match (raw.daemon.admin_api, raw.daemon.admin_token_file.as_deref()) {
+            (Some(false), _) => None,
+            (_, Some(f)) if !f.trim().is_empty() => {
+                Some(read_secret_file("daemon.admin_token_file", f.trim())?)
+            }
+            (Some(true), _) => {
+                return Err(key_err(
+                    "daemon.admin_token_file",
+                    "admin_api = true needs a token: set admin_token_file to a file holding a long random token (the admin API never runs unauthenticated)",
+                ))
+            }
+            _ => None,
+        },
     };
+    if let Some(t) = &daemon.admin_token {
+        if t.expose().trim().len() < 16 {
+            return Err(key_err(
+                "daemon.admin_token_file",
+                "the token is shorter than 16 characters: put a long random token in the file, e.g. `openssl rand -hex 32 > FILE`",
+            ));
+        }
+    }
     if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(key_err(
             "daemon.listen",

@@ -29,6 +29,8 @@ pub const VERIFY_DURATION: &str = "dbkeep_verify_duration_seconds";
 pub const STALE_AFTER: &str = "dbkeep_backup_stale_after_timestamp_seconds";
 pub const LAST_RUN_FAILED: &str = "dbkeep_backup_last_run_failed";
 pub const SCHEMA_DRIFT: &str = "dbkeep_schema_drift";
+pub const ADMIN_REQUESTS: &str = "dbkeep_admin_requests_total";
+pub const ADMIN_DENIED: &str = "dbkeep_admin_auth_failures_total";
 pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
 
 pub struct Metrics {
@@ -54,6 +56,8 @@ pub struct Metrics {
     last_run_failed: IntGaugeVec,
     verify_last_run_failed: IntGaugeVec,
     schema_drift: IntGaugeVec,
+    admin_requests: IntCounterVec,
+    admin_denied: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -125,6 +129,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("valid histogram"),
     );
     Metrics {
+        admin_requests: counter(
+            &r,
+            ADMIN_REQUESTS,
+            "Authenticated admin API calls by method and status",
+            &["method", "status"],
+        ),
+        admin_denied: counter(
+            &r,
+            ADMIN_DENIED,
+            "Admin API calls refused for a missing or wrong token",
+            &[],
+        ),
         schema_drift: int_gauge(
             &r,
             SCHEMA_DRIFT,
@@ -371,6 +387,32 @@ pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std
         bytes,
         duration_ms = duration.as_millis() as u64,
         "backup succeeded"
+    );
+}
+
+/// An admin API call without a valid token.
+pub fn admin_denied(peer: &str, method: &str, path: &str) {
+    m().admin_denied.with_label_values(&[] as &[&str]).inc();
+    tracing::warn!(
+        who = peer,
+        method,
+        path,
+        "admin API call refused: missing or wrong token"
+    );
+}
+
+/// An authenticated admin API call and how it ended.
+pub fn admin_call(who: &str, method: &str, path: &str, status: u16, duration: std::time::Duration) {
+    m().admin_requests
+        .with_label_values(&[method, &status.to_string()])
+        .inc();
+    tracing::info!(
+        who,
+        method,
+        path,
+        status,
+        duration_ms = duration.as_millis() as u64,
+        "admin API call"
     );
 }
 

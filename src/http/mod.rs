@@ -1,5 +1,6 @@
 //! The HTTP port: `/metrics` (Prometheus text), `/health` (503 when any target is stale or
-//! failing, with the reasons), `/ready` (config loaded, port bound, not stopping).
+//! failing, with the reasons), `/ready` (config loaded, port bound, not stopping), and the
+//! admin API and page (`admin.rs`).
 
 use std::sync::Arc;
 
@@ -13,12 +14,15 @@ use serde_json::json;
 use crate::app::Daemon;
 use crate::metrics;
 
+pub mod admin;
+
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(daemon)
+        .with_state(daemon.clone())
+        .merge(admin::router(daemon))
 }
 
 async fn metrics_page(State(d): State<Arc<Daemon>>) -> Response {

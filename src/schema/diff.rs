@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::introspect::{quote_ident, Column, ConstraintKind, SchemaModel, Table};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiffKind {
     MissingTable,
@@ -25,7 +25,7 @@ pub enum DiffKind {
 }
 
 /// One way the live schema differs from the reference (declared, or a past backup).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Difference {
     pub kind: DiffKind,
     pub table: String,

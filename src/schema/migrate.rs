@@ -149,7 +149,7 @@ pub struct Applied {
 }
 
 /// Where a migration stands in one schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationState {
     Applied,
@@ -162,7 +162,7 @@ pub enum MigrationState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MigrationStatus {
     pub version: i64,
     pub description: String,

@@ -268,7 +268,7 @@ async fn apply_declared(
 
 // ---------------------------------------------------------------- status
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SchemaReport {
     pub schema: String,
     pub fingerprint: String,
@@ -286,11 +286,12 @@ impl SchemaReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     pub target: String,
-    pub kind: &'static str,
+    pub kind: String,
     /// The folder or file the schema is declared in.
+    #[schema(value_type = String)]
     pub declared: PathBuf,
     pub declared_fingerprint: String,
     pub in_sync: bool,
@@ -328,8 +329,8 @@ pub async fn status(target: &Target) -> Result<StatusReport, SchemaError> {
     Ok(StatusReport {
         target: target.name.clone(),
         kind: match live {
-            Live::Pg { .. } => "postgres",
-            Live::Sqlite(_) => "sqlite",
+            Live::Pg { .. } => "postgres".into(),
+            Live::Sqlite(_) => "sqlite".into(),
         },
         declared: match &sc.declared {
             Declared::Migrations(p) | Declared::Desired(p) => p.clone(),

@@ -270,7 +270,16 @@ impl Storage for LocalStorage {
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
         let path = self.dir(target).join(file);
-        match File::open(&path) {
+        // Never through a symlink: a link planted in the folder cannot make dbkeep read
+        // (and restore or serve) a file outside it.
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        match opened {
             Ok(f) => Ok(Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
                 storage: NAME,
