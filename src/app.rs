@@ -536,8 +536,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 listener,
                 router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await
         })
     };
     let mut signals = signal_hook_tokio::Signals::new([

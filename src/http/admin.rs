@@ -90,7 +90,10 @@ impl ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no target named {name:?}"),
-            format!("configured targets: {}", d.config().target_names().join(", ")),
+            format!(
+                "configured targets: {}",
+                d.config().target_names().join(", ")
+            ),
         )
     }
 }
@@ -144,7 +147,10 @@ async fn not_found() -> ApiError {
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     let a = Sha256::digest(given);
     let b = Sha256::digest(expected);
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Who a token is in logs: a short hash, never the token.
@@ -176,11 +182,12 @@ struct LinkQuery {
     sig: Option<String>,
 }
 
-fn signed_ok(token: &Secret, req: &Request) -> bool {
-    if req.method() != axum::http::Method::GET || !req.uri().path().starts_with(&format!("{PREFIX}/backups/")) {
+/// Whether `uri` (as the client sent it, prefix included) is a valid, unexpired signed link.
+fn signed_ok(token: &Secret, method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
+    if method != axum::http::Method::GET || !uri.path().starts_with(&format!("{PREFIX}/backups/")) {
         return false;
     }
-    let Ok(Query(q)) = Query::<LinkQuery>::try_from_uri(req.uri()) else {
+    let Ok(Query(q)) = Query::<LinkQuery>::try_from_uri(uri) else {
         return false;
     };
     let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
@@ -192,7 +199,7 @@ fn signed_ok(token: &Secret, req: &Request) -> bool {
     expires >= Utc::now().timestamp()
         && same_secret(
             sig.as_bytes(),
-            link_signature(token, req.uri().path(), expires).as_bytes(),
+            link_signature(token, uri.path(), expires).as_bytes(),
         )
 }
 
@@ -206,8 +213,14 @@ async fn guard(
     next: Next,
 ) -> Response {
     let t0 = Instant::now();
+    // Inside `nest` the URI lost its prefix; the original one is what the client signed.
+    let uri = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| req.uri().clone());
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    let path = uri.path().to_string();
     let cfg = st.daemon.config();
     let Some(token) = cfg.daemon.admin_token.as_ref() else {
         return ApiError::new(
@@ -225,7 +238,7 @@ async fn guard(
         .map(str::trim);
     let who = match bearer {
         Some(b) if same_secret(b.as_bytes(), token.expose().as_bytes()) => token_id(token),
-        _ if signed_ok(token, &req) => format!("signed link from {peer}"),
+        _ if signed_ok(token, req.method(), &uri) => format!("signed link from {peer}"),
         _ => {
             metrics::admin_denied(&peer.to_string(), &method, &path);
             return (
@@ -240,7 +253,13 @@ async fn guard(
         }
     };
     let response = next.run(req).await;
-    metrics::admin_call(&who, &method, &path, response.status().as_u16(), t0.elapsed());
+    metrics::admin_call(
+        &who,
+        &method,
+        &path,
+        response.status().as_u16(),
+        t0.elapsed(),
+    );
     response
 }
 
@@ -795,7 +814,10 @@ fn content_type(file: &str) -> &'static str {
 /// (traversal, encoded slashes, absolute paths, links planted in the folder) is 404.
 #[utoipa::path(get, path = "/api/v1/admin/database/backups/{target}/{file}", tag = "admin",
     params(("target" = String, Path), ("file" = String, Path), DownloadParams),
-    responses((status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
+    responses((status = 200, description = "the file's bytes, typed by its name", content(
+            (Vec<u8> = "application/zstd"), (Vec<u8> = "application/gzip"),
+            (Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/sql"),
+            (Vec<u8> = "application/vnd.sqlite3"), (Object = "application/json"))),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn download(
@@ -921,7 +943,11 @@ async fn start_restore(
         None => body.id.clone(),
     };
     let selector: Selector = spec.parse().map_err(|e: String| {
-        ApiError::new(StatusCode::BAD_REQUEST, e, "use `latest` or an id from GET /backups")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e,
+            "use `latest` or an id from GET /backups",
+        )
     })?;
     let storages = st.daemon.storages();
     let chosen = restore::choose(&target, &storages, &selector, false)
@@ -1048,7 +1074,10 @@ mod tests {
         assert_eq!(a, link_signature(&token, "/p/a", 100));
         assert_ne!(a, link_signature(&token, "/p/b", 100));
         assert_ne!(a, link_signature(&token, "/p/a", 101));
-        assert_ne!(a, link_signature(&Secret::new("another-token-0000"), "/p/a", 100));
+        assert_ne!(
+            a,
+            link_signature(&Secret::new("another-token-0000"), "/p/a", 100)
+        );
     }
 
     #[test]

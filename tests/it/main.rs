@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod cleanup_status;
 mod config_errors;
 mod daemon;
