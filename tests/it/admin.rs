@@ -33,6 +33,25 @@ fn call(d: &Daemon, method: &str, path: &str, body: Option<&str>) -> HttpRespons
     http_request(&d.addr, method, path, &[("Authorization", &auth)], body)
 }
 
+/// A SQLite target `app` with the token, whose schema is declared by one migration
+/// (`up_sql`), and one backup taken.
+fn declared_target(sb: &Sandbox, up_sql: &str) -> (PathBuf, PathBuf) {
+    let dir = sb.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0001_t.up.sql"), up_sql).unwrap();
+    let (db, cfg) = sqlite_target(
+        sb,
+        "app",
+        &format!(
+            "every = \"1h\"\n[targets.app.schema]\nmigrations = \"{}\"",
+            dir.display()
+        ),
+    );
+    let cfg = with_token(sb, &cfg);
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    (db, cfg)
+}
+
 /// Poll a job until it ends (bounded: 60 s).
 fn wait_job(d: &Daemon, accepted: &HttpResponse) -> Value {
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -325,23 +344,10 @@ fn a_backup_started_over_the_api_is_listed_and_downloads_byte_identical() {
 #[test]
 fn restore_over_the_api_needs_the_typed_target_name() {
     let sb = Sandbox::new();
-    let dir = sb.path().join("migrations");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("0001_t.up.sql"),
-        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);\nCREATE TABLE notes (id INTEGER PRIMARY KEY);",
-    )
-    .unwrap();
-    let (db, cfg) = sqlite_target(
+    let (db, cfg) = declared_target(
         &sb,
-        "app",
-        &format!(
-            "every = \"1h\"\n[targets.app.schema]\nmigrations = \"{}\"",
-            dir.display()
-        ),
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);\nCREATE TABLE notes (id INTEGER PRIMARY KEY);",
     );
-    let cfg = with_token(&sb, &cfg);
-    dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let sqlite = |sql: &str| {
         let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -450,23 +456,10 @@ fn info_shows_the_database_and_never_the_password() {
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     let sb = Sandbox::new();
-    let dir = sb.path().join("migrations");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("0001_t.up.sql"),
-        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);",
-    )
-    .unwrap();
-    let (_, cfg) = sqlite_target(
+    let (_, cfg) = declared_target(
         &sb,
-        "app",
-        &format!(
-            "every = \"1h\"\n[targets.app.schema]\nmigrations = \"{}\"",
-            dir.display()
-        ),
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);",
     );
-    let cfg = with_token(&sb, &cfg);
-    dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let d = spawn_daemon(&cfg, &[]);
     let doc = crate::common::http_get(&d.addr, "/api/v1/openapi.json");
     assert_eq!(doc.0, 200);
