@@ -199,8 +199,13 @@ pub async fn declared_model(target: &Target) -> Result<SchemaModel, SchemaError>
     let files = load_migrations(sc)?;
     match &target.source {
         SourceConfig::Postgres(pg) => {
-            let (url, password) =
-                restore::scratch_database(pg, &target.name, "schema", None).await?;
+            let (url, password) = restore::scratch_database(pg, &target.name, "schema", None)
+                .await
+                .map_err(|e| {
+                    SchemaError::Other(format!(
+                        "the declared schema is built in a scratch database on the target's server, and that failed: {e}; the role needs CREATEDB (ALTER ROLE <role> CREATEDB)"
+                    ))
+                })?;
             let built = async {
                 let mut conn = restore::connect(&url, password.as_ref()).await?;
                 let main = introspect::pg_current_schema(&mut conn)

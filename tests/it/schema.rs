@@ -709,3 +709,25 @@ fn the_daemon_reports_schema_drift_until_the_migrations_are_applied() {
         || daemon.metric(sample) == Some(0.0),
     );
 }
+
+#[test]
+fn a_role_without_createdb_is_told_what_the_declared_schema_needs() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE ROLE app_user LOGIN PASSWORD 'app-user-pw' NOCREATEDB;",
+    );
+    let sb = Sandbox::new();
+    let dir = migrations(&sb);
+    let url = pg.url("app").replace("postgres@", "app_user@");
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\nurl = \"{url}\"\npassword = \"app-user-pw\"\n{}",
+        sb.backups().display(),
+        schema_section(&dir, "")
+    ));
+    let run = dbkeep(Some(&cfg), &["schema", "status", "app"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("needs CREATEDB"), "{}", run.stderr);
+    assert!(!run.stderr.contains("app-user-pw"), "{}", run.stderr);
+}
