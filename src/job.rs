@@ -318,9 +318,10 @@ async fn fingerprints(
         let scan = catalog::scan(storage.as_ref(), &target.name, Utc::now())
             .await
             .ok()?;
-        let (id, file, _) = scan.complete.iter().find(|(_, f, _)| {
-            catalog::id_of_file(&target.name, f).is_some() && !f.contains(".globals.")
-        })?;
+        let (id, file, _) = scan
+            .complete
+            .iter()
+            .find(|(_, f, _)| !f.contains(".globals."))?;
         let bytes = storage
             .get_bytes(&target.name, &catalog::manifest_name(file))
             .await

@@ -606,6 +606,23 @@ fn print_cleanup(r: &job::CleanupReport, dry_run: bool, now: chrono::DateTime<ch
     }
 }
 
+/// Ask for the target name on a terminal before a change; without a terminal the caller
+/// needs `--yes`. `action` completes "refusing to ..."; `detail` is shown before the question.
+fn confirm_by_name(name: &str, action: &str, detail: &str) -> Result<(), Failure> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(usage(anyhow!(
+            "refusing to {action} without confirmation: run it on a terminal, or add --yes"
+        )));
+    }
+    eprint!("{detail}. Type the target name ({name}) to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != name {
+        return Err(usage(anyhow!("not confirmed; nothing was changed")));
+    }
+    Ok(())
+}
+
 fn restore_failure(e: restore::RestoreError) -> Failure {
     match e {
         restore::RestoreError::Refused(_) => Failure::Usage(e.into()),
@@ -639,24 +656,15 @@ async fn restore_cmd(
         .map_err(restore_failure)?;
     eprintln!("checksum OK (sha256 {})", &chosen.backup.sha256[..16]);
     if dest.is_own() && !opts.yes {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            return Err(usage(anyhow!(
-                "refusing to restore over the live database without confirmation: run it on a terminal, or add --yes"
-            )));
-        }
-        eprint!(
-            "This replaces data in the live database{}. Type the target name ({name}) to go on: ",
+        confirm_by_name(
+            name,
+            "restore over the live database",
             if opts.safety_backup {
-                " (a safety backup is taken first)"
+                "This replaces data in the live database (a safety backup is taken first)"
             } else {
-                ""
-            }
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != name {
-            return Err(usage(anyhow!("not confirmed; nothing was changed")));
-        }
+                "This replaces data in the live database"
+            },
+        )?;
     }
     let cancel = cancel_on_ctrl_c();
     let t0 = std::time::Instant::now();

@@ -7,7 +7,7 @@ use crate::config::{Config, Target};
 use crate::restore::Selector;
 use crate::schema::{self, Direction, SchemaError};
 use crate::state::StateFile;
-use crate::{cancel_on_ctrl_c, storage, usage, Failure};
+use crate::{cancel_on_ctrl_c, confirm_by_name, storage, usage, Failure};
 
 #[derive(Subcommand)]
 pub enum SchemaCmd {
@@ -83,22 +83,6 @@ fn json(v: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Ask for the target name on a terminal; without one, `--yes` is required.
-fn confirm(name: &str, what: &str) -> Result<(), Failure> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Err(usage(anyhow!(
-            "refusing to {what} without confirmation: run it on a terminal, or add --yes"
-        )));
-    }
-    eprint!("Type the target name ({name}) to {what}: ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if answer.trim() != name {
-        return Err(usage(anyhow!("not confirmed; nothing was changed")));
-    }
-    Ok(())
-}
-
 pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
     match cmd {
         SchemaCmd::Status {
@@ -129,9 +113,10 @@ pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
             }
             println!("{}", plan.render());
             if !yes {
-                confirm(
+                confirm_by_name(
                     &name,
-                    "create these tables (a pre-sync backup is taken first)",
+                    "create these tables",
+                    "This creates the tables above (a pre-sync backup is taken first)",
                 )?;
             }
             let storages = storage::build(cfg).await;

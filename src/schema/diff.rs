@@ -399,12 +399,7 @@ pub fn sync_statements(
 /// A proposed migration script for the differences: additive statements as SQL,
 /// destructive ones (drops, and for SQLite what it cannot alter) as comments for a human
 /// to enable. Never applied by dbkeep.
-pub fn proposal(
-    reference: &SchemaModel,
-    live: &SchemaModel,
-    diffs: &[Difference],
-    dialect: Dialect,
-) -> Vec<String> {
+pub fn proposal(reference: &SchemaModel, diffs: &[Difference], dialect: Dialect) -> Vec<String> {
     let mut out = Vec::new();
     let mut tail = Vec::new();
     let comment = |s: String| {
@@ -530,7 +525,6 @@ pub fn proposal(
             }
         }
     }
-    let _ = live;
     out.extend(tail);
     out
 }
@@ -727,7 +721,7 @@ mod tests {
         u.columns.push(col("legacy", "text", true));
         u.columns[1].data_type = "character varying(10)".into();
         let d = diff(&declared, &live, "declared");
-        let sql = proposal(&declared, &live, &d, Dialect::Postgres).join("\n");
+        let sql = proposal(&declared, &d, Dialect::Postgres).join("\n");
         assert!(
             sql.contains("\nALTER TABLE \"users\" ADD COLUMN \"name\" text;")
                 || sql.starts_with("ALTER TABLE \"users\" ADD COLUMN \"name\" text;"),

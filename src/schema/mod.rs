@@ -825,7 +825,7 @@ pub async fn diff(
             let empty = SchemaModel::default();
             let r = refs.get(schema).unwrap_or(&empty);
             let differences = diff::diff(r, model, &reference);
-            let sql = diff::proposal(r, model, &differences, dialect);
+            let sql = diff::proposal(r, &differences, dialect);
             SchemaDiff {
                 schema: schema.clone(),
                 differences,
