@@ -206,6 +206,19 @@ pub enum CatalogError {
     Storage(#[from] StorageError),
 }
 
+impl crate::error::Classify for CatalogError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            CatalogError::Storage(e) => e.kind(),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            CatalogError::Storage(e) => e.hint(),
+        }
+    }
+}
+
 /// What a storage holds for one target, judged by object names alone.
 #[derive(Debug, Default)]
 pub struct Scan {

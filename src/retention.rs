@@ -6,16 +6,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::catalog::BackupId;
-
-/// How long backups are kept. `keep_daily`/`weekly`/`monthly` (GFS) only ever keep more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Policy {
-    pub keep_days: u32,
-    pub min_keep: u32,
-    pub keep_daily: u32,
-    pub keep_weekly: u32,
-    pub keep_monthly: u32,
-}
+pub use crate::config::Policy;
 
 /// One complete backup (all archives of one run share its id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

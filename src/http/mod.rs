@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::app::Daemon;
+use crate::daemon::Daemon;
 use crate::metrics;
 
 pub mod admin;

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::introspect::{quote_ident, Column, ConstraintKind, SchemaModel, Table};
+use crate::engine::model::{quote_ident, Column, ConstraintKind, Dialect, SchemaModel, Table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -260,13 +260,6 @@ fn generation(c: &Column) -> String {
         (None, true) => "a generated column".into(),
         (None, false) => "a plain column".into(),
     }
-}
-
-/// Which dialect statements are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Postgres,
-    Sqlite,
 }
 
 /// The statements that create `table` as the reference has it, indexes and constraints
@@ -531,8 +524,8 @@ pub fn proposal(reference: &SchemaModel, diffs: &[Difference], dialect: Dialect)
 
 #[cfg(test)]
 mod tests {
-    use super::super::introspect::{Constraint, Index};
     use super::*;
+    use crate::engine::model::{Constraint, Index};
 
     fn col(name: &str, ty: &str, nullable: bool) -> Column {
         Column {

@@ -147,7 +147,8 @@ impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
         let out = self.out.take().ok_or_else(|| StorageError::Task {
             storage: NAME,
-            message: "commit after close".into(),
+            what: "commit",
+            message: "the writer was already closed".into(),
         })?;
         let file = out
             .into_inner()
@@ -197,6 +198,7 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| StorageError::Task {
             storage: NAME,
+            what: "a blocking file operation",
             message: e.to_string(),
         })?
 }

@@ -1,15 +1,20 @@
-//! The `Storage` trait: write a stream atomically, list, read, delete, clean leftovers.
+//! The `Storage` trait (write a stream atomically, list, read, delete, clean leftovers),
+//! its implementations (`local`, `s3`, `memory`), and [`Storages`]: the primary storage a
+//! backup must reach plus the mirrors it is copied to.
 
+pub mod fanout;
 pub mod local;
+pub mod memory;
 pub mod s3;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::error::{io_kind, Classify, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -26,9 +31,10 @@ pub enum StorageError {
         storage: &'static str,
         path: PathBuf,
     },
-    #[error("{storage} storage: background task failed: {message}")]
+    #[error("{storage} storage: {what} failed: {message}")]
     Task {
         storage: &'static str,
+        what: &'static str,
         message: String,
     },
     #[error("{storage} storage ({place}): {action}: {message}")]
@@ -36,8 +42,43 @@ pub enum StorageError {
         storage: &'static str,
         place: String,
         action: String,
+        /// The service's code and message, or the transport failure, with a hint.
         message: String,
+        kind: ErrorKind,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    #[error("{storage} storage: writing {file}: {source}")]
+    Write {
+        storage: &'static str,
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for StorageError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::Io { source, .. } | StorageError::Write { source, .. } => io_kind(source),
+            StorageError::NotFound { .. } => ErrorKind::NotFound,
+            StorageError::Task { .. } => ErrorKind::Failed,
+            StorageError::Remote { kind, .. } => *kind,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self.kind() {
+            ErrorKind::NoSpace => {
+                Some("free space on the storage's filesystem, or lower keep_days/min_keep".into())
+            }
+            ErrorKind::Auth => Some("check the storage's permissions and credentials".into()),
+            ErrorKind::Unreachable => {
+                Some("check that the storage endpoint is up and reachable from this host".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One stored object as the storage lists it.
@@ -61,11 +102,6 @@ pub trait ObjectWriter: Write + Send {
 pub trait Storage: Send + Sync {
     /// The storage's name in listings, logs and metrics (`local`, `s3`).
     fn name(&self) -> &'static str;
-    /// Off the database host (S3): its failure makes a backup pending upload, not failed,
-    /// when a local copy exists.
-    fn is_remote(&self) -> bool {
-        false
-    }
     /// The object key of a file, for stores addressed by key (S3).
     fn object_key(&self, _target: &str, _file: &str) -> Option<String> {
         None
@@ -86,38 +122,81 @@ pub trait Storage: Send + Sync {
         target: &str,
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError>;
-    /// Every finished object in `target`'s folder (no temp files).
+    /// Every finished object in `target`'s folder (no temp files), in no particular order.
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+    /// Remove an object; removing one that is not there is not an error.
     async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError>;
     /// Remove temp files that no running writer owns; returns their names.
     async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError>;
     /// A folder where a source may put a short-lived scratch file (a SQLite snapshot).
-    fn scratch_dir(&self, target: &str) -> Option<PathBuf>;
+    fn scratch_dir(&self, _target: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
-/// The storages a config enables: local first (it is the one a backup must reach).
-pub async fn build(cfg: &Config) -> Vec<Box<dyn Storage>> {
-    let mut out: Vec<Box<dyn Storage>> = Vec::new();
+/// The storages of a config: the primary, which every backup must reach (local when
+/// configured), and mirrors that get a copy; a mirror that fails makes the archive
+/// pending upload instead of failing the backup.
+pub struct Storages {
+    primary: Box<dyn Storage>,
+    mirrors: Vec<Box<dyn Storage>>,
+}
+
+impl Storages {
+    pub fn new(primary: Box<dyn Storage>, mirrors: Vec<Box<dyn Storage>>) -> Self {
+        Storages { primary, mirrors }
+    }
+
+    pub fn primary(&self) -> &dyn Storage {
+        self.primary.as_ref()
+    }
+
+    pub fn mirrors(&self) -> impl Iterator<Item = &dyn Storage> {
+        self.mirrors.iter().map(|m| m.as_ref())
+    }
+
+    /// Every storage, primary first (the order restores prefer).
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Storage> {
+        std::iter::once(self.primary.as_ref()).chain(self.mirrors())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn Storage> {
+        self.iter().find(|s| s.name() == name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.iter().map(|s| s.name()).collect()
+    }
+
+    pub fn is_mirror(&self, name: &str) -> bool {
+        self.mirrors().any(|m| m.name() == name)
+    }
+
+    /// A folder for short-lived files of `target` (snapshots, scratch restores): beside
+    /// the local backups when there are any (same filesystem), else `work_dir`.
+    pub fn scratch_dir(&self, target: &str, work_dir: &Path) -> PathBuf {
+        self.iter()
+            .find_map(|s| s.scratch_dir(target))
+            .unwrap_or_else(|| work_dir.to_path_buf())
+    }
+}
+
+/// The storages a config enables: local is the primary when configured, else S3.
+pub async fn build(cfg: &Config) -> Result<Storages, StorageError> {
+    let mut all: Vec<Box<dyn Storage>> = Vec::new();
     if let Some(l) = &cfg.storage.local {
-        out.push(Box::new(local::LocalStorage::new(l.path.clone())));
+        all.push(Box::new(local::LocalStorage::new(l.path.clone())));
     }
     if let Some(s) = &cfg.storage.s3 {
-        out.push(Box::new(
+        all.push(Box::new(
             s3::S3Storage::new(s.clone(), cfg.daemon.work_dir.clone()).await,
         ));
     }
-    out
-}
-
-/// A folder for short-lived files of `target` (snapshots, scratch restores): beside the
-/// local backups when there are any (same filesystem), else `work_dir`.
-pub fn scratch_dir(
-    storages: &[Box<dyn Storage>],
-    target: &str,
-    work_dir: &std::path::Path,
-) -> PathBuf {
-    storages
-        .iter()
-        .find_map(|s| s.scratch_dir(target))
-        .unwrap_or_else(|| work_dir.to_path_buf())
+    let mut all = all.into_iter();
+    let primary = all.next().ok_or(StorageError::Task {
+        storage: "config",
+        what: "choosing storages",
+        message: "no storage configured: add [storage.local] or [storage.s3]".into(),
+    })?;
+    Ok(Storages::new(primary, all.collect()))
 }

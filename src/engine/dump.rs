@@ -1,39 +1,14 @@
-//! The `Source` trait: what a target's database dumps into, as a byte stream per archive.
-
-pub mod postgres;
-pub mod sqlite;
+//! What a dump is made of: the archives a run produces ([`Part`]), what the engine found
+//! out before dumping ([`Prepared`]), and a dump in progress ([`Dump`]).
 
 use std::future::Future;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 
-use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
-
+use super::EngineError;
 use crate::catalog::{Contents, TableInfo, ToolVersions};
-use crate::config::{SourceConfig, Target};
-use crate::process::{ProcessError, Stopper};
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("cannot connect to {what}: {message}")]
-    Connect { what: String, message: String },
-    #[error("{0}")]
-    ToolMissing(String),
-    #[error("schema pattern {pattern:?} matches no schema in the database (it has: {available}); fix `targets.{target}.schemas`")]
-    NoSchemaMatch {
-        target: String,
-        pattern: String,
-        available: String,
-    },
-    #[error(transparent)]
-    Process(#[from] ProcessError),
-    #[error("SQLite {path}: {message}")]
-    Sqlite { path: PathBuf, message: String },
-    #[error("{0}")]
-    Other(String),
-}
+use crate::process::Stopper;
 
 /// One archive a run will produce.
 #[derive(Debug, Clone)]
@@ -84,7 +59,7 @@ impl Prepared {
     }
 }
 
-pub type DoneFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
+pub type DoneFuture = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
 
 /// A dump in progress: a blocking reader of the raw bytes and a future that resolves
 /// once the producer has exited (with its exit status checked).
@@ -93,33 +68,6 @@ pub struct Dump {
     pub done: DoneFuture,
     /// Stops the producer when the reading side fails.
     pub stopper: Option<Stopper>,
-}
-
-#[async_trait]
-pub trait Source: Send + Sync {
-    /// A cheap check that the database answers (`SELECT 1`).
-    async fn ping(&self) -> Result<(), SourceError>;
-    /// Connect, check tools and versions, resolve the archives to make. Touches no storage.
-    async fn prepare(&self) -> Result<Prepared, SourceError>;
-    /// Start dumping one part. `scratch` is a folder for a short-lived snapshot file.
-    async fn open(
-        &self,
-        prepared: &Prepared,
-        part: &Part,
-        scratch: Option<&Path>,
-        cancel: &CancellationToken,
-    ) -> Result<Dump, SourceError>;
-}
-
-pub fn build(target: &Target) -> Box<dyn Source> {
-    match &target.source {
-        SourceConfig::Postgres(pg) => Box::new(postgres::PostgresSource::new(
-            &target.name,
-            pg.clone(),
-            target.timeout,
-        )),
-        SourceConfig::Sqlite(sq) => Box::new(sqlite::SqliteSource::new(&target.name, sq.clone())),
-    }
 }
 
 /// `*` and `?` glob match, the way operators write schema patterns (`tenant_*`).

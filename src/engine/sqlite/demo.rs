@@ -1,5 +1,6 @@
-//! The built-in demo: a sample SQLite shop database that keeps taking orders while it is
-//! backed up, so dbkeep can be seen working with no database server installed.
+//! The built-in demo's application: a sample SQLite shop database that keeps taking
+//! orders while the daemon backs it up, so dbkeep can be seen working with no database
+//! server installed. It plays the application, not dbkeep.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,33 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, ConfigError};
-
 pub const DB_FILE: &str = "shop.db";
-
-/// The demo's configuration, through the same loader and validation as a real one.
-pub fn config(dir: &Path, every: &str) -> Result<Config, ConfigError> {
-    let toml = format!(
-        r#"
-[daemon]
-listen = "127.0.0.1:9187"
-
-[storage.local]
-path = {backups:?}
-
-[targets.shop]
-kind = "sqlite"
-path = {db:?}
-every = {every:?}
-compression = "zstd"
-keep_days = 0
-min_keep = 3
-"#,
-        backups = dir.join("backups").display().to_string(),
-        db = dir.join(DB_FILE).display().to_string(),
-    );
-    config::load_from(Some(&toml), Default::default())
-}
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS customers (

@@ -1,13 +1,18 @@
 //! A target's health: is its newest complete backup fresh, did its last run succeed, does
-//! its database answer. Pure; used by `/health` and `dbkeep status` alike.
+//! its database answer. [`assess`] is pure and shared by `/health` and `dbkeep status`;
+//! the rest gathers its facts.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Target;
+use super::Context;
+use crate::catalog;
+use crate::config::{Config, Target};
+use crate::engine;
 use crate::retention::fmt_age;
 use crate::scheduler::next_run;
 use crate::state::{RunStatus, TargetState};
+use crate::storage::Storages;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DbStatus {
@@ -154,6 +159,64 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         stale_after,
         database: facts.database,
     }
+}
+
+/// The newest complete backup (id, time) and the number of backups of a target.
+pub type CatalogSummary = (Option<(String, DateTime<Utc>)>, usize);
+
+/// Newest complete backup (id, time) and the number of backups, across storages. A
+/// storage that cannot be listed counts nothing.
+pub async fn newest_backup(
+    storages: &Storages,
+    target: &str,
+    now: DateTime<Utc>,
+) -> CatalogSummary {
+    let mut newest: Option<catalog::BackupId> = None;
+    let mut ids = std::collections::BTreeSet::new();
+    for s in storages.iter() {
+        if let Ok(scan) = catalog::scan(s, target, now).await {
+            for (id, _, _) in scan.complete {
+                ids.insert(id);
+                newest = newest.max(Some(id));
+            }
+        }
+    }
+    (newest.map(|id| (id.to_string(), id.time())), ids.len())
+}
+
+/// Does the target's database answer?
+pub async fn database(target: &Target, now: DateTime<Utc>) -> DbStatus {
+    let ping = engine::build(target).ping().await;
+    DbStatus {
+        up: ping.is_ok(),
+        error: ping.err().map(|e| e.to_string()),
+        checked: now,
+    }
+}
+
+/// The health of every target, gathered fresh (no daemon needed).
+pub async fn report(ctx: &Context, cfg: &Config) -> Vec<TargetHealth> {
+    let now = ctx.now();
+    let mut all = Vec::new();
+    for t in &cfg.targets {
+        let st = ctx.state.get(&t.name);
+        let (newest, count) = newest_backup(&ctx.storages, &t.name, now).await;
+        let db = database(t, now).await;
+        let last = st.last_run.or(newest.as_ref().map(|n| n.1));
+        let next = next_run(&t.schedule, last, now).max(now);
+        all.push(assess(
+            t,
+            Facts {
+                newest,
+                backups: count,
+                state: &st,
+                next_run: Some(next),
+                database: Some(db),
+            },
+            now,
+        ));
+    }
+    all
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
-//! The `schema` and `migrate` commands: argument shapes, confirmation, and output.
+//! `schema` and `migrate`: argument shapes, confirmation, and output.
 
-use anyhow::anyhow;
 use clap::Subcommand;
 
+use super::{confirm_by_name, print_json, usage, Failure};
 use crate::config::{Config, Target};
-use crate::restore::Selector;
-use crate::schema::{self, Direction, SchemaError};
-use crate::state::StateFile;
-use crate::{cancel_on_ctrl_c, confirm_by_name, storage, usage, Failure};
+use crate::error::ErrorKind;
+use crate::ops::restore::Selector;
+use crate::ops::Context;
+use crate::schema::{self, Direction};
 
 #[derive(Subcommand)]
 pub enum SchemaCmd {
@@ -64,49 +64,38 @@ pub enum MigrateCmd {
 
 fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, Failure> {
     cfg.target(name).ok_or_else(|| {
-        usage(anyhow!(
+        usage(format!(
             "unknown target `{name}`: the config defines {}",
             cfg.target_names().join(", ")
         ))
     })
 }
 
-fn failure(e: SchemaError) -> Failure {
-    match e {
-        SchemaError::NotConfigured(_) | SchemaError::Refused(_) => Failure::Usage(e.into()),
-        other => Failure::Failed(other.into()),
-    }
-}
-
-fn json(v: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
+pub(super) async fn schema(ctx: &Context, cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
     match cmd {
         SchemaCmd::Status {
             target: name,
             json: as_json,
         } => {
             let t = target(cfg, &name)?;
-            let report = schema::status(t).await.map_err(failure)?;
+            let report = schema::status(ctx, t).await?;
             if as_json {
-                json(&report)?;
+                print_json(&report)?;
             } else {
                 print!("{}", schema::render_status(&report));
             }
             if report.in_sync {
                 Ok(())
             } else {
-                Err(Failure::Drift(anyhow!(
-                    "{name}: the live schema differs from the declared one"
-                )))
+                Err(Failure::new(
+                    ErrorKind::Drift,
+                    format!("{name}: the live schema differs from the declared one"),
+                ))
             }
         }
         SchemaCmd::Sync { target: name, yes } => {
             let t = target(cfg, &name)?;
-            let plan = schema::plan_sync(t).await.map_err(failure)?;
+            let plan = schema::plan_sync(ctx, t).await?;
             if plan.is_empty() {
                 println!("{name}: no table is missing; nothing to create");
                 return Ok(());
@@ -119,12 +108,7 @@ pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
                     "This creates the tables above (a pre-sync backup is taken first)",
                 )?;
             }
-            let storages = storage::build(cfg).await;
-            let state = StateFile::beside(&cfg.daemon.work_dir);
-            let cancel = cancel_on_ctrl_c();
-            let id = schema::apply_sync(t, &plan, &storages, &state, &cancel)
-                .await
-                .map_err(failure)?;
+            let id = schema::apply_sync(ctx, t, &plan).await?;
             let created: usize = plan
                 .schemas
                 .iter()
@@ -142,16 +126,11 @@ pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
             let t = target(cfg, &name)?;
             let selector = against
                 .as_deref()
-                .map(|a| a.parse::<Selector>().map_err(|e| usage(anyhow!(e))))
+                .map(|a| a.parse::<Selector>().map_err(usage))
                 .transpose()?;
-            let storages = storage::build(cfg).await;
-            let state = StateFile::beside(&cfg.daemon.work_dir);
-            let cancel = cancel_on_ctrl_c();
-            let report = schema::diff(t, selector.as_ref(), &storages, &state, &cancel)
-                .await
-                .map_err(failure)?;
+            let report = schema::diff(ctx, t, selector.as_ref()).await?;
             if as_json {
-                return json(&report);
+                return print_json(&report);
             }
             if sql {
                 println!(
@@ -195,13 +174,18 @@ pub async fn schema(cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
     }
 }
 
-pub async fn migrate(cfg: &Config, name: &str, cmd: Option<MigrateCmd>) -> Result<(), Failure> {
+pub(super) async fn migrate(
+    ctx: &Context,
+    cfg: &Config,
+    name: &str,
+    cmd: Option<MigrateCmd>,
+) -> Result<(), Failure> {
     let t = target(cfg, name)?;
     let direction = match cmd.unwrap_or(MigrateCmd::Up { to: None }) {
         MigrateCmd::History { json: as_json } => {
-            let rows = schema::history(t).await.map_err(failure)?;
+            let rows = schema::history(t).await?;
             if as_json {
-                return json(&rows);
+                return print_json(&rows);
             }
             if rows.is_empty() {
                 println!("{name}: no migration applied yet");
@@ -226,23 +210,18 @@ pub async fn migrate(cfg: &Config, name: &str, cmd: Option<MigrateCmd>) -> Resul
         MigrateCmd::Up { to } => Direction::Up { to },
         MigrateCmd::Down { steps, yes } => {
             if !yes {
-                return Err(usage(anyhow!(
-                    "`migrate down` reverts applied migrations, which usually drops data: add --yes (a pre-migrate backup is taken first)"
-                )));
+                return Err(usage(
+                    "`migrate down` reverts applied migrations, which usually drops data: add --yes (a pre-migrate backup is taken first)",
+                ));
             }
             if steps == 0 {
-                return Err(usage(anyhow!("--steps 0 reverts nothing: use 1 or more")));
+                return Err(usage("--steps 0 reverts nothing: use 1 or more"));
             }
             Direction::Down { steps }
         }
     };
     let down = matches!(direction, Direction::Down { .. });
-    let storages = storage::build(cfg).await;
-    let state = StateFile::beside(&cfg.daemon.work_dir);
-    let cancel = cancel_on_ctrl_c();
-    let report = schema::migrate(t, direction, &storages, &state, &cancel)
-        .await
-        .map_err(failure)?;
+    let report = schema::migrate(ctx, t, direction).await?;
     let Some(id) = report.backup else {
         println!(
             "{name}: nothing to {}; every schema is up to date",

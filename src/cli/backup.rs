@@ -1,0 +1,219 @@
+//! `backup`, `backup --upload-pending`, `list` and `cleanup`.
+
+use super::{all_done, human_bytes, print_json, usage, Failure};
+use crate::catalog::{self, Backup};
+use crate::config::Config;
+use crate::ops::backup::{self as run_backup, Outcome};
+use crate::ops::cleanup::{self as run_cleanup, CleanupReport};
+use crate::ops::Context;
+use crate::retention;
+
+pub(super) async fn backup(ctx: &Context, cfg: &Config, names: &[String]) -> Result<(), Failure> {
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        match run_backup::run(ctx, target, None).await {
+            Ok(outcome) => print_outcome(&outcome),
+            Err(e) => {
+                eprintln!("error: {}", crate::error::chain(&e));
+                failed.push(name.clone());
+            }
+        }
+    }
+    all_done(&failed, "backup")
+}
+
+pub(super) async fn upload_pending(
+    ctx: &Context,
+    cfg: &Config,
+    names: &[String],
+) -> Result<(), Failure> {
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        match run_backup::upload_pending(ctx, target).await {
+            Ok(n) => println!("{name}: uploaded {n} pending archive(s)"),
+            Err(e) => {
+                eprintln!("error: {name}: {}", crate::error::chain(&e));
+                failed.push(name.clone());
+            }
+        }
+        let left = ctx.state.get(name).pending_uploads.len();
+        if left > 0 {
+            println!("{name}: {left} archive(s) still pending upload");
+        }
+    }
+    all_done(&failed, "pending uploads")
+}
+
+fn print_outcome(o: &Outcome) {
+    for (file, storage) in &o.pending {
+        println!("{:<12} {file}: NOT uploaded to {storage}; kept locally, pending upload (retried at the next run)", o.target);
+    }
+    if !o.leftovers_removed.is_empty() {
+        println!(
+            "{:<12} removed {} leftover temp file(s) of an interrupted run",
+            o.target,
+            o.leftovers_removed.len()
+        );
+    }
+    for m in &o.manifests {
+        println!(
+            "{:<12} {}  {:<48} {:>10}  (raw {}, {:.1}x)  sha256 {}",
+            o.target,
+            o.id,
+            m.file,
+            human_bytes(m.stored_bytes),
+            human_bytes(m.raw_bytes),
+            m.raw_bytes as f64 / m.stored_bytes.max(1) as f64,
+            &m.sha256[..16],
+        );
+    }
+    println!(
+        "{:<12} {}  OK: {} archive(s), {} in {:.2}s",
+        o.target,
+        o.id,
+        o.manifests.len(),
+        human_bytes(o.stored_bytes()),
+        o.duration.as_secs_f64()
+    );
+}
+
+pub(super) async fn list(
+    ctx: &Context,
+    names: &[String],
+    only: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let storages = &ctx.storages;
+    if let Some(s) = only {
+        if storages.get(s).is_none() {
+            return Err(usage(format!(
+                "storage `{s}` is not configured (configured: {}); add a [storage.{s}] section",
+                storages.names().join(", ")
+            )));
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut all: Vec<Backup> = Vec::new();
+    for name in names {
+        for s in storages
+            .iter()
+            .filter(|s| only.is_none_or(|o| o == s.name()))
+        {
+            let listing = catalog::list(s, name, now).await.map_err(|e| {
+                let mut f = Failure::from(e);
+                f.message = format!("listing {name} on {}: {}", s.location(name), f.message);
+                f
+            })?;
+            for (file, why) in &listing.broken {
+                tracing::warn!(target = %name, storage = s.name(), file = %file, "not a complete backup: {why}");
+            }
+            all.extend(listing.complete);
+        }
+    }
+    all.sort_by(|a, b| {
+        b.id.cmp(&a.id)
+            .then_with(|| a.target.cmp(&b.target))
+            .then_with(|| a.storage.cmp(&b.storage))
+            .then_with(|| a.file.cmp(&b.file))
+    });
+    if json {
+        return print_json(&all);
+    }
+    if all.is_empty() {
+        println!("no complete backups");
+        return Ok(());
+    }
+    println!(
+        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  FILE",
+        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED"
+    );
+    for b in &all {
+        let schema = match (b.contents, &b.schema) {
+            (catalog::Contents::Globals, _) => "(globals)".to_string(),
+            (_, Some(s)) => s.clone(),
+            (_, None) => "-".to_string(),
+        };
+        println!(
+            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {}",
+            b.id,
+            b.target,
+            schema,
+            b.storage,
+            human_bytes(b.bytes),
+            b.created.format("%Y-%m-%d %H:%M:%SZ"),
+            b.file
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn cleanup(
+    ctx: &Context,
+    cfg: &Config,
+    names: &[String],
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let now = ctx.now();
+    let mut failed = Vec::new();
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        match run_cleanup::run(ctx, target, dry_run, now).await {
+            Ok(reports) => {
+                for r in reports {
+                    print_cleanup(&r, dry_run, now);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}", crate::error::chain(&e));
+                failed.push(name.clone());
+            }
+        }
+    }
+    all_done(&failed, "cleanup")
+}
+
+fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono::Utc>) {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    let deleting = r
+        .decisions
+        .iter()
+        .filter(|(d, _)| d.action == retention::Action::Delete)
+        .count();
+    println!(
+        "{} on {}: {} backup(s), {verb} {deleting}, keeping {}{}",
+        r.target,
+        r.storage,
+        r.decisions.len(),
+        r.remaining,
+        if dry_run {
+            " (dry run: nothing deleted)"
+        } else {
+            ""
+        }
+    );
+    println!("  {:<15}  {:>8}  {:<6}  REASON", "ID", "AGE", "ACTION");
+    for (d, _files) in &r.decisions {
+        let action = match d.action {
+            retention::Action::Keep => "keep",
+            retention::Action::Delete => "delete",
+        };
+        println!(
+            "  {:<15}  {:>8}  {:<6}  {}",
+            d.id,
+            retention::fmt_age(now - d.id.time()),
+            action,
+            d.reason
+        );
+    }
+    for (file, why) in &r.leftovers {
+        println!("  {verb} leftover {file}: {why}");
+    }
+}

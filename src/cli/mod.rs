@@ -1,0 +1,405 @@
+//! The command line: arguments, one file per command group, and the one place an error
+//! becomes an exit code (0 success, 1 failure, 2 usage or refusal, 3 drift).
+
+mod backup;
+mod restore;
+mod run;
+mod schema;
+mod status;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::error::{Classify, ErrorKind};
+use crate::ops::Context;
+use crate::state::StateFile;
+use crate::storage;
+use crate::telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "dbkeep",
+    version,
+    about = "Backups of PostgreSQL and SQLite that restore: streamed, checksummed, kept by age and count"
+)]
+pub struct Cli {
+    /// Config file (default: $DBKEEP_CONFIG, ./dbkeep.toml, /etc/dbkeep/dbkeep.toml, or env only)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log line format on stderr
+    #[arg(
+        long,
+        global = true,
+        env = "DBKEEP_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: scheduled backups and cleanup, /metrics, /health, /ready
+    Run,
+    /// Take one backup now, of the named targets or of all of them
+    Backup {
+        /// Targets to back up (all when none is named)
+        targets: Vec<String>,
+        /// Only upload archives a remote storage missed earlier; take no new backup
+        #[arg(long)]
+        upload_pending: bool,
+    },
+    /// List complete backups, newest first
+    List {
+        /// Only this target
+        target: Option<String>,
+        /// Only this storage
+        #[arg(long, value_name = "local|s3")]
+        storage: Option<String>,
+        /// One JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention now: delete old backups and leftovers of interrupted runs
+    Cleanup {
+        /// Only this target
+        target: Option<String>,
+        /// Show the plan (id, age, keep/delete, reason) and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a backup (latest by default): checksum first, one transaction
+    Restore {
+        /// The target to restore
+        target: String,
+        /// `latest`, an id (YYYYMMDD_HHMMSS) or ID:SCHEMA
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Restore into another database (postgres URL) or file (SQLite path)
+        #[arg(long, value_name = "URL|PATH")]
+        into: Option<String>,
+        /// Do not ask; replace what needs replacing
+        #[arg(long)]
+        yes: bool,
+        /// Skip the backup of the current database taken before restoring over it
+        #[arg(long)]
+        no_safety_backup: bool,
+        /// Restore the roles and tablespaces archive (pg_dumpall --globals-only) with psql
+        #[arg(long)]
+        globals: bool,
+    },
+    /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
+    Verify {
+        /// Only this target
+        target: Option<String>,
+        /// Restore the newest complete backup into a scratch database and check it
+        #[arg(long)]
+        drill: bool,
+    },
+    /// Per-target health from the backups and the state file, without a running daemon
+    Status {
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declared versus live schema: status, sync, diff
+    Schema {
+        #[command(subcommand)]
+        cmd: schema::SchemaCmd,
+    },
+    /// Versioned migrations (up by default), each run after a verified pre-migrate backup
+    Migrate {
+        /// The target whose schema to migrate
+        target: String,
+        #[command(subcommand)]
+        cmd: Option<schema::MigrateCmd>,
+    },
+    /// Config commands
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Exit 0 when the daemon's /health is 200, else 1 (for container health checks)
+    Healthcheck {
+        /// The health URL (default: http://<daemon.listen>/health)
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// The daemon on a built-in SQLite demo (no server needed) until Ctrl-C
+    Demo {
+        /// Folder for the demo database and its backups
+        #[arg(long, default_value = "dbkeep-demo")]
+        dir: PathBuf,
+        /// Time between backups
+        #[arg(long, default_value = "30s")]
+        every: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate; print the effective config with secrets as ***
+    Check,
+    /// List every environment variable dbkeep reads
+    Keys,
+}
+
+impl Cli {
+    /// Report commands print data on stdout and only warnings on stderr.
+    pub fn is_report(&self) -> bool {
+        matches!(
+            self.cmd,
+            Cmd::List { .. } | Cmd::Config { .. } | Cmd::Status { .. } | Cmd::Healthcheck { .. }
+        )
+    }
+}
+
+/// Why a command failed: what the operator reads, and its kind (the exit code).
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
+}
+
+impl<E: Classify + 'static> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            kind: e.kind(),
+            message: crate::error::chain(&e),
+            hint: e.hint(),
+        }
+    }
+}
+
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
+    Failure::new(ErrorKind::Usage, message)
+}
+
+pub(crate) fn failed(message: impl Into<String>) -> Failure {
+    Failure::new(ErrorKind::Failed, message)
+}
+
+/// Printing to stdout failed (a closed pipe, a full disk).
+fn output(e: impl std::fmt::Display) -> Failure {
+    failed(format!("cannot write the output: {e}"))
+}
+
+/// Print `v` as pretty JSON on stdout.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v).map_err(output)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Run one command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let path = cli.config.as_deref();
+    match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Check,
+        } => {
+            let cfg = load_config(path)?;
+            match &cfg.source_file {
+                Some(f) => println!("# config OK: {} + DBKEEP_* environment", f.display()),
+                None => println!("# config OK: DBKEEP_* environment only (no file)"),
+            }
+            println!("{}", cfg.to_display_json());
+            Ok(())
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Keys,
+        } => {
+            for k in config::env_keys() {
+                println!("{k}");
+            }
+            Ok(())
+        }
+        Cmd::Healthcheck { url } => status::healthcheck(path, url).await,
+        Cmd::Backup {
+            targets,
+            upload_pending,
+        } => {
+            let cfg = load_config(path)?;
+            let selected = select_targets(&cfg, &targets)?;
+            let ctx = context(&cfg).await?;
+            if upload_pending {
+                backup::upload_pending(&ctx, &cfg, &selected).await
+            } else {
+                backup::backup(&ctx, &cfg, &selected).await
+            }
+        }
+        Cmd::List {
+            target,
+            storage,
+            json,
+        } => {
+            let cfg = load_config(path)?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            let ctx = context(&cfg).await?;
+            backup::list(&ctx, &selected, storage.as_deref(), json).await
+        }
+        Cmd::Cleanup { target, dry_run } => {
+            let cfg = load_config(path)?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            let ctx = context(&cfg).await?;
+            backup::cleanup(&ctx, &cfg, &selected, dry_run).await
+        }
+        Cmd::Restore {
+            target,
+            backup,
+            into,
+            yes,
+            no_safety_backup,
+            globals,
+        } => {
+            let cfg = load_config(path)?;
+            select_targets(&cfg, std::slice::from_ref(&target))?;
+            let ctx = context(&cfg).await?;
+            let args = restore::RestoreArgs {
+                target: &target,
+                backup: &backup,
+                into: into.as_deref(),
+                globals,
+                opts: crate::ops::restore::Options {
+                    yes,
+                    safety_backup: !no_safety_backup,
+                },
+            };
+            restore::restore(&ctx, &cfg, args).await
+        }
+        Cmd::Verify { target, drill } => {
+            let cfg = load_config(path)?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            let ctx = context(&cfg).await?;
+            restore::verify(&ctx, &cfg, &selected, drill).await
+        }
+        Cmd::Status { json } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            status::status(&ctx, &cfg, json).await
+        }
+        Cmd::Schema { cmd } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            schema::schema(&ctx, &cfg, cmd).await
+        }
+        Cmd::Migrate { target, cmd } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            schema::migrate(&ctx, &cfg, &target, cmd).await
+        }
+        Cmd::Run => run::daemon(load_config(path)?).await,
+        Cmd::Demo { dir, every } => run::demo(dir, &every).await,
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
+    let file = config::find_config_file(path)?;
+    Ok(config::load(file.as_deref())?)
+}
+
+/// The context of a one-shot command: the config's storages and state file, cancelled
+/// by Ctrl-C.
+async fn context(cfg: &Config) -> Result<Context, Failure> {
+    let storages = storage::build(cfg).await?;
+    Ok(Context::new(
+        Arc::new(storages),
+        Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
+        cancel_on_ctrl_c(),
+    ))
+}
+
+fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure> {
+    if names.is_empty() {
+        return Ok(cfg.targets.iter().map(|t| t.name.clone()).collect());
+    }
+    for n in names {
+        if cfg.target(n).is_none() {
+            return Err(usage(format!(
+                "unknown target `{n}`: the config defines {}",
+                cfg.target_names().join(", ")
+            )));
+        }
+    }
+    Ok(names.to_vec())
+}
+
+fn cancel_on_ctrl_c() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the running backup, nothing partial is kept");
+            c.cancel();
+        }
+    });
+    cancel
+}
+
+/// Ask for the target name on a terminal before a change; without a terminal the caller
+/// needs `--yes`. `action` completes "refusing to ..."; `detail` is shown before the question.
+fn confirm_by_name(name: &str, action: &str, detail: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "refusing to {action} without confirmation: run it on a terminal, or add --yes"
+        )));
+    }
+    eprint!("{detail}. Type the target name ({name}) to go on: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| usage(format!("cannot read the confirmation: {e}")))?;
+    if answer.trim() != name {
+        return Err(usage("not confirmed; nothing was changed"));
+    }
+    Ok(())
+}
+
+/// Success when no target failed; else exit 1 naming the ones that did.
+fn all_done(failed_targets: &[String], what: &str) -> Result<(), Failure> {
+    if failed_targets.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "{what} failed for: {}",
+            failed_targets.join(", ")
+        )))
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

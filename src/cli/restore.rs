@@ -1,0 +1,109 @@
+//! `restore` and `verify` (checksums, or a restore drill).
+
+use super::{confirm_by_name, failed, usage, Failure};
+use crate::config::Config;
+use crate::ops::restore::{self as ops_restore, Options, Selector};
+use crate::ops::verify as ops_verify;
+use crate::ops::Context;
+
+pub(super) struct RestoreArgs<'a> {
+    pub target: &'a str,
+    pub backup: &'a str,
+    pub into: Option<&'a str>,
+    pub globals: bool,
+    pub opts: Options,
+}
+
+/// Choose, prove the checksum, confirm, then restore.
+pub(super) async fn restore(
+    ctx: &Context,
+    cfg: &Config,
+    args: RestoreArgs<'_>,
+) -> Result<(), Failure> {
+    let name = args.target;
+    let target = cfg
+        .target(name)
+        .ok_or_else(|| usage(format!("unknown target `{name}`")))?;
+    let selector: Selector = args.backup.parse().map_err(usage)?;
+    let plan = ops_restore::plan(ctx, target, &selector, args.into, args.globals).await?;
+    eprintln!("{}", plan.description);
+    // The archive is proven intact before anything is asked or touched.
+    let archive = plan.chosen.archive(ctx)?;
+    ops_restore::verify_checksum(archive.storage, archive.backup).await?;
+    eprintln!("checksum OK (sha256 {})", &plan.chosen.backup.sha256[..16]);
+    if plan.dest.is_own() && !args.opts.yes {
+        confirm_by_name(
+            name,
+            "restore over the live database",
+            if args.opts.safety_backup {
+                "This replaces data in the live database (a safety backup is taken first)"
+            } else {
+                "This replaces data in the live database"
+            },
+        )?;
+    }
+    let t0 = std::time::Instant::now();
+    ops_restore::execute(ctx, target, &plan, &args.opts).await?;
+    println!(
+        "{name}: restored {} from {} in {:.1}s",
+        plan.chosen.backup.file,
+        plan.chosen.backup.storage,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(super) async fn verify(
+    ctx: &Context,
+    cfg: &Config,
+    names: &[String],
+    drill: bool,
+) -> Result<(), Failure> {
+    let mut bad = 0usize;
+    for name in names {
+        let Some(target) = cfg.target(name) else {
+            continue;
+        };
+        if drill {
+            match ops_verify::drill(ctx, target).await {
+                Ok(r) => println!(
+                    "{name}: drill OK: backup {} restored ({} archive(s), {} tables checked) in {:.1}s",
+                    r.id,
+                    r.archives,
+                    r.tables,
+                    r.duration.as_secs_f64()
+                ),
+                Err(e) => {
+                    bad += 1;
+                    println!("{name}: drill FAILED: {}", crate::error::chain(&e));
+                }
+            }
+            continue;
+        }
+        match ops_verify::verify_all(ctx, target).await {
+            Ok(checked) => {
+                for c in &checked {
+                    match &c.problem {
+                        None => println!("{name} {:<6} OK       {}", c.storage, c.file),
+                        Some(p) => {
+                            bad += 1;
+                            println!("{name} {:<6} PROBLEM  {}: {p}", c.storage, c.file);
+                        }
+                    }
+                }
+                if checked.is_empty() {
+                    println!("{name}: no backups to verify");
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                println!("{name}: cannot verify: {}", crate::error::chain(&e));
+            }
+        }
+    }
+    if bad == 0 {
+        Ok(())
+    } else {
+        Err(failed(format!("{bad} problem(s) found")))
+    }
+}

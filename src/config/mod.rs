@@ -1,0 +1,183 @@
+//! Typed settings: built-in defaults < config file < `DBKEEP_` environment, validated once.
+//!
+//! `raw.rs` mirrors the TOML/env layout (`deny_unknown_fields`, every key optional);
+//! `validate.rs` turns it into [`Config`] (`types.rs`), which holds no `Option` the rest
+//! of the code has to re-check. Every error names the key and says what to do.
+
+mod parse;
+mod raw;
+mod storage;
+mod types;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use parse::parse_cron;
+pub use raw::env_keys;
+pub use types::*;
+
+use crate::error::{Classify, ErrorKind};
+
+/// Environment variables with the `DBKEEP_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["DBKEEP_CONFIG", "DBKEEP_LOG_FORMAT"];
+const DEFAULT_CONFIG_PATHS: &[&str] = &["./dbkeep.toml", "/etc/dbkeep/dbkeep.toml"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("config: {0}")]
+    Other(String),
+}
+
+pub(super) fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Classify for ConfigError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Where the config file comes from: `--config`, `$DBKEEP_CONFIG`, `./dbkeep.toml`,
+/// `/etc/dbkeep/dbkeep.toml`, or none at all (env only).
+pub fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            return Err(ConfigError::File {
+                path: p.to_path_buf(),
+                message: "no such file (check the --config path)".into(),
+            });
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    if let Ok(p) = std::env::var("DBKEEP_CONFIG") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(ConfigError::File {
+                path: p,
+                message: "no such file (named by DBKEEP_CONFIG)".into(),
+            });
+        }
+        return Ok(Some(p));
+    }
+    Ok(DEFAULT_CONFIG_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file()))
+}
+
+/// Load defaults < file < environment and validate.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DBKEEP_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+        .collect();
+    let text = match file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let mut cfg = load_from(text.as_deref(), env)?;
+    cfg.source_file = file.map(Path::to_path_buf);
+    Ok(cfg)
+}
+
+/// Load from TOML text and an explicit environment map (testable without touching the process env).
+pub fn load_from(
+    toml_text: Option<&str>,
+    env: std::collections::HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(text) = toml_text {
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("DBKEEP")
+            .prefix_separator("_")
+            .separator("__")
+            .source(Some(env.into_iter().collect())),
+    );
+    let built = builder.build().map_err(|e| {
+        ConfigError::Other(format!("{e} (check the TOML syntax near the line named)"))
+    })?;
+    let root: config::Value = built
+        .try_deserialize()
+        .map_err(|e| ConfigError::Other(e.to_string()))?;
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = if inner.contains("unknown field") {
+            format!("{inner}; remove or rename it (see config/dbkeep.example.toml)")
+        } else {
+            inner
+        };
+        key_err(if key == "." { "<root>".into() } else { key }, message)
+    })?;
+    validate::validate(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse::split_url_password;
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+        [storage.local]
+        path = "/tmp/x"
+        [targets.app]
+        kind = "postgres"
+        url = "postgres://backup:s3cret@db:5432/app"
+    "#;
+
+    #[test]
+    fn url_password_is_split_out_and_hidden() {
+        let cfg = load_from(Some(BASE), HashMap::new()).unwrap();
+        let SourceConfig::Postgres(pg) = &cfg.targets[0].source else {
+            panic!()
+        };
+        assert_eq!(pg.url, "postgres://backup@db:5432/app");
+        assert_eq!(pg.password.as_ref().unwrap().expose(), "s3cret");
+        assert!(!cfg.to_display_json().contains("s3cret"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let env = HashMap::from([
+            ("DBKEEP_DEFAULTS__KEEP_DAYS".to_string(), "14".to_string()),
+            (
+                "DBKEEP_TARGETS__APP__SCHEMAS".to_string(),
+                "shared, tenant_*".to_string(),
+            ),
+            ("DBKEEP_TARGETS__APP__EVERY".to_string(), "6h".to_string()),
+        ]);
+        let cfg = load_from(Some(BASE), env).unwrap();
+        let t = &cfg.targets[0];
+        assert_eq!(t.keep_days, 14);
+        assert_eq!(t.min_keep, 5);
+        assert!(matches!(t.schedule, Schedule::Every(d) if d == Duration::from_secs(6 * 3600)));
+        let SourceConfig::Postgres(pg) = &t.source else {
+            panic!()
+        };
+        assert_eq!(pg.schemas, vec!["shared", "tenant_*"]);
+    }
+
+    #[test]
+    fn percent_encoded_password() {
+        let (url, pw) = split_url_password("postgres://u:p%40ss@h/db").unwrap();
+        assert_eq!(url, "postgres://u@h/db");
+        assert_eq!(pw.unwrap().expose(), "p@ss");
+    }
+}

@@ -1,0 +1,124 @@
+//! Parsers of config values: cron expressions, durations, sizes, secret files, URLs.
+
+use std::time::Duration;
+
+use super::types::{Schedule, Secret};
+use super::{key_err, ConfigError};
+
+/// Parse a cron expression of 5 fields (or 6 with seconds).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    let fields = expr.split_whitespace().count();
+    if !(fields == 5 || fields == 6) {
+        return Err(format!(
+            "{expr:?} has {fields} fields: write 5 (minute hour day month weekday, e.g. \"0 2 * * *\") or 6 with seconds first"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!(
+                "{expr:?} is not a valid cron expression ({e}); e.g. \"0 2 * * *\" for 02:00 daily"
+            )
+        })
+}
+
+/// "16MiB", "5MB", "8388608".
+pub(super) fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `cleanup_schedule` takes a cron expression or an interval ("6h").
+pub(super) fn parse_schedule_or_interval(key: &str, value: &str) -> Result<Schedule, ConfigError> {
+    if let Ok(d) = humantime::parse_duration(value.trim()) {
+        if d < Duration::from_secs(1) {
+            return Err(key_err(key, "an interval must be at least 1s"));
+        }
+        return Ok(Schedule::Every(d));
+    }
+    parse_cron(value).map_err(|m| {
+        key_err(
+            key,
+            format!("{m}; or write an interval such as \"6h\", or \"after_backup\" (the default)"),
+        )
+    })?;
+    Ok(Schedule::Cron(value.to_string()))
+}
+
+pub(super) fn parse_duration(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default).trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(v).map_err(|e| {
+        key_err(
+            key,
+            format!("{v:?} is not a duration ({e}): write e.g. \"90s\", \"30m\", \"6h\" or \"1d\""),
+        )
+    })
+}
+
+pub(super) fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        key_err(
+            key,
+            format!("cannot read {path}: {e}; check the path and that dbkeep's user may read it"),
+        )
+    })?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(Secret::new(trimmed))
+}
+
+/// Remove the password from a postgres URL, returning it separately.
+pub(super) fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| format!("not a valid URL ({e}): write postgres://user@host:5432/dbname"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "scheme {:?} is not supported: the URL must start with postgres:// or postgresql://",
+            parsed.scheme()
+        ));
+    }
+    let password = parsed.password().map(|p| Secret::new(percent_decode(p)));
+    if password.is_some() {
+        parsed
+            .set_password(None)
+            .map_err(|()| "cannot remove the password from this URL".to_string())?;
+    }
+    Ok((parsed.to_string(), password))
+}
+
+pub(super) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

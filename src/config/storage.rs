@@ -1,0 +1,163 @@
+//! The storage sections: `[storage.local]` and `[storage.s3]`.
+
+use std::path::PathBuf;
+
+use super::parse::{parse_duration, parse_size, read_secret_file};
+use super::raw::{RawLocalStorage, RawS3};
+use super::types::{LocalStorageConfig, S3Config, Secret};
+use super::{key_err, ConfigError};
+
+pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
+    let k = |f: &str| format!("storage.s3.{f}");
+    let bucket = raw
+        .bucket
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| key_err(k("bucket"), "missing: set the bucket name"))?;
+    let prefix = raw
+        .prefix
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('/')
+        .to_string();
+    if prefix.is_empty() {
+        return Err(key_err(
+            k("prefix"),
+            "missing or empty: set a non-empty key prefix such as \"prod\"; dbkeep never \
+             lists or deletes at the root of a bucket",
+        ));
+    }
+    if prefix.contains("//") {
+        return Err(key_err(
+            k("prefix"),
+            format!("{prefix:?} has an empty path segment"),
+        ));
+    }
+    if let Some(e) = &raw.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(key_err(
+                k("endpoint"),
+                format!("{e:?} must start with https:// (or http:// for a local test server)"),
+            ));
+        }
+    }
+    let secret = |plain: Option<String>,
+                  file: Option<String>,
+                  field: &str|
+     -> Result<Option<Secret>, ConfigError> {
+        match (plain, file) {
+            (Some(_), Some(_)) => Err(key_err(
+                k(&format!("{field}_file")),
+                format!("both `{field}` and `{field}_file` are set: keep one"),
+            )),
+            (Some(p), None) => Ok(Some(Secret::new(p))),
+            (None, Some(f)) => read_secret_file(&k(&format!("{field}_file")), &f).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let access_key_id = secret(raw.access_key_id, raw.access_key_id_file, "access_key_id")?;
+    let secret_access_key = secret(
+        raw.secret_access_key,
+        raw.secret_access_key_file,
+        "secret_access_key",
+    )?;
+    let session_token = secret(raw.session_token, raw.session_token_file, "session_token")?;
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(key_err(
+            k("secret_access_key"),
+            "access_key_id and secret_access_key go together: set both, or neither to use the \
+             default credential chain (environment, profile, web identity, instance metadata)",
+        ));
+    }
+    let checksum_when_required = match raw.checksum.as_deref().unwrap_or("when_supported") {
+        "when_supported" => false,
+        "when_required" => true,
+        other => {
+            return Err(key_err(
+                k("checksum"),
+                format!("{other:?}: use \"when_supported\" (default) or \"when_required\""),
+            ))
+        }
+    };
+    let sse = match raw.sse.as_deref() {
+        None => None,
+        Some(s @ ("AES256" | "aws:kms" | "aws:kms:dsse")) => Some(s.to_string()),
+        Some(other) => {
+            return Err(key_err(
+                k("sse"),
+                format!("{other:?}: use \"AES256\" or \"aws:kms\""),
+            ))
+        }
+    };
+    if raw.sse_kms_key_id.is_some() && !matches!(sse.as_deref(), Some("aws:kms" | "aws:kms:dsse")) {
+        return Err(key_err(
+            k("sse_kms_key_id"),
+            "only goes with sse = \"aws:kms\"",
+        ));
+    }
+    let part_size = match raw.part_size.as_deref() {
+        None => 16 * 1024 * 1024,
+        Some(p) => parse_size(p).ok_or_else(|| {
+            key_err(
+                k("part_size"),
+                format!("{p:?} is not a size: write e.g. \"16MiB\""),
+            )
+        })?,
+    };
+    if !(5 * 1024 * 1024..=5 * 1024 * 1024 * 1024).contains(&part_size) {
+        return Err(key_err(
+            k("part_size"),
+            "S3 parts must be between 5MiB and 5GiB",
+        ));
+    }
+    let upload_concurrency = match raw.upload_concurrency {
+        None => 2,
+        Some(n) if (1..=16).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(key_err(
+                k("upload_concurrency"),
+                format!("{n}: use 1 to 16"),
+            ))
+        }
+    };
+    let max_attempts = match raw.max_attempts {
+        None => 5,
+        Some(n) if (1..=20).contains(&n) => n as u32,
+        Some(n) => return Err(key_err(k("max_attempts"), format!("{n}: use 1 to 20"))),
+    };
+    let retry_base_delay = parse_duration(
+        &k("retry_base_delay"),
+        raw.retry_base_delay.as_deref(),
+        "500ms",
+    )?;
+    Ok(S3Config {
+        bucket,
+        prefix,
+        endpoint: raw.endpoint,
+        region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        access_key_id,
+        secret_access_key,
+        session_token,
+        storage_class: raw.storage_class,
+        sse,
+        sse_kms_key_id: raw.sse_kms_key_id,
+        checksum_when_required,
+        part_size,
+        upload_concurrency,
+        max_attempts,
+        retry_base_delay,
+    })
+}
+pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, ConfigError> {
+    match l.path.as_deref().map(str::trim) {
+        Some(p) if !p.is_empty() => Ok(LocalStorageConfig {
+            path: PathBuf::from(p),
+        }),
+        _ => Err(key_err(
+            "storage.local.path",
+            "missing or empty: set the folder that holds local backups",
+        )),
+    }
+}

@@ -1,0 +1,276 @@
+//! The validated configuration: what the rest of dbkeep reads, with no `Option` left
+//! that it has to re-check, and secrets that never print.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+/// A secret value: never printed, logged or serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+// ---------------------------------------------------------------- validated types
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file the settings came from, if any (a sidecar may have none).
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
+    pub daemon: DaemonConfig,
+    pub storage: StorageConfig,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonConfig {
+    pub listen: String,
+    /// Holds the state file, and scratch files when there is no local storage.
+    pub work_dir: PathBuf,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    pub max_concurrent: usize,
+    /// The bearer token of the admin API; `None`: the admin API is off.
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageConfig {
+    pub local: Option<LocalStorageConfig>,
+    pub s3: Option<S3Config>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing '/', never empty.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+    /// Static keys; `None` uses the SDK's default chain (env, profile, web identity, IMDS).
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Send checksums only when the operation requires them (for stores that reject the
+    /// newer default checksum headers, such as some R2 or older MinIO versions).
+    pub checksum_when_required: bool,
+    pub part_size: usize,
+    pub upload_concurrency: usize,
+    pub max_attempts: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub retry_base_delay: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalStorageConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub source: SourceConfig,
+    pub schedule: Schedule,
+    /// When restore drills run; `None`: never.
+    pub verify_schedule: Option<Schedule>,
+    /// When cleanup runs; `None`: right after each backup of the target.
+    pub cleanup_schedule: Option<Schedule>,
+    #[serde(serialize_with = "ser_duration")]
+    pub jitter: Duration,
+    /// How late a backup may be before the target is stale (after its next due time).
+    #[serde(serialize_with = "ser_duration")]
+    pub health_grace: Duration,
+    pub compression: Compression,
+    pub keep_days: u32,
+    pub min_keep: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// The declared schema, when the target manages one.
+    pub schema: Option<SchemaConfig>,
+}
+
+/// Where a target's declared schema comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemaConfig {
+    pub declared: Declared,
+    /// Patterns of schemas the migrations also apply to (PostgreSQL).
+    pub tenant_schemas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Declared {
+    /// A folder of versioned migrations (`NNNN_name.up.sql` / `.down.sql`).
+    Migrations(PathBuf),
+    /// One file with the whole desired DDL.
+    Desired(PathBuf),
+}
+
+impl Target {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep_days: self.keep_days,
+            min_keep: self.min_keep,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Postgres(PostgresConfig),
+    Sqlite(SqliteConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    /// Connection URL with any password removed (the password lives in `password`).
+    pub url: String,
+    /// A server where restore drills may create scratch databases (default: `url`'s server).
+    pub drill_url: Option<String>,
+    /// Keep object ownership on restore (needs a superuser); default `--no-owner`.
+    pub restore_owner: bool,
+    pub password: Option<Secret>,
+    pub schemas: Vec<String>,
+    pub globals: bool,
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(String),
+    Every(Duration),
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Schedule::Cron(c) => s.serialize_str(&format!("cron {c}")),
+            Schedule::Every(d) => {
+                s.serialize_str(&format!("every {}", humantime::format_duration(*d)))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd { level: i32 },
+    Gzip { level: u32 },
+    None,
+}
+
+impl Compression {
+    /// The file-name extension of this codec (empty for none).
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zst",
+            Compression::Gzip { .. } => "gz",
+            Compression::None => "",
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zstd",
+            Compression::Gzip { .. } => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+impl Serialize for Compression {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Compression::Zstd { level } => s.serialize_str(&format!("zstd level {level}")),
+            Compression::Gzip { level } => s.serialize_str(&format!("gzip level {level}")),
+            Compression::None => s.serialize_str("none"),
+        }
+    }
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl Config {
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn target_names(&self) -> Vec<&str> {
+        self.targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The effective configuration as TOML-like JSON, secrets shown as `***`.
+    pub fn to_display_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+/// How long backups are kept. `keep_daily`/`weekly`/`monthly` (GFS) only ever keep more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub keep_days: u32,
+    pub min_keep: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl From<PostgresConfig> for SourceConfig {
+    fn from(p: PostgresConfig) -> Self {
+        SourceConfig::Postgres(p)
+    }
+}

@@ -1,0 +1,490 @@
+//! Validation: raw settings to [`Config`], defaults filled in, each error naming its key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::parse::{
+    parse_cron, parse_duration, parse_schedule_or_interval, read_secret_file, split_url_password,
+};
+use super::raw::*;
+use super::storage::{validate_local, validate_s3};
+use super::types::*;
+use super::{key_err, ConfigError};
+
+// ---------------------------------------------------------------- validation
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let local = raw.storage.local.map(validate_local).transpose()?;
+    let s3 = raw.storage.s3.map(validate_s3).transpose()?;
+    if local.is_none() && s3.is_none() {
+        return Err(key_err(
+            "storage.local.path",
+            "no storage configured: add [storage.local] path = \"/var/lib/dbkeep/backups\" \
+             (or DBKEEP_STORAGE__LOCAL__PATH), and/or a [storage.s3] section",
+        ));
+    }
+    let work_dir = match raw.daemon.work_dir.as_deref().map(str::trim) {
+        Some(w) if !w.is_empty() => PathBuf::from(w),
+        _ => local
+            .as_ref()
+            .map(|l| l.path.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/dbkeep")),
+    };
+
+    let daemon = DaemonConfig {
+        work_dir,
+        listen: raw.daemon.listen.unwrap_or_else(|| "127.0.0.1:9187".into()),
+        shutdown_grace: parse_duration(
+            "daemon.shutdown_grace",
+            raw.daemon.shutdown_grace.as_deref(),
+            "5m",
+        )?,
+        max_concurrent: match raw.daemon.max_concurrent {
+            None => 2,
+            Some(n) if n >= 1 => n as usize,
+            Some(n) => {
+                return Err(key_err(
+                    "daemon.max_concurrent",
+                    format!("{n} is not allowed: set it to 1 or more"),
+                ))
+            }
+        },
+        admin_token: match (raw.daemon.admin_api, raw.daemon.admin_token_file.as_deref()) {
+            (Some(false), _) => None,
+            (_, Some(f)) if !f.trim().is_empty() => {
+                Some(read_secret_file("daemon.admin_token_file", f.trim())?)
+            }
+            (Some(true), _) => {
+                return Err(key_err(
+                    "daemon.admin_token_file",
+                    "admin_api = true needs a token: set admin_token_file to a file holding a long random token (the admin API never runs unauthenticated)",
+                ))
+            }
+            _ => None,
+        },
+    };
+    if let Some(t) = &daemon.admin_token {
+        if t.expose().trim().len() < 16 {
+            return Err(key_err(
+                "daemon.admin_token_file",
+                "the token is shorter than 16 characters: put a long random token in the file, e.g. `openssl rand -hex 32 > FILE`",
+            ));
+        }
+    }
+    if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(key_err(
+            "daemon.listen",
+            format!(
+                "{:?} is not an address:port such as \"127.0.0.1:9187\"",
+                daemon.listen
+            ),
+        ));
+    }
+
+    if raw.targets.is_empty() {
+        return Err(ConfigError::Other(
+            "no targets configured: add a [targets.NAME] section (or DBKEEP_TARGETS__NAME__KIND=postgres|sqlite)".into(),
+        ));
+    }
+    let defaults = raw.defaults;
+    let mut targets = Vec::new();
+    for (name, t) in raw.targets {
+        targets.push(validate_target(&name, t, &defaults)?);
+    }
+    Ok(Config {
+        source_file: None,
+        daemon,
+        storage: StorageConfig { local, s3 },
+        targets,
+    })
+}
+
+fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Target, ConfigError> {
+    let k = |field: &str| format!("targets.{name}.{field}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(key_err(
+            format!("targets.{name}"),
+            "a target name may hold only lowercase letters, digits, '_' and '-' (it names folders and files)",
+        ));
+    }
+    let o = &t;
+
+    // Schedule: the target's own choice replaces the default's; exactly one of the two keys.
+    let (sched_key, schedule, every) = if o.schedule.is_some() || o.every.is_some() {
+        (
+            format!("targets.{name}"),
+            o.schedule.clone(),
+            o.every.clone(),
+        )
+    } else {
+        (
+            "defaults".to_string(),
+            defaults.schedule.clone(),
+            defaults.every.clone(),
+        )
+    };
+    let schedule = match (schedule, every) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                format!("{sched_key}.every"),
+                "both `schedule` and `every` are set: keep exactly one of them",
+            ))
+        }
+        (Some(cron), None) => {
+            parse_cron(&cron).map_err(|m| key_err(format!("{sched_key}.schedule"), m))?;
+            Schedule::Cron(cron)
+        }
+        (None, Some(every)) => {
+            let d = parse_duration(&format!("{sched_key}.every"), Some(&every), "")?;
+            if d < Duration::from_secs(1) {
+                return Err(key_err(format!("{sched_key}.every"), "must be at least 1s"));
+            }
+            Schedule::Every(d)
+        }
+        (None, None) => Schedule::Cron("0 2 * * *".into()),
+    };
+
+    let pick_str = |own: &Option<String>, def: &Option<String>| own.clone().or_else(|| def.clone());
+    let pick_int = |own: Option<i64>, def: Option<i64>| own.or(def);
+    let level_key = if o.compression_level.is_some() {
+        k("compression_level")
+    } else {
+        "defaults.compression_level".into()
+    };
+    let comp_key = if o.compression.is_some() {
+        k("compression")
+    } else {
+        "defaults.compression".into()
+    };
+    let level = pick_int(o.compression_level, defaults.compression_level);
+    let compression = match pick_str(&o.compression, &defaults.compression)
+        .as_deref()
+        .unwrap_or("zstd")
+    {
+        "zstd" => {
+            let level = level.unwrap_or(3);
+            if !(1..=19).contains(&level) {
+                return Err(key_err(
+                    level_key,
+                    format!("{level} is out of range for zstd: use 1 to 19 (3 is the default)"),
+                ));
+            }
+            Compression::Zstd {
+                level: level as i32,
+            }
+        }
+        "gzip" => {
+            let level = level.unwrap_or(6);
+            if !(1..=9).contains(&level) {
+                return Err(key_err(
+                    level_key,
+                    format!("{level} is out of range for gzip: use 1 to 9 (6 is the default)"),
+                ));
+            }
+            Compression::Gzip {
+                level: level as u32,
+            }
+        }
+        "none" => Compression::None,
+        other => {
+            return Err(key_err(
+                comp_key,
+                format!("unknown compression {other:?}: use \"zstd\", \"gzip\" or \"none\""),
+            ));
+        }
+    };
+
+    let non_negative = |key: String, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (0..=u32::MAX as i64).contains(&n) => Ok(n as u32),
+            Some(n) => Err(key_err(
+                key,
+                format!("{n} is not allowed: use 0 or a positive whole number"),
+            )),
+        }
+    };
+    let keep_days = non_negative(
+        if o.keep_days.is_some() {
+            k("keep_days")
+        } else {
+            "defaults.keep_days".into()
+        },
+        pick_int(o.keep_days, defaults.keep_days),
+        30,
+    )?;
+    let min_keep = non_negative(
+        if o.min_keep.is_some() {
+            k("min_keep")
+        } else {
+            "defaults.min_keep".into()
+        },
+        pick_int(o.min_keep, defaults.min_keep),
+        5,
+    )?;
+    // The key an error names: the target's own when it set one, else the default's.
+    let key_of = |own_set: bool, field: &str| {
+        if own_set {
+            k(field)
+        } else {
+            format!("defaults.{field}")
+        }
+    };
+    let keep_daily = non_negative(
+        key_of(o.keep_daily.is_some(), "keep_daily"),
+        pick_int(o.keep_daily, defaults.keep_daily),
+        0,
+    )?;
+    let keep_weekly = non_negative(
+        key_of(o.keep_weekly.is_some(), "keep_weekly"),
+        pick_int(o.keep_weekly, defaults.keep_weekly),
+        0,
+    )?;
+    let keep_monthly = non_negative(
+        key_of(o.keep_monthly.is_some(), "keep_monthly"),
+        pick_int(o.keep_monthly, defaults.keep_monthly),
+        0,
+    )?;
+    let cleanup_key = key_of(o.cleanup_schedule.is_some(), "cleanup_schedule");
+    let cleanup_schedule = match pick_str(&o.cleanup_schedule, &defaults.cleanup_schedule) {
+        None => None,
+        Some(s) if s.trim() == "after_backup" => None,
+        Some(s) => Some(parse_schedule_or_interval(&cleanup_key, &s)?),
+    };
+    let verify_key = key_of(o.verify_schedule.is_some(), "verify_schedule");
+    let verify_schedule = match pick_str(&o.verify_schedule, &defaults.verify_schedule)
+        .as_deref()
+        .map(str::trim)
+    {
+        None => Some(Schedule::Every(Duration::from_secs(24 * 3600))),
+        Some("off") => None,
+        Some(s) => Some(parse_schedule_or_interval(&verify_key, s)?),
+    };
+    let jitter = parse_duration(
+        &key_of(o.jitter.is_some(), "jitter"),
+        pick_str(&o.jitter, &defaults.jitter).as_deref(),
+        "0s",
+    )?;
+    let health_grace = match pick_str(&o.health_grace, &defaults.health_grace) {
+        Some(g) => parse_duration(
+            &key_of(o.health_grace.is_some(), "health_grace"),
+            Some(&g),
+            "",
+        )?,
+        None => match &schedule {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(_) => Duration::from_secs(3600),
+        },
+    };
+    let timeout_key = if o.timeout.is_some() {
+        k("timeout")
+    } else {
+        "defaults.timeout".into()
+    };
+    let timeout = parse_duration(
+        &timeout_key,
+        pick_str(&o.timeout, &defaults.timeout).as_deref(),
+        "12h",
+    )?;
+    let pg_bin_dir = pick_str(&o.pg_bin_dir, &defaults.pg_bin_dir).map(PathBuf::from);
+
+    let kind = t.kind.as_deref().ok_or_else(|| {
+        key_err(
+            k("kind"),
+            "missing: set kind = \"postgres\" or kind = \"sqlite\"",
+        )
+    })?;
+    let source = match kind {
+        "postgres" => {
+            if t.path.is_some() {
+                return Err(key_err(
+                    k("path"),
+                    "is for sqlite targets; a postgres target takes `url`",
+                ));
+            }
+            let url = match t.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+                Some(u) => u.to_string(),
+                None => url_from_libpq_env().ok_or_else(|| {
+                    key_err(
+                        k("url"),
+                        "missing: set url = \"postgres://user@host:5432/dbname\" (or libpq's PGHOST and PGDATABASE)",
+                    )
+                })?,
+            };
+            let url = url.as_str();
+            let (url, url_password) = split_url_password(url).map_err(|m| key_err(k("url"), m))?;
+            let password = match (t.password, t.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(key_err(
+                        k("password_file"),
+                        "both `password` and `password_file` are set: keep one",
+                    ))
+                }
+                (Some(p), None) => Some(Secret::new(p)),
+                (None, Some(f)) => Some(read_secret_file(&k("password_file"), &f)?),
+                (None, None) => {
+                    url_password.or_else(|| std::env::var("PGPASSWORD").ok().map(Secret::new))
+                }
+            };
+            let schemas = t.schemas.unwrap_or_default();
+            if let Some(bad) = schemas.iter().find(|s| s.trim().is_empty()) {
+                return Err(key_err(
+                    k("schemas"),
+                    format!("{bad:?} is not a schema name or pattern"),
+                ));
+            }
+            let drill_url = match t.drill_url.as_deref() {
+                None => None,
+                Some(d) => Some(
+                    split_url_password(d)
+                        .map_err(|m| key_err(k("drill_url"), m))?
+                        .0,
+                ),
+            };
+            PostgresConfig {
+                url,
+                drill_url,
+                restore_owner: t.restore_owner.unwrap_or(false),
+                password,
+                schemas,
+                globals: t.globals.unwrap_or(false),
+                pg_bin_dir,
+            }
+            .into()
+        }
+        "sqlite" => {
+            for (field, set) in [
+                ("url", t.url.is_some()),
+                ("password", t.password.is_some()),
+                ("password_file", t.password_file.is_some()),
+                ("schemas", t.schemas.is_some()),
+                ("globals", t.globals.is_some()),
+                ("drill_url", t.drill_url.is_some()),
+                ("restore_owner", t.restore_owner.is_some()),
+            ] {
+                if set {
+                    return Err(key_err(
+                        k(field),
+                        "is for postgres targets; a sqlite target takes `path`",
+                    ));
+                }
+            }
+            let path = t
+                .path
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    key_err(
+                        k("path"),
+                        "missing: set path = \"/var/lib/app/app.db\" (the SQLite database file)",
+                    )
+                })?;
+            SourceConfig::Sqlite(SqliteConfig {
+                path: PathBuf::from(path),
+            })
+        }
+        other => {
+            return Err(key_err(
+                k("kind"),
+                format!("unknown kind {other:?}: use \"postgres\" or \"sqlite\""),
+            ));
+        }
+    };
+
+    let schema = t
+        .schema
+        .map(|s| validate_schema(name, s, matches!(source, SourceConfig::Sqlite(_))))
+        .transpose()?;
+
+    Ok(Target {
+        name: name.to_string(),
+        schema,
+        source,
+        schedule,
+        cleanup_schedule,
+        verify_schedule,
+        jitter,
+        health_grace,
+        compression,
+        keep_days,
+        min_keep,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        timeout,
+    })
+}
+
+fn validate_schema(name: &str, s: RawSchema, sqlite: bool) -> Result<SchemaConfig, ConfigError> {
+    let k = |f: &str| format!("targets.{name}.schema.{f}");
+    let path = |field: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        match v.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("") => Err(key_err(k(field), "is empty: name a file or folder")),
+            Some(p) => Ok(Some(PathBuf::from(p))),
+        }
+    };
+    let declared = match (
+        path("migrations", s.migrations)?,
+        path("desired", s.desired)?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                k("desired"),
+                "both `migrations` and `desired` are set: declare the schema one way",
+            ))
+        }
+        (Some(dir), None) => {
+            if !dir.is_dir() {
+                return Err(key_err(
+                    k("migrations"),
+                    format!(
+                        "{} is not a folder: point it at the folder of NNNN_name.up.sql files",
+                        dir.display()
+                    ),
+                ));
+            }
+            Declared::Migrations(dir)
+        }
+        (None, Some(file)) => {
+            if !file.is_file() {
+                return Err(key_err(
+                    k("desired"),
+                    format!(
+                        "{} is not a file: point it at the SQL file of the whole desired schema",
+                        file.display()
+                    ),
+                ));
+            }
+            Declared::Desired(file)
+        }
+        (None, None) => {
+            return Err(key_err(
+                k("migrations"),
+                "missing: set migrations = \"migrations/app\" (a folder) or desired = \"schema/app.sql\"",
+            ))
+        }
+    };
+    let tenant_schemas = s.tenant_schemas.unwrap_or_default();
+    if sqlite && !tenant_schemas.is_empty() {
+        return Err(key_err(
+            k("tenant_schemas"),
+            "is for postgres targets: a SQLite database has one schema",
+        ));
+    }
+    if let Some(bad) = tenant_schemas.iter().find(|p| p.trim().is_empty()) {
+        return Err(key_err(
+            k("tenant_schemas"),
+            format!("{bad:?} is not a schema name or pattern"),
+        ));
+    }
+    Ok(SchemaConfig {
+        declared,
+        tenant_schemas,
+    })
+}

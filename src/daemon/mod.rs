@@ -1,0 +1,312 @@
+//! The daemon: its config, storages and schedules, reload, the registry of runs, and the
+//! ordered stop. No HTTP and no signal handling here: `cli::run` binds the port and turns
+//! signals into [`Daemon::reload`] and [`Daemon::shutdown`].
+
+mod health;
+pub mod notify;
+pub mod registry;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, ConfigError, Target};
+use crate::metrics;
+use crate::ops::backup::{self, BackupError, Outcome};
+use crate::ops::status::{CatalogSummary, DbStatus};
+use crate::ops::{cleanup, verify, Context};
+use crate::scheduler::Clock;
+use crate::state::StateFile;
+use crate::storage::{self, StorageError, Storages};
+
+use self::registry::{Registry, RunState};
+
+/// After the grace, cancelled runs get this long to stop their children and clean up.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+    storages: RwLock<Arc<Storages>>,
+    permits: RwLock<Arc<Semaphore>>,
+    state: Arc<StateFile>,
+    clock: Clock,
+    next_runs: Mutex<HashMap<String, DateTime<Utc>>>,
+    db: Mutex<HashMap<String, (Instant, DbStatus)>>,
+    catalog: Mutex<HashMap<String, (Instant, CatalogSummary)>>,
+    /// Every run the daemon starts, for the API.
+    pub runs: Registry,
+    tasks: TaskTracker,
+    /// Cancelled when the shutdown grace is over: running work stops.
+    work_cancel: CancellationToken,
+    /// Cancelled to stop the schedules (reload replaces it).
+    schedules: Mutex<CancellationToken>,
+    ready: AtomicBool,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read()
+        .map(|c| c.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
+impl Daemon {
+    pub async fn new(cfg: Config, clock: Clock) -> Result<Arc<Self>, StorageError> {
+        let storages = storage::build(&cfg).await?;
+        let permits = Semaphore::new(cfg.daemon.max_concurrent);
+        Ok(Arc::new(Daemon {
+            state: Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
+            storages: RwLock::new(Arc::new(storages)),
+            permits: RwLock::new(Arc::new(permits)),
+            config: RwLock::new(Arc::new(cfg)),
+            clock,
+            next_runs: Mutex::new(HashMap::new()),
+            db: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(HashMap::new()),
+            runs: Registry::default(),
+            tasks: TaskTracker::new(),
+            work_cancel: CancellationToken::new(),
+            schedules: Mutex::new(CancellationToken::new()),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config)
+    }
+
+    pub fn storages(&self) -> Arc<Storages> {
+        read(&self.storages)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// What a use case runs with now: current storages, the state file, and a
+    /// cancellation that fires at the end of the shutdown grace.
+    pub fn context(&self) -> Context {
+        Context {
+            storages: self.storages(),
+            state: self.state.clone(),
+            cancel: self.work_cancel.child_token(),
+            clock: self.clock,
+        }
+    }
+
+    /// Start every schedule; the daemon is ready afterwards.
+    pub fn start(self: &Arc<Self>) {
+        let token = self.schedules.lock().map(|t| t.clone()).unwrap_or_default();
+        self.start_schedules(&token);
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Run `f` as tracked work: shutdown waits for it like for scheduled runs.
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(f);
+    }
+
+    /// Back up `targets` one after another as one registered run; returns its id and
+    /// the task that runs it.
+    pub fn start_backups(
+        self: &Arc<Self>,
+        targets: Vec<String>,
+        trigger: &str,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let id = self.runs.start("backup", trigger, &targets);
+        let (d, run_id) = (self.clone(), id.clone());
+        let task = self.tasks.spawn(async move {
+            for (i, name) in targets.iter().enumerate() {
+                d.runs
+                    .step(&run_id, i, |step| step.state = RunState::Running);
+                let r = d.backup_target(name).await;
+                d.runs.step(&run_id, i, |step| match r {
+                    Some(Ok(o)) => {
+                        step.state = RunState::Succeeded;
+                        step.backup_id = Some(o.id.to_string());
+                        step.bytes = Some(o.stored_bytes());
+                    }
+                    Some(Err(e)) => {
+                        step.state = RunState::Failed;
+                        step.error = Some(e.to_string());
+                    }
+                    None => {
+                        step.state = RunState::Failed;
+                        step.error = Some("the daemon is stopping".into());
+                    }
+                });
+            }
+        });
+        (id, task)
+    }
+
+    /// A backup of `name` now: waits for a slot, runs it (which records it), cleans up
+    /// when cleanup follows backups, refreshes the counts and checks schema drift.
+    /// `None` when shutting down or the target is gone.
+    pub async fn backup_target(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Option<Result<Outcome, BackupError>> {
+        let permit = self.acquire().await?;
+        let cfg = self.config();
+        let target = cfg.target(name)?;
+        let ctx = self.context();
+        let result = backup::run(&ctx, target, None).await;
+        let ok = result.is_ok();
+        if ok && target.cleanup_schedule.is_none() {
+            self.cleanup_target(&ctx, target).await;
+        }
+        // Counts, the stale deadline and /health's cached listing follow every run.
+        self.refresh_catalog(name).await;
+        drop(permit);
+        if ok {
+            self.check_drift(target).await;
+        }
+        Some(result)
+    }
+
+    async fn run_drill(self: Arc<Self>, name: String) {
+        let Some(permit) = self.acquire().await else {
+            return;
+        };
+        let cfg = self.config();
+        if let Some(target) = cfg.target(&name) {
+            // The outcome is logged, counted and kept in the state file by `drill` itself.
+            let _ = verify::drill(&self.context(), target).await;
+        }
+        drop(permit);
+    }
+
+    async fn run_cleanup(self: Arc<Self>, name: String) {
+        let Some(permit) = self.acquire().await else {
+            return;
+        };
+        let cfg = self.config();
+        if let Some(target) = cfg.target(&name) {
+            self.cleanup_target(&self.context(), target).await;
+            self.refresh_catalog(&name).await;
+        }
+        drop(permit);
+    }
+
+    async fn cleanup_target(&self, ctx: &Context, target: &Target) {
+        if let Err(e) = cleanup::run(ctx, target, false, self.clock.now()).await {
+            tracing::error!(target = %target.name, error = %e, "cleanup failed");
+        }
+    }
+
+    /// Wait for a run slot (`daemon.max_concurrent`); `None` when shutting down.
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = read(&self.permits);
+        tokio::select! {
+            p = sem.acquire_owned() => p.ok(),
+            _ = self.work_cancel.cancelled() => None,
+        }
+    }
+
+    /// Compare the live schema with the declared one and set `dbkeep_schema_drift`.
+    async fn check_drift(&self, target: &Target) {
+        if target.schema.is_none() {
+            return;
+        }
+        match crate::schema::status(&self.context(), target).await {
+            Ok(r) => {
+                let differences = r.schemas.iter().map(|s| s.differences.len()).sum();
+                let pending = r
+                    .schemas
+                    .iter()
+                    .flat_map(|s| &s.migrations)
+                    .filter(|m| m.state != crate::schema::migrations::MigrationState::Applied)
+                    .count();
+                metrics::schema_drift(&target.name, !r.in_sync, differences, pending);
+            }
+            Err(e) => {
+                tracing::warn!(target = %target.name, error = %e, "cannot compare the live schema with the declared one")
+            }
+        }
+    }
+
+    /// Replace targets and schedules with a new valid config; keep the old one otherwise.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ConfigError> {
+        let file = self.config().source_file.clone();
+        let new = match config::load(file.as_deref()) {
+            Ok(new) => new,
+            Err(e) => {
+                metrics::config_reloaded(false, Some(&e));
+                return Err(e);
+            }
+        };
+        let storages = match storage::build(&new).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = ConfigError::Other(e.to_string());
+                metrics::config_reloaded(false, Some(&e));
+                return Err(e);
+            }
+        };
+        let old = self.config();
+        for t in &old.targets {
+            if new.target(&t.name).is_none() {
+                metrics::target_removed(&t.name);
+            }
+        }
+        if new.daemon.listen != old.daemon.listen {
+            tracing::warn!(old = %old.daemon.listen, new = %new.daemon.listen, "daemon.listen changes only at restart");
+        }
+        write(&self.storages, Arc::new(storages));
+        write(
+            &self.permits,
+            Arc::new(Semaphore::new(new.daemon.max_concurrent)),
+        );
+        write(&self.config, Arc::new(new));
+        let token = {
+            let mut t = self.schedules.lock().unwrap_or_else(|p| p.into_inner());
+            t.cancel();
+            *t = CancellationToken::new();
+            t.clone()
+        };
+        self.start_schedules(&token);
+        metrics::config_reloaded(true, None);
+        Ok(())
+    }
+
+    /// Stop: no new runs; wait up to the config's `shutdown_grace` for running ones, then
+    /// cancel them and wait a little more for their cleanup.
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        if let Ok(t) = self.schedules.lock() {
+            t.cancel();
+        }
+        self.tasks.close();
+        let grace = self.config().daemon.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = %humantime::format_duration(grace), "shutdown grace over: cancelling running jobs");
+            self.work_cancel.cancel();
+            if tokio::time::timeout(CANCEL_WAIT, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("runs did not stop after cancellation; exiting anyway");
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Reading a stored archive for a restore: decompress it as it streams, hash the stored
+//! bytes on the way, show progress, and hold back the end of the stream until the sha256
+//! matches the manifest, so the consumer cannot finish (and commit) on changed bytes.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio_util::io::SyncIoBridge;
+
+use super::{Archive, EngineError};
+use crate::catalog::Backup;
+use crate::compress;
+
+/// How much of the end of a restore stream is held back until its checksum is confirmed.
+const HOLD_BACK: usize = 64 * 1024;
+
+/// Counts bytes, hashes them, and reports progress (on a terminal, else in the log).
+struct Progress<R> {
+    inner: R,
+    hasher: Sha256,
+    done: u64,
+    total: u64,
+    started: Instant,
+    last: Instant,
+    tty: bool,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64, tty: bool) -> Self {
+        Progress {
+            inner,
+            hasher: Sha256::new(),
+            done: 0,
+            total,
+            started: Instant::now(),
+            last: Instant::now(),
+            tty,
+        }
+    }
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / 1048576.0)
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.done += n as u64;
+        let interval = if self.tty {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(15)
+        };
+        if self.last.elapsed() >= interval || (n == 0 && self.tty) {
+            self.last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let pct = 100.0 * self.done as f64 / self.total.max(1) as f64;
+            let rate = self.done as f64 / secs / 1048576.0;
+            if self.tty {
+                eprint!(
+                    "\rrestoring: {} / {} ({pct:.0}%), {rate:.1} MiB/s   ",
+                    mib(self.done),
+                    mib(self.total)
+                );
+                if n == 0 {
+                    eprintln!();
+                }
+            } else {
+                tracing::info!(
+                    bytes = self.done,
+                    total = self.total,
+                    "restore progress {pct:.0}%, {rate:.1} MiB/s"
+                );
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Passes bytes on but keeps the last `HOLD_BACK` until `release`: the consumer cannot
+/// reach the end of the stream (and commit) before the caller allows it.
+struct HoldBack<W: Write> {
+    inner: W,
+    tail: Vec<u8>,
+}
+
+impl<W: Write> HoldBack<W> {
+    fn new(inner: W) -> Self {
+        HoldBack {
+            inner,
+            tail: Vec::with_capacity(2 * HOLD_BACK),
+        }
+    }
+
+    fn release(mut self) -> io::Result<W> {
+        self.inner.write_all(&self.tail)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for HoldBack<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > 2 * HOLD_BACK {
+            let pass = self.tail.len() - HOLD_BACK;
+            self.inner.write_all(&self.tail[..pass])?;
+            self.tail.drain(..pass);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Read the rest of the stored object and compare the hash of all of it with the manifest.
+fn finish_hash<R: Read>(
+    decoder: compress::Decoder<Progress<R>>,
+    backup: &Backup,
+) -> Result<(), EngineError> {
+    let mut progress = compress::into_inner(decoder);
+    io::copy(&mut progress, &mut io::sink())
+        .map_err(EngineError::io(format!("reading {}", backup.file)))?;
+    let actual = hex::encode(progress.hasher.clone().finalize());
+    if actual != backup.sha256 {
+        return Err(EngineError::Checksum {
+            file: backup.file.clone(),
+            expected: backup.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn decoder<R: Read>(
+    reader: R,
+    backup: &Backup,
+    tty: bool,
+) -> Result<compress::Decoder<Progress<R>>, EngineError> {
+    compress::decoder_for(
+        &backup.manifest.codec,
+        Progress::new(reader, backup.bytes, tty),
+    )
+    .map_err(EngineError::io(format!("decoding {}", backup.file)))
+}
+
+/// Decompress the stored archive into `sink` (a child's stdin), hashing the stored bytes
+/// on the way; a hash that differs from the manifest's is an error before the sink sees
+/// its end. A consumer that stops reading early (pg_restore with `--schema` once it has
+/// what it wants) is not an error here: its exit status decides.
+pub async fn feed<W>(archive: Archive<'_>, sink: W) -> Result<(), EngineError>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let reader = archive
+        .storage
+        .open(&archive.backup.target, &archive.backup.file)
+        .await?;
+    let backup = archive.backup.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        let mut out = HoldBack::new(SyncIoBridge::new(sink));
+        let mut decoder = decoder(reader, &backup, io::stderr().is_terminal())?;
+        let streaming = format!("streaming {} into the restore", backup.file);
+        let closed_early = match io::copy(&mut decoder, &mut out) {
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
+            Err(e) => return Err(EngineError::io(streaming)(e)),
+        };
+        finish_hash(decoder, &backup)?;
+        if !closed_early {
+            // The consumer may also stop at the held-back tail; its exit status decides.
+            match out.release() {
+                Ok(mut inner) => {
+                    inner.flush().map_err(EngineError::io(streaming.clone()))?;
+                    inner.shutdown().map_err(EngineError::io(streaming))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                Err(e) => return Err(EngineError::io(streaming)(e)),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| EngineError::io("the restore stream thread")(io::Error::other(e)))?
+}
+
+/// Decompress the stored archive into the new file `dest` and fsync it; the sha256 of the
+/// stored bytes must match the manifest.
+pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), EngineError> {
+    let reader = archive
+        .storage
+        .open(&archive.backup.target, &archive.backup.file)
+        .await?;
+    let backup = archive.backup.clone();
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        let mut decoder = decoder(reader, &backup, false)?;
+        let what = format!("writing {}", dest.display());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .map_err(EngineError::io(what.clone()))?;
+        io::copy(&mut decoder, &mut f).map_err(EngineError::io(what.clone()))?;
+        f.sync_all().map_err(EngineError::io(what))?;
+        finish_hash(decoder, &backup)
+    })
+    .await
+    .map_err(|e| EngineError::io("the restore thread")(io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_back_keeps_the_tail_until_released() {
+        let mut out = HoldBack::new(Vec::new());
+        let data = vec![7u8; 3 * HOLD_BACK];
+        out.write_all(&data).unwrap();
+        assert!(out.inner.len() <= 2 * HOLD_BACK);
+        assert!(out.tail.len() >= HOLD_BACK);
+        let inner = out.release().unwrap();
+        assert_eq!(inner, data);
+    }
+}

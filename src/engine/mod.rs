@@ -1,0 +1,405 @@
+//! Everything database-specific, one folder per kind (`postgres/`, `sqlite/`): dump,
+//! restore, scratch databases, introspection and info behind the [`Engine`] trait. This
+//! is the only place a database connection is opened.
+//!
+//! A new kind of database is a new folder implementing [`Engine`], [`Restorer`],
+//! [`Scratch`] and [`Session`], plus one arm in [`build`] (and its `kind` in the config).
+
+pub mod archive;
+pub mod dump;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sqlx::migrate::{MigrateError, Migrator};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Backup, TableInfo};
+use crate::config::{SourceConfig, Target};
+use crate::error::{io_kind, Classify, ErrorKind};
+use crate::process::ProcessError;
+use crate::storage::{Storage, StorageError};
+
+pub use dump::{glob_match, Dump, Part, Prepared};
+pub use model::{Applied, DatabaseInfo, Dialect, SchemaModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot connect to {what}: {message}")]
+    Connect {
+        what: String,
+        message: String,
+        kind: ErrorKind,
+        #[source]
+        source: Option<sqlx::Error>,
+    },
+    #[error("{0}")]
+    ToolMissing(String),
+    #[error("schema pattern {pattern:?} matches no schema in the database (it has: {available}); fix `targets.{target}.schemas`")]
+    NoSchemaMatch {
+        target: String,
+        pattern: String,
+        available: String,
+    },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A statement or catalog query failed.
+    #[error("{what}: {source}")]
+    Database {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("SQLite {}: {message}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: Option<sqlx::Error>,
+    },
+    /// Needs the operator's decision (exit 2): a non-empty database, a held lock, ...
+    #[error("{0}")]
+    Refused(String),
+    /// A restored database does not hold what its manifest says.
+    #[error("{0}")]
+    Check(String),
+    #[error("{file} changed while it was restored (sha256 {actual}, the manifest says {expected}); nothing was committed")]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the restore was cancelled; nothing was changed")]
+    Cancelled,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl EngineError {
+    pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> EngineError {
+        let what = what.into();
+        move |source| EngineError::Database { what, source }
+    }
+
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let what = what.into();
+        move |source| EngineError::Io { what, source }
+    }
+}
+
+/// A database error whose SQLSTATE says the role lacks a privilege or a password.
+fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
+    match e {
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("42501") | Some("28000") | Some("28P01") => ErrorKind::Auth,
+            Some("3D000") | Some("42P01") | Some("3F000") => ErrorKind::NotFound,
+            _ => ErrorKind::Failed,
+        },
+        sqlx::Error::Io(io) => io_kind(io),
+        sqlx::Error::PoolTimedOut => ErrorKind::Unreachable,
+        _ => ErrorKind::Failed,
+    }
+}
+
+impl Classify for EngineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Connect { kind, .. } => *kind,
+            EngineError::ToolMissing(_) | EngineError::Check(_) => ErrorKind::Failed,
+            EngineError::NoSchemaMatch { .. } => ErrorKind::Usage,
+            EngineError::Process(ProcessError::Cancelled { .. }) | EngineError::Cancelled => {
+                ErrorKind::Cancelled
+            }
+            EngineError::Process(_) => ErrorKind::Failed,
+            EngineError::Database { source, .. } => sqlx_kind(source),
+            EngineError::Sqlite { source, .. } => {
+                source.as_ref().map(sqlx_kind).unwrap_or(ErrorKind::Failed)
+            }
+            EngineError::Refused(_) | EngineError::Unsupported(_) => ErrorKind::Refused,
+            EngineError::Checksum { .. } => ErrorKind::Checksum,
+            EngineError::Io { source, .. } => io_kind(source),
+            EngineError::Storage(e) => e.kind(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            EngineError::Storage(e) => e.hint(),
+            _ => match self.kind() {
+                ErrorKind::Auth => {
+                    Some("check the role's password and privileges (see README, privileges)".into())
+                }
+                ErrorKind::Unreachable => {
+                    Some("is the server running and reachable from this host?".into())
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A stored archive to restore: where it is and its manifest.
+#[derive(Clone, Copy)]
+pub struct Archive<'a> {
+    pub storage: &'a dyn Storage,
+    pub backup: &'a Backup,
+}
+
+/// What part of an archive goes where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The whole archive; `clean` drops the archived objects first.
+    Whole { clean: bool },
+    /// Replace one schema: dropped and restored in the same transaction; `from_full` when
+    /// it is taken out of a whole-database archive.
+    Schema { name: String, from_full: bool },
+    /// Roles and tablespaces (`pg_dumpall --globals-only`).
+    Globals,
+    /// The definitions only, no rows, into an empty database.
+    Definitions,
+}
+
+/// Where a restore writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The target's own database: a confirmation and a safety backup come first.
+    Own,
+    /// Another database (a URL) or file (a path), as the engine understands it.
+    Other(String),
+}
+
+impl Destination {
+    pub fn is_own(&self) -> bool {
+        matches!(self, Destination::Own)
+    }
+}
+
+/// What a scratch database is for; PostgreSQL builds drills and diffs on the target's
+/// `drill_url` server when one is set, and the declared schema on the target's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Drill,
+    Diff,
+    Declared,
+}
+
+impl Purpose {
+    pub fn word(self) -> &'static str {
+        match self {
+            Purpose::Drill => "drill",
+            Purpose::Diff => "diff",
+            Purpose::Declared => "schema",
+        }
+    }
+}
+
+/// Which migrations a migrator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateStep {
+    /// Apply pending migrations up to this version (all when `None`).
+    Up(Option<i64>),
+    /// Revert applied migrations newer than this version.
+    Down(i64),
+}
+
+/// One kind of database, configured for one target.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// `postgres` or `sqlite`.
+    fn kind(&self) -> &'static str;
+    /// Where the database is, for messages: host, port and database, or the file. Never
+    /// credentials.
+    fn location(&self) -> String;
+    /// A cheap check that the database answers.
+    async fn ping(&self) -> Result<(), EngineError>;
+    /// Connect, check tools and versions, resolve the archives to make. Touches no storage.
+    async fn prepare(&self) -> Result<Prepared, EngineError>;
+    /// Start dumping one part. `scratch` is a folder for a short-lived snapshot file.
+    async fn open(
+        &self,
+        prepared: &Prepared,
+        part: &Part,
+        scratch: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Dump, EngineError>;
+    /// Server version, size and tables, for the admin API. Failures are in the result.
+    async fn info(&self) -> DatabaseInfo;
+
+    /// Where `restore --into VALUE` writes (the target's own database without it).
+    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError>;
+    /// The destination in words, for the confirmation prompt (no credentials).
+    fn describe(&self, dest: &Destination) -> String;
+    /// Get the destination ready (create a missing database, refuse a non-empty one
+    /// without `yes`, keep writers out of a SQLite file) and return what restores into it.
+    async fn begin_restore(
+        &self,
+        dest: &Destination,
+        yes: bool,
+    ) -> Result<Box<dyn Restorer>, EngineError>;
+
+    /// A connection to the live database, for schema work.
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError>;
+    /// A new, empty scratch database (dropped by [`Scratch::discard`]); `dir` holds
+    /// scratch files of kinds that are files.
+    async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError>;
+}
+
+/// Restores into a destination that [`Engine::begin_restore`] got ready; dropping it
+/// releases what it holds.
+#[async_trait]
+pub trait Restorer: Send {
+    async fn restore(
+        self: Box<Self>,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError>;
+}
+
+/// A throwaway database for drills, diffs and the declared schema.
+#[async_trait]
+pub trait Scratch: Send + Sync {
+    async fn restore(
+        &self,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError>;
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError>;
+    /// Drop the database (or remove the file). Call it also after a failure.
+    async fn discard(self: Box<Self>) -> Result<(), EngineError>;
+}
+
+/// A connection for schema work: read models and histories, run migrations and DDL.
+#[async_trait]
+pub trait Session: Send {
+    fn dialect(&self) -> Dialect;
+    /// The schema unqualified names land in.
+    async fn main_schema(&mut self) -> Result<String, EngineError>;
+    /// Every schema that holds user objects, sorted.
+    async fn schemas(&mut self) -> Result<Vec<String>, EngineError>;
+    async fn model(&mut self, schema: &str) -> Result<SchemaModel, EngineError>;
+    /// The history table of `schema` (unqualified for `None`), quoted for SQL.
+    fn history_table(&self, schema: Option<&str>) -> String;
+    async fn applied(&mut self, schema: &str) -> Result<Vec<Applied>, EngineError>;
+    /// Run `migrator` with `search_path` (when given) set to one schema.
+    async fn migrate(
+        &mut self,
+        migrator: &Migrator,
+        search_path: Option<&str>,
+        step: MigrateStep,
+    ) -> Result<(), MigrateError>;
+    /// Run a script of statements (the declared schema's DDL).
+    async fn execute_script(&mut self, sql: &str) -> Result<(), EngineError>;
+    /// Run each schema's statements, with the schema as search path, in one transaction.
+    async fn apply_in_transaction(
+        &mut self,
+        batches: &[(String, Vec<String>)],
+    ) -> Result<(), EngineError>;
+    /// Every table is present, and holds rows where the backup said it had some.
+    async fn verify_tables(&mut self, tables: &[TableInfo]) -> Result<(), EngineError>;
+    async fn close(self: Box<Self>);
+}
+
+/// The engine of a target: the one place a kind of database is chosen.
+pub fn build(target: &Target) -> Box<dyn Engine> {
+    match &target.source {
+        SourceConfig::Postgres(pg) => Box::new(postgres::PostgresEngine::new(
+            &target.name,
+            pg.clone(),
+            target.timeout,
+        )),
+        SourceConfig::Sqlite(sq) => Box::new(sqlite::SqliteEngine::new(&target.name, sq.clone())),
+    }
+}
+
+/// Run `migrator` one step on a connection the caller holds.
+pub(crate) async fn migrate_on<C: sqlx::migrate::Migrate>(
+    migrator: &Migrator,
+    conn: &mut C,
+    step: MigrateStep,
+) -> Result<(), MigrateError> {
+    match step {
+        MigrateStep::Up(to) => migrator.run_direct(to, conn, false).await,
+        MigrateStep::Down(to) => undo_direct(migrator, conn, to).await,
+    }
+}
+
+/// `Migrator::undo` on a connection the caller already holds: sqlx's own `undo` takes an
+/// `Acquire`, whose future cannot be proven `Send` behind a trait object.
+async fn undo_direct<C: sqlx::migrate::Migrate>(
+    migrator: &Migrator,
+    conn: &mut C,
+    target: i64,
+) -> Result<(), MigrateError> {
+    let table = migrator.table_name.as_ref();
+    if migrator.locking {
+        conn.lock().await?;
+    }
+    conn.ensure_migrations_table(table).await?;
+    if let Some(version) = conn.dirty_version(table).await? {
+        return Err(MigrateError::Dirty(version));
+    }
+    let applied = conn.list_applied_migrations(table).await?;
+    if !migrator.ignore_missing {
+        for a in &applied {
+            if !migrator.iter().any(|m| m.version == a.version) {
+                return Err(MigrateError::VersionMissing(a.version));
+            }
+        }
+    }
+    for m in migrator
+        .iter()
+        .rev()
+        .filter(|m| m.migration_type.is_down_migration())
+        .filter(|m| m.version > target)
+        .filter(|m| applied.iter().any(|a| a.version == m.version))
+    {
+        conn.revert(table, m).await?;
+    }
+    if migrator.locking {
+        conn.unlock().await?;
+    }
+    Ok(())
+}
+
+/// The 1-based character position in the statement text where the server says an error
+/// is (PostgreSQL reports it; SQLite does not).
+pub fn statement_position(e: &sqlx::Error) -> Option<usize> {
+    postgres::conn::error_position(e)
+}
+
+/// The fingerprint of the live database (all user schemas) and of each schema: what a
+/// backup records in its manifests.
+pub async fn fingerprints(
+    engine: &dyn Engine,
+) -> Result<(String, std::collections::BTreeMap<String, String>), EngineError> {
+    let mut session = engine.connect().await?;
+    let read = async {
+        let mut models = std::collections::BTreeMap::new();
+        for s in session.schemas().await? {
+            let m = session.model(&s).await?;
+            models.insert(s, m);
+        }
+        Ok::<_, EngineError>(models)
+    }
+    .await;
+    session.close().await;
+    let models = read?;
+    let each = models
+        .iter()
+        .map(|(s, m)| (s.clone(), m.fingerprint()))
+        .collect();
+    Ok((model::fingerprint_all(&models), each))
+}

@@ -1,0 +1,169 @@
+//! Connections to PostgreSQL: URLs with the password kept apart, connect with a timeout,
+//! and errors an operator can act on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection;
+
+use crate::config::Secret;
+use crate::engine::EngineError;
+use crate::error::ErrorKind;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A server and database to connect to: the URL without password, and the password.
+#[derive(Clone)]
+pub struct Dsn {
+    pub url: String,
+    pub password: Option<Secret>,
+}
+
+impl Dsn {
+    /// Split the password out of `url`; without one there, use `fallback`, then PGPASSWORD.
+    pub fn parse(url: &str, fallback: Option<&Secret>) -> Result<Dsn, EngineError> {
+        let mut u = url::Url::parse(url)
+            .map_err(|e| EngineError::Refused(format!("{:?} is not a URL: {e}", redact(url))))?;
+        let from_url = u.password().map(|p| Secret::new(p.to_string()));
+        let _ = u.set_password(None);
+        Ok(Dsn {
+            url: u.to_string(),
+            password: from_url
+                .or_else(|| fallback.cloned())
+                .or_else(|| std::env::var("PGPASSWORD").ok().map(Secret::new)),
+        })
+    }
+
+    /// The same server with another database.
+    pub fn with_database(&self, db: &str) -> Result<Dsn, EngineError> {
+        let mut u = url::Url::parse(&self.url)
+            .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
+        u.set_path(&format!("/{db}"));
+        Ok(Dsn {
+            url: u.to_string(),
+            password: self.password.clone(),
+        })
+    }
+
+    /// The database this URL names; refused when it names none.
+    pub fn database(&self) -> Result<String, EngineError> {
+        let u = url::Url::parse(&self.url)
+            .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
+        let db = u.path().trim_start_matches('/').to_string();
+        if db.is_empty() {
+            return Err(EngineError::Refused(format!(
+                "{:?} names no database: add /dbname",
+                redact(&self.url)
+            )));
+        }
+        Ok(db)
+    }
+
+    /// host:port/database, for messages.
+    pub fn location(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| {
+                format!(
+                    "{}:{}{}",
+                    u.host_str().unwrap_or("localhost"),
+                    u.port().unwrap_or(5432),
+                    u.path()
+                )
+            })
+            .unwrap_or_else(|_| "<unparsable url>".into())
+    }
+
+    pub fn options(&self) -> Result<PgConnectOptions, EngineError> {
+        let mut opts = PgConnectOptions::from_str(&self.url)
+            .map_err(|e| EngineError::Refused(format!("bad url {:?}: {e}", redact(&self.url))))?;
+        if let Some(p) = &self.password {
+            opts = opts.password(p.expose());
+        }
+        Ok(opts.application_name("dbkeep"))
+    }
+
+    /// Connect within `timeout`; the error says what to check.
+    pub async fn connect_within(&self, timeout: Duration) -> Result<PgConnection, EngineError> {
+        let opts = self.options()?;
+        let what = format!("PostgreSQL at {}", self.location());
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&opts)).await {
+            Err(_) => Err(EngineError::Connect {
+                what,
+                message: format!(
+                    "no answer within {}s; check host, port and firewall",
+                    timeout.as_secs()
+                ),
+                kind: ErrorKind::Unreachable,
+                source: None,
+            }),
+            Ok(Err(e)) => Err(connect_error(what, e)),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<PgConnection, EngineError> {
+        self.connect_within(CONNECT_TIMEOUT).await
+    }
+}
+
+/// A URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|mut u| {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        })
+        .unwrap_or_else(|_| "<url>".into())
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Turn a sqlx connect error into a sentence an operator can act on, with its kind.
+pub fn connect_error(what: String, e: sqlx::Error) -> EngineError {
+    let text = e.to_string();
+    let (hint, kind) = if text.contains("password authentication failed") {
+        (
+            "; check the user's password (`password`, `password_file` or PGPASSWORD)",
+            ErrorKind::Auth,
+        )
+    } else if text.contains("does not exist") {
+        (
+            "; check the database and user names in `url`",
+            ErrorKind::NotFound,
+        )
+    } else if text.contains("Connection refused") || text.contains("connection refused") {
+        (
+            "; is the server running and listening on that host and port?",
+            ErrorKind::Unreachable,
+        )
+    } else if text.contains("no password") || text.contains("password was not supplied") {
+        (
+            "; set `password_file` (or `password`, or PGPASSWORD)",
+            ErrorKind::Auth,
+        )
+    } else {
+        ("", ErrorKind::Failed)
+    };
+    EngineError::Connect {
+        what,
+        message: format!("{text}{hint}"),
+        kind,
+        source: Some(e),
+    }
+}
+
+/// Where in the statement PostgreSQL says an error is (1-based character position).
+pub fn error_position(e: &sqlx::Error) -> Option<usize> {
+    use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|p| match p.position() {
+            Some(PgErrorPosition::Original(pos)) => Some(pos),
+            _ => None,
+        })
+}

@@ -1,0 +1,270 @@
+//! PostgreSQL: dumps with the server's own client binaries, restores in one transaction,
+//! scratch databases on the target's (or the drill) server, catalog introspection.
+
+pub mod conn;
+pub mod database;
+pub mod dump;
+pub mod introspect;
+pub mod restore;
+pub mod session;
+pub mod tools;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use self::conn::Dsn;
+use self::session::PgSession;
+use crate::config::PostgresConfig;
+use crate::engine::model::{DatabaseInfo, TableEntry};
+use crate::engine::{
+    Archive, Destination, Dump, Engine, EngineError, Part, Prepared, Purpose, RestoreMode,
+    Restorer, Scratch, Session,
+};
+use crate::process::Spec;
+
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct PostgresEngine {
+    target: String,
+    cfg: PostgresConfig,
+    /// The target's own database.
+    dsn: Dsn,
+    timeout: Duration,
+}
+
+impl PostgresEngine {
+    pub fn new(target: &str, cfg: PostgresConfig, timeout: Duration) -> Self {
+        let dsn = Dsn {
+            url: cfg.url.clone(),
+            password: cfg.password.clone(),
+        };
+        PostgresEngine {
+            target: target.to_string(),
+            cfg,
+            dsn,
+            timeout,
+        }
+    }
+
+    /// A child of the client tools, its password in the environment only.
+    fn spec(&self, program: PathBuf) -> Spec {
+        Spec::new(program)
+            .env("PGAPPNAME", "dbkeep")
+            .env("PGCONNECT_TIMEOUT", "15")
+            .secret_env("PGPASSWORD", self.dsn.password.as_ref())
+    }
+
+    fn dsn_of(&self, dest: &Destination) -> Result<Dsn, EngineError> {
+        match dest {
+            Destination::Own => Ok(self.dsn.clone()),
+            Destination::Other(url) => Dsn::parse(url, self.cfg.password.as_ref()),
+        }
+    }
+
+    async fn session(&self, dsn: &Dsn) -> Result<Box<dyn Session>, EngineError> {
+        Ok(Box::new(PgSession {
+            conn: dsn.connect().await?,
+            location: dsn.location(),
+        }))
+    }
+
+    async fn restore_into(
+        &self,
+        dsn: &Dsn,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let tools =
+            restore::restore_tools(&self.cfg, dsn, &archive.backup.manifest, &self.target).await?;
+        let run = restore::Run {
+            tools: &tools,
+            dsn,
+            keep_owner: self.cfg.restore_owner,
+            timeout: self.timeout,
+            cancel,
+        };
+        restore::pg_restore(&run, archive, mode).await
+    }
+
+    async fn read_info(&self, out: &mut DatabaseInfo) -> Result<(), EngineError> {
+        let mut c = self.dsn.connect().await?;
+        let what = format!("reading the catalog of {}", self.dsn.location());
+        let (version, size): (String, i64) = sqlx::query_as(
+            "SELECT current_setting('server_version'), pg_database_size(current_database())",
+        )
+        .fetch_one(&mut c)
+        .await
+        .map_err(EngineError::db(what.clone()))?;
+        let rows: Vec<(String, String, f32)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text, c.reltuples FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') \
+             AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' ORDER BY 1, 2",
+        )
+        .fetch_all(&mut c)
+        .await
+        .map_err(EngineError::db(what))?;
+        let _ = sqlx::Connection::close(c).await;
+        out.server_version = Some(version);
+        out.size_bytes = Some(size);
+        out.tables = rows
+            .into_iter()
+            .map(|(schema, name, est)| TableEntry {
+                schema: Some(schema),
+                name,
+                rows: (est >= 0.0).then_some(est as i64),
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for PostgresEngine {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn location(&self) -> String {
+        self.dsn.location()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        let mut conn = self.dsn.connect_within(PING_TIMEOUT).await?;
+        let r = sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(EngineError::db(format!("pinging {}", self.dsn.location())));
+        let _ = sqlx::Connection::close(conn).await;
+        r.map(|_| ())
+    }
+
+    async fn prepare(&self) -> Result<Prepared, EngineError> {
+        dump::prepare(self).await
+    }
+
+    async fn open(
+        &self,
+        prepared: &Prepared,
+        part: &Part,
+        _scratch: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Dump, EngineError> {
+        dump::open(self, prepared, part, cancel)
+    }
+
+    async fn info(&self) -> DatabaseInfo {
+        DatabaseInfo::gather(&self.target, "postgres", self.dsn.location(), async |out| {
+            self.read_info(out).await
+        })
+        .await
+    }
+
+    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError> {
+        match into {
+            None => Ok(Destination::Own),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Destination::Other(u.to_string()))
+            }
+            Some(u) => Err(EngineError::Refused(format!(
+                "--into {:?}: a postgres target restores into a URL such as postgres://user@host/newdb",
+                conn::redact(u)
+            ))),
+        }
+    }
+
+    fn describe(&self, dest: &Destination) -> String {
+        match dest {
+            Destination::Own => format!(
+                "target {}'s own database {}",
+                self.target,
+                self.dsn.location()
+            ),
+            Destination::Other(url) => conn::redact(url),
+        }
+    }
+
+    async fn begin_restore(
+        &self,
+        dest: &Destination,
+        yes: bool,
+    ) -> Result<Box<dyn Restorer>, EngineError> {
+        let dsn = self.dsn_of(dest)?;
+        if let Destination::Other(_) = dest {
+            database::prepare(&dsn, yes).await?;
+        }
+        Ok(Box::new(PgRestorer {
+            engine: PostgresEngine::new(&self.target, self.cfg.clone(), self.timeout),
+            dsn,
+        }))
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
+        self.session(&self.dsn).await
+    }
+
+    async fn scratch(
+        &self,
+        purpose: Purpose,
+        _dir: &Path,
+    ) -> Result<Box<dyn Scratch>, EngineError> {
+        let server = match (purpose, &self.cfg.drill_url) {
+            (Purpose::Drill | Purpose::Diff, Some(u)) => Dsn::parse(u, self.cfg.password.as_ref())?,
+            _ => self.dsn.clone(),
+        };
+        let dsn = database::create_scratch(&server, &self.target, purpose.word()).await?;
+        Ok(Box::new(PgScratch {
+            engine: PostgresEngine::new(&self.target, self.cfg.clone(), self.timeout),
+            dsn,
+        }))
+    }
+}
+
+struct PgRestorer {
+    engine: PostgresEngine,
+    dsn: Dsn,
+}
+
+#[async_trait]
+impl Restorer for PgRestorer {
+    async fn restore(
+        self: Box<Self>,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        self.engine
+            .restore_into(&self.dsn, archive, mode, cancel)
+            .await
+    }
+}
+
+struct PgScratch {
+    engine: PostgresEngine,
+    dsn: Dsn,
+}
+
+#[async_trait]
+impl Scratch for PgScratch {
+    async fn restore(
+        &self,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        self.engine
+            .restore_into(&self.dsn, archive, mode, cancel)
+            .await
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
+        self.engine.session(&self.dsn).await
+    }
+
+    async fn discard(self: Box<Self>) -> Result<(), EngineError> {
+        database::drop(&self.dsn).await
+    }
+}

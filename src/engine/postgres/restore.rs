@@ -1,0 +1,201 @@
+//! Restoring a PostgreSQL archive: `pg_restore --single-transaction` for whole databases,
+//! or pg_restore -> dbkeep -> psql in one explicit transaction whose COMMIT dbkeep sends
+//! only after every stage succeeded and the archive's sha256 matched.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{quote_ident, Dsn};
+use super::tools::{find_tool_dir, parse_tool_major};
+use crate::catalog::Manifest;
+use crate::config::PostgresConfig;
+use crate::engine::archive::feed;
+use crate::engine::{Archive, EngineError, RestoreMode};
+use crate::process::{self, ProcessError, Spec};
+
+/// The folder of pg_restore and psql that can read this archive and talk to this server.
+pub async fn restore_tools(
+    pg: &PostgresConfig,
+    dsn: &Dsn,
+    manifest: &Manifest,
+    target: &str,
+) -> Result<PathBuf, EngineError> {
+    let mut conn = dsn.connect().await?;
+    let (num,): (String,) = sqlx::query_as("SELECT current_setting('server_version_num')")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(EngineError::db(format!(
+            "reading the version of {}",
+            dsn.location()
+        )))?;
+    let _ = sqlx::Connection::close(conn).await;
+    let server_major = num.parse::<u32>().map(|n| n / 10000).unwrap_or(0);
+    let dump_major = manifest
+        .tools
+        .dump_tool
+        .as_deref()
+        .and_then(parse_tool_major)
+        .unwrap_or(0);
+    let (dir, _) = find_tool_dir(
+        "pg_restore",
+        server_major.max(dump_major),
+        pg.pg_bin_dir.as_deref(),
+        target,
+    )
+    .await?;
+    Ok(dir)
+}
+
+/// How a restore runs its children.
+pub struct Run<'a> {
+    pub tools: &'a Path,
+    pub dsn: &'a Dsn,
+    pub keep_owner: bool,
+    pub timeout: Duration,
+    pub cancel: &'a CancellationToken,
+}
+
+/// Stream the archive into the database. Any failure (pg_restore, psql, the server, a
+/// changed archive, cancellation) ends without COMMIT, so nothing is kept.
+pub async fn pg_restore(
+    run: &Run<'_>,
+    archive: Archive<'_>,
+    mode: &RestoreMode,
+) -> Result<(), EngineError> {
+    let Run {
+        tools,
+        dsn,
+        keep_owner,
+        timeout,
+        cancel,
+    } = *run;
+    let url = &dsn.url;
+    if let RestoreMode::Whole { .. } | RestoreMode::Definitions = mode {
+        // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
+        // and --single-transaction rolls everything back. `feed` withholds the end of the
+        // stream until the sha256 matched, so pg_restore cannot commit before that.
+        let mut spec = Spec::new(tools.join("pg_restore"))
+            .env("PGAPPNAME", "dbkeep-restore")
+            .secret_env("PGPASSWORD", dsn.password.as_ref())
+            .arg("--single-transaction")
+            .arg("--exit-on-error")
+            .arg(format!("--dbname={url}"));
+        if !keep_owner {
+            spec = spec.arg("--no-owner");
+        }
+        match mode {
+            RestoreMode::Whole { clean: true } => spec = spec.arg("--clean").arg("--if-exists"),
+            RestoreMode::Definitions => spec = spec.arg("--schema-only"),
+            _ => {}
+        }
+        let (child, stdin) = process::spawn_stdin(spec)?;
+        let stop = child.stopper();
+        let feeding = async {
+            let r = feed(archive, stdin).await;
+            if r.is_err() {
+                stop.terminate();
+            }
+            r
+        };
+        let (fed, restored) = tokio::join!(feeding, child.wait(cancel, timeout));
+        // A changed archive is the cause when both fail (pg_restore was stopped for it).
+        fed?;
+        return restored.map_err(EngineError::from);
+    }
+    let mut psql = Spec::new(tools.join("psql"))
+        .env("PGAPPNAME", "dbkeep-restore")
+        .secret_env("PGPASSWORD", dsn.password.as_ref())
+        .arg("-X")
+        .arg("-q")
+        .arg(format!("--dbname={url}"));
+    if !matches!(mode, RestoreMode::Globals) {
+        psql = psql.arg("--set=ON_ERROR_STOP=1");
+    }
+    let (psql_run, mut psql_in) = process::spawn_stdin(psql.arg("--file=-"))?;
+    let psql_stop = psql_run.stopper();
+
+    if let RestoreMode::Globals = mode {
+        // Roles that exist already are reported on psql's stderr and skipped.
+        let fed = feed(archive, psql_in).await;
+        if fed.is_err() {
+            psql_stop.terminate();
+        }
+        let waited = psql_run.wait(cancel, timeout).await;
+        fed?;
+        return waited.map_err(EngineError::from);
+    }
+
+    let mut first = Spec::new(tools.join("pg_restore")).arg("--file=-");
+    if !keep_owner {
+        first = first.arg("--no-owner");
+    }
+    let mut prelude = String::from("BEGIN;\n");
+    match mode {
+        RestoreMode::Whole { clean: true } => first = first.arg("--clean").arg("--if-exists"),
+        RestoreMode::Schema { name, from_full } => {
+            prelude.push_str(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+                quote_ident(name)
+            ));
+            if *from_full {
+                first = first.arg(format!("--schema={name}"));
+                prelude.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(name)));
+            }
+        }
+        _ => {}
+    }
+    let (pgr_run, pgr_in, mut pgr_out) = process::spawn_filter(first)?;
+    let pgr_stop = pgr_run.stopper();
+
+    let feeding = async {
+        let r = feed(archive, pgr_in).await;
+        if r.is_err() {
+            pgr_stop.terminate();
+        }
+        r
+    };
+    let relaying = async {
+        let r: io::Result<()> = async {
+            psql_in.write_all(prelude.as_bytes()).await?;
+            tokio::io::copy(&mut pgr_out, &mut psql_in).await?;
+            Ok(())
+        }
+        .await;
+        if r.is_err() {
+            // psql stopped reading (it failed): pg_restore must not block on a full pipe.
+            pgr_stop.terminate();
+        }
+        r
+    };
+    let (fed, relayed, restored) = tokio::join!(feeding, relaying, pgr_run.wait(cancel, timeout));
+    let ok = fed.is_ok() && relayed.is_ok() && restored.is_ok() && !cancel.is_cancelled();
+    if ok {
+        let committed: io::Result<()> = async {
+            psql_in.write_all(b"COMMIT;\n").await?;
+            psql_in.shutdown().await
+        }
+        .await;
+        drop(psql_in);
+        let done = psql_run.wait(cancel, timeout).await;
+        committed.map_err(EngineError::io("psql stopped before COMMIT"))?;
+        return done.map_err(EngineError::from);
+    }
+    // No COMMIT: psql ends and the server rolls the transaction back.
+    psql_stop.terminate();
+    drop(psql_in);
+    let psql_result = psql_run.wait(cancel, timeout).await;
+    // The most downstream failure explains the others (SIGPIPE, broken pipe).
+    if let Err(e) = psql_result {
+        if !matches!(e, ProcessError::Failed { ref status, .. } if status.contains("signal 15")) {
+            return Err(e.into());
+        }
+    }
+    restored?;
+    fed?;
+    relayed.map_err(EngineError::io("relaying pg_restore's output to psql"))?;
+    Err(EngineError::Cancelled)
+}

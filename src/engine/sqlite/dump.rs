@@ -1,0 +1,140 @@
+//! Dumping SQLite: an online, consistent snapshot with `VACUUM INTO`, checked with
+//! `PRAGMA integrity_check`, then streamed from the snapshot file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::SqliteEngine;
+use crate::catalog::{Contents, TableInfo, ToolVersions};
+use crate::engine::{Dump, EngineError, Part, Prepared};
+use crate::storage::local::ScratchFile;
+
+pub const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+
+/// The snapshot file, removed when the reader is dropped.
+struct SnapshotReader {
+    file: File,
+    _scratch: ScratchFile,
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
+    let meta = std::fs::metadata(&eng.cfg.path).map_err(|e| {
+        eng.err(format!(
+            "{e}; check `targets.{}.path` (dbkeep never creates the database it backs up)",
+            eng.target
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(eng.err(format!(
+            "is not a file; `targets.{}.path` must name the database file",
+            eng.target
+        )));
+    }
+    let mut conn = eng.connect(&eng.cfg.path, false).await?;
+    let (version,): (String,) = sqlx::query_as("SELECT sqlite_version()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(eng.sql("not a usable SQLite database"))?;
+    // Reading the schema proves it is a database, not some other file.
+    sqlx::query("SELECT count(*) FROM sqlite_schema")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(eng.sql("not a usable SQLite database"))?;
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(eng.sql("cannot list tables"))?;
+    let mut tables = Vec::new();
+    for (name,) in names {
+        let sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
+        let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(eng.sql(format!("cannot count rows of {name}")))?;
+        tables.push(TableInfo {
+            schema: None,
+            name,
+            rows: Some(rows),
+        });
+    }
+    let _ = conn.close().await;
+    Ok(Prepared {
+        parts: vec![Part {
+            schema: None,
+            contents: Contents::Database,
+            format: "sqlite",
+            magic: SQLITE_MAGIC,
+        }],
+        tools: ToolVersions {
+            dbkeep: env!("CARGO_PKG_VERSION").to_string(),
+            dump_tool: Some(format!("SQLite {version} (VACUUM INTO)")),
+            server: None,
+        },
+        tool_dir: None,
+        tables,
+    })
+}
+
+pub async fn open(
+    eng: &SqliteEngine,
+    _part: &Part,
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<Dump, EngineError> {
+    let snapshot = ScratchFile::reserve(dir, "snapshot.sqlite");
+    let mut conn = eng.connect(&eng.cfg.path, false).await?;
+    // The path is ours (a reserved scratch name), quoted as an SQL literal.
+    let sql = format!(
+        "VACUUM INTO {}",
+        quote_literal(&snapshot.path().to_string_lossy())
+    );
+    let vacuum = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn);
+    tokio::select! {
+        r = vacuum => { r.map_err(eng.sql("snapshot (VACUUM INTO) failed"))?; }
+        _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+    }
+    let _ = conn.close().await;
+
+    let mut check = eng.connect(snapshot.path(), true).await?;
+    let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_all(&mut check)
+        .await
+        .map_err(eng.sql("integrity check of the snapshot failed"))?;
+    let _ = check.close().await;
+    if rows.len() != 1 || rows[0].0 != "ok" {
+        let problems: Vec<String> = rows.into_iter().take(5).map(|(r,)| r).collect();
+        return Err(eng.err(format!(
+            "the snapshot fails PRAGMA integrity_check ({}); the source database may be corrupt: run `sqlite3 {} 'PRAGMA integrity_check'`",
+            problems.join("; "),
+            eng.cfg.path.display()
+        )));
+    }
+    let file = File::open(snapshot.path()).map_err(EngineError::io(format!(
+        "reading the snapshot {}",
+        snapshot.path().display()
+    )))?;
+    Ok(Dump {
+        reader: Box::new(SnapshotReader {
+            file,
+            _scratch: snapshot,
+        }),
+        done: Box::pin(async { Ok(()) }),
+        stopper: None,
+    })
+}

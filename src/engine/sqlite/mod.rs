@@ -1,0 +1,305 @@
+//! SQLite: online snapshots with `VACUUM INTO`, restores by atomic rename, scratch
+//! databases as files, introspection from pragmas.
+
+pub mod demo;
+pub mod dump;
+pub mod introspect;
+pub mod restore;
+pub mod session;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use self::session::SqliteSession;
+use crate::config::SqliteConfig;
+use crate::engine::model::{DatabaseInfo, TableEntry};
+use crate::engine::{
+    Archive, Destination, Dump, Engine, EngineError, Part, Prepared, Purpose, RestoreMode,
+    Restorer, Scratch, Session,
+};
+use crate::storage::local::ScratchFile;
+
+/// How long the snapshot waits for a writer's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub struct SqliteEngine {
+    target: String,
+    cfg: SqliteConfig,
+}
+
+impl SqliteEngine {
+    pub fn new(target: &str, cfg: SqliteConfig) -> Self {
+        SqliteEngine {
+            target: target.to_string(),
+            cfg,
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Sqlite {
+            path: self.cfg.path.clone(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Maps a sqlx error on the target's file to one that says what was being done.
+    fn sql(&self, what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> EngineError {
+        let path = self.cfg.path.clone();
+        let message = what.into();
+        move |e| EngineError::Sqlite {
+            path,
+            message,
+            source: Some(e),
+        }
+    }
+
+    async fn connect(&self, path: &Path, read_only: bool) -> Result<SqliteConnection, EngineError> {
+        // No journal_mode or other pragma that would change the user's database.
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .read_only(read_only)
+            .busy_timeout(BUSY_TIMEOUT);
+        SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(|e| EngineError::Sqlite {
+                path: path.to_path_buf(),
+                message: "cannot open the database".into(),
+                source: Some(e),
+            })
+    }
+
+    async fn session(&self, path: &Path, create: bool) -> Result<Box<dyn Session>, EngineError> {
+        if !create && !path.is_file() {
+            return Err(EngineError::Sqlite {
+                path: path.to_path_buf(),
+                message: "does not exist; dbkeep never creates the database it manages".into(),
+                source: None,
+            });
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(create)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let conn =
+            SqliteConnection::connect_with(&opts)
+                .await
+                .map_err(|e| EngineError::Sqlite {
+                    path: path.to_path_buf(),
+                    message: "cannot open the database".into(),
+                    source: Some(e),
+                })?;
+        Ok(Box::new(SqliteSession {
+            conn,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    async fn read_info(&self, out: &mut DatabaseInfo) -> Result<(), EngineError> {
+        let path = &self.cfg.path;
+        let meta = std::fs::metadata(path).map_err(EngineError::io(path.display().to_string()))?;
+        let mut c = self.connect(path, true).await?;
+        let (version,): (String,) = sqlx::query_as("SELECT sqlite_version()")
+            .fetch_one(&mut c)
+            .await
+            .map_err(self.sql("reading the version"))?;
+        let names: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(&mut c)
+        .await
+        .map_err(self.sql("listing tables"))?;
+        let _ = c.close().await;
+        out.server_version = Some(format!("SQLite {version}"));
+        out.size_bytes = Some(meta.len() as i64);
+        out.tables = names
+            .into_iter()
+            .map(|(name,)| TableEntry {
+                schema: None,
+                name,
+                rows: None,
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for SqliteEngine {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.cfg.path.display().to_string()
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        if !self.cfg.path.is_file() {
+            return Err(self.err("the database file does not exist"));
+        }
+        let mut conn = self.connect(&self.cfg.path, true).await?;
+        let r = sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(self.sql("not a usable SQLite database"));
+        let _ = conn.close().await;
+        r.map(|_| ())
+    }
+
+    async fn prepare(&self) -> Result<Prepared, EngineError> {
+        dump::prepare(self).await
+    }
+
+    async fn open(
+        &self,
+        _prepared: &Prepared,
+        part: &Part,
+        scratch: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Dump, EngineError> {
+        dump::open(self, part, scratch, cancel).await
+    }
+
+    async fn info(&self) -> DatabaseInfo {
+        DatabaseInfo::gather(&self.target, "sqlite", self.location(), async |out| {
+            self.read_info(out).await
+        })
+        .await
+    }
+
+    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError> {
+        Ok(match into {
+            None => Destination::Own,
+            Some(p) => Destination::Other(p.to_string()),
+        })
+    }
+
+    fn describe(&self, dest: &Destination) -> String {
+        match dest {
+            Destination::Own => format!(
+                "target {}'s own file {}",
+                self.target,
+                self.cfg.path.display()
+            ),
+            Destination::Other(p) => p.clone(),
+        }
+    }
+
+    async fn begin_restore(
+        &self,
+        dest: &Destination,
+        yes: bool,
+    ) -> Result<Box<dyn Restorer>, EngineError> {
+        match dest {
+            Destination::Own => {
+                // Writers are kept out from here to the rename; readers (the safety
+                // backup's snapshot among them) still pass.
+                let lock = restore::hold_write_lock(&self.cfg.path).await?;
+                Ok(Box::new(SqliteRestorer {
+                    path: self.cfg.path.clone(),
+                    live: Some(lock),
+                }))
+            }
+            Destination::Other(p) => {
+                let path = PathBuf::from(p);
+                if path.exists() && !yes {
+                    return Err(EngineError::Refused(format!(
+                        "{} exists: pick a new path, or add --yes to replace it",
+                        path.display()
+                    )));
+                }
+                Ok(Box::new(SqliteRestorer { path, live: None }))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
+        self.session(&self.cfg.path, false).await
+    }
+
+    async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError> {
+        std::fs::create_dir_all(dir)
+            .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
+        Ok(Box::new(SqliteScratch {
+            file: ScratchFile::reserve(dir, &format!("{}.sqlite", purpose.word())),
+            engine: SqliteEngine::new(&self.target, self.cfg.clone()),
+        }))
+    }
+}
+
+fn only_whole(mode: &RestoreMode) -> Result<(), EngineError> {
+    match mode {
+        RestoreMode::Whole { .. } | RestoreMode::Definitions => Ok(()),
+        RestoreMode::Schema { name, .. } => Err(EngineError::Unsupported(format!(
+            "a SQLite database has no schema {name:?} to restore on its own: restore the whole backup (without :SCHEMA)"
+        ))),
+        RestoreMode::Globals => Err(EngineError::Unsupported(
+            "SQLite has no roles or tablespaces (globals) to restore".into(),
+        )),
+    }
+}
+
+struct SqliteRestorer {
+    path: PathBuf,
+    /// The write lock on a live database, held until the new file is in place.
+    live: Option<SqliteConnection>,
+}
+
+#[async_trait]
+impl Restorer for SqliteRestorer {
+    async fn restore(
+        self: Box<Self>,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        only_whole(mode)?;
+        let r = restore::restore_file(archive, &self.path, self.live.is_some()).await;
+        if let Some(lock) = self.live {
+            let _ = lock.close().await;
+        }
+        r
+    }
+}
+
+struct SqliteScratch {
+    file: ScratchFile,
+    engine: SqliteEngine,
+}
+
+#[async_trait]
+impl Scratch for SqliteScratch {
+    async fn restore(
+        &self,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        _cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        only_whole(mode)?;
+        restore::restore_file(archive, self.file.path(), false).await
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
+        self.engine.session(self.file.path(), true).await
+    }
+
+    async fn discard(self: Box<Self>) -> Result<(), EngineError> {
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.file.path().display()));
+        }
+        // Dropping the scratch file removes it.
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Restoring SQLite: unpack the archive into a temp file beside the destination, check
+//! it (`PRAGMA integrity_check`, every table of the manifest), then rename it into place;
+//! writers are kept out of a live database while it is replaced.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::Connection;
+
+use super::quote_ident;
+use crate::catalog::Manifest;
+use crate::engine::archive::unpack_to_file;
+use crate::engine::{Archive, EngineError};
+use crate::storage::local::ScratchFile;
+
+fn sql_err(path: &Path, what: &str) -> impl FnOnce(sqlx::Error) -> EngineError {
+    let path = path.to_path_buf();
+    let message = what.to_string();
+    move |e| EngineError::Sqlite {
+        path,
+        message,
+        source: Some(e),
+    }
+}
+
+/// Keep writers out of a SQLite database while it is replaced; refuse if one is writing.
+pub async fn hold_write_lock(path: &Path) -> Result<SqliteConnection, EngineError> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_millis(500));
+    let mut conn = SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(sql_err(path, "cannot open the database"))?;
+    if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
+        let _ = conn.close().await;
+        return Err(EngineError::Refused(format!(
+            "another process holds a write lock on {} ({e}); stop the application that writes to it, \
+             or restore with --into NEW_PATH",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Decompress into a temp file beside `dest`, check it, then rename it over `dest`.
+pub async fn restore_file(
+    archive: Archive<'_>,
+    dest: &Path,
+    replacing_live: bool,
+) -> Result<(), EngineError> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir)
+        .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
+    let scratch = ScratchFile::reserve(&dir, "restore.sqlite");
+    let tmp = scratch.path().to_path_buf();
+    unpack_to_file(archive, &tmp).await?;
+    check(&tmp, &archive.backup.manifest).await?;
+    std::fs::rename(&tmp, dest).map_err(EngineError::io(format!(
+        "cannot move the restored file into {}",
+        dest.display()
+    )))?;
+    if replacing_live {
+        // The old database's WAL and shared-memory files must not be applied to the new one.
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", dest.display()));
+            let _ = std::fs::remove_file(side);
+        }
+    }
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    drop(scratch);
+    Ok(())
+}
+
+/// `PRAGMA integrity_check`, and every table of the manifest present (with rows where it had).
+async fn check(path: &Path, manifest: &Manifest) -> Result<(), EngineError> {
+    let opts = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(sql_err(path, "the restored file does not open"))?;
+    let checked = async {
+        let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(sql_err(path, "integrity check of the restored file"))?;
+        if rows.len() != 1 || rows[0].0 != "ok" {
+            return Err(EngineError::Check(format!(
+                "the restored file fails PRAGMA integrity_check: {}",
+                rows.into_iter()
+                    .take(3)
+                    .map(|r| r.0)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        verify_tables(&mut conn, &manifest.tables).await
+    }
+    .await;
+    let _ = conn.close().await;
+    checked
+}
+
+/// Every table present, with rows where the backup had some.
+pub async fn verify_tables(
+    conn: &mut SqliteConnection,
+    tables: &[crate::catalog::TableInfo],
+) -> Result<(), EngineError> {
+    for t in tables {
+        let sql = format!("SELECT count(*) FROM {}", quote_ident(&t.name));
+        let got: Result<(i64,), _> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await;
+        match got {
+            Err(e) => {
+                return Err(EngineError::Check(format!(
+                    "table {} is missing after restore: {e}",
+                    t.name
+                )))
+            }
+            Ok((0,)) if t.rows.unwrap_or(0) > 0 => {
+                return Err(EngineError::Check(format!(
+                    "table {} is empty after restore; it had {} rows",
+                    t.name,
+                    t.rows.unwrap_or(0)
+                )))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! A SQLite connection for schema work: the `main` schema's model, its migration history,
+//! migrations and DDL in a transaction.
+
+use async_trait::async_trait;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::{introspect, restore};
+use crate::catalog::TableInfo;
+use crate::engine::model::history_table;
+use crate::engine::{Applied, Dialect, EngineError, MigrateStep, SchemaModel, Session};
+
+pub struct SqliteSession {
+    pub conn: SqliteConnection,
+    pub path: std::path::PathBuf,
+}
+
+impl SqliteSession {
+    fn err(&self, what: &str) -> impl FnOnce(sqlx::Error) -> EngineError {
+        let path = self.path.clone();
+        let message = what.to_string();
+        move |e| EngineError::Sqlite {
+            path,
+            message,
+            source: Some(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Session for SqliteSession {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn main_schema(&mut self) -> Result<String, EngineError> {
+        Ok("main".into())
+    }
+
+    async fn schemas(&mut self) -> Result<Vec<String>, EngineError> {
+        Ok(vec!["main".into()])
+    }
+
+    async fn model(&mut self, _schema: &str) -> Result<SchemaModel, EngineError> {
+        let e = self.err("reading the schema");
+        introspect::schema_model(&mut self.conn).await.map_err(e)
+    }
+
+    fn history_table(&self, _schema: Option<&str>) -> String {
+        history_table(None)
+    }
+
+    async fn applied(&mut self, _schema: &str) -> Result<Vec<Applied>, EngineError> {
+        let e = self.err("reading the migration history");
+        introspect::applied(&mut self.conn).await.map_err(e)
+    }
+
+    async fn migrate(
+        &mut self,
+        migrator: &Migrator,
+        _search_path: Option<&str>,
+        step: MigrateStep,
+    ) -> Result<(), MigrateError> {
+        crate::engine::migrate_on(migrator, &mut self.conn, step).await
+    }
+
+    async fn execute_script(&mut self, sql: &str) -> Result<(), EngineError> {
+        let e = self.err("running the script");
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(e)
+    }
+
+    async fn apply_in_transaction(
+        &mut self,
+        batches: &[(String, Vec<String>)],
+    ) -> Result<(), EngineError> {
+        let e = self.err("applying the statements (rolled back, nothing was changed)");
+        let r = async {
+            let mut tx = self.conn.begin().await?;
+            for s in batches.iter().flat_map(|(_, s)| s) {
+                sqlx::raw_sql(AssertSqlSafe(s.clone()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        r.map_err(e)
+    }
+
+    async fn verify_tables(&mut self, tables: &[TableInfo]) -> Result<(), EngineError> {
+        restore::verify_tables(&mut self.conn, tables).await
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.conn.close().await;
+    }
+}

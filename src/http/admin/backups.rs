@@ -1,0 +1,207 @@
+//! Backups over the API: the list with signed download links, and downloads that stream
+//! only files the catalog knows.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::signed_link;
+use super::{not_found, AdminState, ApiError, ErrorBody};
+use crate::catalog::{self, Backup};
+use crate::config::Secret;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupEntry {
+    #[schema(value_type = String)]
+    pub id: String,
+    pub target: String,
+    pub schema: Option<String>,
+    /// `database`, `schema` or `globals`.
+    pub contents: String,
+    pub storage: String,
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub created: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub schema_fingerprint: Option<String>,
+    /// Streams the archive; signed, so it works without the header for an hour.
+    pub download_url: String,
+    pub manifest_url: String,
+}
+
+fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
+    let manifest = catalog::manifest_name(&b.file);
+    BackupEntry {
+        id: b.id.to_string(),
+        target: b.target.clone(),
+        schema: b.schema.clone(),
+        contents: serde_json::to_value(b.contents)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        storage: b.storage.clone(),
+        file: b.file.clone(),
+        bytes: b.bytes,
+        sha256: b.sha256.clone(),
+        created: b.created,
+        reason: b.reason.clone(),
+        verified_at: b.manifest.verified_at,
+        schema_fingerprint: b.manifest.schema_fingerprint.clone(),
+        download_url: signed_link(token, &b.target, &b.file, now),
+        manifest_url: signed_link(token, &b.target, &manifest, now),
+    }
+}
+
+/// Complete backups of every target and storage, newest first, with download links.
+#[utoipa::path(get, path = "/api/v1/admin/database/backups", tag = "admin",
+    responses((status = 200, body = [BackupEntry]), (status = 401, body = ErrorBody),
+        (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn backups(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<BackupEntry>>, ApiError> {
+    let cfg = st.daemon.config();
+    let Some(token) = cfg.daemon.admin_token.as_ref() else {
+        return Err(not_found().await);
+    };
+    let now = Utc::now();
+    let storages = st.daemon.storages();
+    let mut out = Vec::new();
+    for t in &cfg.targets {
+        for s in storages.iter() {
+            let listing = catalog::list(s, &t.name, now).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot list {} on {}: {e}", t.name, s.name()),
+                    "check the storage",
+                )
+            })?;
+            out.extend(listing.complete.iter().map(|b| entry(b, token, now)));
+        }
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
+    Ok(Json(out))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[allow(dead_code)]
+struct DownloadParams {
+    /// Expiry of a signed link (unix seconds).
+    expires: Option<i64>,
+    /// Signature of a signed link.
+    sig: Option<String>,
+}
+
+fn content_type(file: &str) -> &'static str {
+    if file.ends_with(".json") {
+        "application/json"
+    } else if file.ends_with(".zst") {
+        "application/zstd"
+    } else if file.ends_with(".gz") {
+        "application/gzip"
+    } else if file.ends_with(".sql") {
+        "application/sql"
+    } else if file.ends_with(".sqlite") {
+        "application/vnd.sqlite3"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// Stream an archive or its manifest. Only names in the catalog are served: anything else
+/// (traversal, encoded slashes, absolute paths, links planted in the folder) is 404.
+#[utoipa::path(get, path = "/api/v1/admin/database/backups/{target}/{file}", tag = "admin",
+    params(("target" = String, Path), ("file" = String, Path), DownloadParams),
+    responses((status = 200, description = "the file's bytes, typed by its name", content(
+            (Vec<u8> = "application/zstd"), (Vec<u8> = "application/gzip"),
+            (Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/sql"),
+            (Vec<u8> = "application/vnd.sqlite3"), (Object = "application/json"))),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn download(
+    State(st): State<AdminState>,
+    Path((target, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such backup file",
+            "GET /api/v1/admin/database/backups lists the files and their links",
+        )
+    };
+    let cfg = st.daemon.config();
+    if cfg.target(&target).is_none()
+        || file.is_empty()
+        || file.starts_with('.')
+        || file.contains(['/', '\\', '\0'])
+        || catalog::id_of_file(&target, &file).is_none()
+    {
+        return Err(missing());
+    }
+    let storages = st.daemon.storages();
+    let now = Utc::now();
+    for s in storages.iter() {
+        let Ok(listing) = catalog::list(s, &target, now).await else {
+            continue;
+        };
+        for b in &listing.complete {
+            if b.file == file {
+                let reader = s.open(&target, &file).await.map_err(|_| missing())?;
+                return Ok(stream_file(reader, &file, b.bytes));
+            }
+            if catalog::manifest_name(&b.file) == file {
+                let bytes = s.get_bytes(&target, &file).await.map_err(|_| missing())?;
+                return Ok(file_response(&file, bytes.len() as u64, Body::from(bytes)));
+            }
+        }
+    }
+    Err(missing())
+}
+
+fn file_response(file: &str, len: u64, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type(file).to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Read a blocking reader on a blocking thread into a bounded channel: constant memory
+/// whatever the archive's size.
+fn stream_file(mut reader: Box<dyn std::io::Read + Send>, file: &str, len: u64) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                break;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    file_response(file, len, Body::from_stream(stream))
+}

@@ -1,0 +1,214 @@
+//! The target's database over the API: info, schema status and sync, and restores.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::jobs::{accepted, JobAccepted};
+use super::{AdminState, ApiError, ErrorBody};
+use crate::daemon::registry::RunState;
+use crate::engine::{self, DatabaseInfo};
+use crate::ops::restore::{self, Selector};
+use crate::schema::{self, StatusReport};
+
+/// Each target's database: kind, server version, connection, size and tables.
+#[utoipa::path(get, path = "/api/v1/admin/database/info", tag = "admin",
+    responses((status = 200, body = [DatabaseInfo]), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn info(State(st): State<AdminState>) -> Json<Vec<DatabaseInfo>> {
+    let cfg = st.daemon.config();
+    let mut out = Vec::new();
+    for t in &cfg.targets {
+        out.push(engine::build(t).info().await);
+    }
+    Json(out)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SchemaStatusEntry {
+    pub target: String,
+    /// Whether the target declares a schema at all.
+    pub configured: bool,
+    pub in_sync: Option<bool>,
+    pub report: Option<StatusReport>,
+    pub error: Option<String>,
+}
+
+/// The schema status of each target: drift and pending migrations, per schema.
+#[utoipa::path(get, path = "/api/v1/admin/database/schema/status", tag = "admin",
+    responses((status = 200, body = [SchemaStatusEntry]), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn schema_status(State(st): State<AdminState>) -> Json<Vec<SchemaStatusEntry>> {
+    let cfg = st.daemon.config();
+    let mut out = Vec::new();
+    for t in &cfg.targets {
+        let mut e = SchemaStatusEntry {
+            target: t.name.clone(),
+            configured: t.schema.is_some(),
+            in_sync: None,
+            report: None,
+            error: None,
+        };
+        if t.schema.is_some() {
+            match schema::status(&st.daemon.context(), t).await {
+                Ok(r) => {
+                    e.in_sync = Some(r.in_sync);
+                    e.report = Some(r);
+                }
+                Err(err) => e.error = Some(crate::error::chain(&err)),
+            }
+        }
+        out.push(e);
+    }
+    Json(out)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TargetBody {
+    pub target: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncResult {
+    pub target: String,
+    /// The pre-sync backup; null when nothing was missing.
+    pub backup_id: Option<String>,
+    pub created_tables: usize,
+    pub statements: Vec<String>,
+}
+
+/// Create the missing tables of a target (with their indexes and constraints), after a
+/// verified pre-sync backup. Nothing existing is altered or dropped.
+#[utoipa::path(post, path = "/api/v1/admin/database/schema/sync", tag = "admin",
+    request_body = TargetBody,
+    responses((status = 200, body = SyncResult), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn schema_sync(
+    State(st): State<AdminState>,
+    body: Result<Json<TargetBody>, JsonRejection>,
+) -> Result<Json<SyncResult>, ApiError> {
+    let Json(body) = body?;
+    let cfg = st.daemon.config();
+    let target = cfg
+        .target(&body.target)
+        .ok_or_else(|| ApiError::unknown_target(&body.target, &st.daemon))?;
+    let ctx = st.daemon.context();
+    let plan = schema::plan_sync(&ctx, target).await?;
+    let statements: Vec<String> = plan.schemas.iter().flat_map(|(_, s)| s.clone()).collect();
+    let created_tables = statements
+        .iter()
+        .filter(|s| s.starts_with("CREATE TABLE"))
+        .count();
+    let backup_id = if plan.is_empty() {
+        None
+    } else {
+        let id = schema::apply_sync(&ctx, target, &plan).await?;
+        Some(id.to_string())
+    };
+    Ok(Json(SyncResult {
+        target: target.name.clone(),
+        backup_id,
+        created_tables,
+        statements,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RestoreBody {
+    pub target: String,
+    /// `latest` or a backup id (YYYYMMDD_HHMMSS).
+    pub id: String,
+    /// Restore only this schema.
+    pub schema: Option<String>,
+    /// Must equal `target`: the typed confirmation.
+    pub confirm: Option<String>,
+}
+
+/// Restore a backup over the target's own database, as `dbkeep restore TARGET ID --yes`
+/// does: checksum first, a safety backup, one transaction. Returns a job id.
+#[utoipa::path(post, path = "/api/v1/admin/database/restore", tag = "admin",
+    request_body = RestoreBody,
+    responses((status = 202, body = JobAccepted), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn start_restore(
+    State(st): State<AdminState>,
+    body: Result<Json<RestoreBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    if body.confirm.as_deref() != Some(body.target.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the restore is not confirmed",
+            "set \"confirm\" to the target's name: a restore replaces the live data",
+        ));
+    }
+    let cfg = st.daemon.config();
+    let target = cfg
+        .target(&body.target)
+        .ok_or_else(|| ApiError::unknown_target(&body.target, &st.daemon))?
+        .clone();
+    let spec = match &body.schema {
+        Some(s) => format!("{}:{s}", body.id),
+        None => body.id.clone(),
+    };
+    let selector: Selector = spec.parse().map_err(|e: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e,
+            "use `latest` or an id from GET /backups",
+        )
+    })?;
+    let ctx = st.daemon.context();
+    let plan = restore::plan(&ctx, &target, &selector, None, false)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                crate::error::chain(&e),
+                "GET /api/v1/admin/database/backups lists what can be restored",
+            )
+        })?;
+    let run_id = st
+        .daemon
+        .runs
+        .start("restore", "api", std::slice::from_ref(&target.name));
+    let (d, id) = (st.daemon.clone(), run_id.clone());
+    st.daemon.spawn(async move {
+        d.runs.step(&id, 0, |step| {
+            step.state = RunState::Running;
+            step.backup_id = Some(plan.chosen.backup.id.to_string());
+        });
+        let result = async {
+            let archive = plan.chosen.archive(&ctx)?;
+            restore::verify_checksum(archive.storage, archive.backup).await?;
+            let opts = restore::Options {
+                yes: true,
+                safety_backup: true,
+            };
+            restore::execute(&ctx, &target, &plan, &opts).await
+        }
+        .await;
+        match &result {
+            Ok(()) => tracing::info!(target = %target.name, backup_id = %plan.chosen.backup.id, "restored over the admin API"),
+            Err(e) => tracing::error!(target = %target.name, error = %e, "restore over the admin API failed"),
+        }
+        d.runs.step(&id, 0, |step| match result {
+            Ok(()) => {
+                step.state = RunState::Succeeded;
+                step.bytes = Some(plan.chosen.backup.bytes);
+            }
+            Err(e) => {
+                step.state = RunState::Failed;
+                step.error = Some(crate::error::chain(&e));
+            }
+        });
+    });
+    Ok(accepted(run_id))
+}

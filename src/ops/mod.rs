@@ -1,0 +1,51 @@
+//! The use cases, called the same way by the CLI, the daemon and the admin API: backup,
+//! cleanup, restore, verify and drills, status. Each takes a [`Context`] and a target,
+//! logs, counts and records its outcome itself, and returns a typed error.
+
+pub mod backup;
+pub mod cleanup;
+pub mod restore;
+pub mod status;
+pub mod verify;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::Clock;
+use crate::state::StateFile;
+use crate::storage::Storages;
+
+/// What every use case works with.
+#[derive(Clone)]
+pub struct Context {
+    pub storages: Arc<Storages>,
+    pub state: Arc<StateFile>,
+    /// Cancelled when the work must stop (a signal, the end of a shutdown grace).
+    pub cancel: CancellationToken,
+    pub clock: Clock,
+}
+
+impl Context {
+    pub fn new(storages: Arc<Storages>, state: Arc<StateFile>, cancel: CancellationToken) -> Self {
+        Context {
+            storages,
+            state,
+            cancel,
+            clock: Clock::System,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The same context with its own cancellation, a child of this one's.
+    pub fn child(&self) -> Context {
+        Context {
+            cancel: self.cancel.child_token(),
+            ..self.clone()
+        }
+    }
+}

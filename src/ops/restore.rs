@@ -1,0 +1,372 @@
+//! Restores: pick an archive, prove its checksum before touching any database, take a
+//! safety backup of a live database, then let the engine restore in one transaction (or
+//! one atomic rename for SQLite).
+
+use std::io::{self, Read};
+use std::str::FromStr;
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use super::backup::{self, BackupError};
+use super::Context;
+use crate::catalog::{self, Backup, BackupId, Contents};
+use crate::config::Target;
+use crate::engine::{self, Archive, Destination, EngineError, RestoreMode};
+use crate::error::{io_kind, Classify, ErrorKind};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The operator must decide (exit 2): no confirmation, a non-empty destination, ...
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{file} on {storage} is corrupt: its sha256 is {actual}, the manifest says {expected}; nothing was touched. Restore an older backup, or the copy on another storage")]
+    Checksum {
+        file: String,
+        storage: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("reading {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("safety backup before the restore failed, so nothing was restored: {0}")]
+    SafetyBackup(#[source] Box<BackupError>),
+}
+
+impl Classify for RestoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RestoreError::Refused(_) => ErrorKind::Refused,
+            RestoreError::NotFound(_) => ErrorKind::NotFound,
+            RestoreError::Checksum { .. } => ErrorKind::Checksum,
+            RestoreError::Read { source, .. } => io_kind(source),
+            RestoreError::Storage(e) => e.kind(),
+            RestoreError::Engine(e) => e.kind(),
+            RestoreError::SafetyBackup(e) => e.kind(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            RestoreError::Storage(e) => e.hint(),
+            RestoreError::Engine(e) => e.hint(),
+            RestoreError::SafetyBackup(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+impl From<catalog::CatalogError> for RestoreError {
+    fn from(e: catalog::CatalogError) -> Self {
+        match e {
+            catalog::CatalogError::Storage(se) => RestoreError::Storage(se),
+        }
+    }
+}
+
+/// Which backup: `latest` or an id, optionally `:schema`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub id: Option<BackupId>,
+    pub schema: Option<String>,
+}
+
+impl FromStr for Selector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, schema) = match s.split_once(':') {
+            Some((i, sc)) if !sc.is_empty() => (i, Some(sc.to_string())),
+            Some(_) => {
+                return Err(format!(
+                    "{s:?}: write ID:SCHEMA, e.g. 20261121_143022:tenant_42"
+                ))
+            }
+            None => (s, None),
+        };
+        let id = match id {
+            "latest" | "" => None,
+            other => Some(other.parse()?),
+        };
+        Ok(Selector { id, schema })
+    }
+}
+
+/// The archive chosen for a restore, and the storage it is read from.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub backup: Backup,
+    pub storage: &'static str,
+    /// Restore only this schema out of a whole-database archive (`pg_restore -n`).
+    pub schema_from_full: Option<String>,
+}
+
+impl Chosen {
+    pub fn archive<'a>(&'a self, ctx: &'a Context) -> Result<Archive<'a>, RestoreError> {
+        let storage = ctx.storages.get(self.storage).ok_or_else(|| {
+            RestoreError::NotFound(format!("storage {} is no longer configured", self.storage))
+        })?;
+        Ok(Archive {
+            storage,
+            backup: &self.backup,
+        })
+    }
+}
+
+/// Every complete backup of `target` with the storage it is on, storages in preference
+/// order (primary first).
+pub async fn list_everywhere(
+    ctx: &Context,
+    target: &Target,
+) -> Result<Vec<(&'static str, Backup)>, RestoreError> {
+    let now = ctx.now();
+    let mut all = Vec::new();
+    for s in ctx.storages.iter() {
+        let listing = catalog::list(s, &target.name, now).await?;
+        all.extend(listing.complete.into_iter().map(|b| (s.name(), b)));
+    }
+    Ok(all)
+}
+
+/// Pick the archive for `selector`: the local copy when there is one, else a remote one.
+pub async fn choose(
+    ctx: &Context,
+    target: &Target,
+    selector: &Selector,
+    globals: bool,
+) -> Result<Chosen, RestoreError> {
+    let all = list_everywhere(ctx, target).await?;
+    let id = match selector.id {
+        Some(id) => id,
+        None => all.iter().map(|(_, b)| b.id).max().ok_or_else(|| {
+            RestoreError::NotFound(format!(
+                "target {} has no complete backup to restore",
+                target.name
+            ))
+        })?,
+    };
+    let of_id: Vec<&(&'static str, Backup)> = all.iter().filter(|(_, b)| b.id == id).collect();
+    if of_id.is_empty() {
+        return Err(RestoreError::NotFound(format!(
+            "no complete backup {id} of target {}; `dbkeep list {}` shows the ids",
+            target.name, target.name
+        )));
+    }
+    // Storages are in preference order (local first); keep the first copy of each file.
+    let pick = |want: &dyn Fn(&Backup) -> bool| {
+        of_id
+            .iter()
+            .find(|(_, b)| want(b))
+            .map(|(i, b)| (*i, b.clone()))
+    };
+    if globals {
+        let (storage, backup) = pick(&|b| b.contents == Contents::Globals).ok_or_else(|| {
+            RestoreError::NotFound(format!(
+                "backup {id} has no globals archive (set `globals = true` on the target)"
+            ))
+        })?;
+        return Ok(Chosen {
+            backup,
+            storage,
+            schema_from_full: None,
+        });
+    }
+    if let Some(schema) = &selector.schema {
+        if let Some((storage, backup)) =
+            pick(&|b| b.contents == Contents::Schema && b.schema.as_deref() == Some(schema))
+        {
+            return Ok(Chosen {
+                backup,
+                storage,
+                schema_from_full: None,
+            });
+        }
+        if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
+            return Ok(Chosen {
+                backup,
+                storage,
+                schema_from_full: Some(schema.clone()),
+            });
+        }
+        return Err(RestoreError::NotFound(format!(
+            "backup {id} has no archive of schema {schema:?}"
+        )));
+    }
+    if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
+        return Ok(Chosen {
+            backup,
+            storage,
+            schema_from_full: None,
+        });
+    }
+    let schemas: Vec<String> = of_id.iter().filter_map(|(_, b)| b.schema.clone()).collect();
+    Err(RestoreError::NotFound(format!(
+        "backup {id} holds one archive per schema; restore one with {id}:SCHEMA (schemas: {})",
+        schemas.join(", ")
+    )))
+}
+
+/// Stream the stored archive and compare its sha256 with the manifest.
+pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(), RestoreError> {
+    let reader = storage.open(&backup.target, &backup.file).await?;
+    let file = backup.file.clone();
+    let actual = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut reader = reader;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|e| RestoreError::Read {
+        file: file.clone(),
+        source: io::Error::other(e),
+    })?
+    .map_err(|source| RestoreError::Read { file, source })?;
+    if actual != backup.sha256 {
+        return Err(RestoreError::Checksum {
+            file: backup.file.clone(),
+            storage: storage.name().to_string(),
+            expected: backup.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// A restore decided but not started: what, from where, into where.
+pub struct Plan {
+    pub chosen: Chosen,
+    pub dest: Destination,
+    /// What the operator confirms.
+    pub description: String,
+}
+
+/// Choose the archive and the destination, and describe them.
+pub async fn plan(
+    ctx: &Context,
+    target: &Target,
+    selector: &Selector,
+    into: Option<&str>,
+    globals: bool,
+) -> Result<Plan, RestoreError> {
+    let engine = engine::build(target);
+    let dest = engine.destination(into)?;
+    let chosen = choose(ctx, target, selector, globals).await?;
+    let b = &chosen.backup;
+    let age = crate::retention::fmt_age(Utc::now() - b.id.time());
+    let what = match (&chosen.schema_from_full, &b.schema, b.contents) {
+        (_, _, Contents::Globals) => "roles and tablespaces (globals)".to_string(),
+        (Some(s), _, _) | (None, Some(s), _) => format!("schema {s}"),
+        _ => "the whole database".to_string(),
+    };
+    let description = format!(
+        "restore {what} of target {} from backup {} ({age} old, {:.1} MiB, {} on {})\ninto {}",
+        target.name,
+        b.id,
+        b.bytes as f64 / 1048576.0,
+        b.file,
+        b.storage,
+        engine.describe(&dest)
+    );
+    Ok(Plan {
+        chosen,
+        dest,
+        description,
+    })
+}
+
+/// What the operator decided.
+pub struct Options {
+    pub yes: bool,
+    pub safety_backup: bool,
+}
+
+/// Which part of the chosen archive goes where.
+fn mode_of(chosen: &Chosen, dest: &Destination) -> RestoreMode {
+    match (
+        chosen.backup.contents,
+        &chosen.schema_from_full,
+        &chosen.backup.schema,
+    ) {
+        (Contents::Globals, _, _) => RestoreMode::Globals,
+        (_, Some(s), _) => RestoreMode::Schema {
+            name: s.clone(),
+            from_full: true,
+        },
+        (Contents::Schema, None, Some(s)) if dest.is_own() => RestoreMode::Schema {
+            name: s.clone(),
+            from_full: false,
+        },
+        _ => RestoreMode::Whole {
+            clean: dest.is_own(),
+        },
+    }
+}
+
+/// Run a restore whose archive was chosen, checked and confirmed: get the destination
+/// ready, take the safety backup of a live database, then restore.
+pub async fn execute(
+    ctx: &Context,
+    target: &Target,
+    plan: &Plan,
+    opts: &Options,
+) -> Result<(), RestoreError> {
+    let engine = engine::build(target);
+    let archive = plan.chosen.archive(ctx)?;
+    let restorer = engine.begin_restore(&plan.dest, opts.yes).await?;
+    if plan.dest.is_own() && opts.safety_backup {
+        let outcome = backup::run(ctx, target, Some("pre-restore"))
+            .await
+            .map_err(|e| RestoreError::SafetyBackup(Box::new(e)))?;
+        tracing::info!(target = %target.name, backup_id = %outcome.id, "safety backup (pre-restore) taken");
+    }
+    let mode = mode_of(&plan.chosen, &plan.dest);
+    restorer.restore(archive, &mode, &ctx.cancel).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            "latest".parse::<Selector>().unwrap(),
+            Selector {
+                id: None,
+                schema: None
+            }
+        );
+        let s: Selector = "20261121_143022:tenant_42".parse().unwrap();
+        assert_eq!(s.id.unwrap().to_string(), "20261121_143022");
+        assert_eq!(s.schema.as_deref(), Some("tenant_42"));
+        assert_eq!(
+            "latest:shared"
+                .parse::<Selector>()
+                .unwrap()
+                .schema
+                .as_deref(),
+            Some("shared")
+        );
+        assert!("2026-11-21".parse::<Selector>().is_err());
+        assert!("20261121_143022:".parse::<Selector>().is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! Proof that backups restore: `verify` re-reads every stored archive against its
+//! manifest's sha256; a drill restores the newest complete run into a scratch database,
+//! checks its tables, drops it, and records the result.
+
+use std::time::{Duration, Instant};
+
+use super::restore::{list_everywhere, verify_checksum, RestoreError};
+use super::Context;
+use crate::catalog::{self, Backup, BackupId, Contents, Manifest};
+use crate::config::Target;
+use crate::engine::{self, Archive, EngineError, Purpose, RestoreMode};
+use crate::metrics;
+use crate::state::RunStatus;
+
+/// One checked archive of `dbkeep verify`.
+pub struct Checked {
+    pub storage: &'static str,
+    pub file: String,
+    pub problem: Option<String>,
+}
+
+/// Re-read every stored archive of `target` and compare its sha256 with its manifest.
+pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, RestoreError> {
+    let now = ctx.now();
+    let mut out = Vec::new();
+    for s in ctx.storages.iter() {
+        let listing = catalog::list(s, &target.name, now).await?;
+        for (file, why) in listing.broken {
+            out.push(Checked {
+                storage: s.name(),
+                file,
+                problem: Some(why),
+            });
+        }
+        for b in listing.complete {
+            let problem = match verify_checksum(s, &b).await {
+                Ok(()) => None,
+                Err(RestoreError::Checksum {
+                    expected, actual, ..
+                }) => Some(format!(
+                    "CORRUPT: sha256 {actual}, manifest says {expected}"
+                )),
+                Err(e) => Some(format!("unreadable: {}", crate::error::chain(&e))),
+            };
+            out.push(Checked {
+                storage: s.name(),
+                file: b.file,
+                problem,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What a drill proved.
+pub struct DrillReport {
+    pub id: BackupId,
+    pub archives: usize,
+    pub tables: usize,
+    pub duration: Duration,
+}
+
+/// Restore the newest complete backup into a scratch database, check it, drop the scratch
+/// database (also on failure), record the result in the manifests, state and metrics.
+pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, RestoreError> {
+    let t0 = Instant::now();
+    let result = drill_inner(ctx, target, t0).await;
+    let now = ctx.now();
+    match &result {
+        Ok(r) => {
+            metrics::drill_succeeded(&target.name, &r.id.to_string(), r.duration);
+            ctx.state.update(&target.name, |s| {
+                s.last_verify = Some(now);
+                s.last_verify_status = Some(RunStatus::Success);
+                s.last_verify_error = None;
+            });
+        }
+        Err(e) => {
+            metrics::drill_failed(&target.name, e, t0.elapsed());
+            let msg = e.to_string();
+            ctx.state.update(&target.name, |s| {
+                s.last_verify = Some(now);
+                s.last_verify_status = Some(RunStatus::Failure);
+                s.last_verify_error = Some(msg);
+            });
+        }
+    }
+    result
+}
+
+async fn drill_inner(
+    ctx: &Context,
+    target: &Target,
+    t0: Instant,
+) -> Result<DrillReport, RestoreError> {
+    let newest = newest_run(ctx, target).await?;
+    let id = newest[0].1.id;
+    let mut archives = Vec::new();
+    for (storage, b) in &newest {
+        let storage = ctx
+            .storages
+            .get(storage)
+            .ok_or_else(|| RestoreError::NotFound(format!("storage {storage} is gone")))?;
+        verify_checksum(storage, b).await?;
+        archives.push(Archive { storage, backup: b });
+    }
+    let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
+    let engine = engine::build(target);
+    let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
+    let scratch = engine.scratch(Purpose::Drill, &dir).await?;
+    let restored = async {
+        for a in &archives {
+            scratch
+                .restore(*a, &RestoreMode::Whole { clean: false }, &ctx.cancel)
+                .await?;
+        }
+        let mut session = scratch.connect().await?;
+        let all: Vec<_> = newest
+            .iter()
+            .flat_map(|(_, b)| b.manifest.tables.iter().cloned())
+            .collect();
+        let checked = session.verify_tables(&all).await;
+        session.close().await;
+        checked
+    }
+    .await;
+    let dropped = scratch.discard().await;
+    restored?;
+    dropped?;
+    // Record the proof in every copy of the manifests.
+    let verified = ctx.now();
+    for (_, b) in &newest {
+        let mut m: Manifest = b.manifest.clone();
+        m.verified_at = Some(verified);
+        let bytes = serde_json::to_vec_pretty(&m).map_err(|e| {
+            EngineError::Check(format!("cannot serialize the manifest of {}: {e}", b.file))
+        })?;
+        for s in ctx.storages.iter() {
+            let name = catalog::manifest_name(&b.file);
+            if s.get_bytes(&target.name, &name).await.is_ok() {
+                s.put_bytes(&target.name, &name, bytes.clone()).await?;
+            }
+        }
+    }
+    Ok(DrillReport {
+        id,
+        archives: newest.len(),
+        tables,
+        duration: t0.elapsed(),
+    })
+}
+
+/// The database and schema archives of the newest complete run (one copy of each).
+async fn newest_run(
+    ctx: &Context,
+    target: &Target,
+) -> Result<Vec<(&'static str, Backup)>, RestoreError> {
+    let all = list_everywhere(ctx, target).await?;
+    let id = all
+        .iter()
+        .filter(|(_, b)| b.contents != Contents::Globals)
+        .map(|(_, b)| b.id)
+        .max()
+        .ok_or_else(|| {
+            RestoreError::NotFound(format!(
+                "target {} has no complete backup to drill",
+                target.name
+            ))
+        })?;
+    let mut out: Vec<(&'static str, Backup)> = Vec::new();
+    for (s, b) in all {
+        if b.id == id
+            && b.contents != Contents::Globals
+            && !out.iter().any(|(_, o)| o.file == b.file)
+        {
+            out.push((s, b));
+        }
+    }
+    Ok(out)
+}
