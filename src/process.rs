@@ -47,6 +47,19 @@ pub enum ProcessError {
     },
 }
 
+impl crate::error::Classify for ProcessError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ProcessError::Spawn { source, .. } | ProcessError::Wait { source, .. } => {
+                crate::error::io_kind(source)
+            }
+            ProcessError::Cancelled { .. } | ProcessError::TimedOut { .. } => ErrorKind::Cancelled,
+            ProcessError::Failed { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
 fn fmt_tail(tail: &str) -> String {
     if tail.trim().is_empty() {
         String::new()

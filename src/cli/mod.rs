@@ -244,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(path)?;
             let selected = select_targets(&cfg, &targets)?;
             let ctx = context(&cfg).await?;
+            interruptible(&ctx);
             if upload_pending {
                 backup::upload_pending(&ctx, &cfg, &selected).await
             } else {
@@ -293,6 +294,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(path)?;
             let selected = select_targets(&cfg, target.as_slice())?;
             let ctx = context(&cfg).await?;
+            interruptible(&ctx);
             restore::verify(&ctx, &cfg, &selected, drill).await
         }
         Cmd::Status { json } => {
@@ -320,14 +322,14 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     Ok(config::load(file.as_deref())?)
 }
 
-/// The context of a one-shot command: the config's storages and state file, cancelled
-/// by Ctrl-C.
+/// The context of a one-shot command: the config's storages and state file. Commands
+/// that run long work call [`interruptible`] once nothing is left to ask.
 async fn context(cfg: &Config) -> Result<Context, Failure> {
     let storages = storage::build(cfg).await?;
     Ok(Context::new(
         Arc::new(storages),
         Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
-        cancel_on_ctrl_c(),
+        CancellationToken::new(),
     ))
 }
 
@@ -346,16 +348,16 @@ fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure
     Ok(names.to_vec())
 }
 
-fn cancel_on_ctrl_c() -> CancellationToken {
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
+/// From now on, Ctrl-C cancels `ctx`'s work instead of killing the process, so what
+/// the work started is stopped and cleaned up.
+fn interruptible(ctx: &Context) {
+    let c = ctx.cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: stopping the running backup, nothing partial is kept");
+            eprintln!("interrupted: stopping the running work, nothing partial is kept");
             c.cancel();
         }
     });
-    cancel
 }
 
 /// Ask for the target name on a terminal before a change; without a terminal the caller

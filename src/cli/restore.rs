@@ -1,6 +1,6 @@
 //! `restore` and `verify` (checksums, or a restore drill).
 
-use super::{confirm_by_name, failed, usage, Failure};
+use super::{confirm_by_name, failed, interruptible, usage, Failure};
 use crate::config::Config;
 use crate::ops::restore::{self as ops_restore, Options, Selector};
 use crate::ops::verify as ops_verify;
@@ -42,6 +42,7 @@ pub(super) async fn restore(
             },
         )?;
     }
+    interruptible(ctx);
     let t0 = std::time::Instant::now();
     ops_restore::execute(ctx, target, &plan, &args.opts).await?;
     println!(

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{confirm_by_name, print_json, usage, Failure};
+use super::{confirm_by_name, interruptible, print_json, usage, Failure};
 use crate::config::{Config, Target};
 use crate::error::ErrorKind;
 use crate::ops::restore::Selector;
@@ -108,6 +108,7 @@ pub(super) async fn schema(ctx: &Context, cfg: &Config, cmd: SchemaCmd) -> Resul
                     "This creates the tables above (a pre-sync backup is taken first)",
                 )?;
             }
+            interruptible(ctx);
             let id = schema::apply_sync(ctx, t, &plan).await?;
             let created: usize = plan
                 .schemas
@@ -128,6 +129,7 @@ pub(super) async fn schema(ctx: &Context, cfg: &Config, cmd: SchemaCmd) -> Resul
                 .as_deref()
                 .map(|a| a.parse::<Selector>().map_err(usage))
                 .transpose()?;
+            interruptible(ctx);
             let report = schema::diff(ctx, t, selector.as_ref()).await?;
             if as_json {
                 return print_json(&report);
@@ -221,6 +223,7 @@ pub(super) async fn migrate(
         }
     };
     let down = matches!(direction, Direction::Down { .. });
+    interruptible(ctx);
     let report = schema::migrate(ctx, t, direction).await?;
     let Some(id) = report.backup else {
         println!(

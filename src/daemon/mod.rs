@@ -28,6 +28,15 @@ use crate::storage::{self, StorageError, Storages};
 
 use self::registry::{Registry, RunState};
 
+/// Why a reload was rejected (the old config keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// After the grace, cancelled runs get this long to stop their children and clean up.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
@@ -144,7 +153,7 @@ impl Daemon {
                     }
                     Some(Err(e)) => {
                         step.state = RunState::Failed;
-                        step.error = Some(e.to_string());
+                        step.error = Some(crate::error::chain(&e));
                     }
                     None => {
                         step.state = RunState::Failed;
@@ -243,23 +252,19 @@ impl Daemon {
     }
 
     /// Replace targets and schedules with a new valid config; keep the old one otherwise.
-    pub async fn reload(self: &Arc<Self>) -> Result<(), ConfigError> {
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => metrics::config_reloaded(true, None),
+            Err(e) => metrics::config_reloaded(false, Some(e)),
+        }
+        result
+    }
+
+    async fn try_reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let file = self.config().source_file.clone();
-        let new = match config::load(file.as_deref()) {
-            Ok(new) => new,
-            Err(e) => {
-                metrics::config_reloaded(false, Some(&e));
-                return Err(e);
-            }
-        };
-        let storages = match storage::build(&new).await {
-            Ok(s) => s,
-            Err(e) => {
-                let e = ConfigError::Other(e.to_string());
-                metrics::config_reloaded(false, Some(&e));
-                return Err(e);
-            }
-        };
+        let new = config::load(file.as_deref())?;
+        let storages = storage::build(&new).await?;
         let old = self.config();
         for t in &old.targets {
             if new.target(&t.name).is_none() {
@@ -282,7 +287,6 @@ impl Daemon {
             t.clone()
         };
         self.start_schedules(&token);
-        metrics::config_reloaded(true, None);
         Ok(())
     }
 

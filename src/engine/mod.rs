@@ -53,7 +53,7 @@ pub enum EngineError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("SQLite {}: {message}", path.display())]
+    #[error("SQLite {}: {message}{}", path.display(), source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Sqlite {
         path: PathBuf,
         message: String,
@@ -98,12 +98,19 @@ impl EngineError {
     }
 }
 
-/// A database error whose SQLSTATE says the role lacks a privilege or a password.
-fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
+/// The kind of a database error, from its SQLSTATE (PostgreSQL) or result code (SQLite).
+pub(crate) fn sqlx_kind(e: &sqlx::Error) -> ErrorKind {
     match e {
         sqlx::Error::Database(d) => match d.code().as_deref() {
+            // PostgreSQL: privileges and passwords, missing objects, a full disk, and a
+            // connection that went away.
             Some("42501") | Some("28000") | Some("28P01") => ErrorKind::Auth,
             Some("3D000") | Some("42P01") | Some("3F000") => ErrorKind::NotFound,
+            Some(c) if c.starts_with("53") => ErrorKind::NoSpace,
+            Some(c) if c.starts_with("08") || c == "57P01" => ErrorKind::Unreachable,
+            // SQLite: SQLITE_FULL, and SQLITE_PERM, READONLY, AUTH.
+            Some("13") => ErrorKind::NoSpace,
+            Some("3") | Some("8") | Some("23") => ErrorKind::Auth,
             _ => ErrorKind::Failed,
         },
         sqlx::Error::Io(io) => io_kind(io),
@@ -118,10 +125,8 @@ impl Classify for EngineError {
             EngineError::Connect { kind, .. } => *kind,
             EngineError::ToolMissing(_) | EngineError::Check(_) => ErrorKind::Failed,
             EngineError::NoSchemaMatch { .. } => ErrorKind::Usage,
-            EngineError::Process(ProcessError::Cancelled { .. }) | EngineError::Cancelled => {
-                ErrorKind::Cancelled
-            }
-            EngineError::Process(_) => ErrorKind::Failed,
+            EngineError::Cancelled => ErrorKind::Cancelled,
+            EngineError::Process(e) => e.kind(),
             EngineError::Database { source, .. } => sqlx_kind(source),
             EngineError::Sqlite { source, .. } => {
                 source.as_ref().map(sqlx_kind).unwrap_or(ErrorKind::Failed)

@@ -54,6 +54,7 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
         "status": if healthy { "ok" } else { "unhealthy" },
         "unhealthy_targets": unhealthy,
         "targets": targets,
+        "running": d.runs.running(),
     });
     (status, Json(body)).into_response()
 }

@@ -56,7 +56,12 @@ impl Classify for BackupError {
         match self {
             BackupError::Engine { source, .. } => source.kind(),
             BackupError::Storage { source, .. } => source.kind(),
-            BackupError::Write { source, .. } => crate::error::io_kind(source),
+            // A storage's own error travels inside the io::Error of a failed write.
+            BackupError::Write { source, .. } => source
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<StorageError>())
+                .map(|s| s.kind())
+                .unwrap_or_else(|| crate::error::io_kind(source)),
             BackupError::BadDump { .. } => ErrorKind::Failed,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
         }
@@ -108,10 +113,10 @@ pub async fn run(
         Ok(o) => {
             metrics::backup_succeeded(&o.target, &o.id.to_string(), o.stored_bytes(), o.duration)
         }
-        Err(e) => metrics::backup_failed(name, e, t0.elapsed()),
+        Err(e) => metrics::backup_failed(name, &crate::error::chain(e), t0.elapsed()),
     }
     if reason.is_none() {
-        let error = result.as_ref().err().map(|e| e.to_string());
+        let error = result.as_ref().err().map(|e| crate::error::chain(e));
         let finished = ctx.now();
         ctx.state
             .update(name, |s| s.record_run(started, finished, error));
@@ -576,6 +581,7 @@ async fn copy_archive(
     let expected = manifest.sha256;
     let file = file.to_string();
     let storage = to.name();
+    let from_name = from.name();
     tokio::task::spawn_blocking(move || {
         let mut hw = HashingWriter::new(writer);
         let copied = io::copy(&mut reader, &mut hw);
@@ -591,9 +597,12 @@ async fn copy_archive(
             }
             Ok(_) if sha != expected => {
                 writer.abort();
-                Err(task(format!(
-                    "the local {file} no longer matches its manifest (sha256 {sha}, expected {expected}); run `dbkeep verify`"
-                )))
+                Err(StorageError::Checksum {
+                    storage: from_name,
+                    file,
+                    expected,
+                    actual: sha,
+                })
             }
             Ok(_) => writer.commit(),
         }

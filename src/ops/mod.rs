@@ -40,12 +40,4 @@ impl Context {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
-
-    /// The same context with its own cancellation, a child of this one's.
-    pub fn child(&self) -> Context {
-        Context {
-            cancel: self.cancel.child_token(),
-            ..self.clone()
-        }
-    }
 }

@@ -5,7 +5,6 @@
 use std::io::{self, Read};
 use std::str::FromStr;
 
-use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use super::backup::{self, BackupError};
@@ -270,7 +269,7 @@ pub async fn plan(
     let dest = engine.destination(into)?;
     let chosen = choose(ctx, target, selector, globals).await?;
     let b = &chosen.backup;
-    let age = crate::retention::fmt_age(Utc::now() - b.id.time());
+    let age = crate::retention::fmt_age(ctx.now() - b.id.time());
     let what = match (&chosen.schema_from_full, &b.schema, b.contents) {
         (_, _, Contents::Globals) => "roles and tablespaces (globals)".to_string(),
         (Some(s), _, _) | (None, Some(s), _) => format!("schema {s}"),

@@ -189,7 +189,7 @@ pub async fn database(target: &Target, now: DateTime<Utc>) -> DbStatus {
     let ping = engine::build(target).ping().await;
     DbStatus {
         up: ping.is_ok(),
-        error: ping.err().map(|e| e.to_string()),
+        error: ping.err().map(|e| crate::error::chain(&e)),
         checked: now,
     }
 }

@@ -76,8 +76,8 @@ pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, Restor
             });
         }
         Err(e) => {
-            metrics::drill_failed(&target.name, e, t0.elapsed());
-            let msg = e.to_string();
+            let msg = crate::error::chain(e);
+            metrics::drill_failed(&target.name, &msg, t0.elapsed());
             ctx.state.update(&target.name, |s| {
                 s.last_verify = Some(now);
                 s.last_verify_status = Some(RunStatus::Failure);

@@ -252,7 +252,10 @@ pub fn explain(e: MigrateError, schema: &str, files: &[MigrationFile], down: boo
         MigrateError::Dirty(v) => SchemaError::Other(format!(
             "schema {schema}: migration {v} is recorded as failed half way (it ran without a transaction); repair the schema by hand and delete its row from {MIGRATIONS_TABLE}"
         )),
-        other => SchemaError::Other(format!("schema {schema}: {other}")),
+        other => SchemaError::Migrate {
+            schema: schema.to_string(),
+            source: other,
+        },
     }
 }
 

@@ -47,10 +47,12 @@ pub enum SchemaError {
         #[source]
         source: Box<EngineError>,
     },
-    #[error("the declared schema is built in a scratch database on the target's server, and that failed: {source}; the role needs CREATEDB (ALTER ROLE <role> CREATEDB)")]
+    #[error("the declared schema is built in a scratch database, and that failed: {source}")]
     Scratch {
         #[source]
         source: Box<EngineError>,
+        /// The target's database kind, for the hint.
+        kind: &'static str,
     },
     #[error("{} does not apply to an empty database: {source}", file.display())]
     Desired {
@@ -70,6 +72,14 @@ pub enum SchemaError {
     Backup(#[source] Box<BackupError>),
     #[error(transparent)]
     Restore(Box<RestoreError>),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("schema {schema}: {source}")]
+    Migrate {
+        schema: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -87,14 +97,33 @@ impl Classify for SchemaError {
             SchemaError::Refused(_) => ErrorKind::Refused,
             SchemaError::Modified { .. } => ErrorKind::Conflict,
             SchemaError::Engine { source, .. }
-            | SchemaError::Scratch { source }
+            | SchemaError::Scratch { source, .. }
             | SchemaError::Desired { source, .. } => source.kind(),
             SchemaError::Read { source, .. } => crate::error::io_kind(source),
             SchemaError::Backup(e) => e.kind(),
             SchemaError::Restore(e) => e.kind(),
+            SchemaError::Catalog(e) => e.kind(),
+            SchemaError::Migrate { .. } => ErrorKind::Failed,
             SchemaError::Migrations { .. }
             | SchemaError::MigrationFailed { .. }
             | SchemaError::Other(_) => ErrorKind::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            SchemaError::Scratch {
+                kind: "postgres", ..
+            } => Some(
+                "on PostgreSQL the declared schema is built in a scratch database on the target's server: the role needs CREATEDB (ALTER ROLE <role> CREATEDB)"
+                    .into(),
+            ),
+            SchemaError::Engine { source, .. }
+            | SchemaError::Scratch { source, .. }
+            | SchemaError::Desired { source, .. } => source.hint(),
+            SchemaError::Backup(e) => e.hint(),
+            SchemaError::Restore(e) => e.hint(),
+            _ => None,
         }
     }
 }
@@ -159,6 +188,7 @@ pub async fn declared_model(ctx: &Context, target: &Target) -> Result<SchemaMode
         .await
         .map_err(|source| SchemaError::Scratch {
             source: Box::new(source),
+            kind: target.source.kind(),
         })?;
     let built = async {
         let mut session = scratch.connect().await.map_err(on(target))?;

@@ -48,6 +48,13 @@ pub enum StorageError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    #[error("{storage} storage: {file} no longer matches its manifest (sha256 {actual}, the manifest says {expected}); run `dbkeep verify`")]
+    Checksum {
+        storage: &'static str,
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{storage} storage: writing {file}: {source}")]
     Write {
         storage: &'static str,
@@ -62,6 +69,7 @@ impl Classify for StorageError {
         match self {
             StorageError::Io { source, .. } | StorageError::Write { source, .. } => io_kind(source),
             StorageError::NotFound { .. } => ErrorKind::NotFound,
+            StorageError::Checksum { .. } => ErrorKind::Checksum,
             StorageError::Task { .. } => ErrorKind::Failed,
             StorageError::Remote { kind, .. } => *kind,
         }
@@ -166,10 +174,6 @@ impl Storages {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.iter().map(|s| s.name()).collect()
-    }
-
-    pub fn is_mirror(&self, name: &str) -> bool {
-        self.mirrors().any(|m| m.name() == name)
     }
 
     /// A folder for short-lived files of `target` (snapshots, scratch restores): beside

@@ -119,9 +119,7 @@ pub fn redact(url: &str) -> String {
         .unwrap_or_else(|_| "<url>".into())
 }
 
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::engine::model::quote_ident;
 
 /// Turn a sqlx connect error into a sentence an operator can act on, with its kind.
 pub fn connect_error(what: String, e: sqlx::Error) -> EngineError {
@@ -148,6 +146,11 @@ pub fn connect_error(what: String, e: sqlx::Error) -> EngineError {
         )
     } else {
         ("", ErrorKind::Failed)
+    };
+    // The error's own code or I/O kind decides where it has one; the text only adds the hint.
+    let kind = match crate::engine::sqlx_kind(&e) {
+        ErrorKind::Failed => kind,
+        k => k,
     };
     EngineError::Connect {
         what,

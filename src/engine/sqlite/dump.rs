@@ -32,12 +32,11 @@ fn quote_literal(s: &str) -> String {
 }
 
 pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
-    let meta = std::fs::metadata(&eng.cfg.path).map_err(|e| {
-        eng.err(format!(
-            "{e}; check `targets.{}.path` (dbkeep never creates the database it backs up)",
-            eng.target
-        ))
-    })?;
+    let meta = std::fs::metadata(&eng.cfg.path).map_err(EngineError::io(format!(
+        "SQLite {}: check `targets.{}.path` (dbkeep never creates the database it backs up)",
+        eng.cfg.path.display(),
+        eng.target
+    )))?;
     if !meta.is_file() {
         return Err(eng.err(format!(
             "is not a file; `targets.{}.path` must name the database file",

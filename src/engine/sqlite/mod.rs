@@ -27,10 +27,6 @@ use crate::storage::local::ScratchFile;
 /// How long the snapshot waits for a writer's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 pub struct SqliteEngine {
     target: String,
     cfg: SqliteConfig,
@@ -80,6 +76,7 @@ impl SqliteEngine {
     }
 
     async fn session(&self, path: &Path, create: bool) -> Result<Box<dyn Session>, EngineError> {
+        let memory = path == Path::new(":memory:");
         if !create && !path.is_file() {
             return Err(EngineError::Sqlite {
                 path: path.to_path_buf(),
@@ -87,11 +84,15 @@ impl SqliteEngine {
                 source: None,
             });
         }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(create)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+        let opts = if memory {
+            SqliteConnectOptions::new().in_memory(true)
+        } else {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(create)
+        }
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
         let conn =
             SqliteConnection::connect_with(&opts)
                 .await
@@ -230,11 +231,19 @@ impl Engine for SqliteEngine {
     }
 
     async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError> {
+        let engine = SqliteEngine::new(&self.target, self.cfg.clone());
+        if purpose == Purpose::Declared {
+            // Nothing is restored into it: an in-memory database is enough.
+            return Ok(Box::new(SqliteScratch { file: None, engine }));
+        }
         std::fs::create_dir_all(dir)
             .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
         Ok(Box::new(SqliteScratch {
-            file: ScratchFile::reserve(dir, &format!("{}.sqlite", purpose.word())),
-            engine: SqliteEngine::new(&self.target, self.cfg.clone()),
+            file: Some(ScratchFile::reserve(
+                dir,
+                &format!("{}.sqlite", purpose.word()),
+            )),
+            engine,
         }))
     }
 }
@@ -274,9 +283,19 @@ impl Restorer for SqliteRestorer {
     }
 }
 
+/// A scratch file, or an in-memory database (for the declared schema, which is only
+/// built and read over one connection).
 struct SqliteScratch {
-    file: ScratchFile,
+    file: Option<ScratchFile>,
     engine: SqliteEngine,
+}
+
+impl SqliteScratch {
+    fn file(&self) -> Result<&Path, EngineError> {
+        self.file.as_ref().map(|f| f.path()).ok_or_else(|| {
+            EngineError::Unsupported("an in-memory scratch database takes no restore".into())
+        })
+    }
 }
 
 #[async_trait]
@@ -288,16 +307,21 @@ impl Scratch for SqliteScratch {
         _cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         only_whole(mode)?;
-        restore::restore_file(archive, self.file.path(), false).await
+        restore::restore_file(archive, self.file()?, false).await
     }
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
-        self.engine.session(self.file.path(), true).await
+        match &self.file {
+            Some(f) => self.engine.session(f.path(), true).await,
+            None => self.engine.session(Path::new(":memory:"), true).await,
+        }
     }
 
     async fn discard(self: Box<Self>) -> Result<(), EngineError> {
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.file.path().display()));
+        if let Some(f) = &self.file {
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", f.path().display()));
+            }
         }
         // Dropping the scratch file removes it.
         Ok(())

@@ -8,9 +8,9 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::Connection;
 
-use super::quote_ident;
 use crate::catalog::Manifest;
 use crate::engine::archive::unpack_to_file;
+use crate::engine::model::quote_ident;
 use crate::engine::{Archive, EngineError};
 use crate::storage::local::ScratchFile;
 

@@ -135,7 +135,8 @@ pub struct RestoreBody {
 #[utoipa::path(post, path = "/api/v1/admin/database/restore", tag = "admin",
     request_body = RestoreBody,
     responses((status = 202, body = JobAccepted), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn start_restore(
     State(st): State<AdminState>,
@@ -166,15 +167,7 @@ pub(super) async fn start_restore(
         )
     })?;
     let ctx = st.daemon.context();
-    let plan = restore::plan(&ctx, &target, &selector, None, false)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                crate::error::chain(&e),
-                "GET /api/v1/admin/database/backups lists what can be restored",
-            )
-        })?;
+    let plan = restore::plan(&ctx, &target, &selector, None, false).await?;
     let run_id = st
         .daemon
         .runs

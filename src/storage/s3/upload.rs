@@ -20,6 +20,25 @@ use super::{Inner, NAME};
 use crate::metrics;
 use crate::storage::{ObjectWriter, StorageError};
 
+/// The storage error inside an io::Error from the writer, or the io::Error itself.
+fn storage_error(e: io::Error) -> StorageError {
+    if !e.get_ref().is_some_and(|i| i.is::<StorageError>()) {
+        return StorageError::Write {
+            storage: NAME,
+            file: String::new(),
+            source: e,
+        };
+    }
+    match e.into_inner().map(|i| i.downcast::<StorageError>()) {
+        Some(Ok(se)) => *se,
+        _ => StorageError::Task {
+            storage: NAME,
+            what: "multipart upload",
+            message: "the upload failed".into(),
+        },
+    }
+}
+
 /// A part on its way, with the permit that counts it against `upload_concurrency`.
 type PartMsg = (i32, Bytes, OwnedSemaphorePermit);
 
@@ -155,7 +174,7 @@ impl ObjectWriter for S3Writer {
         } else {
             if !self.buf.is_empty() {
                 let last = Bytes::from(std::mem::take(&mut self.buf));
-                self.send_part(last).map_err(|e| task_err(e.to_string()))?;
+                self.send_part(last).map_err(storage_error)?;
             }
             let up = self
                 .uploader
