@@ -100,7 +100,7 @@ pub fn archive_name(
     let mut name = format!("{target}_{id}");
     if let Some(q) = qualifier {
         name.push('.');
-        name.push_str(q);
+        name.push_str(&encode_name(q));
     }
     name.push('.');
     name.push_str(format);
@@ -110,6 +110,39 @@ pub fn archive_name(
         name.push_str(ext);
     }
     name
+}
+
+/// A schema name as a piece of a file name or object key: ASCII letters, digits, `_` and
+/// `-` stay, every other byte becomes `%XX` (so `.`, `/`, quotes, newlines and unicode
+/// can neither break the name nor leave the folder). Reversed by [`decode_name`].
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The name [`encode_name`] encoded; `None` for text it cannot have produced.
+pub fn decode_name(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = encoded.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub fn manifest_name(archive: &str) -> String {
@@ -166,7 +199,8 @@ pub struct Manifest {
     /// The tables the archive holds, for restore drills.
     #[serde(default)]
     pub tables: Vec<TableInfo>,
-    /// When a restore drill last proved this archive restores.
+    /// When a restore drill proved this archive restores (manifests of older versions;
+    /// drills now record it in the state file, since manifests are never rewritten).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub verified_at: Option<DateTime<Utc>>,
     /// The archive's key in S3-compatible storage, when one is configured.
@@ -175,8 +209,11 @@ pub struct Manifest {
     /// Why the backup was taken when it was not the schedule or an operator (e.g. `pre-restore`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// The exported snapshot every archive of the run was dumped from (PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snapshot: Option<String>,
     /// sha256 of the normalized catalog (tables, columns, indexes, constraints) of what the
-    /// archive holds, read just before the dump; `schema diff` and drift logs compare it.
+    /// archive holds, read in the run's snapshot; `schema diff` and drift logs compare it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub schema_fingerprint: Option<String>,
 }
@@ -196,6 +233,10 @@ pub struct Backup {
     /// Why it was taken, when not by schedule or operator (`pre-migrate`, `pre-restore`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When a restore drill last proved it restores (kept outside the manifest, which is
+    /// never rewritten).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub manifest: Manifest,
 }
@@ -273,7 +314,66 @@ pub struct Listing {
 /// How many manifests are fetched at once.
 const MANIFEST_FETCHES: usize = 16;
 
-/// List `target` on `storage`: archives with a readable manifest that matches them.
+/// Check a manifest read for `archive` (of `bytes` bytes): it must parse, name this
+/// target and archive, carry the id of the archive's name, and match its size.
+fn validate(
+    storage: &dyn Storage,
+    target: &str,
+    archive: &str,
+    bytes: u64,
+    raw: &[u8],
+) -> Result<Backup, String> {
+    let manifest =
+        serde_json::from_slice::<Manifest>(raw).map_err(|e| format!("unreadable manifest: {e}"))?;
+    if manifest.target != target || manifest.file != archive {
+        return Err("manifest names another archive".into());
+    }
+    if id_of_file(target, archive) != Some(manifest.id) {
+        return Err(format!(
+            "manifest id {} differs from the archive name's",
+            manifest.id
+        ));
+    }
+    if manifest.stored_bytes != bytes {
+        return Err(format!(
+            "archive has {bytes} bytes, manifest says {}",
+            manifest.stored_bytes
+        ));
+    }
+    Ok(Backup {
+        id: manifest.id,
+        target: target.to_string(),
+        schema: manifest.schema.clone(),
+        contents: manifest.contents,
+        storage: storage.name().to_string(),
+        file: archive.to_string(),
+        bytes,
+        sha256: manifest.sha256.clone(),
+        created: manifest.finished,
+        reason: manifest.reason.clone(),
+        verified_at: manifest.verified_at,
+        manifest,
+    })
+}
+
+/// Read and check the manifest of one archive; `Ok(None)` when it vanished meanwhile (a
+/// concurrent cleanup), `Err` for a storage failure, `Ok(Some(Err(why)))` when broken.
+async fn read_one(
+    storage: &dyn Storage,
+    target: &str,
+    archive: &str,
+    bytes: u64,
+) -> Result<Option<Result<Backup, String>>, CatalogError> {
+    match storage.get_bytes(target, &manifest_name(archive)).await {
+        Ok(raw) => Ok(Some(validate(storage, target, archive, bytes, &raw))),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e @ StorageError::TooLarge { .. }) => Ok(Some(Err(e.to_string()))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// List `target` on `storage`: archives with a manifest that parses and matches them.
+/// Everything else that looks like a backup is in `broken`, with why.
 pub async fn list(
     storage: &dyn Storage,
     target: &str,
@@ -287,63 +387,40 @@ pub async fn list(
     }
     let fetches = futures_util::stream::iter(scan.complete.into_iter().map(
         |(_, archive, bytes)| async move {
-            let manifest_file = manifest_name(&archive);
-            let got = storage.get_bytes(target, &manifest_file).await;
-            (archive, bytes, manifest_file, got)
+            let got = read_one(storage, target, &archive, bytes).await;
+            (archive, got)
         },
     ))
     .buffered(MANIFEST_FETCHES)
     .collect::<Vec<_>>()
     .await;
-    for (archive, bytes, manifest_file, got) in fetches {
-        let manifest = match got {
-            Ok(raw) => match serde_json::from_slice::<Manifest>(&raw) {
-                Ok(m) => m,
-                Err(e) => {
-                    listing
-                        .broken
-                        .push((manifest_file, format!("unreadable manifest: {e}")));
-                    continue;
-                }
-            },
-            // Deleted between list and read (a concurrent cleanup): not a backup any more.
-            Err(StorageError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if manifest.target != target || manifest.file != archive {
-            listing
-                .broken
-                .push((manifest_file, "manifest names another archive".into()));
-            continue;
+    for (archive, got) in fetches {
+        match got? {
+            None => {}
+            Some(Ok(b)) => listing.complete.push(b),
+            Some(Err(why)) => listing.broken.push((manifest_name(&archive), why)),
         }
-        if manifest.stored_bytes != bytes {
-            listing.broken.push((
-                manifest_file,
-                format!(
-                    "archive has {bytes} bytes, manifest says {}",
-                    manifest.stored_bytes
-                ),
-            ));
-            continue;
-        }
-        listing.complete.push(Backup {
-            id: manifest.id,
-            target: target.to_string(),
-            schema: manifest.schema.clone(),
-            contents: manifest.contents,
-            storage: storage.name().to_string(),
-            file: archive,
-            bytes,
-            sha256: manifest.sha256.clone(),
-            created: manifest.finished,
-            reason: manifest.reason.clone(),
-            manifest,
-        });
     }
     listing
         .complete
         .sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
     Ok(listing)
+}
+
+/// The newest complete backup of `target` on `storage`, reading manifests newest first
+/// until one checks out (usually one read).
+pub async fn newest(
+    storage: &dyn Storage,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Backup>, CatalogError> {
+    let scan = scan(storage, target, now).await?;
+    for (_, archive, bytes) in scan.complete {
+        if let Some(Ok(b)) = read_one(storage, target, &archive, bytes).await? {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -375,5 +452,40 @@ mod tests {
         assert_eq!(id_of_file("app", "other_20261121_143022.dump.zst"), None);
         assert_eq!(id_of_file("app", "app_20261121_143022"), None);
         assert!("2026-11-21".parse::<BackupId>().is_err());
+    }
+
+    #[test]
+    fn odd_schema_names_make_safe_file_names_and_come_back() {
+        let id: BackupId = "20261121_143022".parse().unwrap();
+        for schema in [
+            "tenant_42",
+            "../../x",
+            "a.b",
+            "new\nline",
+            "quo\"te",
+            "sp ace",
+            "ünï名",
+            "%41",
+        ] {
+            let file = archive_name(
+                "app",
+                id,
+                Some(schema),
+                "dump",
+                Compression::Zstd { level: 3 },
+            );
+            let q = file
+                .strip_prefix("app_20261121_143022.")
+                .and_then(|r| r.strip_suffix(".dump.zst"))
+                .unwrap();
+            assert!(
+                q.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'%'),
+                "{file}"
+            );
+            assert_eq!(decode_name(q).as_deref(), Some(schema));
+            assert_eq!(id_of_file("app", &file), Some(id));
+        }
+        assert_eq!(decode_name("%4"), None);
     }
 }

@@ -63,48 +63,59 @@ fn zstd_workers() -> u32 {
         .unwrap_or(1)
 }
 
+/// Which side of a stream failed: the source being read, or the sink being written (a
+/// full disk, a storage that went away). A failed sink explains a producer that then dies
+/// of a closed pipe, so the caller reports it first.
+#[derive(Debug)]
+pub enum StreamError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
 /// Read `input` to its end, compress with `codec` into `out`; return the sizes and the
 /// sha256 of what `out` received. Blocking: call from a blocking thread.
 pub fn compress<R: Read, W: Write>(
     mut input: R,
     codec: Compression,
     out: W,
-) -> io::Result<(W, Summary)> {
+) -> Result<(W, Summary), StreamError> {
     let sink = HashingWriter::new(out);
     let mut buf = vec![0u8; CHUNK];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut raw_bytes = 0u64;
-    let mut pump = |w: &mut dyn Write| -> io::Result<()> {
+    let mut pump = |w: &mut dyn Write| -> Result<(), StreamError> {
         loop {
             let n = match input.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(StreamError::Read(e)),
             };
             if head.len() < HEAD_LEN {
                 let take = (HEAD_LEN - head.len()).min(n);
                 head.extend_from_slice(&buf[..take]);
             }
             raw_bytes += n as u64;
-            w.write_all(&buf[..n])?;
+            w.write_all(&buf[..n]).map_err(StreamError::Write)?;
         }
     };
+    let w = StreamError::Write;
     let sink = match codec {
         Compression::Zstd { level } => {
-            let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
-            enc.include_checksum(true)?;
-            enc.multithread(zstd_workers())?;
+            let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(w)?;
+            enc.include_checksum(true).map_err(w)?;
+            enc.multithread(zstd_workers()).map_err(w)?;
             // 2 MiB jobs instead of zstd's default (4 x window): each worker holds its job's
             // input and output, so this bounds memory at a negligible cost in ratio.
-            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
+                .map_err(w)?;
             pump(&mut enc)?;
-            enc.finish()?
+            enc.finish().map_err(w)?
         }
         Compression::Gzip { level } => {
             let mut enc = flate2::write::GzEncoder::new(sink, flate2::Compression::new(level));
             pump(&mut enc)?;
-            enc.finish()?
+            enc.finish().map_err(w)?
         }
         Compression::None => {
             let mut sink = sink;
@@ -113,7 +124,7 @@ pub fn compress<R: Read, W: Write>(
         }
     };
     let (mut out, stored_bytes, sha256) = sink.finish();
-    out.flush()?;
+    out.flush().map_err(w)?;
     Ok((
         out,
         Summary {
@@ -201,5 +212,37 @@ mod tests {
     #[test]
     fn none_roundtrip() {
         roundtrip(Compression::None);
+    }
+
+    struct Failing;
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("source gone"))
+        }
+    }
+
+    #[test]
+    fn read_and_write_failures_are_told_apart() {
+        let data = vec![1u8; 4 * CHUNK];
+        for codec in [Compression::None, Compression::Zstd { level: 3 }] {
+            assert!(matches!(
+                compress(&data[..], codec, Failing),
+                Err(StreamError::Write(e)) if e.raw_os_error() == Some(libc::ENOSPC)
+            ));
+            assert!(matches!(
+                compress(Broken, codec, Vec::new()),
+                Err(StreamError::Read(_))
+            ));
+        }
     }
 }

@@ -32,6 +32,8 @@ pub const SCHEMA_DRIFT: &str = "dbkeep_schema_drift";
 pub const ADMIN_REQUESTS: &str = "dbkeep_admin_requests_total";
 pub const ADMIN_DENIED: &str = "dbkeep_admin_auth_failures_total";
 pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
+pub const BACKUPS_BROKEN: &str = "dbkeep_backups_broken";
+pub const VERIFY_STALE_AFTER: &str = "dbkeep_verify_stale_after_timestamp_seconds";
 
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +43,7 @@ pub struct Metrics {
     size: IntGaugeVec,
     runs: IntCounterVec,
     backups: IntGaugeVec,
+    broken: IntGaugeVec,
     oldest: GaugeVec,
     deleted: IntCounterVec,
     skipped: IntCounterVec,
@@ -53,6 +56,7 @@ pub struct Metrics {
     verify_runs: IntCounterVec,
     verify_duration: HistogramVec,
     stale_after: GaugeVec,
+    verify_stale_after: GaugeVec,
     last_run_failed: IntGaugeVec,
     verify_last_run_failed: IntGaugeVec,
     schema_drift: IntGaugeVec,
@@ -153,6 +157,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Unix time after which the target is stale without a new backup",
             &["target"],
         ),
+        verify_stale_after: gauge(
+            &r,
+            VERIFY_STALE_AFTER,
+            "Unix time after which the target's restore drill is overdue (+Inf when drills are off)",
+            &["target"],
+        ),
         last_run_failed: int_gauge(
             &r,
             LAST_RUN_FAILED,
@@ -222,6 +232,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Complete backups per storage",
             &["target", "storage"],
         ),
+        broken: int_gauge(
+            &r,
+            BACKUPS_BROKEN,
+            "Manifests that cannot be trusted (unreadable, not matching their archive); not counted as backups and never deleted automatically",
+            &["target", "storage"],
+        ),
         oldest: gauge(
             &r,
             BACKUP_OLDEST,
@@ -270,22 +286,84 @@ pub fn render() -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// Make a target's series exist from the start (at 0) so dashboards and alerts see them.
-pub fn target_registered(target: &str, storages: &[&str]) {
+/// What is known of a target when the daemon starts, for its first values.
+pub struct Known {
+    pub last_attempt: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_run_failed: bool,
+    pub last_verify_success: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_verify_failed: bool,
+    pub uploads_pending: usize,
+    pub has_schema: bool,
+}
+
+/// Make every per-target series exist from start-up, with the values known from the
+/// state file (0 where nothing is known: "never"), so an alert on any of them sees a
+/// target that has never backed up or never been drilled.
+pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], known: &Known) {
     let m = m();
+    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(0.0, |t| t.timestamp() as f64);
     for status in ["success", "failure"] {
         m.runs.with_label_values(&[target, status]);
-    }
-    m.skipped.with_label_values(&[target, "overlap"]);
-    for status in ["success", "failure"] {
         m.verify_runs.with_label_values(&[target, status]);
+    }
+    for reason in ["overlap", "locked"] {
+        m.skipped.with_label_values(&[target, reason]);
+    }
+    m.duration.with_label_values(&[target]);
+    m.verify_duration.with_label_values(&[target]);
+    m.size.with_label_values(&[target]);
+    m.target_up.with_label_values(&[target]);
+    m.last_attempt
+        .with_label_values(&[target])
+        .set(ts(known.last_attempt));
+    m.last_success
+        .with_label_values(&[target])
+        .set(ts(known.last_success));
+    m.verify_last_success
+        .with_label_values(&[target])
+        .set(ts(known.last_verify_success));
+    m.last_run_failed
+        .with_label_values(&[target])
+        .set(i64::from(known.last_run_failed));
+    m.verify_last_run_failed
+        .with_label_values(&[target])
+        .set(i64::from(known.last_verify_failed));
+    m.uploads_pending
+        .with_label_values(&[target])
+        .set(known.uploads_pending as i64);
+    if known.has_schema {
+        m.schema_drift.with_label_values(&[target]);
     }
     for s in storages {
         m.deleted.with_label_values(&[target, s]);
+        m.backups.with_label_values(&[target, s]);
+        m.broken.with_label_values(&[target, s]);
+        // No backup yet: the oldest is "now" until the first listing says otherwise.
+        let oldest = m.oldest.with_label_values(&[target, s]);
+        if oldest.get() == 0.0 {
+            oldest.set(chrono::Utc::now().timestamp() as f64);
+        }
     }
-    if storages.iter().any(|s| *s != "local") {
-        m.uploads_pending.with_label_values(&[target]);
+    for s in mirrors {
+        m.upload_duration.with_label_values(&[target, s]);
     }
+}
+
+/// The newest complete backup in storage (taken by the daemon or not): the last success
+/// is at least that recent.
+pub fn newest_backup_seen(target: &str, at: chrono::DateTime<chrono::Utc>) {
+    let g = m().last_success.with_label_values(&[target]);
+    if (at.timestamp() as f64) > g.get() {
+        g.set(at.timestamp() as f64);
+    }
+}
+
+/// When the target's restore drill is overdue (`None`: drills are off).
+pub fn verify_stale_after(target: &str, at: Option<chrono::DateTime<chrono::Utc>>) {
+    m().verify_stale_after
+        .with_label_values(&[target])
+        .set(at.map_or(f64::INFINITY, |t| t.timestamp() as f64));
 }
 
 pub fn upload_finished(target: &str, storage: &str, bytes: u64, duration: std::time::Duration) {
@@ -467,6 +545,17 @@ pub fn retention_deleted(target: &str, storage: &str, backup_id: &str, reason: &
     );
 }
 
+/// A manifest that is not trusted: never counted as a backup, never deleted by cleanup.
+pub fn broken_manifest(target: &str, storage: &str, file: &str, why: &str) {
+    tracing::warn!(
+        target,
+        storage,
+        file,
+        why,
+        "broken manifest: not counted as a backup and not deleted; `dbkeep verify` lists it"
+    );
+}
+
 pub fn leftover_removed(target: &str, storage: &str, file: &str, why: &str) {
     tracing::warn!(
         target,
@@ -482,20 +571,20 @@ pub fn backups_counted(
     storage: &str,
     count: usize,
     oldest: Option<chrono::DateTime<chrono::Utc>>,
+    broken: usize,
 ) {
     let m = m();
     m.backups
         .with_label_values(&[target, storage])
         .set(count as i64);
-    match oldest {
-        Some(t) => m
-            .oldest
-            .with_label_values(&[target, storage])
-            .set(t.timestamp() as f64),
-        None => {
-            let _ = m.oldest.remove_label_values(&[target, storage]);
-        }
-    }
+    m.broken
+        .with_label_values(&[target, storage])
+        .set(broken as i64);
+    // No backup: the oldest is "now" (the series stays, for alerts on its age).
+    let t = oldest.unwrap_or_else(chrono::Utc::now);
+    m.oldest
+        .with_label_values(&[target, storage])
+        .set(t.timestamp() as f64);
 }
 
 pub fn target_up(target: &str, up: bool, error: Option<&str>) {
@@ -528,5 +617,10 @@ pub fn target_removed(target: &str) {
     let _ = m.size.remove_label_values(&[target]);
     let _ = m.target_up.remove_label_values(&[target]);
     let _ = m.stale_after.remove_label_values(&[target]);
+    let _ = m.verify_stale_after.remove_label_values(&[target]);
+    let _ = m.verify_last_success.remove_label_values(&[target]);
+    let _ = m.verify_last_run_failed.remove_label_values(&[target]);
+    let _ = m.uploads_pending.remove_label_values(&[target]);
+    let _ = m.schema_drift.remove_label_values(&[target]);
     let _ = m.last_run_failed.remove_label_values(&[target]);
 }

@@ -16,17 +16,18 @@ use crate::config::{self, Schedule};
 
 /// The next time a job with `schedule` is due, given when it last ran. A time in the past
 /// means "due now"; computing from the last run makes a missed run happen once, not once
-/// per missed slot.
+/// per missed slot. `None` when the schedule never fires again (a cron expression such as
+/// `0 0 31 2 *`, which config validation refuses): there is no silent fallback.
 pub fn next_run(
     schedule: &Schedule,
     last_run: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-) -> DateTime<Utc> {
+) -> Option<DateTime<Utc>> {
     match schedule {
-        Schedule::Every(d) => match last_run {
+        Schedule::Every(d) => Some(match last_run {
             Some(last) => last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
             None => now,
-        },
+        }),
         Schedule::Cron(expr) => {
             let from = last_run.unwrap_or(now);
             config::parse_cron(expr)
@@ -34,8 +35,6 @@ pub fn next_run(
                 .and_then(|c| c.find_next_occurrence(&from, false).ok())
                 // croner keeps the sub-second part of `from`; cron slots are whole seconds.
                 .and_then(|t| t.with_nanosecond(0))
-                // A validated expression always has a next occurrence; fall back to a day.
-                .unwrap_or(from + chrono::Duration::days(1))
         }
     }
 }
@@ -108,7 +107,15 @@ pub async fn run_loop(
     let mut running: Option<JoinHandle<()>> = None;
     loop {
         let now = clock.now();
-        let due = next_run(&schedule, last, now).max(now);
+        let Some(due) = next_run(&schedule, last, now) else {
+            tracing::error!(
+                schedule = ?schedule,
+                "the schedule never fires again; no more runs are started for it (fix the cron expression and reload)"
+            );
+            cancel.cancelled().await;
+            return;
+        };
+        let due = due.max(now);
         let at = due + chrono::Duration::from_std(jitter_delay(jitter)).unwrap_or_default();
         runner.planned(at);
         tokio::select! {
@@ -192,7 +199,7 @@ mod tests {
                 t("2026-11-22 02:00:00"),
             ),
         ] {
-            assert_eq!(next_run(schedule, last, now), want, "{name}");
+            assert_eq!(next_run(schedule, last, now), Some(want), "{name}");
         }
     }
 

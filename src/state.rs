@@ -34,6 +34,9 @@ pub struct TargetState {
     /// Archives stored locally whose upload to a remote storage has not succeeded yet.
     #[serde(default)]
     pub pending_uploads: Vec<PendingUpload>,
+    /// When a restore drill last proved each archive (by file name).
+    #[serde(default)]
+    pub verified: BTreeMap<String, DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

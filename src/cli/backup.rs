@@ -1,6 +1,6 @@
 //! `backup`, `backup --upload-pending`, `list` and `cleanup`.
 
-use super::{all_done, human_bytes, print_json, usage, Failure};
+use super::{all_done, failed, human_bytes, print_json, usage, Failure};
 use crate::catalog::{self, Backup};
 use crate::config::Config;
 use crate::ops::backup::{self as run_backup, Outcome};
@@ -98,30 +98,23 @@ pub(super) async fn list(
             )));
         }
     }
-    let now = chrono::Utc::now();
-    let mut all: Vec<Backup> = Vec::new();
-    for name in names {
-        for s in storages
-            .iter()
-            .filter(|s| only.is_none_or(|o| o == s.name()))
-        {
-            let listing = catalog::list(s, name, now).await.map_err(|e| {
-                let mut f = Failure::from(e);
-                f.message = format!("listing {name} on {}: {}", s.location(name), f.message);
-                f
-            })?;
-            for (file, why) in &listing.broken {
-                tracing::warn!(target = %name, storage = s.name(), file = %file, "not a complete backup: {why}");
-            }
-            all.extend(listing.complete);
-        }
+    let inv = crate::ops::list::inventory(ctx, names, only).await;
+    for b in &inv.broken {
+        eprintln!(
+            "warning: {} on {}: {} is not a complete backup: {}",
+            b.target, b.storage, b.file, b.why
+        );
     }
-    all.sort_by(|a, b| {
-        b.id.cmp(&a.id)
-            .then_with(|| a.target.cmp(&b.target))
-            .then_with(|| a.storage.cmp(&b.storage))
-            .then_with(|| a.file.cmp(&b.file))
-    });
+    for (storage, error) in &inv.unavailable {
+        eprintln!("warning: storage {storage} is unavailable, its copies are not listed: {error}");
+    }
+    if only.is_some() && !inv.unavailable.is_empty() {
+        return Err(failed(format!(
+            "storage {} is unavailable",
+            only.unwrap_or_default()
+        )));
+    }
+    let all: Vec<Backup> = inv.backups;
     if json {
         return print_json(&all);
     }
@@ -215,5 +208,8 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
     }
     for (file, why) in &r.leftovers {
         println!("  {verb} leftover {file}: {why}");
+    }
+    for (file, why) in &r.broken {
+        println!("  broken manifest {file} ({why}): not counted, not deleted");
     }
 }

@@ -94,6 +94,10 @@ enum Cmd {
         /// Restore the roles and tablespaces archive (pg_dumpall --globals-only) with psql
         #[arg(long)]
         globals: bool,
+        /// Let replacing a schema drop the objects outside it that depend on it (they are
+        /// listed first; without this flag the restore refuses)
+        #[arg(long)]
+        drop_dependents: bool,
     },
     /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
     Verify {
@@ -213,8 +217,23 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Run one command.
+/// How long a command waits, before it exits, for uploads it dropped to be aborted.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run one command; before returning, wait for what it left in flight (uploads to
+/// abort) so nothing is left open on a remote store.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let result = dispatch(cli).await;
+    if !storage::settle(SETTLE).await {
+        eprintln!(
+            "warning: some multipart uploads were still being aborted after {}s; the next run aborts them",
+            SETTLE.as_secs()
+        );
+    }
+    result
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.as_deref();
     match cli.cmd {
         Cmd::Config {
@@ -265,6 +284,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(path)?;
             let selected = select_targets(&cfg, target.as_slice())?;
             let ctx = context(&cfg).await?;
+            interruptible(&ctx);
             backup::cleanup(&ctx, &cfg, &selected, dry_run).await
         }
         Cmd::Restore {
@@ -274,6 +294,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             yes,
             no_safety_backup,
             globals,
+            drop_dependents,
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
@@ -286,6 +307,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 opts: crate::ops::restore::Options {
                     yes,
                     safety_backup: !no_safety_backup,
+                    drop_dependents,
                 },
             };
             restore::restore(&ctx, &cfg, args).await
@@ -348,15 +370,35 @@ fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure
     Ok(names.to_vec())
 }
 
-/// From now on, Ctrl-C cancels `ctx`'s work instead of killing the process, so what
-/// the work started is stopped and cleaned up.
+/// From now on, SIGTERM and SIGINT (Ctrl-C, `systemctl stop`, a stopped container or
+/// CronJob) cancel `ctx`'s work instead of killing the process: children are stopped,
+/// uploads aborted, temp files removed, and the command exits non-zero. A second signal
+/// exits at once (the next run removes what is left).
 fn interruptible(ctx: &Context) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before returning, so no signal in between falls to the default action.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
     let c = ctx.cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: stopping the running work, nothing partial is kept");
-            c.cancel();
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!(
+            "interrupted by {name}: stopping; uploads are aborted and nothing partial is kept (send it again to exit at once)"
+        );
+        c.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
+        eprintln!("interrupted again: exiting now; the next run removes what is left");
+        std::process::exit(130);
     });
 }
 

@@ -44,13 +44,25 @@ pub(super) async fn restore(
     }
     interruptible(ctx);
     let t0 = std::time::Instant::now();
-    ops_restore::execute(ctx, target, &plan, &args.opts).await?;
+    let done = ops_restore::execute(ctx, target, &plan, &args.opts).await?;
+    for note in &done.notes {
+        eprintln!("note: {note}");
+    }
     println!(
         "{name}: restored {} from {} in {:.1}s",
         plan.chosen.backup.file,
         plan.chosen.backup.storage,
         t0.elapsed().as_secs_f64()
     );
+    if let Some(id) = done.safety_backup {
+        let what = match &plan.mode {
+            crate::engine::RestoreMode::Schema { name, .. } => format!("{id}:{name}"),
+            _ => id.to_string(),
+        };
+        println!(
+            "{name}: the state before this restore is backup {id} (pre-restore); to undo: dbkeep restore {name} {what} --yes"
+        );
+    }
     Ok(())
 }
 

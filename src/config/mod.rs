@@ -175,6 +175,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cron_expression_that_never_fires_is_refused() {
+        let text = format!("{BASE}schedule = \"0 0 31 2 *\"\n");
+        let err = load_from(Some(&text), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("never fires"), "{err}");
+        assert!(err.to_string().contains("targets.app.schedule"), "{err}");
+        for fires in ["0 0 29 2 *", "0 2 * * *", "*/15 * * * * *"] {
+            let text = format!("{BASE}schedule = \"{fires}\"\n");
+            load_from(Some(&text), HashMap::new()).unwrap_or_else(|e| panic!("{fires}: {e}"));
+        }
+        let text = format!("{BASE}cleanup_schedule = \"0 0 30 2 *\"\n");
+        let err = load_from(Some(&text), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("never fires"), "{err}");
+    }
+
+    #[test]
     fn percent_encoded_password() {
         let (url, pw) = split_url_password("postgres://u:p%40ss@h/db").unwrap();
         assert_eq!(url, "postgres://u@h/db");

@@ -24,6 +24,22 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
         })
 }
 
+/// A cron expression that parses and fires again: `0 0 31 2 *` (February 31st) parses
+/// but would never run, which is refused rather than scheduled silently.
+pub fn parse_cron_that_fires(expr: &str) -> Result<croner::Cron, String> {
+    let cron = parse_cron(expr)?;
+    // From a fixed day, so the check does not depend on today; 29 February is 4 years
+    // away at most, and a search that finds nothing up to croner's year limit fails.
+    let from = chrono::DateTime::<chrono::Utc>::from_timestamp(1_767_225_600, 0)
+        .unwrap_or_else(chrono::Utc::now);
+    match cron.find_next_occurrence(&from, false) {
+        Ok(_) => Ok(cron),
+        Err(_) => Err(format!(
+            "{expr:?} never fires (no such date, e.g. February 31st): write a date that exists, e.g. \"0 2 * * *\" for 02:00 daily"
+        )),
+    }
+}
+
 /// "16MiB", "5MB", "8388608".
 pub(super) fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
@@ -48,7 +64,7 @@ pub(super) fn parse_schedule_or_interval(key: &str, value: &str) -> Result<Sched
         }
         return Ok(Schedule::Every(d));
     }
-    parse_cron(value).map_err(|m| {
+    parse_cron_that_fires(value).map_err(|m| {
         key_err(
             key,
             format!("{m}; or write an interval such as \"6h\", or \"after_backup\" (the default)"),
@@ -94,6 +110,14 @@ pub(super) fn split_url_password(url: &str) -> Result<(String, Option<Secret>), 
         return Err(format!(
             "scheme {:?} is not supported: the URL must start with postgres:// or postgresql://",
             parsed.scheme()
+        ));
+    }
+    if let Some((k, _)) = parsed
+        .query_pairs()
+        .find(|(k, _)| k.eq_ignore_ascii_case("dbname") || k.eq_ignore_ascii_case("service"))
+    {
+        return Err(format!(
+            "names its database with `{k}=` in the query: write the database only as the path, postgres://user@host:5432/dbname"
         ));
     }
     let password = parsed.password().map(|p| Secret::new(percent_decode(p)));

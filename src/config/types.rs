@@ -175,8 +175,11 @@ pub struct PostgresConfig {
     pub url: String,
     /// A server where restore drills may create scratch databases (default: `url`'s server).
     pub drill_url: Option<String>,
-    /// Keep object ownership on restore (needs a superuser); default `--no-owner`.
-    pub restore_owner: bool,
+    /// Object owners on restore: `true` keeps them (the restore fails if the role cannot),
+    /// `false` restores everything owned by the restoring role (`--no-owner`); unset keeps
+    /// them when the restoring role can (superuser, or member of every owner role) and
+    /// says which roles it could not keep otherwise.
+    pub restore_owner: Option<bool>,
     pub password: Option<Secret>,
     pub schemas: Vec<String>,
     pub globals: bool,
@@ -251,6 +254,10 @@ impl Config {
 
     pub fn target_names(&self) -> Vec<&str> {
         self.targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    pub fn target_names_owned(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.name.clone()).collect()
     }
 
     /// The effective configuration as TOML-like JSON, secrets shown as `***`.

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse::{
-    parse_cron, parse_duration, parse_schedule_or_interval, read_secret_file, split_url_password,
+    parse_cron_that_fires, parse_duration, parse_schedule_or_interval, read_secret_file,
+    split_url_password,
 };
 use super::raw::*;
 use super::storage::{validate_local, validate_s3};
@@ -135,7 +136,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
             ))
         }
         (Some(cron), None) => {
-            parse_cron(&cron).map_err(|m| key_err(format!("{sched_key}.schedule"), m))?;
+            parse_cron_that_fires(&cron)
+                .map_err(|m| key_err(format!("{sched_key}.schedule"), m))?;
             Schedule::Cron(cron)
         }
         (None, Some(every)) => {
@@ -348,7 +350,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
             PostgresConfig {
                 url,
                 drill_url,
-                restore_owner: t.restore_owner.unwrap_or(false),
+                restore_owner: t.restore_owner,
                 password,
                 schemas,
                 globals: t.globals.unwrap_or(false),

@@ -1,14 +1,17 @@
 //! What `/health` and `/metrics` ask the daemon: each target's health from cached
-//! listings and database checks, so probes never list storage or connect per request.
+//! listings and database checks. Probes never list storage or connect per request: each
+//! target's check runs at most once at a time (concurrent requests wait for it and share
+//! its result) and is reused for a few seconds, so a flood of scrapes opens at most one
+//! database connection per target.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Mutex as AsyncMutex;
 
 use super::Daemon;
-use crate::catalog;
 use crate::config::Target;
 use crate::metrics;
 use crate::ops::status::{self, CatalogSummary, DbStatus, Facts, TargetHealth};
@@ -16,83 +19,105 @@ use crate::storage::Storages;
 
 /// How long a database check result is reused before asking again.
 const DB_CHECK_TTL: Duration = Duration::from_secs(5);
-/// How long `/health` reuses a target's newest-backup lookup (a storage listing, an S3
-/// LIST) before listing again; every run refreshes it anyway.
+/// How long `/health` reuses a target's listing (a storage listing, an S3 LIST, its
+/// manifests) before listing again; every run refreshes it anyway.
 const CATALOG_TTL: Duration = Duration::from_secs(30);
 
-impl Daemon {
-    /// Count the complete backups of a target per storage, and when it turns stale.
-    pub(super) async fn refresh_catalog(&self, name: &str) {
-        let now = self.clock.now();
-        let storages = self.storages();
-        if let Some(target) = self.config().target(name) {
-            let summary = status::newest_backup(&storages, name, now).await;
-            let newest = summary.0.clone();
-            if let Ok(mut c) = self.catalog.lock() {
-                c.insert(name.to_string(), (Instant::now(), summary));
-            }
-            let since = self.state.get(name).since;
-            metrics::stale_after(
-                name,
-                status::stale_after(target, newest.map(|n| n.1), since, now),
-            );
-        }
-        for s in storages.iter() {
-            match catalog::scan(s, name, now).await {
-                Ok(scan) => {
-                    let mut ids: Vec<_> = scan.complete.iter().map(|(id, _, _)| *id).collect();
-                    ids.dedup();
-                    metrics::backups_counted(
-                        name,
-                        s.name(),
-                        ids.len(),
-                        ids.iter().min().map(|i| i.time()),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(target = name, storage = s.name(), error = %e, "cannot list backups")
-                }
-            }
+/// One target's cached value and when it was taken, behind the lock its refresh holds.
+type Slot<T> = Arc<AsyncMutex<Option<(Instant, T)>>>;
+
+/// A cached value per target, refreshed by one caller at a time.
+pub(super) struct Cache<T> {
+    slots: std::sync::Mutex<HashMap<String, Slot<T>>>,
+}
+
+impl<T: Clone> Cache<T> {
+    pub(super) fn new() -> Self {
+        Cache {
+            slots: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// The target's newest backup and count, listed at most every `CATALOG_TTL`.
+    fn slot(&self, key: &str) -> Slot<T> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(key.to_string()).or_default().clone()
+    }
+
+    /// The cached value when younger than `ttl`, else `fetch`'s (which callers arriving
+    /// meanwhile wait for and share).
+    async fn get_or<F: std::future::Future<Output = T>>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        fetch: F,
+    ) -> T {
+        let slot = self.slot(key);
+        let mut guard = slot.lock().await;
+        if let Some((at, v)) = guard.as_ref() {
+            if at.elapsed() < ttl {
+                return v.clone();
+            }
+        }
+        let v = fetch.await;
+        *guard = Some((Instant::now(), v.clone()));
+        v
+    }
+
+    async fn put(&self, key: &str, v: T) {
+        *self.slot(key).lock().await = Some((Instant::now(), v));
+    }
+}
+
+impl Daemon {
+    /// List a target on every storage and publish what was found: counts, oldest, broken
+    /// manifests, storage availability, and when the target turns stale.
+    pub(super) async fn refresh_catalog(&self, name: &str) -> CatalogSummary {
+        let now = self.clock.now();
+        let storages = self.storages();
+        let summary = status::summarize(&storages, name, now).await;
+        for (storage, count, oldest, broken) in &summary.per_storage {
+            metrics::backups_counted(name, storage, *count, *oldest, *broken);
+        }
+        for s in storages.iter() {
+            let listed = summary.per_storage.iter().any(|(n, ..)| *n == s.name());
+            metrics::storage_up(s.name(), listed);
+        }
+        if let Some((_, at)) = &summary.newest {
+            metrics::newest_backup_seen(name, *at);
+        }
+        if let Some(target) = self.config().target(name) {
+            let since = self.state.get(name).since;
+            metrics::stale_after(
+                name,
+                status::stale_after(target, summary.newest.as_ref().map(|n| n.1), since, now),
+            );
+        }
+        self.catalog.put(name, summary.clone()).await;
+        summary
+    }
+
+    /// The target's listing summary, listed at most every `CATALOG_TTL`.
     async fn catalog_summary(
         &self,
         storages: &Storages,
         name: &str,
         now: DateTime<Utc>,
     ) -> CatalogSummary {
-        if let Some((at, summary)) = self.catalog.lock().ok().and_then(|c| c.get(name).cloned()) {
-            if at.elapsed() < CATALOG_TTL {
-                return summary;
-            }
-        }
-        let summary = status::newest_backup(storages, name, now).await;
-        if let Ok(mut c) = self.catalog.lock() {
-            c.insert(name.to_string(), (Instant::now(), summary.clone()));
-        }
-        summary
+        self.catalog
+            .get_or(name, CATALOG_TTL, status::summarize(storages, name, now))
+            .await
     }
 
-    /// Does the target's database answer? Cached for a few seconds.
+    /// Does the target's database answer? At most one check at a time, reused for a few
+    /// seconds.
     async fn db_status(&self, target: &Target) -> DbStatus {
-        if let Some((at, status)) = self
-            .db
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&target.name).cloned())
-        {
-            if at.elapsed() < DB_CHECK_TTL {
-                return status;
-            }
-        }
-        let status = status::database(target, self.clock.now()).await;
-        metrics::target_up(&target.name, status.up, status.error.as_deref());
-        if let Ok(mut m) = self.db.lock() {
-            m.insert(target.name.clone(), (Instant::now(), status.clone()));
-        }
-        status
+        self.db
+            .get_or(&target.name, DB_CHECK_TTL, async {
+                let status = status::database(target, self.clock.now()).await;
+                metrics::target_up(&target.name, status.up, status.error.as_deref());
+                status
+            })
+            .await
     }
 
     /// The health of every target (database checks run concurrently).
@@ -114,12 +139,11 @@ impl Daemon {
         let mut out = Vec::new();
         for (i, t) in cfg.targets.iter().enumerate() {
             let state = self.state.get(&t.name);
-            let (newest, count) = self.catalog_summary(&storages, &t.name, now).await;
+            let catalog = self.catalog_summary(&storages, &t.name, now).await;
             out.push(status::assess(
                 t,
                 Facts {
-                    newest,
-                    backups: count,
+                    catalog,
                     state: &state,
                     next_run: next_runs.get(&t.name).copied(),
                     database: db.remove(&i),

@@ -10,7 +10,7 @@ mod schedule;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
@@ -47,8 +47,8 @@ pub struct Daemon {
     state: Arc<StateFile>,
     clock: Clock,
     next_runs: Mutex<HashMap<String, DateTime<Utc>>>,
-    db: Mutex<HashMap<String, (Instant, DbStatus)>>,
-    catalog: Mutex<HashMap<String, (Instant, CatalogSummary)>>,
+    db: health::Cache<DbStatus>,
+    catalog: health::Cache<CatalogSummary>,
     /// Every run the daemon starts, for the API.
     pub runs: Registry,
     tasks: TaskTracker,
@@ -83,8 +83,8 @@ impl Daemon {
             config: RwLock::new(Arc::new(cfg)),
             clock,
             next_runs: Mutex::new(HashMap::new()),
-            db: Mutex::new(HashMap::new()),
-            catalog: Mutex::new(HashMap::new()),
+            db: health::Cache::new(),
+            catalog: health::Cache::new(),
             runs: Registry::default(),
             tasks: TaskTracker::new(),
             work_cancel: CancellationToken::new(),
@@ -139,12 +139,12 @@ impl Daemon {
         trigger: &str,
     ) -> (String, tokio::task::JoinHandle<()>) {
         let id = self.runs.start("backup", trigger, &targets);
-        let (d, run_id) = (self.clone(), id.clone());
+        let (d, run_id, run_trigger) = (self.clone(), id.clone(), trigger.to_string());
         let task = self.tasks.spawn(async move {
             for (i, name) in targets.iter().enumerate() {
                 d.runs
                     .step(&run_id, i, |step| step.state = RunState::Running);
-                let r = d.backup_target(name).await;
+                let r = d.backup_target(name, run_trigger == "api").await;
                 d.runs.step(&run_id, i, |step| match r {
                     Some(Ok(o)) => {
                         step.state = RunState::Succeeded;
@@ -168,15 +168,21 @@ impl Daemon {
     /// A backup of `name` now: waits for a slot, runs it (which records it), cleans up
     /// when cleanup follows backups, refreshes the counts and checks schema drift.
     /// `None` when shutting down or the target is gone.
+    /// An asked-for backup (`queued`) waits for a run of the target another process
+    /// holds; a scheduled one is skipped (counted as `locked`).
     pub async fn backup_target(
         self: &Arc<Self>,
         name: &str,
+        queued: bool,
     ) -> Option<Result<Outcome, BackupError>> {
         let permit = self.acquire().await?;
         let cfg = self.config();
         let target = cfg.target(name)?;
         let ctx = self.context();
-        let result = backup::run(&ctx, target, None).await;
+        let result = match queued {
+            true => backup::run_queued(&ctx, target, None).await,
+            false => backup::run(&ctx, target, None).await,
+        };
         let ok = result.is_ok();
         if ok && target.cleanup_schedule.is_none() {
             self.cleanup_target(&ctx, target).await;
@@ -198,6 +204,11 @@ impl Daemon {
         if let Some(target) = cfg.target(&name) {
             // The outcome is logged, counted and kept in the state file by `drill` itself.
             let _ = verify::drill(&self.context(), target).await;
+            let st = self.state.get(&name);
+            metrics::verify_stale_after(
+                &name,
+                crate::ops::status::drill_deadline(target, &st, self.clock.now()),
+            );
         }
         drop(permit);
     }

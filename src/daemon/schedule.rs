@@ -11,6 +11,7 @@ use super::Daemon;
 use crate::metrics;
 use crate::ops::status;
 use crate::scheduler::{self, Runner};
+use crate::state::RunStatus;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -55,13 +56,31 @@ impl Daemon {
     pub(super) fn start_schedules(self: &Arc<Self>, cancel: &CancellationToken) {
         let cfg = self.config();
         let now = self.clock.now();
-        let storage_names = self.storages().names();
+        let storages = self.storages();
+        let storage_names = storages.names();
+        let mirror_names: Vec<&str> = storages.mirrors().map(|m| m.name()).collect();
         for t in &cfg.targets {
-            metrics::target_registered(&t.name, &storage_names);
-            let st = self.state.get(&t.name);
-            if st.since.is_none() {
+            if self.state.get(&t.name).since.is_none() {
                 self.state.update(&t.name, |s| s.since = Some(now));
             }
+            let st = self.state.get(&t.name);
+            metrics::target_registered(
+                &t.name,
+                &storage_names,
+                &mirror_names,
+                &metrics::Known {
+                    last_attempt: st.last_run,
+                    last_success: st.last_success,
+                    last_run_failed: st.last_status == Some(RunStatus::Failure),
+                    last_verify_success: (st.last_verify_status == Some(RunStatus::Success))
+                        .then_some(st.last_verify)
+                        .flatten(),
+                    last_verify_failed: st.last_verify_status == Some(RunStatus::Failure),
+                    uploads_pending: st.pending_uploads.len(),
+                    has_schema: t.schema.is_some(),
+                },
+            );
+            metrics::verify_stale_after(&t.name, status::drill_deadline(t, &st, now));
             let run = |kind| ScheduledRun {
                 daemon: self.clone(),
                 target: t.name.clone(),
@@ -80,9 +99,9 @@ impl Daemon {
                 // storage says when the target last ran.
                 let last = match st.last_run {
                     Some(l) => Some(l),
-                    None => status::newest_backup(&d.storages(), &name, d.clock.now())
+                    None => status::summarize(&d.storages(), &name, d.clock.now())
                         .await
-                        .0
+                        .newest
                         .map(|(_, t)| t),
                 };
                 scheduler::run_loop(schedule, jitter, last, d.clock, backups, cancel_loop).await;

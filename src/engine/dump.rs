@@ -1,6 +1,7 @@
 //! What a dump is made of: the archives a run produces ([`Part`]), what the engine found
 //! out before dumping ([`Prepared`]), and a dump in progress ([`Dump`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::PathBuf;
@@ -32,8 +33,11 @@ impl Part {
     }
 }
 
-/// What a source found out before dumping: the archives to make and the tool versions.
-#[derive(Debug, Clone)]
+/// The schema fingerprint of the whole database, and of each schema.
+pub type Fingerprints = (String, BTreeMap<String, String>);
+
+/// What an engine found out before dumping: the archives to make, the tool versions, and
+/// the consistent view every archive of the run is dumped from.
 pub struct Prepared {
     pub parts: Vec<Part>,
     pub tools: ToolVersions,
@@ -41,6 +45,13 @@ pub struct Prepared {
     pub tool_dir: Option<PathBuf>,
     /// Every user table with its row estimate (for the manifest, and later drills).
     pub tables: Vec<TableInfo>,
+    /// The snapshot every archive of the run is dumped from (PostgreSQL's exported
+    /// snapshot id), recorded in the manifests.
+    pub snapshot: Option<String>,
+    /// The schema as the snapshot sees it; `None` when it could not be read (logged).
+    pub fingerprints: Option<Fingerprints>,
+    /// Keeps the snapshot alive (its transaction's connection) until the run is done.
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Prepared {

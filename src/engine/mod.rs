@@ -66,6 +66,9 @@ pub enum EngineError {
     /// A restored database does not hold what its manifest says.
     #[error("{0}")]
     Check(String),
+    /// The archive does not hold what the restore asks for.
+    #[error("{0}")]
+    NotInArchive(String),
     #[error("{file} changed while it was restored (sha256 {actual}, the manifest says {expected}); nothing was committed")]
     Checksum {
         file: String,
@@ -125,6 +128,7 @@ impl Classify for EngineError {
             EngineError::Connect { kind, .. } => *kind,
             EngineError::ToolMissing(_) | EngineError::Check(_) => ErrorKind::Failed,
             EngineError::NoSchemaMatch { .. } => ErrorKind::Usage,
+            EngineError::NotInArchive(_) => ErrorKind::NotFound,
             EngineError::Cancelled => ErrorKind::Cancelled,
             EngineError::Process(e) => e.kind(),
             EngineError::Database { source, .. } => sqlx_kind(source),
@@ -245,12 +249,18 @@ pub trait Engine: Send + Sync {
     fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError>;
     /// The destination in words, for the confirmation prompt (no credentials).
     fn describe(&self, dest: &Destination) -> String;
-    /// Get the destination ready (create a missing database, refuse a non-empty one
-    /// without `yes`, keep writers out of a SQLite file) and return what restores into it.
+    /// Whether this kind can restore that way at all (SQLite has no schemas or roles).
+    fn supports(&self, mode: &RestoreMode) -> Result<(), EngineError>;
+    /// Check everything that can be checked before anything changes (the archive holds
+    /// what is asked, nothing outside it would be dropped, who will own the objects), get
+    /// the destination ready (create a missing database, refuse a non-empty one without
+    /// `yes`, keep writers out of a SQLite file), and return what restores into it.
     async fn begin_restore(
         &self,
         dest: &Destination,
-        yes: bool,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        opts: &RestoreOptions,
     ) -> Result<Box<dyn Restorer>, EngineError>;
 
     /// A connection to the live database, for schema work.
@@ -260,10 +270,23 @@ pub trait Engine: Send + Sync {
     async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError>;
 }
 
-/// Restores into a destination that [`Engine::begin_restore`] got ready; dropping it
-/// releases what it holds.
+/// What the operator allowed a restore to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Replace a non-empty destination that is not the target's own database.
+    pub yes: bool,
+    /// Let replacing a schema drop objects outside it that depend on it.
+    pub drop_dependents: bool,
+}
+
+/// Restores into a destination that [`Engine::begin_restore`] checked and got ready;
+/// dropping it releases what it holds.
 #[async_trait]
 pub trait Restorer: Send {
+    /// What the operator should know about how the restore will go (roles not kept).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn restore(
         self: Box<Self>,
         archive: Archive<'_>,
@@ -383,28 +406,4 @@ async fn undo_direct<C: sqlx::migrate::Migrate>(
 /// is (PostgreSQL reports it; SQLite does not).
 pub fn statement_position(e: &sqlx::Error) -> Option<usize> {
     postgres::conn::error_position(e)
-}
-
-/// The fingerprint of the live database (all user schemas) and of each schema: what a
-/// backup records in its manifests.
-pub async fn fingerprints(
-    engine: &dyn Engine,
-) -> Result<(String, std::collections::BTreeMap<String, String>), EngineError> {
-    let mut session = engine.connect().await?;
-    let read = async {
-        let mut models = std::collections::BTreeMap::new();
-        for s in session.schemas().await? {
-            let m = session.model(&s).await?;
-            models.insert(s, m);
-        }
-        Ok::<_, EngineError>(models)
-    }
-    .await;
-    session.close().await;
-    let models = read?;
-    let each = models
-        .iter()
-        .map(|(s, m)| (s.clone(), m.fingerprint()))
-        .collect();
-    Ok((model::fingerprint_all(&models), each))
 }

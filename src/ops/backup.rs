@@ -3,16 +3,17 @@
 //! of the run is stored, and a failure removes what the run wrote. A mirror that fails
 //! while the primary succeeds makes the archive pending upload instead of failing the run.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::lock::{self, LockError};
 use super::Context;
 use crate::catalog::{self, BackupId, Contents, Manifest, MANIFEST_VERSION};
-use crate::compress::{self, HashingWriter, Summary};
+use crate::compress::{self, HashingWriter, StreamError, Summary};
 use crate::config::Target;
+use crate::engine::dump::Fingerprints;
 use crate::engine::{self, Engine, EngineError, Part, Prepared};
 use crate::error::{Classify, ErrorKind};
 use crate::metrics;
@@ -49,6 +50,18 @@ pub enum BackupError {
     },
     #[error("backup of {target} was cancelled; nothing was kept")]
     Cancelled { target: String },
+    #[error("backup of {target} was not started: {source}")]
+    Locked {
+        target: String,
+        #[source]
+        source: LockError,
+    },
+    #[error("backup of {target} failed: {file} does not list as a complete backup after it was written ({why}); nothing was kept")]
+    NotListed {
+        target: String,
+        file: String,
+        why: String,
+    },
 }
 
 impl Classify for BackupError {
@@ -62,8 +75,9 @@ impl Classify for BackupError {
                 .and_then(|i| i.downcast_ref::<StorageError>())
                 .map(|s| s.kind())
                 .unwrap_or_else(|| crate::error::io_kind(source)),
-            BackupError::BadDump { .. } => ErrorKind::Failed,
+            BackupError::BadDump { .. } | BackupError::NotListed { .. } => ErrorKind::Failed,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
+            BackupError::Locked { source, .. } => source.kind(),
         }
     }
 
@@ -102,7 +116,41 @@ pub async fn run(
     target: &Target,
     reason: Option<&str>,
 ) -> Result<Outcome, BackupError> {
+    run_with(ctx, target, reason, false).await
+}
+
+/// Like [`run`], but waits for another run of the target to finish instead of refusing
+/// (a backup asked for over the API while a scheduled one runs).
+pub async fn run_queued(
+    ctx: &Context,
+    target: &Target,
+    reason: Option<&str>,
+) -> Result<Outcome, BackupError> {
+    run_with(ctx, target, reason, true).await
+}
+
+async fn run_with(
+    ctx: &Context,
+    target: &Target,
+    reason: Option<&str>,
+    wait: bool,
+) -> Result<Outcome, BackupError> {
     let name = target.name.as_str();
+    // One run of a target at a time, across processes. A run refused here did not happen:
+    // it is neither recorded nor counted as failed.
+    let locked = match wait {
+        false => lock::acquire(ctx.state.work_dir(), name, ctx.now()),
+        true => lock::acquire_waiting(ctx.state.work_dir(), name, &ctx.clock, &ctx.cancel).await,
+    };
+    let _lock = locked.map_err(|source| {
+        if matches!(source, LockError::Busy { .. }) {
+            metrics::run_skipped(name, "locked");
+        }
+        BackupError::Locked {
+            target: name.to_string(),
+            source,
+        }
+    })?;
     let started = ctx.now();
     if reason.is_none() {
         ctx.state.update(name, |s| s.last_run = Some(started));
@@ -146,7 +194,16 @@ async fn backup_inner(
 
     let mut leftovers_removed = Vec::new();
     for s in storages.iter() {
-        let removed = s.remove_temp_files(name).await.map_err(storage_err)?;
+        let removed = match s.remove_temp_files(name).await {
+            Ok(r) => r,
+            Err(e) if s.name() == storages.primary().name() => return Err(storage_err(e)),
+            // A mirror that is down gets the archive later (pending upload); its
+            // leftovers are removed then.
+            Err(e) => {
+                tracing::warn!(target = name, storage = s.name(), error = %crate::error::chain(&e), "cannot clean leftovers on a mirror; going on without it");
+                Vec::new()
+            }
+        };
         for file in &removed {
             metrics::leftover_removed(name, s.name(), file, "temp file of an interrupted run");
         }
@@ -167,7 +224,10 @@ async fn backup_inner(
             source,
         })?;
 
-    let fingerprints = fingerprints(engine.as_ref(), target, storages).await;
+    if let Some(found) = &prepared.fingerprints {
+        log_schema_change(ctx, target, storages, found).await;
+    }
+    let fingerprints = prepared.fingerprints.clone();
     let id = next_id(ctx, target, storages).await.map_err(storage_err)?;
     metrics::backup_started(name, &id.to_string(), prepared.parts.len(), ctx.now());
 
@@ -217,6 +277,7 @@ async fn backup_inner(
                     verified_at: None,
                     object_key,
                     reason: reason.map(str::to_string),
+                    snapshot: prepared.snapshot.clone(),
                     schema_fingerprint: fingerprints.as_ref().and_then(|(whole, each)| match part
                         .contents
                     {
@@ -246,6 +307,9 @@ async fn backup_inner(
         result = write_manifests(name, storages, &done)
             .await
             .map_err(storage_err);
+    }
+    if result.is_ok() {
+        result = check_listed(ctx, name, storages, &done).await;
     }
     if let Err(e) = result {
         remove_run(name, storages, &done).await;
@@ -277,64 +341,54 @@ async fn backup_inner(
     })
 }
 
-/// The live schema's fingerprints (whole database, per schema), logged when they differ
-/// from the newest backup's. A failure to read them is logged and does not stop the backup.
-async fn fingerprints(
-    engine: &dyn Engine,
+/// Log when the schema (as the run's snapshot saw it) differs from what the newest
+/// complete backup recorded.
+async fn log_schema_change(
+    ctx: &Context,
     target: &Target,
     storages: &Storages,
-) -> Option<(String, BTreeMap<String, String>)> {
-    let found = match engine::fingerprints(engine).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(target = %target.name, error = %e, "cannot read the schema fingerprint; the backup goes on without it");
-            return None;
-        }
+    found: &Fingerprints,
+) {
+    let Ok(Some(newest)) = catalog::newest(storages.primary(), &target.name, ctx.now()).await
+    else {
+        return;
     };
-    let previous = async {
-        let storage = storages.primary();
-        let scan = catalog::scan(storage, &target.name, Utc::now())
-            .await
-            .ok()?;
-        let (id, file, _) = scan
-            .complete
-            .iter()
-            .find(|(_, f, _)| !f.contains(".globals."))?;
-        let bytes = storage
-            .get_bytes(&target.name, &catalog::manifest_name(file))
-            .await
-            .ok()?;
-        let m: Manifest = serde_json::from_slice(&bytes).ok()?;
-        Some((*id, m.contents, m.schema, m.schema_fingerprint?))
+    let m = &newest.manifest;
+    let Some(before) = &m.schema_fingerprint else {
+        return;
+    };
+    let now = match (m.contents, &m.schema) {
+        (Contents::Schema, Some(s)) => found.1.get(s),
+        (Contents::Globals, _) => None,
+        _ => Some(&found.0),
+    };
+    if let Some(now) = now.filter(|n| *n != before) {
+        metrics::schema_changed(&target.name, &newest.id.to_string(), before, now);
     }
-    .await;
-    if let Some((id, contents, schema, before)) = previous {
-        let now = match (contents, schema) {
-            (Contents::Schema, Some(s)) => found.1.get(&s).cloned(),
-            _ => Some(found.0.clone()),
-        };
-        if let Some(now) = now.filter(|n| *n != before) {
-            metrics::schema_changed(&target.name, &id.to_string(), &before, &now);
-        }
-    }
-    Some(found)
 }
 
-/// The id for a new run: now, or one second after the newest id already stored,
-/// so ids of a target strictly increase even for runs within the same second.
+/// How far ahead of the clock an existing id may be and still count as a run of the
+/// same moment (runs within one second get the next seconds); anything further ahead is
+/// not a backup of ours to follow.
+const ID_LOOKAHEAD_SECS: i64 = 600;
+
+/// The id for a new run: the clock's second, or the second after a complete backup of
+/// the same moment on the primary. Files that are not complete backups (no manifest, a
+/// broken one, a junk name far in the future) never influence it.
 async fn next_id(
     ctx: &Context,
     target: &Target,
     storages: &Storages,
 ) -> Result<BackupId, StorageError> {
-    let mut id = BackupId::from_time(ctx.now());
-    for s in storages.iter() {
-        for o in s.list(&target.name).await? {
-            if let Some(existing) = catalog::id_of_file(&target.name, &o.file) {
-                if existing >= id {
-                    id = existing.succ();
-                }
-            }
+    let now = ctx.now();
+    let mut id = BackupId::from_time(now);
+    let limit = BackupId::from_time(now + chrono::Duration::seconds(ID_LOOKAHEAD_SECS));
+    let listing = catalog::list(storages.primary(), &target.name, now)
+        .await
+        .map_err(|catalog::CatalogError::Storage(e)| e)?;
+    for b in &listing.complete {
+        if b.id >= id && b.id <= limit {
+            id = b.id.succ();
         }
     }
     Ok(id)
@@ -399,7 +453,9 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
             tokio::task::spawn_blocking(move || compress::compress(reader, codec, out)).await;
         let r = match joined {
             Ok(r) => r,
-            Err(e) => Err(io::Error::other(format!("compression thread failed: {e}"))),
+            Err(e) => Err(StreamError::Write(io::Error::other(format!(
+                "compression thread failed: {e}"
+            )))),
         };
         if r.is_err() {
             // The reader stopped early: the producer must not block on a full pipe.
@@ -410,13 +466,25 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         r
     };
     let (compressed, produced) = tokio::join!(compressing, dump.done);
-    // The producer's verdict comes first: a failed pg_dump explains a short stream.
-    produced.map_err(engine_err)?;
-    let (fanout, summary) = compressed.map_err(|source| BackupError::Write {
+    let write_err = |source| BackupError::Write {
         target: name.to_string(),
         file: file.clone(),
         source,
-    })?;
+    };
+    let (fanout, summary) = match compressed {
+        // A storage that failed (a full disk) made us stop the producer, which then died
+        // of it: the storage's error is the one to report.
+        Err(StreamError::Write(e)) => return Err(write_err(e)),
+        // A short or broken stream: a failed producer explains it.
+        Err(StreamError::Read(e)) => {
+            produced.map_err(engine_err)?;
+            return Err(write_err(e));
+        }
+        Ok(done) => {
+            produced.map_err(engine_err)?;
+            done
+        }
+    };
     if summary.raw_bytes == 0 {
         return Err(bad_dump("the dump produced no bytes".into()));
     }
@@ -480,6 +548,40 @@ async fn write_manifests(
     Ok(())
 }
 
+/// A committed backup must list as complete on the primary (its manifest reads back and
+/// matches), or the run failed.
+async fn check_listed(
+    ctx: &Context,
+    target: &str,
+    storages: &Storages,
+    done: &[Stored],
+) -> Result<(), BackupError> {
+    let listing = catalog::list(storages.primary(), target, ctx.now())
+        .await
+        .map_err(
+            |catalog::CatalogError::Storage(source)| BackupError::Storage {
+                target: target.to_string(),
+                source,
+            },
+        )?;
+    for d in done {
+        if !listing.complete.iter().any(|b| b.file == d.manifest.file) {
+            let why = listing
+                .broken
+                .iter()
+                .find(|(f, _)| *f == catalog::manifest_name(&d.manifest.file))
+                .map(|(_, w)| w.clone())
+                .unwrap_or_else(|| "it is not in the listing".into());
+            return Err(BackupError::NotListed {
+                target: target.to_string(),
+                file: d.manifest.file.clone(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Remove everything a failed run stored: manifests first, then archives.
 async fn remove_run(target: &str, storages: &Storages, done: &[Stored]) {
     for d in done {
@@ -535,7 +637,22 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
                 break;
             }
         };
-        match copy_archive(name, primary, mirror, &p.file, &manifest_bytes).await {
+        let copied = match copy_archive(name, primary, mirror, &p.file, &manifest_bytes).await {
+            // Copied by an earlier try whose manifest did not follow: the same size is
+            // the same archive (its sha256 was checked on the way up).
+            Err(StorageError::Exists { .. }) => {
+                match already_there(name, mirror, &p.file, &manifest_bytes).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(StorageError::Exists {
+                        storage: mirror.name(),
+                        path: p.file.clone().into(),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        match copied {
             Ok(()) => {
                 mirror
                     .put_bytes(name, &manifest_file, manifest_bytes)
@@ -558,6 +675,23 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
     }
     metrics::uploads_pending(name, ctx.state.get(name).pending_uploads.len());
     result.map(|()| uploaded)
+}
+
+/// Whether `file` is on `storage` already with the size its manifest says.
+async fn already_there(
+    target: &str,
+    storage: &dyn Storage,
+    file: &str,
+    manifest_bytes: &[u8],
+) -> Result<bool, StorageError> {
+    let Ok(m) = serde_json::from_slice::<Manifest>(manifest_bytes) else {
+        return Ok(false);
+    };
+    Ok(storage
+        .list(target)
+        .await?
+        .iter()
+        .any(|o| o.file == file && o.bytes == m.stored_bytes))
 }
 
 /// Stream `file` from one storage to another, committing only when its sha256 matches

@@ -14,20 +14,30 @@ use crate::retention::{self, Action, Candidate, Decision};
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cleanup of {target} on {storage} failed: {source}")]
-pub struct CleanupError {
-    pub target: String,
-    pub storage: &'static str,
-    #[source]
-    pub source: StorageError,
+pub enum CleanupError {
+    #[error("cleanup of {target} on {storage} failed: {source}")]
+    Storage {
+        target: String,
+        storage: &'static str,
+        #[source]
+        source: StorageError,
+    },
+    #[error("cleanup of {target} was cancelled; what it deleted so far is gone, the rest is kept")]
+    Cancelled { target: String },
 }
 
 impl Classify for CleanupError {
     fn kind(&self) -> ErrorKind {
-        self.source.kind()
+        match self {
+            CleanupError::Storage { source, .. } => source.kind(),
+            CleanupError::Cancelled { .. } => ErrorKind::Cancelled,
+        }
     }
     fn hint(&self) -> Option<String> {
-        self.source.hint()
+        match self {
+            CleanupError::Storage { source, .. } => source.hint(),
+            CleanupError::Cancelled { .. } => None,
+        }
     }
 }
 
@@ -40,6 +50,8 @@ pub struct CleanupReport {
     pub decisions: Vec<(Decision, Vec<String>)>,
     /// Files that are not backups and were (or would be) removed, with why.
     pub leftovers: Vec<(String, &'static str)>,
+    /// Manifests that are not trusted: neither counted nor deleted, with why.
+    pub broken: Vec<(String, String)>,
     /// Backups that stay after cleanup.
     pub remaining: usize,
 }
@@ -64,10 +76,15 @@ pub async fn run(
     let mut reports = Vec::new();
     for s in ctx.storages.iter() {
         let is_primary = s.name() == ctx.storages.primary().name();
-        let err = |source| CleanupError {
+        let err = |source| CleanupError::Storage {
             target: name.to_string(),
             storage: s.name(),
             source,
+        };
+        let cancelled = || {
+            ctx.cancel.is_cancelled().then(|| CleanupError::Cancelled {
+                target: name.to_string(),
+            })
         };
         let mut leftovers = Vec::new();
         if !dry_run {
@@ -76,13 +93,22 @@ pub async fn run(
                 leftovers.push((file, "temp file of an interrupted run"));
             }
         }
-        let scan = catalog::scan(s, name, now).await.map_err(|e| match e {
+        let to_err = |e| match e {
             catalog::CatalogError::Storage(source) => err(source),
-        })?;
+        };
+        let scan = catalog::scan(s, name, now).await.map_err(to_err)?;
+        // Only backups whose manifest reads back and matches count, and only they can be
+        // deleted: a broken manifest is reported, never counted toward min_keep, and left
+        // for the operator.
+        let listing = catalog::list(s, name, now).await.map_err(to_err)?;
+        for (file, why) in &listing.broken {
+            metrics::broken_manifest(name, s.name(), file, why);
+        }
+        let broken = listing.broken;
         // All archives of one run are one backup.
         let mut runs: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
-        for (id, file, _) in scan.complete {
-            runs.entry(id).or_default().push(file);
+        for b in listing.complete {
+            runs.entry(b.id).or_default().push(b.file);
         }
         let candidates: Vec<Candidate> = runs
             .iter()
@@ -97,6 +123,9 @@ pub async fn run(
         for d in plan {
             let archives: Vec<String> = runs.get(&d.id).cloned().unwrap_or_default();
             if d.action == Action::Delete && !dry_run {
+                if let Some(e) = cancelled() {
+                    return Err(e);
+                }
                 let mut files: Vec<String> =
                     archives.iter().map(|a| catalog::manifest_name(a)).collect();
                 files.extend(archives.iter().cloned());
@@ -117,19 +146,14 @@ pub async fn run(
             }
             leftovers.push((file, "archive without manifest (interrupted run)"));
         }
-        for file in scan.dangling_manifests {
-            if !dry_run {
-                s.delete(name, &file).await.map_err(err)?;
-                metrics::leftover_removed(name, s.name(), &file, "manifest without archive");
-            }
-            leftovers.push((file, "manifest without archive"));
-        }
+
         if !dry_run {
             metrics::backups_counted(
                 name,
                 s.name(),
                 remaining.len(),
                 remaining.iter().min().map(|id| id.time()),
+                broken.len(),
             );
         }
         reports.push(CleanupReport {
@@ -137,11 +161,25 @@ pub async fn run(
             storage: s.name(),
             decisions,
             leftovers,
+            broken,
             remaining: remaining.len(),
         });
     }
     if !dry_run {
-        ctx.state.update(name, |s| s.last_cleanup = Some(now));
+        // Forget drill records of archives that are gone from every storage.
+        let kept: std::collections::HashSet<String> = reports
+            .iter()
+            .flat_map(|r| {
+                r.decisions
+                    .iter()
+                    .filter(|(d, _)| d.action == Action::Keep)
+                    .flat_map(|(_, files)| files.iter().cloned())
+            })
+            .collect();
+        ctx.state.update(name, |s| {
+            s.last_cleanup = Some(now);
+            s.verified.retain(|file, _| kept.contains(file));
+        });
     }
     Ok(reports)
 }

@@ -4,6 +4,8 @@
 
 pub mod backup;
 pub mod cleanup;
+pub mod list;
+pub mod lock;
 pub mod restore;
 pub mod status;
 pub mod verify;

@@ -11,7 +11,7 @@ use super::backup::{self, BackupError};
 use super::Context;
 use crate::catalog::{self, Backup, BackupId, Contents};
 use crate::config::Target;
-use crate::engine::{self, Archive, Destination, EngineError, RestoreMode};
+use crate::engine::{self, Archive, Destination, EngineError, RestoreMode, RestoreOptions};
 use crate::error::{io_kind, Classify, ErrorKind};
 use crate::storage::{Storage, StorageError};
 
@@ -22,6 +22,8 @@ pub enum RestoreError {
     Refused(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{file} on {storage} is corrupt: its sha256 is {actual}, the manifest says {expected}; nothing was touched. Restore an older backup, or the copy on another storage")]
     Checksum {
         file: String,
@@ -48,6 +50,7 @@ impl Classify for RestoreError {
         match self {
             RestoreError::Refused(_) => ErrorKind::Refused,
             RestoreError::NotFound(_) => ErrorKind::NotFound,
+            RestoreError::Unavailable(_) => ErrorKind::Unreachable,
             RestoreError::Checksum { .. } => ErrorKind::Checksum,
             RestoreError::Read { source, .. } => io_kind(source),
             RestoreError::Storage(e) => e.kind(),
@@ -124,18 +127,33 @@ impl Chosen {
 
 /// Every complete backup of `target` with the storage it is on, storages in preference
 /// order (primary first).
+/// A storage that does not answer is skipped (and logged); it fails the call only when
+/// no storage answered.
 pub async fn list_everywhere(
     ctx: &Context,
     target: &Target,
 ) -> Result<Vec<(&'static str, Backup)>, RestoreError> {
-    let now = ctx.now();
+    let inv = super::list::inventory(ctx, std::slice::from_ref(&target.name), None).await;
+    if inv.unavailable.len() == ctx.storages.names().len() {
+        let (storage, error) = &inv.unavailable[0];
+        return Err(RestoreError::Unavailable(format!(
+            "no storage answered ({storage}: {error})"
+        )));
+    }
     let mut all = Vec::new();
     for s in ctx.storages.iter() {
-        let listing = catalog::list(s, &target.name, now).await?;
-        all.extend(listing.complete.into_iter().map(|b| (s.name(), b)));
+        all.extend(
+            inv.backups
+                .iter()
+                .filter(|b| b.storage == s.name())
+                .map(|b| (s.name(), b.clone())),
+        );
     }
     Ok(all)
 }
+
+/// The reason of a safety copy taken before a restore.
+pub const PRE_RESTORE: &str = "pre-restore";
 
 /// Pick the archive for `selector`: the local copy when there is one, else a remote one.
 pub async fn choose(
@@ -145,14 +163,21 @@ pub async fn choose(
     globals: bool,
 ) -> Result<Chosen, RestoreError> {
     let all = list_everywhere(ctx, target).await?;
+    // `latest` is the newest backup that is not a safety copy of a restore: restoring
+    // "latest" again must not bring back the state the last restore replaced.
     let id = match selector.id {
         Some(id) => id,
-        None => all.iter().map(|(_, b)| b.id).max().ok_or_else(|| {
-            RestoreError::NotFound(format!(
-                "target {} has no complete backup to restore",
-                target.name
-            ))
-        })?,
+        None => all
+            .iter()
+            .filter(|(_, b)| b.reason.as_deref() != Some(PRE_RESTORE))
+            .map(|(_, b)| b.id)
+            .max()
+            .ok_or_else(|| {
+                RestoreError::NotFound(format!(
+                    "target {} has no complete backup to restore (safety copies of restores do not count as latest; name one by its id)",
+                    target.name
+                ))
+            })?,
     };
     let of_id: Vec<&(&'static str, Backup)> = all.iter().filter(|(_, b)| b.id == id).collect();
     if of_id.is_empty() {
@@ -249,10 +274,11 @@ pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(
     Ok(())
 }
 
-/// A restore decided but not started: what, from where, into where.
+/// A restore decided but not started: what, from where, into where, and how.
 pub struct Plan {
     pub chosen: Chosen,
     pub dest: Destination,
+    pub mode: RestoreMode,
     /// What the operator confirms.
     pub description: String,
 }
@@ -268,6 +294,9 @@ pub async fn plan(
     let engine = engine::build(target);
     let dest = engine.destination(into)?;
     let chosen = choose(ctx, target, selector, globals).await?;
+    let mode = mode_of(&chosen, &dest);
+    // A way of restoring the kind cannot do is refused before anything is asked or read.
+    engine.supports(&mode)?;
     let b = &chosen.backup;
     let age = crate::retention::fmt_age(ctx.now() - b.id.time());
     let what = match (&chosen.schema_from_full, &b.schema, b.contents) {
@@ -275,11 +304,15 @@ pub async fn plan(
         (Some(s), _, _) | (None, Some(s), _) => format!("schema {s}"),
         _ => "the whole database".to_string(),
     };
+    let why = match b.reason.as_deref() {
+        Some(r) => format!("taken {r}"),
+        None => "scheduled or manual".to_string(),
+    };
     let description = format!(
-        "restore {what} of target {} from backup {} ({age} old, {:.1} MiB, {} on {})\ninto {}",
+        "restore {what} of target {} from backup {} ({age} old, {why}, {}, {} on {})\ninto {}",
         target.name,
         b.id,
-        b.bytes as f64 / 1048576.0,
+        crate::storage::human_size(b.bytes),
         b.file,
         b.storage,
         engine.describe(&dest)
@@ -287,14 +320,27 @@ pub async fn plan(
     Ok(Plan {
         chosen,
         dest,
+        mode,
         description,
     })
 }
 
 /// What the operator decided.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub yes: bool,
     pub safety_backup: bool,
+    /// Let replacing a schema drop objects outside it that depend on it.
+    pub drop_dependents: bool,
+}
+
+/// What a restore did besides restoring.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// The safety copy of the live database taken first, if any.
+    pub safety_backup: Option<BackupId>,
+    /// What the operator should know (e.g. roles not kept as owners).
+    pub notes: Vec<String>,
 }
 
 /// Which part of the chosen archive goes where.
@@ -319,26 +365,41 @@ fn mode_of(chosen: &Chosen, dest: &Destination) -> RestoreMode {
     }
 }
 
-/// Run a restore whose archive was chosen, checked and confirmed: get the destination
-/// ready, take the safety backup of a live database, then restore.
+/// Run a restore whose archive was chosen, checked and confirmed. Every check comes
+/// first (the engine's: the archive holds what is asked, nothing else would be dropped,
+/// the destination is ready), then the safety backup of a live database, then the
+/// restore: a restore refused by a check takes no safety copy.
 pub async fn execute(
     ctx: &Context,
     target: &Target,
     plan: &Plan,
     opts: &Options,
-) -> Result<(), RestoreError> {
+) -> Result<Done, RestoreError> {
     let engine = engine::build(target);
     let archive = plan.chosen.archive(ctx)?;
-    let restorer = engine.begin_restore(&plan.dest, opts.yes).await?;
+    let engine_opts = RestoreOptions {
+        yes: opts.yes,
+        drop_dependents: opts.drop_dependents,
+    };
+    let restorer = engine
+        .begin_restore(&plan.dest, archive, &plan.mode, &engine_opts)
+        .await?;
+    let mut done = Done {
+        safety_backup: None,
+        notes: restorer.notes(),
+    };
+    for note in &done.notes {
+        tracing::warn!(target = %target.name, "{note}");
+    }
     if plan.dest.is_own() && opts.safety_backup {
-        let outcome = backup::run(ctx, target, Some("pre-restore"))
+        let outcome = backup::run_queued(ctx, target, Some(PRE_RESTORE))
             .await
             .map_err(|e| RestoreError::SafetyBackup(Box::new(e)))?;
         tracing::info!(target = %target.name, backup_id = %outcome.id, "safety backup (pre-restore) taken");
+        done.safety_backup = Some(outcome.id);
     }
-    let mode = mode_of(&plan.chosen, &plan.dest);
-    restorer.restore(archive, &mode, &ctx.cancel).await?;
-    Ok(())
+    restorer.restore(archive, &plan.mode, &ctx.cancel).await?;
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct TargetHealth {
     pub problems: Vec<String>,
     pub newest_backup: Option<NewestBackup>,
     pub backups: usize,
+    /// Manifests not counted as backups (unreadable, not matching their archive).
+    pub broken_manifests: usize,
     pub pending_uploads: usize,
     pub last_run: LastRun,
     pub next_run: Option<DateTime<Utc>>,
@@ -57,8 +59,7 @@ pub struct TargetHealth {
 
 /// What is known about one target, gathered by the caller.
 pub struct Facts<'a> {
-    pub newest: Option<(String, DateTime<Utc>)>,
-    pub backups: usize,
+    pub catalog: CatalogSummary,
     pub state: &'a TargetState,
     pub next_run: Option<DateTime<Utc>>,
     pub database: Option<DbStatus>,
@@ -74,22 +75,21 @@ pub fn stale_after(
 ) -> DateTime<Utc> {
     let grace =
         chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
-    match newest {
-        Some(created) => next_run(&target.schedule, Some(created), now) + grace,
-        None => next_run(&target.schedule, None, since.unwrap_or(now)) + grace,
-    }
+    let due = match newest {
+        Some(created) => next_run(&target.schedule, Some(created), now),
+        None => next_run(&target.schedule, None, since.unwrap_or(now)),
+    };
+    // A schedule that never fires again is a config error caught at load; should one get
+    // here all the same, the target is due now rather than never.
+    due.unwrap_or(now) + grace
 }
 
 pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHealth {
     let mut problems = Vec::new();
-    let stale_after = stale_after(
-        target,
-        facts.newest.as_ref().map(|n| n.1),
-        facts.state.since,
-        now,
-    );
+    let newest = facts.catalog.newest.clone();
+    let stale_after = stale_after(target, newest.as_ref().map(|n| n.1), facts.state.since, now);
     if now > stale_after {
-        problems.push(match &facts.newest {
+        problems.push(match &newest {
             Some((id, created)) => format!(
                 "stale: newest complete backup {id} is {} old; a new one was due by {}",
                 fmt_age(now - *created),
@@ -125,6 +125,18 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
                 .unwrap_or("unknown error")
         ));
     }
+    for u in &facts.catalog.unavailable {
+        problems.push(format!(
+            "storage {u}; its copies are not counted (the others still are)"
+        ));
+    }
+    if !facts.catalog.broken.is_empty() {
+        problems.push(format!(
+            "{} broken manifest(s), not counted as backups and not deleted: {}; `dbkeep verify` lists them",
+            facts.catalog.broken.len(),
+            facts.catalog.broken.join("; ")
+        ));
+    }
     if facts.state.last_status == Some(RunStatus::Failure) {
         problems.push(format!(
             "last run failed: {}",
@@ -136,12 +148,13 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         kind: target.source.kind(),
         healthy: problems.is_empty(),
         problems,
-        newest_backup: facts.newest.map(|(id, created)| NewestBackup {
+        newest_backup: newest.map(|(id, created)| NewestBackup {
             id,
             created,
             age_seconds: (now - created).num_seconds(),
         }),
-        backups: facts.backups,
+        backups: facts.catalog.backups,
+        broken_manifests: facts.catalog.broken.len(),
         pending_uploads: facts.state.pending_uploads.len(),
         last_run: LastRun {
             status: facts.state.last_status,
@@ -161,27 +174,66 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
     }
 }
 
-/// The newest complete backup (id, time) and the number of backups of a target.
-pub type CatalogSummary = (Option<(String, DateTime<Utc>)>, usize);
-
-/// Newest complete backup (id, time) and the number of backups, across storages. A
-/// storage that cannot be listed counts nothing.
-pub async fn newest_backup(
-    storages: &Storages,
-    target: &str,
+/// When the target's restore drill is overdue: its next drill slot after the last drill
+/// (or after the daemon first scheduled it) plus `health_grace`; `None` when drills are off.
+pub fn drill_deadline(
+    target: &Target,
+    state: &TargetState,
     now: DateTime<Utc>,
-) -> CatalogSummary {
-    let mut newest: Option<catalog::BackupId> = None;
+) -> Option<DateTime<Utc>> {
+    let schedule = target.verify_schedule.as_ref()?;
+    let grace =
+        chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
+    let from = state.last_verify.or(state.since).unwrap_or(now);
+    Some(next_run(schedule, Some(from), now).unwrap_or(now) + grace)
+}
+
+/// What the storages hold of one target.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogSummary {
+    /// The newest complete backup (id, time), across storages.
+    pub newest: Option<(String, DateTime<Utc>)>,
+    /// Complete backups (distinct runs), across storages.
+    pub backups: usize,
+    /// "storage: file: why" of each broken manifest.
+    pub broken: Vec<String>,
+    /// "name unavailable: error" of each storage that could not be listed.
+    pub unavailable: Vec<String>,
+    /// Per storage: complete runs, the oldest's time, broken manifests.
+    pub per_storage: Vec<(&'static str, usize, Option<DateTime<Utc>>, usize)>,
+}
+
+/// List a target on every storage, reading its manifests: complete backups, broken
+/// manifests, storages that do not answer.
+pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) -> CatalogSummary {
+    let mut out = CatalogSummary::default();
     let mut ids = std::collections::BTreeSet::new();
     for s in storages.iter() {
-        if let Ok(scan) = catalog::scan(s, target, now).await {
-            for (id, _, _) in scan.complete {
-                ids.insert(id);
-                newest = newest.max(Some(id));
+        match catalog::list(s, target, now).await {
+            Ok(listing) => {
+                let mine: std::collections::BTreeSet<_> =
+                    listing.complete.iter().map(|b| b.id).collect();
+                out.per_storage.push((
+                    s.name(),
+                    mine.len(),
+                    mine.first().map(|i| i.time()),
+                    listing.broken.len(),
+                ));
+                ids.extend(mine);
+                for (file, why) in listing.broken {
+                    out.broken.push(format!("{}: {file}: {why}", s.name()));
+                }
             }
+            Err(e) => out.unavailable.push(format!(
+                "{} unavailable: {}",
+                s.name(),
+                crate::error::chain(&e)
+            )),
         }
     }
-    (newest.map(|id| (id.to_string(), id.time())), ids.len())
+    out.newest = ids.last().map(|id| (id.to_string(), id.time()));
+    out.backups = ids.len();
+    out
 }
 
 /// Does the target's database answer?
@@ -200,17 +252,16 @@ pub async fn report(ctx: &Context, cfg: &Config) -> Vec<TargetHealth> {
     let mut all = Vec::new();
     for t in &cfg.targets {
         let st = ctx.state.get(&t.name);
-        let (newest, count) = newest_backup(&ctx.storages, &t.name, now).await;
+        let catalog = summarize(&ctx.storages, &t.name, now).await;
         let db = database(t, now).await;
-        let last = st.last_run.or(newest.as_ref().map(|n| n.1));
-        let next = next_run(&t.schedule, last, now).max(now);
+        let last = st.last_run.or(catalog.newest.as_ref().map(|n| n.1));
+        let next = next_run(&t.schedule, last, now).map(|n| n.max(now));
         all.push(assess(
             t,
             Facts {
-                newest,
-                backups: count,
+                catalog,
                 state: &st,
-                next_run: Some(next),
+                next_run: next,
                 database: Some(db),
             },
             now,
@@ -259,8 +310,11 @@ mod tests {
         now: DateTime<Utc>,
     ) -> TargetHealth {
         let facts = Facts {
-            newest: newest.map(|c| ("id".to_string(), c)),
-            backups: usize::from(newest.is_some()),
+            catalog: CatalogSummary {
+                newest: newest.map(|c| ("id".to_string(), c)),
+                backups: usize::from(newest.is_some()),
+                ..Default::default()
+            },
             state: &state,
             next_run: None,
             database: None,

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::restore::{list_everywhere, verify_checksum, RestoreError};
 use super::Context;
-use crate::catalog::{self, Backup, BackupId, Contents, Manifest};
+use crate::catalog::{self, Backup, BackupId, Contents};
 use crate::config::Target;
-use crate::engine::{self, Archive, EngineError, Purpose, RestoreMode};
+use crate::engine::{self, Archive, Purpose, RestoreMode};
 use crate::metrics;
 use crate::state::RunStatus;
 
@@ -127,21 +127,13 @@ async fn drill_inner(
     let dropped = scratch.discard().await;
     restored?;
     dropped?;
-    // Record the proof in every copy of the manifests.
+    // Record the proof in the state file: manifests are never rewritten.
     let verified = ctx.now();
-    for (_, b) in &newest {
-        let mut m: Manifest = b.manifest.clone();
-        m.verified_at = Some(verified);
-        let bytes = serde_json::to_vec_pretty(&m).map_err(|e| {
-            EngineError::Check(format!("cannot serialize the manifest of {}: {e}", b.file))
-        })?;
-        for s in ctx.storages.iter() {
-            let name = catalog::manifest_name(&b.file);
-            if s.get_bytes(&target.name, &name).await.is_ok() {
-                s.put_bytes(&target.name, &name, bytes.clone()).await?;
-            }
+    ctx.state.update(&target.name, |s| {
+        for (_, b) in &newest {
+            s.verified.insert(b.file.clone(), verified);
         }
-    }
+    });
     Ok(DrillReport {
         id,
         archives: newest.len(),
@@ -177,4 +169,17 @@ async fn newest_run(
         }
     }
     Ok(out)
+}
+
+/// Fill in `verified_at` from the drills recorded in the state file.
+pub fn annotate(ctx: &Context, backups: &mut [Backup]) {
+    let mut states = std::collections::HashMap::new();
+    for b in backups.iter_mut() {
+        let st = states
+            .entry(b.target.clone())
+            .or_insert_with(|| ctx.state.get(&b.target));
+        if let Some(at) = st.verified.get(&b.file) {
+            b.verified_at = Some(b.verified_at.map_or(*at, |m| m.max(*at)));
+        }
+    }
 }

@@ -80,7 +80,7 @@ pub(crate) async fn backup_first(
     target: &Target,
     reason: &str,
 ) -> Result<BackupId, SchemaError> {
-    let outcome = backup::run(ctx, target, Some(reason))
+    let outcome = backup::run_queued(ctx, target, Some(reason))
         .await
         .map_err(|e| SchemaError::Backup(Box::new(e)))?;
     let now = ctx.now();

@@ -89,12 +89,52 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|source| io_err("fsync folder", dir, source))
 }
 
-/// fsync the temp file, rename it to its final name, fsync the folder.
+/// Rename `from` to `to` unless `to` exists (the check and the rename are one step).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 with two NUL-terminated paths relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Filesystems without RENAME_NOREPLACE: a hard link fails the same way on an
+        // existing name; then the temp name goes.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
+/// fsync the temp file, rename it to its final name (never over an existing one), fsync
+/// the folder.
 fn publish(file: File, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
     file.sync_all()
         .map_err(|source| io_err("fsync", tmp, source))?;
     drop(file);
-    fs::rename(tmp, dest).map_err(|source| io_err("rename into place", dest, source))?;
+    rename_noreplace(tmp, dest).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            StorageError::Exists {
+                storage: NAME,
+                path: dest.to_path_buf(),
+            }
+        } else {
+            io_err("rename into place", dest, source)
+        }
+    })?;
     forget_temp(tmp);
     sync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
@@ -116,7 +156,10 @@ impl Write for LocalWriter {
         let Some(w) = self.out.as_mut() else {
             return Err(io::Error::other("writer already closed"));
         };
-        let n = w.write(buf)?;
+        let n = w.write(buf).map_err(|source| {
+            // Keep the path (and the os error, for its kind) with the error.
+            io::Error::new(source.kind(), io_err("write", &self.tmp, source))
+        })?;
         self.written += n as u64;
         let flushed = self.written - w.buffer().len() as u64;
         if flushed - self.synced >= WRITEBACK_EVERY {
@@ -256,14 +299,40 @@ impl Storage for LocalStorage {
 
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.dir(target).join(file);
-        match tokio::fs::read(&path).await {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
-                storage: NAME,
-                path,
-            }),
-            Err(source) => Err(io_err("read", &path, source)),
-        }
+        blocking(move || {
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path);
+            let f = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound {
+                        storage: NAME,
+                        path,
+                    })
+                }
+                Err(source) => return Err(io_err("read", &path, source)),
+            };
+            let len = f
+                .metadata()
+                .map_err(|source| io_err("read", &path, source))?
+                .len();
+            if len > super::MAX_SMALL_OBJECT {
+                return Err(StorageError::TooLarge {
+                    storage: NAME,
+                    path,
+                    bytes: len,
+                    limit: super::MAX_SMALL_OBJECT,
+                });
+            }
+            let mut out = Vec::with_capacity(len as usize);
+            let mut limited = io::Read::take(f, super::MAX_SMALL_OBJECT);
+            io::Read::read_to_end(&mut limited, &mut out)
+                .map_err(|source| io_err("read", &path, source))?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn open(

@@ -78,10 +78,14 @@ impl Write for MemoryWriter {
 impl ObjectWriter for MemoryWriter {
     fn commit(self: Box<Self>) -> Result<(), StorageError> {
         let this = *self;
-        this.storage
-            .lock()
-            .objects
-            .insert(this.key, (this.buf, Utc::now()));
+        let mut s = this.storage.lock();
+        if s.objects.contains_key(&this.key) {
+            return Err(StorageError::Exists {
+                storage: this.storage.name,
+                path: PathBuf::from(format!("{}/{}", this.key.0, this.key.1)),
+            });
+        }
+        s.objects.insert(this.key, (this.buf, Utc::now()));
         Ok(())
     }
     fn abort(self: Box<Self>) {}
@@ -125,11 +129,21 @@ impl Storage for MemoryStorage {
     }
 
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
-        self.lock()
+        let bytes = self
+            .lock()
             .objects
             .get(&(target.to_string(), file.to_string()))
             .map(|(b, _)| b.clone())
-            .ok_or_else(|| self.not_found(target, file))
+            .ok_or_else(|| self.not_found(target, file))?;
+        if bytes.len() as u64 > super::MAX_SMALL_OBJECT {
+            return Err(StorageError::TooLarge {
+                storage: self.name,
+                path: PathBuf::from(format!("{target}/{file}")),
+                bytes: bytes.len() as u64,
+                limit: super::MAX_SMALL_OBJECT,
+            });
+        }
+        Ok(bytes)
     }
 
     async fn open(
@@ -137,7 +151,12 @@ impl Storage for MemoryStorage {
         target: &str,
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
-        let bytes = self.get_bytes(target, file).await?;
+        let bytes = self
+            .lock()
+            .objects
+            .get(&(target.to_string(), file.to_string()))
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| self.not_found(target, file))?;
         Ok(Box::new(io::Cursor::new(bytes)))
     }
 

@@ -55,6 +55,18 @@ pub enum StorageError {
         expected: String,
         actual: String,
     },
+    #[error("{storage} storage: {path} exists already; dbkeep never replaces a stored archive or manifest (another run of the same target may have written it: see the run lock)")]
+    Exists {
+        storage: &'static str,
+        path: PathBuf,
+    },
+    #[error("{storage} storage: {path} is {bytes} bytes, more than the {limit} a manifest may have; it is not read")]
+    TooLarge {
+        storage: &'static str,
+        path: PathBuf,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("{storage} storage: writing {file}: {source}")]
     Write {
         storage: &'static str,
@@ -70,7 +82,8 @@ impl Classify for StorageError {
             StorageError::Io { source, .. } | StorageError::Write { source, .. } => io_kind(source),
             StorageError::NotFound { .. } => ErrorKind::NotFound,
             StorageError::Checksum { .. } => ErrorKind::Checksum,
-            StorageError::Task { .. } => ErrorKind::Failed,
+            StorageError::Exists { .. } => ErrorKind::Conflict,
+            StorageError::Task { .. } | StorageError::TooLarge { .. } => ErrorKind::Failed,
             StorageError::Remote { kind, .. } => *kind,
         }
     }
@@ -89,6 +102,43 @@ impl Classify for StorageError {
     }
 }
 
+/// The largest object [`Storage::get_bytes`] reads (manifests are a few KiB; a huge one is
+/// an attack or a mistake, not something to hold in memory).
+pub const MAX_SMALL_OBJECT: u64 = 4 * 1024 * 1024;
+
+/// Bytes free for an unprivileged writer on the filesystem of `path` (or its nearest
+/// existing ancestor).
+pub fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// "0 B", "512 KiB", "1.5 GiB".
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    match u {
+        0 => format!("{n} B"),
+        _ if v < 10.0 => format!("{v:.1} {}", UNITS[u]),
+        _ => format!("{v:.0} {}", UNITS[u]),
+    }
+}
+
 /// One stored object as the storage lists it.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
@@ -98,7 +148,8 @@ pub struct ObjectInfo {
 }
 
 /// An object being written. Blocking `Write`: it is fed from the compression thread.
-/// Nothing is visible under the final name until `commit`; `abort` (or drop) removes it.
+/// Nothing is visible under the final name until `commit`, which never replaces an
+/// existing object ([`StorageError::Exists`]); `abort` (or drop) removes it.
 pub trait ObjectWriter: Write + Send {
     /// Make the object durable and visible under its final name.
     fn commit(self: Box<Self>) -> Result<(), StorageError>;
@@ -119,10 +170,12 @@ pub trait Storage: Send + Sync {
     /// Start writing `file` in `target`'s folder.
     async fn create(&self, target: &str, file: &str)
         -> Result<Box<dyn ObjectWriter>, StorageError>;
-    /// Write a small object (a manifest) atomically.
+    /// Write a small object (a manifest) atomically. Like an archive's commit, it never
+    /// replaces an existing object: that is [`StorageError::Exists`].
     async fn put_bytes(&self, target: &str, file: &str, bytes: Vec<u8>)
         -> Result<(), StorageError>;
-    /// Read a small object (a manifest) whole.
+    /// Read a small object (a manifest) whole; more than [`MAX_SMALL_OBJECT`] bytes is
+    /// [`StorageError::TooLarge`], and nothing is read.
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError>;
     /// A blocking reader over a stored object (read it from a blocking thread).
     async fn open(
@@ -183,6 +236,12 @@ impl Storages {
             .find_map(|s| s.scratch_dir(target))
             .unwrap_or_else(|| work_dir.to_path_buf())
     }
+}
+
+/// Wait (at most `limit`) until uploads this process dropped are aborted on their store;
+/// a one-shot command calls it before it exits. False when some did not finish in time.
+pub async fn settle(limit: std::time::Duration) -> bool {
+    s3::settle(limit).await
 }
 
 /// The storages a config enables: local is the primary when configured, else S3.

@@ -129,9 +129,17 @@ fn dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes_exactly_that(
         !after.contains(&"app_20200101_000000.sqlite.zst".to_string()),
         "orphan removed"
     );
+    // A manifest without its archive is broken: reported, never counted, and never
+    // deleted automatically (it may be the only trace of a backup someone removed).
     assert!(
-        !after.contains(&"app_20200102_000000.sqlite.zst.manifest.json".to_string()),
-        "dangling manifest removed"
+        after.contains(&"app_20200102_000000.sqlite.zst.manifest.json".to_string()),
+        "broken manifest kept"
+    );
+    assert!(
+        run.stdout
+            .contains("broken manifest app_20200102_000000.sqlite.zst.manifest.json (its archive is missing): not counted, not deleted"),
+        "{}",
+        run.stdout
     );
     assert!(
         after.contains(&"other_20200101_000000.sqlite.zst".to_string()),
@@ -141,7 +149,8 @@ fn dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes_exactly_that(
         sb.backups().join("app_20200101_000000.sqlite.zst").exists(),
         "outside the folder untouched"
     );
-    assert_eq!(after.len(), 4 * 2 + 1, "{after:?}");
+    // 4 backups (archive + manifest), the other target's file, the broken manifest.
+    assert_eq!(after.len(), 4 * 2 + 2, "{after:?}");
 }
 
 #[test]

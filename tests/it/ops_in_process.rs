@@ -79,6 +79,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
         &Options {
             yes: false,
             safety_backup: true,
+            ..Default::default()
         },
     )
     .await
@@ -93,6 +94,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
         &Options {
             yes: false,
             safety_backup: false,
+            ..Default::default()
         },
     )
     .await;
@@ -162,6 +164,7 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
         &Options {
             yes: false,
             safety_backup: true,
+            ..Default::default()
         },
     )
     .await
@@ -173,8 +176,11 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "500|125250");
 
-    // A schema of a SQLite backup is refused, and the live file is untouched.
-    let schema_plan = restore::plan(
+    // A schema of a SQLite backup is refused when the restore is planned, before anything
+    // is asked, read or backed up; the live file is untouched.
+    let before = std::fs::read(&db).unwrap();
+    let listed_before = sb.files("shop");
+    let refused = restore::plan(
         &ctx,
         t,
         &format!("{}:main", first.id).parse::<Selector>().unwrap(),
@@ -182,20 +188,19 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
         false,
     )
     .await
-    .expect("plan");
-    let before = std::fs::read(&db).unwrap();
-    let r = restore::execute(
-        &ctx,
-        t,
-        &schema_plan,
-        &Options {
-            yes: true,
-            safety_backup: false,
-        },
-    )
-    .await;
-    assert!(r.is_err(), "a schema restore of SQLite must fail");
+    .err()
+    .expect("a schema restore of SQLite is refused");
+    assert_eq!(
+        dbkeep::error::Classify::kind(&refused),
+        dbkeep::error::ErrorKind::Refused
+    );
+    assert!(refused.to_string().contains("no schema"), "{refused}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert_eq!(
+        sb.files("shop"),
+        listed_before,
+        "no safety backup was taken"
+    );
 
     let later = Utc::now() + chrono::Duration::days(2);
     let done = cleanup::run(&ctx, t, false, later).await.unwrap();

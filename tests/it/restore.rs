@@ -393,7 +393,11 @@ fn a_drill_proves_the_backup_and_cleans_up_its_scratch_database_even_when_it_fai
     let manifest_path = format!("{}.manifest.json", archive_of(&sb, ".dump.zst").display());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    assert!(manifest["verified_at"].is_string(), "{manifest}");
+    // The proof is kept beside the manifest, which is never rewritten.
+    assert!(manifest.get("verified_at").is_none(), "{manifest}");
+    let listed = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert!(listed[0]["verified_at"].is_string(), "{listed}");
     let scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'dbkeep_drill_%'";
     assert_eq!(pg.psql("postgres", scratch), "0");
 

@@ -25,6 +25,18 @@ impl Dsn {
     pub fn parse(url: &str, fallback: Option<&Secret>) -> Result<Dsn, EngineError> {
         let mut u = url::Url::parse(url)
             .map_err(|e| EngineError::Refused(format!("{:?} is not a URL: {e}", redact(url))))?;
+        // The database is the URL's path, and only that: a `dbname=` (or a `service=`,
+        // which can name one too) in the query would send the restore elsewhere than the
+        // confirmation and the non-empty check said.
+        if let Some((k, _)) = u
+            .query_pairs()
+            .find(|(k, _)| k.eq_ignore_ascii_case("dbname") || k.eq_ignore_ascii_case("service"))
+        {
+            return Err(EngineError::Refused(format!(
+                "{:?} names its database twice (path and `{k}=` in the query): write the database only as the path, postgres://user@host/dbname",
+                redact(url)
+            )));
+        }
         let from_url = u.password().map(|p| Secret::new(p.to_string()));
         let _ = u.set_password(None);
         Ok(Dsn {

@@ -79,3 +79,81 @@ pub async fn drop(dsn: &Dsn) -> Result<(), EngineError> {
     let _ = admin.close().await;
     dropped.map(|_| ())
 }
+
+/// Objects outside `schema` that `DROP SCHEMA schema CASCADE` would drop with it (views
+/// on its tables, foreign keys into it, ...), described by the server ("view public.v").
+/// Empty when the schema does not exist.
+pub async fn dependents_outside(dsn: &Dsn, schema: &str) -> Result<Vec<String>, EngineError> {
+    let mut conn = dsn.connect().await?;
+    // Follow pg_depend from the schema through everything that depends on it; a view
+    // depends through its rewrite rule, which stands for the view itself.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "WITH RECURSIVE deps(classid, objid) AS ( \
+             SELECT 'pg_namespace'::regclass::oid, n.oid FROM pg_namespace n WHERE n.nspname = $1 \
+           UNION \
+             SELECT CASE WHEN d.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass::oid ELSE d.classid END, \
+                    CASE WHEN d.classid = 'pg_rewrite'::regclass THEN r.ev_class ELSE d.objid END \
+             FROM pg_depend d JOIN deps ON d.refclassid = deps.classid AND d.refobjid = deps.objid \
+             LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid \
+             WHERE d.deptype IN ('n', 'a') \
+         ) \
+         SELECT DISTINCT i.type, i.identity \
+         FROM deps, LATERAL pg_identify_object(deps.classid, deps.objid, 0) i \
+         WHERE deps.classid <> 'pg_namespace'::regclass AND i.schema IS DISTINCT FROM $1 \
+         ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(&mut conn)
+    .await
+    .map_err(EngineError::db(format!(
+        "listing what depends on schema {schema}"
+    )))?;
+    let _ = conn.close().await;
+    Ok(rows.into_iter().map(|(t, i)| format!("{t} {i}")).collect())
+}
+
+/// Whether the connecting role may own objects as `owners` do (a superuser, or a member
+/// of each): the roles it cannot be, and its own name.
+pub async fn owners_not_kept(
+    dsn: &Dsn,
+    owners: &[String],
+) -> Result<(Vec<String>, String), EngineError> {
+    let mut conn = dsn.connect().await?;
+    let what = "checking the restoring role's memberships";
+    let (me, superuser): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(EngineError::db(what))?;
+    let missing = if superuser {
+        // A superuser can be anyone, but not a role that does not exist here.
+        let exist: Vec<(String,)> =
+            sqlx::query_as("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+                .bind(owners)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(EngineError::db(what))?;
+        owners
+            .iter()
+            .filter(|o| !exist.iter().any(|(e,)| e == *o))
+            .cloned()
+            .collect()
+    } else {
+        let members: Vec<(String,)> = sqlx::query_as(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1) \
+             AND pg_has_role(current_user, oid, 'MEMBER')",
+        )
+        .bind(owners)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(EngineError::db(what))?;
+        owners
+            .iter()
+            .filter(|o| !members.iter().any(|(m,)| m == *o))
+            .cloned()
+            .collect()
+    };
+    let _ = conn.close().await;
+    Ok((missing, me))
+}

@@ -1,15 +1,19 @@
 //! Dumping PostgreSQL: `pg_dump -Fc -Z0` per database or schema, and `pg_dumpall
 //! --globals-only`, streamed from the client binaries that match the server's version.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 
-use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
+use super::introspect;
 use super::tools::find_tool_dir;
 use super::PostgresEngine;
 use crate::catalog::{Contents, TableInfo, ToolVersions};
+use crate::engine::dump::Fingerprints;
+use crate::engine::model::fingerprint_all;
 use crate::engine::{glob_match, Dump, EngineError, Part, Prepared};
 use crate::process;
 
@@ -21,9 +25,76 @@ fn exact_pattern(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Open the run's view of the database: a repeatable-read transaction whose snapshot is
+/// exported for every pg_dump of the run, held open (on its own connection) until the
+/// run ends. The catalog and the schema fingerprints are read in the same snapshot.
+async fn open_snapshot(conn: &mut PgConnection, what: &str) -> Result<Option<String>, EngineError> {
+    // A server-side idle timeout must not end the transaction between two archives.
+    sqlx::raw_sql(
+        "SET idle_in_transaction_session_timeout = 0; \
+         BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(EngineError::db(what.to_string()))?;
+    match sqlx::query_as::<_, (String,)>("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok((id,)) => Ok(Some(id)),
+        Err(err) => {
+            // A server that cannot export snapshots (some poolers, old standbys): each
+            // pg_dump then takes its own, which is consistent for a single archive.
+            tracing::warn!(error = %err, "cannot export a snapshot; archives of this run are each consistent on their own");
+            sqlx::raw_sql("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *conn)
+                .await
+                .map_err(EngineError::db(what.to_string()))?;
+            Ok(None)
+        }
+    }
+}
+
+/// The schema fingerprints as the snapshot sees them; a failure is logged, rolled back
+/// to a savepoint (the snapshot stays usable), and leaves `None`.
+async fn read_fingerprints(conn: &mut PgConnection, target: &str) -> Option<Fingerprints> {
+    let read = async {
+        sqlx::raw_sql("SAVEPOINT dbkeep_fingerprint")
+            .execute(&mut *conn)
+            .await?;
+        let mut models = BTreeMap::new();
+        for s in introspect::schemas(&mut *conn).await? {
+            let m = introspect::schema_model(&mut *conn, &s).await?;
+            models.insert(s, m);
+        }
+        sqlx::raw_sql("RELEASE SAVEPOINT dbkeep_fingerprint")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>(models)
+    }
+    .await;
+    match read {
+        Ok(models) => {
+            let each = models
+                .iter()
+                .map(|(s, m)| (s.clone(), m.fingerprint()))
+                .collect();
+            Some((fingerprint_all(&models), each))
+        }
+        Err(err) => {
+            tracing::warn!(target, error = %err, "cannot read the schema fingerprint; the backup goes on without it");
+            let _ = sqlx::raw_sql("ROLLBACK TO SAVEPOINT dbkeep_fingerprint")
+                .execute(&mut *conn)
+                .await;
+            None
+        }
+    }
+}
+
 pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let mut conn = e.dsn.connect().await?;
     let what = format!("reading the catalog of {}", e.dsn.location());
+    let snapshot = open_snapshot(&mut conn, &what).await?;
     let (version_num, version): (String, String) = sqlx::query_as(
         "SELECT current_setting('server_version_num'), current_setting('server_version')",
     )
@@ -96,7 +167,14 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             rows: (rows >= 0).then_some(rows),
         })
         .collect();
-    let _ = conn.close().await;
+    if snapshot.is_none() && parts.len() > 1 {
+        return Err(EngineError::Unsupported(format!(
+            "the server cannot export a snapshot, so the {} archives of a run of {} could not be consistent with each other; back up the whole database (no `schemas`), or connect to the server directly rather than through a pooler",
+            parts.len(),
+            e.target
+        )));
+    }
+    let fingerprints = read_fingerprints(&mut conn, &e.target).await;
 
     let (tool_dir, dump_version) =
         find_tool_dir("pg_dump", major, e.cfg.pg_bin_dir.as_deref(), &e.target).await?;
@@ -124,6 +202,9 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         },
         tool_dir: Some(tool_dir),
         tables,
+        snapshot,
+        fingerprints,
+        hold: Some(Box::new(std::sync::Mutex::new(conn))),
     })
 }
 
@@ -153,6 +234,9 @@ pub fn open(
                 .arg(dbname);
             if let Some(schema) = &part.schema {
                 spec = spec.arg(format!("--schema={}", exact_pattern(schema)));
+            }
+            if let Some(snapshot) = &prepared.snapshot {
+                spec = spec.arg(format!("--snapshot={snapshot}"));
             }
             spec
         }

@@ -21,7 +21,7 @@ use crate::config::PostgresConfig;
 use crate::engine::model::{DatabaseInfo, TableEntry};
 use crate::engine::{
     Archive, Destination, Dump, Engine, EngineError, Part, Prepared, Purpose, RestoreMode,
-    Restorer, Scratch, Session,
+    RestoreOptions, Restorer, Scratch, Session,
 };
 use crate::process::Spec;
 
@@ -80,10 +80,11 @@ impl PostgresEngine {
     ) -> Result<(), EngineError> {
         let tools =
             restore::restore_tools(&self.cfg, dsn, &archive.backup.manifest, &self.target).await?;
+        // A scratch database is the restoring role's own: owners are not kept there.
         let run = restore::Run {
             tools: &tools,
             dsn,
-            keep_owner: self.cfg.restore_owner,
+            keep_owner: self.cfg.restore_owner.unwrap_or(false),
             timeout: self.timeout,
             cancel,
         };
@@ -187,18 +188,81 @@ impl Engine for PostgresEngine {
         }
     }
 
+    fn supports(&self, _mode: &RestoreMode) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     async fn begin_restore(
         &self,
         dest: &Destination,
-        yes: bool,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        opts: &RestoreOptions,
     ) -> Result<Box<dyn Restorer>, EngineError> {
         let dsn = self.dsn_of(dest)?;
-        if let Destination::Other(_) = dest {
-            database::prepare(&dsn, yes).await?;
+        let manifest = &archive.backup.manifest;
+        // A pg_restore that reads the archive, for its table of contents; the one that
+        // restores is chosen for the destination server below.
+        let dump_major = manifest
+            .tools
+            .dump_tool
+            .as_deref()
+            .and_then(tools::parse_tool_major)
+            .unwrap_or(0);
+        let toc_tools = tools::find_tool_dir(
+            "pg_restore",
+            dump_major,
+            self.cfg.pg_bin_dir.as_deref(),
+            &self.target,
+        )
+        .await?
+        .0;
+        let needs_toc =
+            matches!(mode, RestoreMode::Schema { .. }) || self.cfg.restore_owner.is_none();
+        let toc = if needs_toc {
+            restore::toc(&toc_tools, archive).await?
+        } else {
+            restore::Toc::default()
+        };
+        if let RestoreMode::Schema { name, from_full } = mode {
+            check_schema(name, *from_full, archive, &toc)?;
+            let outside = database::dependents_outside(&dsn, name).await?;
+            if !outside.is_empty() && !opts.drop_dependents {
+                return Err(EngineError::Refused(format!(
+                    "replacing schema {name} drops {} object(s) outside it that depend on it and are not in the archive: {}; nothing was changed. Add --drop-dependents to go on (they are gone afterwards), or restore the whole database",
+                    outside.len(),
+                    outside.join(", ")
+                )));
+            }
         }
+        if let Destination::Other(_) = dest {
+            database::prepare(&dsn, opts.yes).await?;
+        }
+        let owners: Vec<String> = toc.owners.iter().cloned().collect();
+        let (keep_owner, notes) = match self.cfg.restore_owner {
+            Some(keep) => (keep, Vec::new()),
+            None if owners.is_empty() => (true, Vec::new()),
+            None => {
+                let (missing, me) = database::owners_not_kept(&dsn, &owners).await?;
+                if missing.is_empty() {
+                    (true, Vec::new())
+                } else {
+                    (false, vec![format!(
+                        "objects come back owned by {me}: the restoring role cannot be {} (not a member, or the role does not exist here); grant it membership, or set `restore_owner = false` to make this the rule",
+                        missing.join(", ")
+                    )])
+                }
+            }
+        };
+        let tools = restore::restore_tools(&self.cfg, &dsn, manifest, &self.target).await?;
         Ok(Box::new(PgRestorer {
-            engine: PostgresEngine::new(&self.target, self.cfg.clone(), self.timeout),
-            dsn,
+            run: RestoreRun {
+                tools,
+                dsn,
+                keep_owner,
+                timeout: self.timeout,
+            },
+            notes,
         }))
     }
 
@@ -223,22 +287,88 @@ impl Engine for PostgresEngine {
     }
 }
 
-struct PgRestorer {
-    engine: PostgresEngine,
+/// How a checked restore runs: its tools, destination and owner rule.
+struct RestoreRun {
+    tools: PathBuf,
     dsn: Dsn,
+    keep_owner: bool,
+    timeout: Duration,
+}
+
+impl RestoreRun {
+    async fn restore(
+        &self,
+        archive: Archive<'_>,
+        mode: &RestoreMode,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let run = restore::Run {
+            tools: &self.tools,
+            dsn: &self.dsn,
+            keep_owner: self.keep_owner,
+            timeout: self.timeout,
+            cancel,
+        };
+        restore::pg_restore(&run, archive, mode).await
+    }
+}
+
+/// A schema to replace must be in the archive: a per-schema archive holds its own, a
+/// whole-database one the schemas its tables or its table of contents name.
+fn check_schema(
+    name: &str,
+    from_full: bool,
+    archive: Archive<'_>,
+    toc: &restore::Toc,
+) -> Result<(), EngineError> {
+    let m = &archive.backup.manifest;
+    if !from_full {
+        return match &m.schema {
+            Some(s) if s == name => Ok(()),
+            _ => Err(EngineError::Refused(format!(
+                "{} is not an archive of schema {name}; nothing was changed",
+                archive.backup.file
+            ))),
+        };
+    }
+    let in_tables = m.tables.iter().any(|t| t.schema.as_deref() == Some(name));
+    if in_tables || toc.schemas.contains(name) || name == "public" {
+        return Ok(());
+    }
+    let mut have: Vec<String> = toc.schemas.iter().cloned().collect();
+    for t in &m.tables {
+        if let Some(s) = &t.schema {
+            if !have.contains(s) {
+                have.push(s.clone());
+            }
+        }
+    }
+    have.sort();
+    Err(EngineError::NotInArchive(format!(
+        "backup {} has no schema {name:?} (it has: {}); nothing was changed",
+        archive.backup.id,
+        have.join(", ")
+    )))
+}
+
+struct PgRestorer {
+    run: RestoreRun,
+    notes: Vec<String>,
 }
 
 #[async_trait]
 impl Restorer for PgRestorer {
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
     async fn restore(
         self: Box<Self>,
         archive: Archive<'_>,
         mode: &RestoreMode,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
-        self.engine
-            .restore_into(&self.dsn, archive, mode, cancel)
-            .await
+        self.run.restore(archive, mode, cancel).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! or pg_restore -> dbkeep -> psql in one explicit transaction whose COMMIT dbkeep sends
 //! only after every stage succeeded and the archive's sha256 matched.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,83 @@ pub async fn restore_tools(
     )
     .await?;
     Ok(dir)
+}
+
+/// What an archive's table of contents says (`pg_restore --list`).
+#[derive(Debug, Default)]
+pub struct Toc {
+    /// Schemas the archive creates (its `SCHEMA` entries).
+    pub schemas: BTreeSet<String>,
+    /// Roles that own objects in it.
+    pub owners: BTreeSet<String>,
+}
+
+/// How many bytes of a TOC listing are read at most.
+const TOC_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Read the archive's table of contents: its head is decompressed into `pg_restore
+/// --list`, which stops reading once it has the TOC (the data that follows is not read,
+/// and not hashed: nothing is restored from this).
+pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError> {
+    use tokio::io::AsyncReadExt;
+    let spec = Spec::new(tools.join("pg_restore")).arg("--list");
+    let (child, stdin, mut stdout) = process::spawn_filter(spec)?;
+    let reader = archive
+        .storage
+        .open(&archive.backup.target, &archive.backup.file)
+        .await?;
+    let codec = archive.backup.manifest.codec.clone();
+    let file = archive.backup.file.clone();
+    let feeding = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        let mut decoder = crate::compress::decoder_for(&codec, reader)
+            .map_err(EngineError::io(format!("decoding {file}")))?;
+        let mut sink = tokio_util::io::SyncIoBridge::new(stdin);
+        match io::copy(&mut decoder, &mut sink) {
+            // pg_restore closes its input once it has read the TOC.
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(EngineError::io(format!("reading {file}"))(e)),
+        }
+    });
+    let mut listing = Vec::new();
+    let mut limited = (&mut stdout).take(TOC_LIMIT);
+    let read = limited.read_to_end(&mut listing);
+    let never = CancellationToken::new();
+    let (read, waited) = tokio::join!(read, child.wait(&never, Duration::from_secs(600)));
+    read.map_err(EngineError::io("reading pg_restore --list"))?;
+    waited?;
+    feeding
+        .await
+        .map_err(|e| EngineError::io("the TOC reader")(io::Error::other(e)))??;
+    Ok(parse_toc(&String::from_utf8_lossy(&listing)))
+}
+
+/// Parse `pg_restore --list` lines: `ID; CATALOG OID TYPE SCHEMA NAME OWNER`, where a
+/// SCHEMA entry reads `... SCHEMA - name owner`.
+fn parse_toc(text: &str) -> Toc {
+    let mut toc = Toc::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') {
+            continue;
+        }
+        let Some((_, rest)) = line.split_once(';') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // catalog oid, object oid, then the description.
+        if fields.len() < 5 {
+            continue;
+        }
+        let desc = &fields[2..];
+        if let Some(owner) = desc.last().filter(|o| **o != "-") {
+            toc.owners.insert((*owner).to_string());
+        }
+        if desc[0] == "SCHEMA" && desc.get(1) == Some(&"-") && desc.len() >= 4 {
+            toc.schemas.insert(desc[2..desc.len() - 1].join(" "));
+        }
+    }
+    toc
 }
 
 /// How a restore runs its children.
@@ -198,4 +276,28 @@ pub async fn pg_restore(
     fed?;
     relayed.map_err(EngineError::io("relaying pg_restore's output to psql"))?;
     Err(EngineError::Cancelled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_toc_names_schemas_and_owners() {
+        let text = ";\n; Archive created at 2026-11-21\n;\n\
+            5; 2615 16385 SCHEMA - tenant_a alice\n\
+            6; 2615 16386 SCHEMA - two words bob\n\
+            215; 1259 16387 TABLE public t postgres\n\
+            3320; 0 16387 TABLE DATA public t postgres\n\
+            216; 1259 16390 VIEW tenant_a v alice\n";
+        let toc = parse_toc(text);
+        assert_eq!(
+            toc.schemas.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["tenant_a", "two words"]
+        );
+        assert_eq!(
+            toc.owners.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["alice", "bob", "postgres"]
+        );
+    }
 }

@@ -72,6 +72,20 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
             rows: Some(rows),
         });
     }
+    let fingerprints = match super::introspect::schema_model(&mut conn).await {
+        Ok(m) => {
+            let one = m.fingerprint();
+            let models = std::collections::BTreeMap::from([("main".to_string(), m)]);
+            Some((
+                crate::engine::model::fingerprint_all(&models),
+                std::collections::BTreeMap::from([("main".to_string(), one)]),
+            ))
+        }
+        Err(err) => {
+            tracing::warn!(target = %eng.target, error = %err, "cannot read the schema fingerprint; the backup goes on without it");
+            None
+        }
+    };
     let _ = conn.close().await;
     Ok(Prepared {
         parts: vec![Part {
@@ -87,6 +101,10 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         },
         tool_dir: None,
         tables,
+        // One archive, from one VACUUM INTO: consistent in itself.
+        snapshot: None,
+        fingerprints,
+        hold: None,
     })
 }
 

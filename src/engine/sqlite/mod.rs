@@ -20,7 +20,7 @@ use crate::config::SqliteConfig;
 use crate::engine::model::{DatabaseInfo, TableEntry};
 use crate::engine::{
     Archive, Destination, Dump, Engine, EngineError, Part, Prepared, Purpose, RestoreMode,
-    Restorer, Scratch, Session,
+    RestoreOptions, Restorer, Scratch, Session,
 };
 use crate::storage::local::ScratchFile;
 
@@ -198,11 +198,18 @@ impl Engine for SqliteEngine {
         }
     }
 
+    fn supports(&self, mode: &RestoreMode) -> Result<(), EngineError> {
+        only_whole(mode)
+    }
+
     async fn begin_restore(
         &self,
         dest: &Destination,
-        yes: bool,
+        _archive: Archive<'_>,
+        mode: &RestoreMode,
+        opts: &RestoreOptions,
     ) -> Result<Box<dyn Restorer>, EngineError> {
+        only_whole(mode)?;
         match dest {
             Destination::Own => {
                 // Writers are kept out from here to the rename; readers (the safety
@@ -215,7 +222,7 @@ impl Engine for SqliteEngine {
             }
             Destination::Other(p) => {
                 let path = PathBuf::from(p);
-                if path.exists() && !yes {
+                if path.exists() && !opts.yes {
                     return Err(EngineError::Refused(format!(
                         "{} exists: pick a new path, or add --yes to replace it",
                         path.display()

@@ -14,6 +14,7 @@ use super::auth::signed_link;
 use super::{not_found, AdminState, ApiError, ErrorBody};
 use crate::catalog::{self, Backup};
 use crate::config::Secret;
+use crate::ops::list::inventory;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BackupEntry {
@@ -72,20 +73,10 @@ pub(super) async fn backups(
         return Err(not_found().await);
     };
     let now = Utc::now();
-    let storages = st.daemon.storages();
-    let mut out = Vec::new();
-    for t in &cfg.targets {
-        for s in storages.iter() {
-            let listing = catalog::list(s, &t.name, now).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!("cannot list {} on {}: {e}", t.name, s.name()),
-                    "check the storage",
-                )
-            })?;
-            out.extend(listing.complete.iter().map(|b| entry(b, token, now)));
-        }
-    }
+    // A storage that does not answer hides nothing the others hold (it is logged, and
+    // /health reports it).
+    let inv = inventory(&st.daemon.context(), &cfg.target_names_owned(), None).await;
+    let mut out: Vec<BackupEntry> = inv.backups.iter().map(|b| entry(b, token, now)).collect();
     out.sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
     Ok(Json(out))
 }

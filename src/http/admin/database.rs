@@ -128,6 +128,8 @@ pub struct RestoreBody {
     pub schema: Option<String>,
     /// Must equal `target`: the typed confirmation.
     pub confirm: Option<String>,
+    /// Let replacing a schema drop the objects outside it that depend on it.
+    pub drop_dependents: Option<bool>,
 }
 
 /// Restore a backup over the target's own database, as `dbkeep restore TARGET ID --yes`
@@ -166,6 +168,7 @@ pub(super) async fn start_restore(
             "use `latest` or an id from GET /backups",
         )
     })?;
+    let drop_dependents = body.drop_dependents;
     let ctx = st.daemon.context();
     let plan = restore::plan(&ctx, &target, &selector, None, false).await?;
     let run_id = st
@@ -184,16 +187,17 @@ pub(super) async fn start_restore(
             let opts = restore::Options {
                 yes: true,
                 safety_backup: true,
+                drop_dependents: drop_dependents.unwrap_or(false),
             };
             restore::execute(&ctx, &target, &plan, &opts).await
         }
         .await;
         match &result {
-            Ok(()) => tracing::info!(target = %target.name, backup_id = %plan.chosen.backup.id, "restored over the admin API"),
+            Ok(_) => tracing::info!(target = %target.name, backup_id = %plan.chosen.backup.id, "restored over the admin API"),
             Err(e) => tracing::error!(target = %target.name, error = %e, "restore over the admin API failed"),
         }
         d.runs.step(&id, 0, |step| match result {
-            Ok(()) => {
+            Ok(_) => {
                 step.state = RunState::Succeeded;
                 step.bytes = Some(plan.chosen.backup.bytes);
             }

@@ -21,6 +21,8 @@ use chrono::{DateTime, Utc};
 
 mod upload;
 
+pub use upload::settle;
+
 use super::{ObjectInfo, ObjectWriter, Storage, StorageError};
 use crate::config::S3Config;
 use crate::error::ErrorKind;
@@ -117,6 +119,12 @@ impl Inner {
         e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> StorageError {
         let kind = classify(&e);
+        if e.code() == Some("PreconditionFailed") {
+            return StorageError::Exists {
+                storage: NAME,
+                path: PathBuf::from(key),
+            };
+        }
         if e.code() == Some("NoSuchKey") || e.code() == Some("NotFound") {
             return StorageError::NotFound {
                 storage: NAME,
@@ -196,6 +204,8 @@ impl Inner {
                 .set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from))
                 .set_server_side_encryption(self.cfg.sse.as_deref().map(ServerSideEncryption::from))
                 .set_ssekms_key_id(self.cfg.sse_kms_key_id.clone())
+                // Create only: an existing archive or manifest is never replaced.
+                .if_none_match("*")
                 .body(ByteStream::from(body.clone()))
                 .customize()
                 // The archive's sha256 is in its manifest and checked on restore; signing
@@ -372,14 +382,35 @@ impl Storage for S3Storage {
         file: &str,
         bytes: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.inner
-            .put_object(&self.inner.key(target, file), Bytes::from(bytes))
+        let body = Bytes::from(bytes);
+        match self
+            .inner
+            .put_object(&self.inner.key(target, file), body.clone())
             .await
+        {
+            // A retried PUT whose first try landed (its answer was lost) finds its own
+            // object: the same bytes are not a conflict.
+            Err(StorageError::Exists { .. })
+                if self.get_bytes(target, file).await.ok().as_deref() == Some(&body[..]) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
         let key = self.inner.key(target, file);
         let out = self.get(&key).await?;
+        let len = out.content_length().unwrap_or(0).max(0) as u64;
+        if len > super::MAX_SMALL_OBJECT {
+            return Err(StorageError::TooLarge {
+                storage: NAME,
+                path: PathBuf::from(key),
+                bytes: len,
+                limit: super::MAX_SMALL_OBJECT,
+            });
+        }
         let body = out.body.collect().await.map_err(|e| StorageError::Remote {
             storage: NAME,
             place: self.inner.place.clone(),

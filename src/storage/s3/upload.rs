@@ -3,7 +3,7 @@
 //! commit, and aborts it on any failure, cancellation or drop.
 
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -15,10 +15,23 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Inner, NAME};
 use crate::metrics;
 use crate::storage::{ObjectWriter, StorageError};
+
+/// Every multipart upload's task, so a process that is about to exit can wait until the
+/// uploads it dropped have been aborted (an open upload is billed storage).
+static UPLOADS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// Wait, at most `limit`, until every multipart upload has completed or been aborted.
+pub async fn settle(limit: std::time::Duration) -> bool {
+    UPLOADS.close();
+    let done = tokio::time::timeout(limit, UPLOADS.wait()).await.is_ok();
+    UPLOADS.reopen();
+    done
+}
 
 /// The storage error inside an io::Error from the writer, or the io::Error itself.
 fn storage_error(e: io::Error) -> StorageError {
@@ -86,12 +99,10 @@ impl S3Writer {
     fn send_part(&mut self, part: Bytes) -> io::Result<()> {
         if self.uploader.is_none() {
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = self.handle.spawn(upload_parts(
-                self.inner.clone(),
-                self.key.clone(),
-                rx,
-                self.abort.clone(),
-            ));
+            let task = UPLOADS.spawn_on(
+                upload_parts(self.inner.clone(), self.key.clone(), rx, self.abort.clone()),
+                &self.handle,
+            );
             let permits = Arc::new(Semaphore::new(self.inner.cfg.upload_concurrency));
             self.uploader = Some(Uploader { tx, task, permits });
         }
@@ -287,6 +298,8 @@ async fn upload_parts(
                     .key(&key)
                     .upload_id(&upload_id)
                     .multipart_upload(done.clone())
+                    // Create only: an existing archive is never replaced.
+                    .if_none_match("*")
                     .send()
             })
             .await?;
