@@ -1,6 +1,6 @@
 //! `backup`, `backup --upload-pending`, `list` and `cleanup`.
 
-use super::{all_done, failed, human_bytes, print_json, usage, Failure};
+use super::{all_done, failed, failed as failed_msg, human_bytes, print_json, usage, Failure};
 use crate::catalog::{self, Backup};
 use crate::config::Config;
 use crate::ops::backup::{self as run_backup, Outcome};
@@ -16,13 +16,10 @@ pub(super) async fn backup(ctx: &Context, cfg: &Config, names: &[String]) -> Res
         };
         match run_backup::run(ctx, target, None).await {
             Ok(outcome) => print_outcome(&outcome),
-            Err(e) => {
-                eprintln!("error: {}", crate::error::chain(&e));
-                failed.push(name.clone());
-            }
+            Err(e) => failed.push((name.clone(), Failure::from(e))),
         }
     }
-    all_done(&failed, "backup")
+    all_done(failed, "backup")
 }
 
 pub(super) async fn upload_pending(
@@ -37,17 +34,14 @@ pub(super) async fn upload_pending(
         };
         match run_backup::upload_pending(ctx, target).await {
             Ok(n) => println!("{name}: uploaded {n} pending archive(s)"),
-            Err(e) => {
-                eprintln!("error: {name}: {}", crate::error::chain(&e));
-                failed.push(name.clone());
-            }
+            Err(e) => failed.push((name.clone(), Failure::from(e))),
         }
         let left = ctx.state.get(name).pending_uploads.len();
         if left > 0 {
             println!("{name}: {left} archive(s) still pending upload");
         }
     }
-    all_done(&failed, "pending uploads")
+    all_done(failed, "pending uploads")
 }
 
 fn print_outcome(o: &Outcome) {
@@ -160,21 +154,39 @@ pub(super) async fn cleanup(
         };
         match run_cleanup::run(ctx, target, dry_run, now).await {
             Ok(reports) => {
-                for r in reports {
-                    print_cleanup(&r, dry_run, now);
+                for r in &reports {
+                    print_cleanup(r, dry_run, now);
+                }
+                let down: Vec<String> = reports
+                    .iter()
+                    .filter_map(|r| {
+                        r.unavailable
+                            .as_ref()
+                            .map(|e| format!("{}: {e}", r.storage))
+                    })
+                    .collect();
+                if !down.is_empty() {
+                    failed.push((
+                        name.clone(),
+                        failed_msg(format!(
+                            "cleanup of {name} skipped a storage that does not answer ({}); the others were cleaned",
+                            down.join("; ")
+                        )),
+                    ));
                 }
             }
-            Err(e) => {
-                eprintln!("error: {}", crate::error::chain(&e));
-                failed.push(name.clone());
-            }
+            Err(e) => failed.push((name.clone(), Failure::from(e))),
         }
     }
-    all_done(&failed, "cleanup")
+    all_done(failed, "cleanup")
 }
 
 fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono::Utc>) {
     let verb = if dry_run { "would delete" } else { "deleted" };
+    if let Some(e) = &r.unavailable {
+        println!("{} on {}: not cleaned now: {e}", r.target, r.storage);
+        return;
+    }
     let deleting = r
         .decisions
         .iter()

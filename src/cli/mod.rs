@@ -421,15 +421,26 @@ fn confirm_by_name(name: &str, action: &str, detail: &str) -> Result<(), Failure
     Ok(())
 }
 
-/// Success when no target failed; else exit 1 naming the ones that did.
-fn all_done(failed_targets: &[String], what: &str) -> Result<(), Failure> {
-    if failed_targets.is_empty() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "{what} failed for: {}",
-            failed_targets.join(", ")
-        )))
+/// Success when no target failed. One failure is the command's failure (printed once,
+/// with its hint); several are printed each, then named together.
+fn all_done(mut failures: Vec<(String, Failure)>, what: &str) -> Result<(), Failure> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0).1),
+        _ => {
+            for (_, f) in &failures {
+                eprintln!("error: {}", f.message);
+                if let Some(h) = &f.hint {
+                    eprintln!("hint: {h}");
+                }
+            }
+            let names: Vec<&str> = failures.iter().map(|(n, _)| n.as_str()).collect();
+            let kind = failures[0].1.kind;
+            Err(Failure::new(
+                kind,
+                format!("{what} failed for: {}", names.join(", ")),
+            ))
+        }
     }
 }
 

@@ -127,7 +127,8 @@ impl Classify for EngineError {
         match self {
             EngineError::Connect { kind, .. } => *kind,
             EngineError::ToolMissing(_) | EngineError::Check(_) => ErrorKind::Failed,
-            EngineError::NoSchemaMatch { .. } => ErrorKind::Usage,
+            // Found at run time against the live database: the run failed (exit 1).
+            EngineError::NoSchemaMatch { .. } => ErrorKind::Failed,
             EngineError::NotInArchive(_) => ErrorKind::NotFound,
             EngineError::Cancelled => ErrorKind::Cancelled,
             EngineError::Process(e) => e.kind(),

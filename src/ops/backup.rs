@@ -85,6 +85,10 @@ impl Classify for BackupError {
         match self {
             BackupError::Engine { source, .. } => source.hint(),
             BackupError::Storage { source, .. } => source.hint(),
+            BackupError::Write { source, .. } => source
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<StorageError>())
+                .and_then(|s| s.hint()),
             _ => None,
         }
     }

@@ -54,6 +54,8 @@ pub struct CleanupReport {
     pub broken: Vec<(String, String)>,
     /// Backups that stay after cleanup.
     pub remaining: usize,
+    /// The storage could not be cleaned now, and why.
+    pub unavailable: Option<String>,
 }
 
 /// Apply the retention plan of `target` on every storage, as of `now`. Deletion order
@@ -73,97 +75,145 @@ pub async fn run(
         .into_iter()
         .map(|p| p.file)
         .collect();
+    // What each mirror holds, from its own listing: a primary archive that a mirror lacks
+    // is still to be uploaded, whether or not the state file (which may be lost) says so.
+    // A mirror that cannot be listed holds nothing as far as cleanup knows.
+    let mut on_every_mirror: Option<std::collections::HashSet<String>> = None;
+    for m in ctx.storages.mirrors() {
+        let has: std::collections::HashSet<String> = match catalog::list(m, name, now).await {
+            Ok(l) => l.complete.into_iter().map(|b| b.file).collect(),
+            Err(e) => {
+                tracing::warn!(target = name, storage = m.name(), error = %crate::error::chain(&e), "cannot list a mirror; no local backup is deleted that it may lack");
+                Default::default()
+            }
+        };
+        on_every_mirror = Some(match on_every_mirror {
+            None => has,
+            Some(prev) => prev.intersection(&has).cloned().collect(),
+        });
+    }
+    let not_uploaded = |file: &String| {
+        pending.contains(file) || on_every_mirror.as_ref().is_some_and(|m| !m.contains(file))
+    };
     let mut reports = Vec::new();
     for s in ctx.storages.iter() {
         let is_primary = s.name() == ctx.storages.primary().name();
-        let err = |source| CleanupError::Storage {
-            target: name.to_string(),
-            storage: s.name(),
-            source,
-        };
-        let cancelled = || {
-            ctx.cancel.is_cancelled().then(|| CleanupError::Cancelled {
+        let one = async {
+            let err = |source| CleanupError::Storage {
                 target: name.to_string(),
-            })
-        };
-        let mut leftovers = Vec::new();
-        if !dry_run {
-            for file in s.remove_temp_files(name).await.map_err(err)? {
-                metrics::leftover_removed(name, s.name(), &file, "temp file of an interrupted run");
-                leftovers.push((file, "temp file of an interrupted run"));
-            }
-        }
-        let to_err = |e| match e {
-            catalog::CatalogError::Storage(source) => err(source),
-        };
-        let scan = catalog::scan(s, name, now).await.map_err(to_err)?;
-        // Only backups whose manifest reads back and matches count, and only they can be
-        // deleted: a broken manifest is reported, never counted toward min_keep, and left
-        // for the operator.
-        let listing = catalog::list(s, name, now).await.map_err(to_err)?;
-        for (file, why) in &listing.broken {
-            metrics::broken_manifest(name, s.name(), file, why);
-        }
-        let broken = listing.broken;
-        // All archives of one run are one backup.
-        let mut runs: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
-        for b in listing.complete {
-            runs.entry(b.id).or_default().push(b.file);
-        }
-        let candidates: Vec<Candidate> = runs
-            .iter()
-            .map(|(id, archives)| Candidate {
-                id: *id,
-                pending_upload: is_primary && archives.iter().any(|f| pending.contains(f)),
-            })
-            .collect();
-        let plan = retention::plan(&candidates, &target.policy(), now);
-        let mut decisions = Vec::new();
-        let mut remaining: Vec<BackupId> = Vec::new();
-        for d in plan {
-            let archives: Vec<String> = runs.get(&d.id).cloned().unwrap_or_default();
-            if d.action == Action::Delete && !dry_run {
-                if let Some(e) = cancelled() {
-                    return Err(e);
-                }
-                let mut files: Vec<String> =
-                    archives.iter().map(|a| catalog::manifest_name(a)).collect();
-                files.extend(archives.iter().cloned());
-                for f in &files {
-                    s.delete(name, f).await.map_err(err)?;
-                }
-                metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
-            }
-            if d.action == Action::Keep {
-                remaining.push(d.id);
-            }
-            decisions.push((d, archives));
-        }
-        for file in scan.orphans {
+                storage: s.name(),
+                source,
+            };
+            let cancelled = || {
+                ctx.cancel.is_cancelled().then(|| CleanupError::Cancelled {
+                    target: name.to_string(),
+                })
+            };
+            let mut leftovers = Vec::new();
             if !dry_run {
-                s.delete(name, &file).await.map_err(err)?;
-                metrics::leftover_removed(name, s.name(), &file, "archive without manifest");
+                for file in s.remove_temp_files(name).await.map_err(err)? {
+                    metrics::leftover_removed(
+                        name,
+                        s.name(),
+                        &file,
+                        "temp file of an interrupted run",
+                    );
+                    leftovers.push((file, "temp file of an interrupted run"));
+                }
             }
-            leftovers.push((file, "archive without manifest (interrupted run)"));
-        }
+            let to_err = |e| match e {
+                catalog::CatalogError::Storage(source) => err(source),
+            };
+            let scan = catalog::scan(s, name, now).await.map_err(to_err)?;
+            // Only backups whose manifest reads back and matches count, and only they can be
+            // deleted: a broken manifest is reported, never counted toward min_keep, and left
+            // for the operator.
+            let listing = catalog::list(s, name, now).await.map_err(to_err)?;
+            for (file, why) in &listing.broken {
+                metrics::broken_manifest(name, s.name(), file, why);
+            }
+            let broken = listing.broken;
+            // All archives of one run are one backup.
+            let mut runs: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
+            for b in listing.complete {
+                runs.entry(b.id).or_default().push(b.file);
+            }
+            let candidates: Vec<Candidate> = runs
+                .iter()
+                .map(|(id, archives)| Candidate {
+                    id: *id,
+                    pending_upload: is_primary && archives.iter().any(&not_uploaded),
+                })
+                .collect();
+            let plan = retention::plan(&candidates, &target.policy(), now);
+            let mut decisions = Vec::new();
+            let mut remaining: Vec<BackupId> = Vec::new();
+            for d in plan {
+                let archives: Vec<String> = runs.get(&d.id).cloned().unwrap_or_default();
+                if d.action == Action::Delete && !dry_run {
+                    if let Some(e) = cancelled() {
+                        return Err(e);
+                    }
+                    let mut files: Vec<String> =
+                        archives.iter().map(|a| catalog::manifest_name(a)).collect();
+                    files.extend(archives.iter().cloned());
+                    for f in &files {
+                        s.delete(name, f).await.map_err(err)?;
+                    }
+                    metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
+                }
+                if d.action == Action::Keep {
+                    remaining.push(d.id);
+                }
+                decisions.push((d, archives));
+            }
+            for file in scan.orphans {
+                if !dry_run {
+                    s.delete(name, &file).await.map_err(err)?;
+                    metrics::leftover_removed(name, s.name(), &file, "archive without manifest");
+                }
+                leftovers.push((file, "archive without manifest (interrupted run)"));
+            }
 
-        if !dry_run {
-            metrics::backups_counted(
-                name,
-                s.name(),
-                remaining.len(),
-                remaining.iter().min().map(|id| id.time()),
-                broken.len(),
-            );
+            if !dry_run {
+                metrics::backups_counted(
+                    name,
+                    s.name(),
+                    remaining.len(),
+                    remaining.iter().min().map(|id| id.time()),
+                    broken.len(),
+                );
+            }
+            Ok::<_, CleanupError>(CleanupReport {
+                target: name.to_string(),
+                storage: s.name(),
+                decisions,
+                leftovers,
+                broken,
+                remaining: remaining.len(),
+                unavailable: None,
+            })
         }
-        reports.push(CleanupReport {
-            target: name.to_string(),
-            storage: s.name(),
-            decisions,
-            leftovers,
-            broken,
-            remaining: remaining.len(),
-        });
+        .await;
+        match one {
+            Ok(r) => reports.push(r),
+            // A mirror that does not answer is reported and skipped: the others are still
+            // cleaned (and nothing on the primary that it may lack is deleted, above).
+            Err(CleanupError::Storage { source, .. }) if !is_primary => {
+                let error = crate::error::chain(&source);
+                tracing::warn!(target = name, storage = s.name(), error = %error, "cannot clean up on this storage now");
+                reports.push(CleanupReport {
+                    target: name.to_string(),
+                    storage: s.name(),
+                    decisions: Vec::new(),
+                    leftovers: Vec::new(),
+                    broken: Vec::new(),
+                    remaining: 0,
+                    unavailable: Some(error),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
     if !dry_run {
         // Forget drill records of archives that are gone from every storage.

@@ -90,9 +90,17 @@ impl Classify for StorageError {
 
     fn hint(&self) -> Option<String> {
         match self.kind() {
-            ErrorKind::NoSpace => {
-                Some("free space on the storage's filesystem, or lower keep_days/min_keep".into())
-            }
+            ErrorKind::NoSpace => Some(match self {
+                StorageError::Io { path, .. } => match free_space(path) {
+                    Some(free) => format!(
+                        "{} free on the filesystem of {}; free space there, or lower keep_days/min_keep",
+                        human_size(free),
+                        path.display()
+                    ),
+                    None => format!("free space on the filesystem of {}", path.display()),
+                },
+                _ => "free space on the storage, or lower keep_days/min_keep".into(),
+            }),
             ErrorKind::Auth => Some("check the storage's permissions and credentials".into()),
             ErrorKind::Unreachable => {
                 Some("check that the storage endpoint is up and reachable from this host".into())

@@ -650,3 +650,105 @@ pub fn http_request(
         body,
     }
 }
+
+/// A running one-shot `dbkeep` command (for signals and races); its stderr goes to a file.
+pub struct Child {
+    pub child: std::process::Child,
+    pub stderr_log: PathBuf,
+}
+
+impl Child {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit, at most `limit`; None when it is still running.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Wait for exit (at most `limit`, else kill and panic) and collect what it printed.
+    pub fn finish(mut self, limit: std::time::Duration) -> Run {
+        let status = match self.wait_exit(limit) {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                panic!("dbkeep did not exit within {limit:?}: {}", self.stderr());
+            }
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = out.read_to_string(&mut stdout);
+        }
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Start `dbkeep --config CONFIG ARGS...` without waiting (clean DBKEEP_/PG environment).
+pub fn spawn_dbkeep(config: &Path, args: &[&str]) -> Child {
+    let log = config.with_extension(format!("cmd.{}.log", rand_suffix()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbkeep"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DBKEEP_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    Child {
+        child: cmd.spawn().expect("spawn dbkeep"),
+        stderr_log: log,
+    }
+}
+
+/// A pg_bin_dir of the cluster's client tools where `tool` is replaced by a shell script
+/// `body` (which can call the real tool as `$REAL`); the other tools are links.
+pub fn wrapped_pg_bin(sb: &Sandbox, pg: &TestPostgres, tool: &str, body: &str) -> PathBuf {
+    let bin = sb.path().join(format!("bin-{tool}-{}", rand_suffix()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for t in ["pg_dump", "pg_dumpall", "pg_restore", "psql"] {
+        if t != tool {
+            std::os::unix::fs::symlink(pg.bin.join(t), bin.join(t)).unwrap();
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\nREAL={real}\ncase \"$1\" in --version) exec $REAL --version;; esac\n{body}\n",
+        real = pg.bin.join(tool).display()
+    );
+    std::fs::write(bin.join(tool), script).unwrap();
+    std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}

@@ -171,12 +171,13 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         .arg(d.join("prometheus/alerts.yml")));
     assert!(!ok, "a bad expression must fail promtool:\n{out}");
     let d2 = sb.path().join("deploy2");
-    Command::new("cp")
+    assert!(Command::new("cp")
         .arg("-r")
         .arg(deploy(""))
         .arg(&d2)
         .status()
-        .unwrap();
+        .unwrap()
+        .success());
     break_file(&d2.join("prometheus/alerts.yml"), "for: 10m", "for: 50m");
     let (ok, out) = run(Command::new(&promtool)
         .args(["test", "rules"])

@@ -7,6 +7,7 @@ mod admin;
 mod cleanup_status;
 mod config_errors;
 mod daemon;
+mod data_safety;
 mod deploy;
 mod listing;
 mod ops_in_process;

@@ -105,7 +105,13 @@ fn roundtrip_of_many_types_restores_identical_rows() {
         .as_str()
         .unwrap()
         .starts_with("PostgreSQL 1"));
-    assert!(!std::fs::read_to_string(&cfg).unwrap().is_empty());
+    // The config the backup ran with holds the password, so its absence below means something.
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains(&format!("password = \"{PG_PASSWORD}\"")),
+        "the config carries the password"
+    );
     let all = std::fs::read_to_string(format!("{}.manifest.json", archive.display())).unwrap();
     assert!(
         !all.contains(PG_PASSWORD),

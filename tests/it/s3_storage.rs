@@ -1,11 +1,11 @@
 //! S3-compatible storage against a real S3 server (s3s-fs) on 127.0.0.1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{Duration, Utc};
 
 use crate::common::s3::{TestS3, S3_SECRET_KEY};
-use crate::common::{dbkeep, sha256_file, slow_pg_dump, Sandbox, TestPostgres, PG_PASSWORD};
+use crate::common::{dbkeep, sha256_file, Sandbox, TestPostgres, PG_PASSWORD};
 
 const BUCKET: &str = "backups";
 
@@ -252,6 +252,28 @@ fn twelve_hundred_backups_are_listed_and_retention_deletes_exactly_the_planned_o
     );
 }
 
+/// A pg_bin_dir whose pg_dump streams the real dump, then keeps its stdout open until
+/// `gate` exists (at most 300 s, so a failed test does not leave it behind for long).
+fn gated_pg_dump(sb: &Sandbox, pg: &TestPostgres, gate: &Path) -> PathBuf {
+    let bin = sb.path().join("gated-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = pg.bin.join("pg_dump");
+    let script = format!(
+        "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n\
+         {{ {real} \"$@\"; i=0; while [ ! -e '{gate}' ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i + 1)); done; }}\n",
+        real = real.display(),
+        gate = gate.display()
+    );
+    let wrapper = bin.join("pg_dump");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    bin
+}
+
 #[test]
 fn s3_down_mid_upload_keeps_the_local_backup_pending_then_uploads_it() {
     let pg = TestPostgres::start();
@@ -262,8 +284,10 @@ fn s3_down_mid_upload_keeps_the_local_backup_pending_then_uploads_it() {
     );
     let mut s3 = TestS3::start(BUCKET);
     let sb = Sandbox::new();
-    // The dump streams, then holds its stream open for 4 s: the server dies in that window.
-    let slow = slow_pg_dump(&sb, &pg, 4);
+    // The dump streams, then holds its stream open until the test opens the gate: the server
+    // dies while the upload is open, however long it took to get there.
+    let gate = sb.path().join("release-the-dump");
+    let bin = gated_pg_dump(&sb, &pg, &gate);
     let cfg = sb.write_config(&format!(
         "{}{}{}",
         local(&sb),
@@ -271,20 +295,18 @@ fn s3_down_mid_upload_keeps_the_local_backup_pending_then_uploads_it() {
         pg_target(
             &pg,
             "app",
-            &format!(
-                "compression = \"none\"\npg_bin_dir = \"{}\"",
-                slow.display()
-            )
+            &format!("compression = \"none\"\npg_bin_dir = \"{}\"", bin.display())
         )
     ));
     let cfg2 = cfg.clone();
     let backup = std::thread::spawn(move || dbkeep(Some(&cfg2), &["backup"], &[]));
     crate::common::wait_for(
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(60),
         "a multipart upload in progress",
         || !s3.open_uploads().is_empty(),
     );
     s3.stop();
+    std::fs::write(&gate, b"").unwrap();
     let run = backup.join().unwrap().ok();
     assert!(
         run.stdout.contains("NOT uploaded to s3"),
@@ -310,11 +332,13 @@ fn s3_down_mid_upload_keeps_the_local_backup_pending_then_uploads_it() {
     assert_eq!(status.code, 1, "pending uploads make the target unhealthy");
     let v: Vec<serde_json::Value> = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v[0]["pending_uploads"], 1);
+    // The order of the problems is not part of the contract: the pending upload is one.
     assert!(
-        v[0]["problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("not uploaded to s3"),
+        v[0]["problems"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no problems list: {}", status.stdout))
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("not uploaded to s3"))),
         "{}",
         status.stdout
     );
@@ -391,7 +415,7 @@ fn the_daemon_reports_the_remote_side_in_metrics_and_health() {
     crate::common::wait_for(std::time::Duration::from_secs(30), "first backup", || {
         d.metric(r#"dbkeep_backup_runs_total{status="success",target="m"}"#) == Some(1.0)
     });
-    crate::common::wait_for(std::time::Duration::from_secs(10), "remote count", || {
+    crate::common::wait_for(std::time::Duration::from_secs(60), "remote count", || {
         d.metric(r#"dbkeep_backups{storage="s3",target="m"}"#) == Some(1.0)
     });
     assert_eq!(

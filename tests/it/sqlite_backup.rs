@@ -26,6 +26,19 @@ async fn open(path: &std::path::Path, mode: SqliteJournalMode) -> SqliteConnecti
     SqliteConnection::connect_with(&opts).await.unwrap()
 }
 
+/// Poll `cond` every 10 ms until it holds or `limit` passes (without blocking the runtime's
+/// threads, which the writer task needs); panics with `what`.
+async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn snapshot_under_writes(mode: SqliteJournalMode) {
     let sb = Sandbox::new();
     let db = sb.path().join("live.db");
@@ -71,15 +84,25 @@ async fn snapshot_under_writes(mode: SqliteJournalMode) {
             n
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The backup starts while the writer is writing.
+    wait_until(Duration::from_secs(60), "the writer's first commit", || {
+        committed.load(Ordering::SeqCst) > 20000 || writer.is_finished()
+    })
+    .await;
     let before = committed.load(Ordering::SeqCst);
+    assert!(before > 20000, "the writer stopped before its first commit");
     let cfg = config(&sb, &db, "zstd");
     let run = tokio::task::spawn_blocking(move || dbkeep(Some(&cfg), &["backup", "cache"], &[]))
         .await
         .unwrap()
         .ok();
     let after = committed.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The writer goes on after the backup: wait for its next commit (or its end, which the
+    // assertion below then reports).
+    wait_until(Duration::from_secs(60), "a commit after the backup", || {
+        committed.load(Ordering::SeqCst) > after || writer.is_finished()
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let last = writer.await.unwrap();
     assert!(run.stdout.contains("OK: 1 archive"), "{}", run.stdout);
