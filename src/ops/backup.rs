@@ -512,6 +512,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
     tracing::info!(
         target = name,
         backup_id = %id,
+        schema = %part.schema.as_deref().unwrap_or("-"),
         file = %file,
         raw_bytes = summary.raw_bytes,
         bytes = summary.stored_bytes,

@@ -13,6 +13,7 @@ mod listing;
 mod ops_in_process;
 mod postgres_backup;
 mod restore;
+mod restore_safety;
 mod s3_storage;
 mod schema;
 mod sqlite_backup;

@@ -272,8 +272,9 @@ pub async fn pg_restore(
             return Err(e.into());
         }
     }
-    restored?;
+    // A changed archive is the cause when it fails too (pg_restore was stopped for it).
     fed?;
+    restored?;
     relayed.map_err(EngineError::io("relaying pg_restore's output to psql"))?;
     Err(EngineError::Cancelled)
 }

@@ -1,0 +1,584 @@
+//! Restores that must refuse, or stay consistent, under the conditions the data-safety
+//! issue found: schemas missing from the archive or with dependents outside, a URL that
+//! names another database, `latest` after a restore, runs whose archives must share a
+//! snapshot, owners, odd schema names, an archive that changes mid-restore, a live SQLite
+//! database with a reader, and a safety backup that fails.
+
+use std::time::Duration;
+
+use crate::common::s3::TestS3;
+use crate::common::{
+    dbkeep, pg_config, spawn_dbkeep, wait_for, wrapped_pg_bin, Sandbox, TestPostgres, PG_PASSWORD,
+};
+
+fn listed(cfg: &std::path::Path) -> Vec<serde_json::Value> {
+    serde_json::from_str(&dbkeep(Some(cfg), &["list", "--json"], &[]).ok().stdout).unwrap()
+}
+
+fn newest_id(cfg: &std::path::Path) -> String {
+    listed(cfg)[0]["id"].as_str().unwrap().to_string()
+}
+
+/// public.t, a schema `s1` with data, and a view in public that depends on it.
+fn seed_with_dependent(pg: &TestPostgres, db: &str) {
+    pg.create_db(db);
+    pg.psql(
+        db,
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text);
+         INSERT INTO public.t SELECT g, md5(g::text) FROM generate_series(1, 300) g;
+         CREATE SCHEMA s1;
+         CREATE TABLE s1.acct (id int PRIMARY KEY, bal int);
+         INSERT INTO s1.acct SELECT g, 100 FROM generate_series(1, 300) g;
+         CREATE VIEW public.rich AS SELECT id FROM s1.acct WHERE bal > 50;",
+    );
+}
+
+#[test]
+fn a_schema_restore_checks_the_archive_and_the_dependents_before_touching_anything() {
+    let pg = TestPostgres::start();
+    seed_with_dependent(&pg, "app");
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let id = newest_id(&cfg);
+    pg.psql("app", "UPDATE s1.acct SET bal = 7 WHERE id <= 10");
+    let before = pg.table_checksums("app");
+    let backups_before = listed(&cfg).len();
+
+    // A schema the archive does not hold: refused, the live schema untouched, no safety
+    // backup taken.
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", &format!("{id}:nope"), "--yes"],
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("has no schema \"nope\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("s1"),
+        "it names what it has: {}",
+        run.stderr
+    );
+    assert_eq!(pg.table_checksums("app"), before);
+    assert_eq!(listed(&cfg).len(), backups_before, "no safety backup");
+
+    // A schema with a view outside it that CASCADE would drop: refused, named.
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", &format!("{id}:s1"), "--yes"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("view public.rich"), "{}", run.stderr);
+    assert!(run.stderr.contains("--drop-dependents"), "{}", run.stderr);
+    assert_eq!(pg.table_checksums("app"), before);
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_views WHERE viewname = 'rich'"
+        ),
+        "1"
+    );
+    assert_eq!(listed(&cfg).len(), backups_before, "no safety backup");
+
+    // Said explicitly: the schema comes back, the view is gone as announced.
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            &format!("{id}:s1"),
+            "--yes",
+            "--drop-dependents",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        pg.psql("app", "SELECT count(*), sum(bal) FROM s1.acct"),
+        "300|30000"
+    );
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_views WHERE viewname = 'rich'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn into_refuses_a_url_that_names_its_database_twice() {
+    let pg = TestPostgres::start();
+    seed_with_dependent(&pg, "app");
+    pg.create_db("other");
+    pg.psql(
+        "other",
+        "CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1)",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let before = pg.table_checksums("other");
+    let url = format!("{}?dbname=other", pg.url("fresh"));
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &url],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("names its database twice"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.table_checksums("other"), before);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'fresh'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn latest_never_means_the_safety_copy_of_a_restore() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('v1')",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let first = newest_id(&cfg);
+    pg.psql("app", "UPDATE t SET v = 'v2'");
+
+    let run = dbkeep(Some(&cfg), &["restore", "app", "latest", "--yes"], &[]).ok();
+    assert!(run.stderr.contains(&first), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("scheduled or manual"),
+        "the prompt says why the backup was taken: {}",
+        run.stderr
+    );
+    assert_eq!(pg.psql("app", "SELECT v FROM t"), "v1");
+    // The safety copy holds v2 and is the newest backup...
+    let all = listed(&cfg);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["reason"], "pre-restore");
+    let safety = all[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        run.stdout
+            .contains(&format!("to undo: dbkeep restore app {safety} --yes")),
+        "{}",
+        run.stdout
+    );
+    // ...but restoring `latest` again restores the first backup, not the state just
+    // replaced.
+    pg.psql("app", "UPDATE t SET v = 'v3'");
+    let again = dbkeep(Some(&cfg), &["restore", "app", "latest", "--yes"], &[]).ok();
+    assert!(again.stderr.contains(&first), "{}", again.stderr);
+    assert_eq!(pg.psql("app", "SELECT v FROM t"), "v1");
+    // Named explicitly, the safety copy restores, and the prompt says what it is.
+    let undo = dbkeep(Some(&cfg), &["restore", "app", &safety, "--yes"], &[]).ok();
+    assert!(undo.stderr.contains("taken pre-restore"), "{}", undo.stderr);
+    assert_eq!(pg.psql("app", "SELECT v FROM t"), "v2");
+}
+
+#[test]
+fn the_archives_of_one_run_share_one_snapshot() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA a; CREATE SCHEMA b;
+         CREATE TABLE a.acct (id int PRIMARY KEY, bal int);
+         CREATE TABLE b.acct (id int PRIMARY KEY, bal int);
+         INSERT INTO a.acct SELECT g, 100 FROM generate_series(1, 100) g;
+         INSERT INTO b.acct SELECT g, 100 FROM generate_series(1, 100) g;",
+    );
+    let sb = Sandbox::new();
+    // Each pg_dump starts a second late: without one snapshot, transfers committed between
+    // the dump of `a` and the dump of `b` would be counted in neither or both.
+    let late = wrapped_pg_bin(&sb, &pg, "pg_dump", "sleep 1\nexec $REAL \"$@\"");
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!(
+            "schemas = [\"a\", \"b\"]\npg_bin_dir = \"{}\"",
+            late.display()
+        ),
+    );
+    // Transfers between the schemas, each its own transaction, all the time the backup
+    // runs (a bounded loop, cancelled once the backup is done).
+    let mut writer = std::process::Command::new(pg.bin.join("psql"))
+        .env("PGPASSWORD", PG_PASSWORD)
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .args(["-U", "postgres", "-d", "app", "-c"])
+        .arg(
+            "DO $$ BEGIN FOR i IN 1..5000000 LOOP \
+               UPDATE a.acct SET bal = bal - 1 WHERE id = i % 100 + 1; \
+               UPDATE b.acct SET bal = bal + 1 WHERE id = i % 100 + 1; \
+               COMMIT; END LOOP; END $$",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "transfers going", || {
+        pg.psql("app", "SELECT sum(bal) FROM a.acct") != "10000"
+    });
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let moved_during = pg.psql("app", "SELECT sum(bal) FROM a.acct");
+    pg.psql(
+        "postgres",
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'DO $$ BEGIN FOR%' AND pid <> pg_backend_pid()",
+    );
+    let _ = writer.wait();
+    assert_ne!(moved_during, "10000", "{}", run.stdout);
+
+    let all = listed(&cfg);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let id = all[0]["id"].as_str().unwrap().to_string();
+    // Both manifests name the same exported snapshot.
+    let snapshots: Vec<String> = sb
+        .files("app")
+        .into_iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .map(|f| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(sb.backups().join("app").join(f)).unwrap())
+                    .unwrap();
+            m["snapshot"].as_str().expect("a snapshot").to_string()
+        })
+        .collect();
+    assert_eq!(snapshots.len(), 2);
+    assert_eq!(snapshots[0], snapshots[1]);
+
+    // Restored together, the money adds up: no transfer is half in.
+    for (schema, extra) in [("a", None), ("b", Some("--yes"))] {
+        let sel = format!("{id}:{schema}");
+        let mut args = vec!["restore", "app", &sel, "--into"];
+        let url = pg.url("check");
+        args.push(&url);
+        if let Some(e) = extra {
+            args.push(e);
+        }
+        dbkeep(Some(&cfg), &args, &[]).ok();
+    }
+    assert_eq!(
+        pg.psql(
+            "check",
+            "SELECT (SELECT sum(bal) FROM a.acct) + (SELECT sum(bal) FROM b.acct)"
+        ),
+        "20000"
+    );
+}
+
+#[test]
+fn owners_are_kept_when_the_restoring_role_can_be_them_and_named_when_not() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE alice LOGIN PASSWORD '{PG_PASSWORD}'; \
+             CREATE ROLE restorer LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'"
+        ),
+    );
+    pg.psql(
+        "app",
+        "CREATE SCHEMA owned AUTHORIZATION alice;
+         CREATE TABLE owned.t (id int); ALTER TABLE owned.t OWNER TO alice;
+         INSERT INTO owned.t VALUES (1), (2);",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let owner = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'owned' AND tablename = 't'",
+        )
+    };
+
+    // A superuser can be alice: the owner comes back as it was.
+    dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &pg.url("as_super")],
+        &[],
+    )
+    .ok();
+    assert_eq!(owner("as_super"), "alice");
+
+    // A role that is not alice: restored without owners, and told which.
+    let url = format!(
+        "postgres://restorer:{PG_PASSWORD}@127.0.0.1:{}/as_restorer",
+        pg.port
+    );
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &url],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("objects come back owned by restorer"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("alice"), "{}", run.stderr);
+    assert_eq!(owner("as_restorer"), "restorer");
+    assert_eq!(pg.psql("as_restorer", "SELECT count(*) FROM owned.t"), "2");
+}
+
+#[test]
+fn odd_schema_names_back_up_list_and_restore_without_escaping_their_folder() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA \"../../x\"; CREATE TABLE \"../../x\".t (v int); INSERT INTO \"../../x\".t VALUES (1);
+         CREATE SCHEMA \"quo\"\"te\"; CREATE TABLE \"quo\"\"te\".t (v int);
+         CREATE SCHEMA \"ünï名\"; CREATE TABLE \"ünï名\".t (v int);",
+    );
+    pg.psql(
+        "app",
+        "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', E'new\\nline ERROR forged'); END $$",
+    );
+    let s3 = TestS3::start("bkp");
+    let sb = Sandbox::new();
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n{}[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         password = \"{PG_PASSWORD}\"\nschemas = [\"*\"]\n",
+        sb.backups().display(),
+        s3.config_section("bkp", "prod", ""),
+        pg.url("app")
+    ));
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    assert!(run.stdout.contains("OK: 5 archive(s)"), "{}", run.stdout);
+    // No log line was forged by the newline in a schema name.
+    assert!(
+        run.stderr.lines().all(|l| !l.starts_with("line ERROR")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("new\\x0aline"), "{}", run.stderr);
+    // Every file stays in the target's folder, with a plain name.
+    for f in sb.files("app") {
+        assert!(
+            f.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-%".contains(&b)),
+            "{f:?}"
+        );
+    }
+    assert!(!sb.path().join("x").exists());
+    for k in s3.keys("bkp", "") {
+        assert!(k.starts_with("prod/app/") && !k.contains(".."), "{k}");
+    }
+    // Listed back under their real names.
+    let mut schemas: Vec<String> = listed(&cfg)
+        .iter()
+        .filter(|b| b["storage"] == "local")
+        .map(|b| b["schema"].as_str().unwrap().to_string())
+        .collect();
+    schemas.sort();
+    assert_eq!(
+        schemas,
+        [
+            "../../x",
+            "new\nline ERROR forged",
+            "public",
+            "quo\"te",
+            "ünï名"
+        ]
+    );
+    let id = newest_id(&cfg);
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            &format!("{id}:../../x"),
+            "--into",
+            &pg.url("copy"),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("copy", "SELECT v FROM \"../../x\".t"), "1");
+}
+
+#[test]
+fn an_archive_that_changes_during_a_schema_restore_commits_nothing() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    // About 6 MB in the schema, stored uncompressed: far more than the pipes hold.
+    pg.psql(
+        "app",
+        "CREATE SCHEMA s1;
+         CREATE TABLE s1.big AS SELECT g AS id, md5(g::text) || md5((g * 3)::text) AS v \
+         FROM generate_series(1, 80000) g;",
+    );
+    let sb = Sandbox::new();
+    // The restoring pg_restore (`--file=-`) starts 3 s late; the TOC read does not.
+    let late = wrapped_pg_bin(
+        &sb,
+        &pg,
+        "pg_restore",
+        "case \"$*\" in *--file=-*) sleep 3;; esac\nexec $REAL \"$@\"",
+    );
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!(
+            "compression = \"none\"\npg_bin_dir = \"{}\"",
+            late.display()
+        ),
+    );
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let id = newest_id(&cfg);
+    pg.psql("app", "UPDATE s1.big SET v = 'changed' WHERE id <= 100");
+    let before = pg.table_checksums("app");
+    let archive = sb
+        .backups()
+        .join("app")
+        .join(listed(&cfg)[0]["file"].as_str().unwrap());
+
+    let child = spawn_dbkeep(
+        &cfg,
+        &[
+            "restore",
+            "app",
+            &format!("{id}:s1"),
+            "--yes",
+            "--no-safety-backup",
+        ],
+    );
+    wait_for(Duration::from_secs(60), "the checksum pass done", || {
+        child.stderr().contains("checksum OK")
+    });
+    // Change one byte near the end of the stored archive, in place.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.seek(SeekFrom::Start(len - 5000)).unwrap();
+        f.write_all(b"X").unwrap();
+    }
+    let run = child.finish(Duration::from_secs(120));
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("changed while it was restored"),
+        "{}",
+        run.stderr
+    );
+    // Nothing committed: the schema is exactly as it was, the changed rows included.
+    assert_eq!(pg.table_checksums("app"), before);
+}
+
+#[test]
+fn a_failing_safety_backup_stops_the_restore_before_anything_changes() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('old')",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    pg.psql("app", "UPDATE t SET v = 'new'");
+    let failing = wrapped_pg_bin(&sb, &pg, "pg_dump", "echo 'disk on fire' >&2\nexit 1");
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!("pg_bin_dir = \"{}\"", failing.display()),
+    );
+    let run = dbkeep(Some(&cfg), &["restore", "app", "latest", "--yes"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("safety backup before the restore failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("disk on fire"), "{}", run.stderr);
+    assert_eq!(pg.psql("app", "SELECT v FROM t"), "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_wal_database_with_a_reader_is_replaced_whole() {
+    use sqlx::{ConnectOptions, Connection};
+    let sb = Sandbox::new();
+    let db = sb.path().join("live.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let mut w = opts.connect().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2), (3);")
+        .execute(&mut w)
+        .await
+        .unwrap();
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n[targets.live]\nkind = \"sqlite\"\npath = \"{}\"\n",
+        sb.backups().display(),
+        db.display()
+    ));
+    let cfg2 = cfg.clone();
+    tokio::task::spawn_blocking(move || dbkeep(Some(&cfg2), &["backup"], &[]).ok())
+        .await
+        .unwrap();
+    sqlx::raw_sql("INSERT INTO t VALUES (4), (5);")
+        .execute(&mut w)
+        .await
+        .unwrap();
+    w.close().await.unwrap();
+    // A reader in the middle of a read transaction when the restore comes.
+    let mut reader = opts.connect().await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut reader).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM t")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    let cfg2 = cfg.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        dbkeep(Some(&cfg2), &["restore", "live", "latest", "--yes"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The reader keeps its view of the old file; a new connection sees the backup.
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM t")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    let _ = reader.close().await;
+    let mut after = opts.connect().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM t")
+        .fetch_one(&mut after)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&mut after)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+}
