@@ -81,6 +81,9 @@ impl Daemon {
                 },
             );
             metrics::verify_stale_after(&t.name, status::drill_deadline(t, &st, now));
+            // Until the first listing says when the newest backup is (right below).
+            let last = st.last_success.or(st.last_run);
+            metrics::stale_after(&t.name, status::stale_after(t, last, st.since, now));
             let run = |kind| ScheduledRun {
                 daemon: self.clone(),
                 target: t.name.clone(),

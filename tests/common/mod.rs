@@ -1,6 +1,7 @@
 //! Shared test helpers: a throwaway PostgreSQL cluster, an S3 server, the real dbkeep binary.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod s3;
 
 use std::net::TcpListener;

@@ -541,3 +541,50 @@ fn the_daemons_own_failed_drill_turns_health_red() {
         Some(1.0)
     );
 }
+
+#[test]
+fn sigterm_aborts_the_upload_on_a_store_that_lists_open_uploads() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v \
+         FROM generate_series(1, 200000) g",
+    );
+    let moto = crate::common::moto::TestMoto::start(BUCKET);
+    let sb = Sandbox::new();
+    let slow = slow_pg_dump(&sb, &pg, 120);
+    let section = moto.config_section(BUCKET, "prod", "part_size = \"5MiB\"");
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n{section}[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         password = \"{PG_PASSWORD}\"\ncompression = \"none\"\npg_bin_dir = \"{}\"\n",
+        sb.backups().display(),
+        pg.url("app"),
+        slow.display()
+    ));
+    // The store's own view of open uploads, through ListMultipartUploads.
+    let s3cfg = dbkeep::config::load_from(
+        Some(&format!(
+            "[storage.local]\npath = \"{}\"\n{section}[targets.x]\nkind = \"sqlite\"\npath = \"/x.db\"\n",
+            sb.backups().display()
+        )),
+        std::collections::HashMap::new(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(dbkeep::storage::s3::S3Storage::new(
+        s3cfg.storage.s3.clone().unwrap(),
+        sb.path().to_path_buf(),
+    ));
+    let open = || rt.block_on(store.open_multipart_uploads()).unwrap();
+
+    let child = spawn_dbkeep(&cfg, &["backup"]);
+    wait_for(Duration::from_secs(60), "an open multipart upload", || {
+        !open().is_empty()
+    });
+    child.signal(libc::SIGTERM);
+    let run = child.finish(Duration::from_secs(90));
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert_eq!(open(), Vec::<String>::new(), "{}", run.stderr);
+    assert!(sb.files("app").is_empty(), "{:?}", sb.files("app"));
+}

@@ -10,6 +10,7 @@ mod daemon;
 mod data_safety;
 mod deploy;
 mod listing;
+mod metrics_contract;
 mod ops_in_process;
 mod postgres_backup;
 mod restore;

@@ -113,6 +113,38 @@ fn contract(s: &dyn Storage, rt: &tokio::runtime::Runtime) {
         s.name()
     );
 
+    // Nothing ever replaces a stored object: neither a second archive under the same name
+    // nor a manifest written again with other bytes.
+    let mut again = h
+        .block_on(s.create(t, "app_20261121_000001.dump.zst"))
+        .unwrap();
+    let replaced = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                again.write_all(b"other bytes").unwrap();
+                again.commit()
+            })
+            .join()
+            .unwrap()
+    });
+    assert!(
+        matches!(replaced, Err(StorageError::Exists { .. })),
+        "{}: an archive was replaced: {replaced:?}",
+        s.name()
+    );
+    assert_eq!(
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| read_all(s, t, "app_20261121_000001.dump.zst", h))
+                .join()
+                .unwrap()
+        })
+        .len(),
+        LARGE,
+        "{}: the stored archive changed",
+        s.name()
+    );
+
     // Small objects round-trip whole.
     h.block_on(s.put_bytes(
         t,
@@ -120,6 +152,23 @@ fn contract(s: &dyn Storage, rt: &tokio::runtime::Runtime) {
         b"{}".to_vec(),
     ))
     .unwrap();
+    assert_eq!(
+        h.block_on(s.get_bytes(t, "app_20261121_000001.dump.zst.manifest.json"))
+            .unwrap(),
+        b"{}"
+    );
+    assert!(
+        matches!(
+            h.block_on(s.put_bytes(
+                t,
+                "app_20261121_000001.dump.zst.manifest.json",
+                b"{\"forged\": true}".to_vec()
+            )),
+            Err(StorageError::Exists { .. })
+        ),
+        "{}: a manifest was replaced",
+        s.name()
+    );
     assert_eq!(
         h.block_on(s.get_bytes(t, "app_20261121_000001.dump.zst.manifest.json"))
             .unwrap(),
@@ -240,5 +289,29 @@ fn s3_storage_keeps_the_contract() {
         s3.open_uploads().is_empty(),
         "multipart uploads left open: {:?}",
         s3.open_uploads()
+    );
+}
+
+/// The same contract against a second, independent S3 implementation (moto).
+#[test]
+fn s3_storage_keeps_the_contract_on_moto_too() {
+    let moto = crate::common::moto::TestMoto::start("contract");
+    let sb = Sandbox::new();
+    let toml = format!(
+        "[storage.local]\npath = \"{}\"\n{}[targets.x]\nkind = \"sqlite\"\npath = \"/x.db\"\n",
+        sb.backups().display(),
+        moto.config_section("contract", "prod", "part_size = \"5MiB\"")
+    );
+    let cfg = dbkeep::config::load_from(Some(&toml), HashMap::new()).unwrap();
+    let rt = runtime();
+    let storage = rt.block_on(S3Storage::new(
+        cfg.storage.s3.clone().unwrap(),
+        sb.path().to_path_buf(),
+    ));
+    contract(&storage, &rt);
+    // moto lists multipart uploads: none is left open by the writes above.
+    assert_eq!(
+        rt.block_on(storage.open_multipart_uploads()).unwrap(),
+        Vec::<String>::new()
     );
 }

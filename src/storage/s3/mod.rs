@@ -217,6 +217,19 @@ impl Inner {
         .map(|_| ())
     }
 
+    /// The size of the object at `key`, if there is one (and the store answers).
+    async fn object_size(&self, key: &str) -> Option<u64> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        out.content_length().map(|l| l.max(0) as u64)
+    }
+
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         self.retry("abort multipart upload of", key, || {
             self.client
@@ -555,6 +568,30 @@ impl Storage for S3Storage {
             }
         }
         Ok(removed)
+    }
+}
+
+impl S3Storage {
+    /// The keys of multipart uploads still open under the configured prefix, where the
+    /// store can list them (ListMultipartUploads).
+    pub async fn open_multipart_uploads(&self) -> Result<Vec<String>, StorageError> {
+        let prefix = format!("{}/", self.inner.cfg.prefix);
+        let page = self
+            .inner
+            .retry("list multipart uploads under", &prefix, || {
+                self.inner
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(&self.inner.cfg.bucket)
+                    .prefix(&prefix)
+                    .send()
+            })
+            .await?;
+        Ok(page
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect())
     }
 }
 

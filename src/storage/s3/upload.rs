@@ -242,6 +242,7 @@ async fn upload_parts(
         .await?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
     let outcome: Result<(), StorageError> = async {
+        let mut total = 0u64;
         let mut parts: Vec<CompletedPart> = Vec::new();
         let mut inflight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         loop {
@@ -252,6 +253,7 @@ async fn upload_parts(
             let Some((n, body, permit)) = msg else {
                 break;
             };
+            total += body.len() as u64;
             // Collect finished parts as we go, so a failure stops the upload early.
             while let Some(r) = inflight.try_join_next() {
                 parts.push(joined(r)?);
@@ -289,7 +291,7 @@ async fn upload_parts(
         parts.sort_by_key(|p| p.part_number());
         let count = parts.len();
         let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-        inner
+        let completed = inner
             .retry("complete multipart upload of", &key, || {
                 inner
                     .client
@@ -302,7 +304,20 @@ async fn upload_parts(
                     .if_none_match("*")
                     .send()
             })
-            .await?;
+            .await;
+        match completed {
+            Ok(_) => {}
+            Err(e @ StorageError::Exists { .. }) => return Err(e),
+            // The store may have completed it and then answered in a way the SDK cannot
+            // read (seen with moto), or the answer was lost: the object with every byte
+            // in it is the proof.
+            Err(e) => match inner.object_size(&key).await {
+                Some(size) if size == total => {
+                    tracing::warn!(storage = NAME, key = %key, error = %e, "the store's answer to completing the upload was unreadable, but the object is there with every byte");
+                }
+                _ => return Err(e),
+            },
+        }
         tracing::info!(storage = NAME, key = %key, parts = count, "multipart upload completed");
         Ok(())
     }
