@@ -12,7 +12,7 @@
 //! | [`engine`] | everything database-specific (`postgres/`, `sqlite/`); the only place a connection is opened |
 //! | [`storage`] | the `Storage` trait, local, S3, in-memory, the fan-out writer |
 //! | [`config`] | raw settings, validation, validated types |
-//! | leaves | [`catalog`] names and manifests, [`retention`] the pure plan, [`scheduler`] `next_run`, [`state`], [`compress`], [`process`] (the only place children are spawned), [`metrics`], [`telemetry`], [`error`] kinds |
+//! | leaves | [`catalog`] names and manifests, [`retention`] the pure plan, [`scheduler`] `next_run`, [`state`], [`compress`], [`process`] (the only place children are spawned), [`metrics`], [`telemetry`], [`error`] kinds, [`files`] (dbkeep's own files, written safely) |
 //!
 //! `schema` sits above `ops` (where the design's table put it below): its changes run
 //! behind a backup and its diffs read a restored backup, so it uses `ops`, and `ops`
@@ -25,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod ops;

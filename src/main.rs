@@ -25,6 +25,12 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
+    // Everything dbkeep creates (archives hold whole databases) is private to its user and
+    // group whatever umask it was started with: at most 0750 for folders, 0640 for files.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o027);
+    }
     let cli = Cli::parse();
     let quiet = cli.is_report();
     telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });

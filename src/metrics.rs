@@ -468,15 +468,17 @@ pub fn backup_succeeded(target: &str, backup_id: &str, bytes: u64, duration: std
     );
 }
 
-/// An admin API call without a valid token.
-pub fn admin_denied(peer: &str, method: &str, path: &str) {
+/// An admin API call without a valid token (logged once per peer and minute).
+pub fn admin_denied(peer: &str, method: &str, path: &str, log: bool) {
     m().admin_denied.with_label_values(&[] as &[&str]).inc();
-    tracing::warn!(
-        who = peer,
-        method,
-        path,
-        "admin API call refused: missing or wrong token"
-    );
+    if log {
+        tracing::warn!(
+            who = peer,
+            method,
+            path,
+            "admin API call refused: missing or wrong token (further ones from this address are counted, and summed up in a minute)"
+        );
+    }
 }
 
 /// An authenticated admin API call and how it ended.

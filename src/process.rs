@@ -68,6 +68,16 @@ fn fmt_tail(tail: &str) -> String {
     }
 }
 
+/// Whether a child inherits the environment variable `k`: the basics of a process (PATH,
+/// HOME, locale, time zone, temp folder) and libpq's own settings, but no password.
+fn inherited(k: &str) -> bool {
+    matches!(
+        k,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "LANG" | "LANGUAGE" | "TZ" | "TMPDIR"
+    ) || k.starts_with("LC_")
+        || (k.starts_with("PG") && k != "PGPASSWORD")
+}
+
 /// What to run. Secrets go to the child's environment only, never its command line.
 pub struct Spec {
     pub program: PathBuf,
@@ -137,6 +147,15 @@ struct Pipes {
 fn start(spec: Spec, stdin: Stdio, stdout: Stdio) -> Result<(Running, Pipes), ProcessError> {
     let program = spec.display_name();
     let mut cmd = Command::new(&spec.program);
+    // Children get only what they need: not dbkeep's own settings and secrets (DBKEEP_*,
+    // AWS_*, a PGPASSWORD meant for another database), which would reach their environment
+    // (readable in /proc by the same user) and any tool they start.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if inherited(&k.to_string_lossy()) {
+            cmd.env(k, v);
+        }
+    }
     cmd.args(&spec.args)
         .stdin(stdin)
         .stdout(stdout)
@@ -324,4 +343,33 @@ pub async fn run_capture(spec: Spec, timeout: Duration) -> Result<String, Proces
     waited?;
     read.map_err(|source| ProcessError::Wait { program, source })?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inherited;
+
+    #[test]
+    fn children_inherit_no_dbkeep_or_cloud_secrets() {
+        for k in [
+            "PATH",
+            "HOME",
+            "LC_ALL",
+            "TZ",
+            "PGHOST",
+            "PGSSLMODE",
+            "PGPASSFILE",
+        ] {
+            assert!(inherited(k), "{k}");
+        }
+        for k in [
+            "PGPASSWORD",
+            "DBKEEP_TARGETS__APP__PASSWORD",
+            "DBKEEP_STORAGE__S3__SECRET_ACCESS_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+        ] {
+            assert!(!inherited(k), "{k}");
+        }
+    }
 }

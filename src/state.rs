@@ -66,7 +66,8 @@ impl StateFile {
     }
 
     fn read(&self) -> BTreeMap<String, TargetState> {
-        match std::fs::read(&self.path) {
+        // Never through a planted link, and never an unbounded read.
+        match crate::files::read_no_follow(&self.path, 64 * 1024 * 1024) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(path = %self.path.display(), error = %e, "state file unreadable; starting from the backups themselves");
                 BTreeMap::new()
@@ -90,17 +91,8 @@ impl StateFile {
     }
 
     fn write(&self, all: &BTreeMap<String, TargetState>) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, &self.path)
+        let bytes = serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?;
+        crate::files::write_atomic(&self.path, &bytes)
     }
 }
 

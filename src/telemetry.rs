@@ -8,6 +8,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Crates whose debug logs may show credentials.
+const SDK_TARGETS: &[&str] = &[
+    "aws_sigv4",
+    "aws_runtime",
+    "aws_config",
+    "aws_sdk_s3",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_credential_types",
+];
+
 /// Writes each log event to stderr as one line: control characters inside it (a newline
 /// in a schema name, a child's multi-line error) are escaped as `\xNN`, so no value can
 /// forge a line of its own.
@@ -59,8 +71,15 @@ impl std::io::Write for OneLineWriter {
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn")));
+    // The AWS SDK's debug output carries the access key id (in signing scopes) and request
+    // details; it stays at info whatever RUST_LOG asks for.
+    for target in SDK_TARGETS {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Colours only for a person at a terminal, not for journald or a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

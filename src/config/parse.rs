@@ -103,7 +103,7 @@ pub(super) fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigEr
 }
 
 /// Remove the password from a postgres URL, returning it separately.
-pub(super) fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String> {
+pub fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String> {
     let mut parsed = url::Url::parse(url)
         .map_err(|e| format!("not a valid URL ({e}): write postgres://user@host:5432/dbname"))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
@@ -120,11 +120,33 @@ pub(super) fn split_url_password(url: &str) -> Result<(String, Option<Secret>), 
             "names its database with `{k}=` in the query: write the database only as the path, postgres://user@host:5432/dbname"
         ));
     }
-    let password = parsed.password().map(|p| Secret::new(percent_decode(p)));
+    let mut password = parsed.password().map(|p| Secret::new(percent_decode(p)));
     if password.is_some() {
         parsed
             .set_password(None)
             .map_err(|()| "cannot remove the password from this URL".to_string())?;
+    }
+    // libpq also takes the password as `?password=`: it is taken out the same way, so the
+    // URL dbkeep shows and passes on never carries it.
+    let mut rest: Vec<(String, String)> = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        match k.to_ascii_lowercase().as_str() {
+            "password" => {
+                if password.is_some() {
+                    return Err("gives the password twice (before the host and as `password=`): keep one, or better use `password_file`".into());
+                }
+                password = Some(Secret::new(v.into_owned()));
+            }
+            "sslpassword" => {
+                return Err("carries an `sslpassword=`, which would be shown and passed on command lines: use a client key without a passphrase, readable only by dbkeep's user".into());
+            }
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
     }
     Ok((parsed.to_string(), password))
 }

@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
 
 use super::{Archive, EngineError};
+
+/// A check of the decompressed bytes on their way to the consumer (the SQL guard in front
+/// of psql); its error refuses the stream.
+pub type Check = Box<dyn FnMut(&[u8]) -> Result<(), String> + Send>;
 use crate::catalog::Backup;
 use crate::compress;
 
@@ -148,11 +152,70 @@ fn decoder<R: Read>(
     .map_err(EngineError::io(format!("decoding {}", backup.file)))
 }
 
+/// Runs the check, when there is one, on every byte before the consumer gets it.
+struct Guarded<W> {
+    inner: W,
+    check: Option<Check>,
+}
+
+/// The guard's refusal travels inside an io::Error of this type.
+#[derive(Debug)]
+struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl<W: Write> Write for Guarded<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(check) = &mut self.check {
+            check(buf).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, Refusal(m)))?;
+        }
+        self.inner.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Guarded<W> {
+    fn shutdown(&mut self) -> io::Result<()>
+    where
+        W: ShutdownWrite,
+    {
+        self.inner.shutdown_write()
+    }
+}
+
+/// Closing the write side of a child's stdin.
+trait ShutdownWrite {
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> ShutdownWrite for SyncIoBridge<T> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+}
+
+/// A guard's refusal as such, any other error as an I/O failure of `what`.
+fn refused_or(e: io::Error, what: String) -> EngineError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<Refusal>()) {
+        Some(r) => EngineError::Refused(r.0.clone()),
+        None => EngineError::io(what)(e),
+    }
+}
+
 /// Decompress the stored archive into `sink` (a child's stdin), hashing the stored bytes
 /// on the way; a hash that differs from the manifest's is an error before the sink sees
 /// its end. A consumer that stops reading early (pg_restore with `--schema` once it has
 /// what it wants) is not an error here: its exit status decides.
-pub async fn feed<W>(archive: Archive<'_>, sink: W) -> Result<(), EngineError>
+pub async fn feed<W>(archive: Archive<'_>, sink: W, check: Option<Check>) -> Result<(), EngineError>
 where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -162,13 +225,16 @@ where
         .await?;
     let backup = archive.backup.clone();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut out = HoldBack::new(SyncIoBridge::new(sink));
+        let mut out = HoldBack::new(Guarded {
+            inner: SyncIoBridge::new(sink),
+            check,
+        });
         let mut decoder = decoder(reader, &backup, io::stderr().is_terminal())?;
         let streaming = format!("streaming {} into the restore", backup.file);
         let closed_early = match io::copy(&mut decoder, &mut out) {
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
-            Err(e) => return Err(EngineError::io(streaming)(e)),
+            Err(e) => return Err(refused_or(e, streaming)),
         };
         finish_hash(decoder, &backup)?;
         if !closed_early {
@@ -179,7 +245,7 @@ where
                     inner.shutdown().map_err(EngineError::io(streaming))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-                Err(e) => return Err(EngineError::io(streaming)(e)),
+                Err(e) => return Err(refused_or(e, streaming)),
             }
         }
         Ok(())

@@ -47,7 +47,7 @@ pub fn acquire(work_dir: &Path, target: &str, now: DateTime<Utc>) -> Result<RunL
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(work_dir).map_err(io)?;
+    crate::files::create_dir(work_dir).map_err(io)?;
     // Never through a planted symlink; the file is dbkeep's own and stays in place (removing
     // a lock file would let two processes lock two different files).
     let mut file = OpenOptions::new()

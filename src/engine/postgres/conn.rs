@@ -23,7 +23,7 @@ pub struct Dsn {
 impl Dsn {
     /// Split the password out of `url`; without one there, use `fallback`, then PGPASSWORD.
     pub fn parse(url: &str, fallback: Option<&Secret>) -> Result<Dsn, EngineError> {
-        let mut u = url::Url::parse(url)
+        let u = url::Url::parse(url)
             .map_err(|e| EngineError::Refused(format!("{:?} is not a URL: {e}", redact(url))))?;
         // The database is the URL's path, and only that: a `dbname=` (or a `service=`,
         // which can name one too) in the query would send the restore elsewhere than the
@@ -37,10 +37,11 @@ impl Dsn {
                 redact(url)
             )));
         }
-        let from_url = u.password().map(|p| Secret::new(p.to_string()));
-        let _ = u.set_password(None);
+        // Every way a password can sit in the URL is taken out of it.
+        let (url, from_url) = crate::config::split_url_password(url)
+            .map_err(|m| EngineError::Refused(format!("{:?} {m}", redact(url))))?;
         Ok(Dsn {
-            url: u.to_string(),
+            url,
             password: from_url
                 .or_else(|| fallback.cloned())
                 .or_else(|| std::env::var("PGPASSWORD").ok().map(Secret::new)),
@@ -119,12 +120,26 @@ impl Dsn {
     }
 }
 
-/// A URL with any password replaced, for messages.
+/// A URL with any password (before the host or in the query) replaced, for messages.
 pub fn redact(url: &str) -> String {
     url::Url::parse(url)
         .map(|mut u| {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret =
+                        matches!(k.to_ascii_lowercase().as_str(), "password" | "sslpassword");
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             u.to_string()
         })

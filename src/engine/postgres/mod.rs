@@ -7,6 +7,7 @@ pub mod dump;
 pub mod introspect;
 pub mod restore;
 pub mod session;
+pub mod sqlguard;
 pub mod tools;
 
 use std::path::{Path, PathBuf};

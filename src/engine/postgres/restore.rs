@@ -7,10 +7,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{quote_ident, Dsn};
+use super::sqlguard::SqlGuard;
 use super::tools::{find_tool_dir, parse_tool_major};
 use crate::catalog::Manifest;
 use crate::config::PostgresConfig;
@@ -128,6 +129,12 @@ fn parse_toc(text: &str) -> Toc {
     toc
 }
 
+/// The SQL guard as a stream check.
+fn guard() -> crate::engine::archive::Check {
+    let mut g = SqlGuard::default();
+    Box::new(move |chunk| g.check(chunk))
+}
+
 /// How a restore runs its children.
 pub struct Run<'a> {
     pub tools: &'a Path,
@@ -173,7 +180,7 @@ pub async fn pg_restore(
         let (child, stdin) = process::spawn_stdin(spec)?;
         let stop = child.stopper();
         let feeding = async {
-            let r = feed(archive, stdin).await;
+            let r = feed(archive, stdin, None).await;
             if r.is_err() {
                 stop.terminate();
             }
@@ -197,8 +204,16 @@ pub async fn pg_restore(
     let psql_stop = psql_run.stopper();
 
     if let RestoreMode::Globals = mode {
-        // Roles that exist already are reported on psql's stderr and skipped.
-        let fed = feed(archive, psql_in).await;
+        // Roles that exist already are reported on psql's stderr and skipped. The stored
+        // SQL goes to psql, so it must hold no meta-command: the whole archive is checked
+        // (and its sha256 with it) before psql sees a byte, and again on the way.
+        if let Err(e) = feed(archive, tokio::io::sink(), Some(guard())).await {
+            psql_stop.terminate();
+            drop(psql_in);
+            let _ = psql_run.wait(cancel, timeout).await;
+            return Err(e);
+        }
+        let fed = feed(archive, psql_in, Some(guard())).await;
         if fed.is_err() {
             psql_stop.terminate();
         }
@@ -230,16 +245,31 @@ pub async fn pg_restore(
     let pgr_stop = pgr_run.stopper();
 
     let feeding = async {
-        let r = feed(archive, pgr_in).await;
+        let r = feed(archive, pgr_in, None).await;
         if r.is_err() {
             pgr_stop.terminate();
         }
         r
     };
+    // pg_restore turns the archive into SQL for psql: a meta-command in it (a planted
+    // archive) is refused before psql sees it, and nothing commits.
+    let mut refused: Option<String> = None;
     let relaying = async {
         let r: io::Result<()> = async {
             psql_in.write_all(prelude.as_bytes()).await?;
-            tokio::io::copy(&mut pgr_out, &mut psql_in).await?;
+            let mut guard = SqlGuard::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = pgr_out.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(m) = guard.check(&buf[..n]) {
+                    refused = Some(m);
+                    return Err(io::Error::other("refused"));
+                }
+                psql_in.write_all(&buf[..n]).await?;
+            }
             Ok(())
         }
         .await;
@@ -271,6 +301,9 @@ pub async fn pg_restore(
         if !matches!(e, ProcessError::Failed { ref status, .. } if status.contains("signal 15")) {
             return Err(e.into());
         }
+    }
+    if let Some(m) = refused {
+        return Err(EngineError::Refused(m));
     }
     // A changed archive is the cause when it fails too (pg_restore was stopped for it).
     fed?;

@@ -115,6 +115,22 @@ pub async fn open(
     cancel: &CancellationToken,
 ) -> Result<Dump, EngineError> {
     let snapshot = ScratchFile::reserve(dir, "snapshot.sqlite");
+    // A plain copy of the whole database: created empty and private (0600) before SQLite
+    // writes into it, never through a planted link.
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(snapshot.path())
+            .map_err(EngineError::io(format!(
+                "creating the snapshot {}",
+                snapshot.path().display()
+            )))?;
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     let mut conn = eng.connect(&eng.cfg.path, false).await?;
     // The path is ours (a reserved scratch name), quoted as an SQL literal.
     let sql = format!(

@@ -243,7 +243,7 @@ impl Engine for SqliteEngine {
             // Nothing is restored into it: an in-memory database is enough.
             return Ok(Box::new(SqliteScratch { file: None, engine }));
         }
-        std::fs::create_dir_all(dir)
+        crate::files::create_dir(dir)
             .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
         Ok(Box::new(SqliteScratch {
             file: Some(ScratchFile::reserve(

@@ -55,12 +55,13 @@ pub async fn restore_file(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    std::fs::create_dir_all(&dir)
+    crate::files::create_dir(&dir)
         .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
     let scratch = ScratchFile::reserve(&dir, "restore.sqlite");
     let tmp = scratch.path().to_path_buf();
     unpack_to_file(archive, &tmp).await?;
     check(&tmp, &archive.backup.manifest).await?;
+    keep_mode_and_owner(dest, &tmp);
     std::fs::rename(&tmp, dest).map_err(EngineError::io(format!(
         "cannot move the restored file into {}",
         dest.display()
@@ -77,6 +78,20 @@ pub async fn restore_file(
     }
     drop(scratch);
     Ok(())
+}
+
+/// The restored file takes the mode and owner of the file it replaces (an application's
+/// database stays readable by that application, and no more).
+fn keep_mode_and_owner(dest: &Path, new: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(old) = std::fs::metadata(dest) else {
+        return;
+    };
+    let kept = std::fs::set_permissions(new, old.permissions())
+        .and_then(|()| std::os::unix::fs::chown(new, Some(old.uid()), Some(old.gid())));
+    if let Err(e) = kept {
+        tracing::warn!(path = %dest.display(), error = %e, "the restored file cannot take the old file's owner and mode");
+    }
 }
 
 /// `PRAGMA integrity_check`, and every table of the manifest present (with rows where it had).

@@ -28,10 +28,14 @@ pub const PREFIX: &str = "/api/v1/admin/database";
 #[derive(Clone)]
 pub struct AdminState {
     daemon: Arc<Daemon>,
+    limiter: Arc<auth::Limiter>,
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    let state = AdminState { daemon };
+    let state = AdminState {
+        daemon,
+        limiter: Arc::new(auth::Limiter::default()),
+    };
     let api = Router::new()
         .route("/info", get(database::info))
         .route("/schema/status", get(database::schema_status))
@@ -46,11 +50,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             state.clone(),
             auth::guard,
         ))
-        .with_state(state);
-    Router::new()
-        .nest(PREFIX, api)
+        .with_state(state.clone());
+    let pages = Router::new()
         .route("/api/v1/openapi.json", get(page::openapi))
         .route("/admin", get(page::page))
+        .route("/admin/app.js", get(page::script))
+        .route("/admin/app.css", get(page::style))
+        .with_state(state);
+    Router::new().nest(PREFIX, api).merge(pages)
 }
 
 // ---------------------------------------------------------------- errors

@@ -1,33 +1,71 @@
-//! The admin page (one self-contained HTML file) and the OpenAPI document.
+//! The admin page (HTML, its script and its style as separate files, so the page's CSP
+//! allows no inline code) and the OpenAPI document. All 404 while the admin API is off.
 
-use axum::http::header;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use super::ApiDoc;
+use super::{AdminState, ApiDoc};
 
-pub(super) async fn openapi() -> Response {
-    (
+/// Headers every admin response carries.
+pub(super) const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+fn off() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+fn asset(st: &AdminState, content_type: &'static str, body: &'static str) -> Response {
+    if st.daemon.config().daemon.admin_token.is_none() {
+        return off();
+    }
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let h = r.headers_mut();
+    for (k, v) in SECURITY_HEADERS {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    r
+}
+
+pub(super) async fn openapi(State(st): State<AdminState>) -> Response {
+    if st.daemon.config().daemon.admin_token.is_none() {
+        return off();
+    }
+    let mut r = (
         [(header::CONTENT_TYPE, "application/json")],
         ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
     )
-        .into_response()
+        .into_response();
+    for (k, v) in SECURITY_HEADERS {
+        r.headers_mut().insert(k, HeaderValue::from_static(v));
+    }
+    r
 }
 
-const PAGE: &str = include_str!("admin.html");
+pub(super) async fn page(State(st): State<AdminState>) -> Response {
+    asset(&st, "text/html; charset=utf-8", include_str!("admin.html"))
+}
 
-pub(super) async fn page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-            ),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        PAGE,
+pub(super) async fn script(State(st): State<AdminState>) -> Response {
+    asset(
+        &st,
+        "text/javascript; charset=utf-8",
+        include_str!("app.js"),
     )
-        .into_response()
+}
+
+pub(super) async fn style(State(st): State<AdminState>) -> Response {
+    asset(&st, "text/css; charset=utf-8", include_str!("app.css"))
 }

@@ -244,7 +244,7 @@ impl Inner {
     }
 
     fn load_abandoned(&self) -> BTreeMap<String, String> {
-        std::fs::read(&self.abandoned_path)
+        crate::files::read_no_follow(&self.abandoned_path, 16 * 1024 * 1024)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -259,7 +259,7 @@ impl Inner {
         } else {
             serde_json::to_vec_pretty(all)
                 .map_err(io::Error::other)
-                .and_then(|b| std::fs::write(&self.abandoned_path, b))
+                .and_then(|b| crate::files::write_atomic(&self.abandoned_path, &b))
         };
         if let Err(e) = result {
             tracing::error!(path = %self.abandoned_path.display(), error = %e, "cannot record abandoned multipart uploads");
