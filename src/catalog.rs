@@ -323,6 +323,32 @@ fn validate(
     bytes: u64,
     raw: &[u8],
 ) -> Result<Backup, String> {
+    let manifest = check_manifest(target, archive, bytes, raw)?;
+    Ok(Backup {
+        id: manifest.id,
+        target: target.to_string(),
+        schema: manifest.schema.clone(),
+        contents: manifest.contents,
+        storage: storage.name().to_string(),
+        file: archive.to_string(),
+        bytes,
+        sha256: manifest.sha256.clone(),
+        created: manifest.finished,
+        reason: manifest.reason.clone(),
+        verified_at: manifest.verified_at,
+        manifest,
+    })
+}
+
+/// Parse the manifest of `archive` (of `bytes` bytes) and check that it names this target
+/// and archive, carries the id of the archive's name, and matches its size. Any bytes give
+/// an answer, never a panic (the parser is fuzzed).
+pub fn check_manifest(
+    target: &str,
+    archive: &str,
+    bytes: u64,
+    raw: &[u8],
+) -> Result<Manifest, String> {
     let manifest =
         serde_json::from_slice::<Manifest>(raw).map_err(|e| format!("unreadable manifest: {e}"))?;
     if manifest.target != target || manifest.file != archive {
@@ -340,20 +366,7 @@ fn validate(
             manifest.stored_bytes
         ));
     }
-    Ok(Backup {
-        id: manifest.id,
-        target: target.to_string(),
-        schema: manifest.schema.clone(),
-        contents: manifest.contents,
-        storage: storage.name().to_string(),
-        file: archive.to_string(),
-        bytes,
-        sha256: manifest.sha256.clone(),
-        created: manifest.finished,
-        reason: manifest.reason.clone(),
-        verified_at: manifest.verified_at,
-        manifest,
-    })
+    Ok(manifest)
 }
 
 /// Read and check the manifest of one archive; `Ok(None)` when it vanished meanwhile (a

@@ -31,14 +31,7 @@ pub(super) async fn daemon(cfg: Config) -> Result<(), Failure> {
     let router = crate::http::router(daemon.clone());
     let http = {
         let c = http_cancel.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await
-        })
+        tokio::spawn(crate::http::serve(listener, router, c))
     };
     let mut signals = signal_hook_tokio::Signals::new([
         signal_hook::consts::SIGTERM,

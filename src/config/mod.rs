@@ -108,14 +108,17 @@ pub fn load_from(
             .source(Some(env.into_iter().collect())),
     );
     let built = builder.build().map_err(|e| {
-        ConfigError::Other(format!("{e} (check the TOML syntax near the line named)"))
+        ConfigError::Other(format!(
+            "{} (check the TOML syntax near the line named)",
+            hide_values(&e.to_string())
+        ))
     })?;
     let root: config::Value = built
         .try_deserialize()
-        .map_err(|e| ConfigError::Other(e.to_string()))?;
+        .map_err(|e| ConfigError::Other(hide_values(&e.to_string())))?;
     let raw: raw::RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
         let key = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let inner = hide_values(&e.into_inner().to_string());
         let message = if inner.contains("unknown field") {
             format!("{inner}; remove or rename it (see config/dbkeep.example.toml)")
         } else {
@@ -126,8 +129,62 @@ pub fn load_from(
     validate::validate(raw)
 }
 
+/// serde quotes the value it could not use (`invalid type: string "...", expected an
+/// integer`): that value may be a secret under the wrong key, so it is left out; the key
+/// and the expected type are enough to fix it.
+fn hide_values(msg: &str) -> String {
+    // A TOML syntax error shows the source line (and a caret under it): the line may hold
+    // a secret, and the line and column numbers say where to look.
+    let msg: String = msg
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let numbered = t
+                .split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+            !(numbered || t == "|" || t.starts_with("| "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let msg = msg.as_str();
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(QUOTED) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + QUOTED.len()..];
+        rest = match after.find("\", ").or_else(|| after.rfind('"')) {
+            Some(j) => &after[j + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn values_serde_could_not_use_are_not_repeated() {
+        assert_eq!(
+            super::hide_values(
+                r#"invalid type: string "postgres://u:pw@h/db", expected an integer"#
+            ),
+            "invalid type: a string, expected an integer"
+        );
+        assert_eq!(
+            super::hide_values("missing field `kind`"),
+            "missing field `kind`"
+        );
+        assert_eq!(super::hide_values(r#"string "unterminated"#), "a string");
+        let toml = "TOML parse error at line 4, column 1\n  |\n4 | url = \"postgres://u:pw@h\"\n  | ^^^\nduplicate key `url`";
+        assert_eq!(
+            super::hide_values(toml),
+            "TOML parse error at line 4, column 1\nduplicate key `url`"
+        );
+    }
+
     use super::parse::split_url_password;
     use super::*;
     use std::collections::HashMap;

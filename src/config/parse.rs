@@ -90,6 +90,26 @@ pub(super) fn parse_duration(
     })
 }
 
+/// A secret file every local user may read (or any user may change) is named in a
+/// warning: it still works, since refusing it would stop backups over a mode bit, but the
+/// operator learns the secret is not one.
+fn warn_if_others_may_read(key: &str, path: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    // Others reading or writing, or the group writing.
+    if mode & 0o026 != 0 {
+        tracing::warn!(
+            key,
+            path,
+            mode = format!("{mode:04o}"),
+            "the secret file may be read or changed by other users; make it private: chmod 600 (or 640 with dbkeep's group)"
+        );
+    }
+}
+
 pub(super) fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         key_err(
@@ -97,6 +117,7 @@ pub(super) fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigEr
             format!("cannot read {path}: {e}; check the path and that dbkeep's user may read it"),
         )
     })?;
+    warn_if_others_may_read(key, path);
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(Secret::new(trimmed))

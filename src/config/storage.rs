@@ -152,12 +152,90 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
 }
 pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, ConfigError> {
     match l.path.as_deref().map(str::trim) {
-        Some(p) if !p.is_empty() => Ok(LocalStorageConfig {
-            path: PathBuf::from(p),
-        }),
+        Some(p) if !p.is_empty() => {
+            let path = PathBuf::from(p);
+            if let Some(system) = system_folder(&path) {
+                return Err(key_err(
+                    "storage.local.path",
+                    format!("{p:?} is {system}: dbkeep makes a folder per target there and removes old archives, which must never happen among the system's own files; use a folder of its own, e.g. /var/backups/dbkeep"),
+                ));
+            }
+            Ok(LocalStorageConfig { path })
+        }
         _ => Err(key_err(
             "storage.local.path",
             "missing or empty: set the folder that holds local backups",
         )),
+    }
+}
+
+/// Folders that hold the system itself (a storage there could clash with, or be mistaken
+/// for, the host's own files): `/` and the top-level system folders, written any way.
+fn system_folder(path: &std::path::Path) -> Option<&'static str> {
+    use std::path::Component;
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            Component::Prefix(_) => return None,
+        }
+    }
+    if !path.is_absolute() {
+        return None;
+    }
+    match parts.as_slice() {
+        [] => Some("the root of the filesystem"),
+        [one]
+            if matches!(
+                one.as_str(),
+                "bin"
+                    | "boot"
+                    | "dev"
+                    | "etc"
+                    | "lib"
+                    | "lib32"
+                    | "lib64"
+                    | "proc"
+                    | "root"
+                    | "run"
+                    | "sbin"
+                    | "sys"
+                    | "usr"
+                    | "var"
+                    | "home"
+                    | "tmp"
+            ) =>
+        {
+            Some("a system folder")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::system_folder;
+    use std::path::Path;
+
+    #[test]
+    fn the_root_and_system_folders_are_never_storage() {
+        for p in [
+            "/", "//", "/./", "/etc", "/etc/", "/usr/../", "/var", "/tmp/..", "/proc",
+        ] {
+            assert!(system_folder(Path::new(p)).is_some(), "{p}");
+        }
+        for p in [
+            "/var/backups/dbkeep",
+            "/srv/backups",
+            "backups",
+            "/tmp/x",
+            "/home/a/b",
+        ] {
+            assert!(system_folder(Path::new(p)).is_none(), "{p}");
+        }
     }
 }

@@ -65,12 +65,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
     };
     if let Some(t) = &daemon.admin_token {
-        if t.expose().trim().len() < 16 {
-            return Err(key_err(
+        weak_token(t.expose().trim()).map_err(|why| {
+            key_err(
                 "daemon.admin_token_file",
-                "the token is shorter than 16 characters: put a long random token in the file, e.g. `openssl rand -hex 32 > FILE`",
-            ));
-        }
+                format!("{why}: a token holder can restore over any database, so it must be long and random; put one in the file, e.g. `openssl rand -hex 32 > FILE`"),
+            )
+        })?;
     }
     if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(key_err(
@@ -99,6 +99,28 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         targets,
     })
 }
+
+/// The admin token must be at least [`MIN_TOKEN_CHARS`] characters and not a visibly
+/// non-random one (few distinct characters). 32 hex characters carry 128 bits, beyond
+/// online guessing even without the rate limit.
+fn weak_token(t: &str) -> Result<(), String> {
+    let n = t.chars().count();
+    if n < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token is {n} characters long, fewer than {MIN_TOKEN_CHARS}"
+        ));
+    }
+    let distinct = t.chars().collect::<std::collections::HashSet<_>>().len();
+    if distinct < MIN_TOKEN_DISTINCT {
+        return Err(format!(
+            "the token uses only {distinct} different characters, so it is not random"
+        ));
+    }
+    Ok(())
+}
+
+const MIN_TOKEN_CHARS: usize = 32;
+const MIN_TOKEN_DISTINCT: usize = 10;
 
 fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Target, ConfigError> {
     let k = |field: &str| format!("targets.{name}.{field}");

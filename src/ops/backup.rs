@@ -4,6 +4,7 @@
 //! while the primary succeeds makes the archive pending upload instead of failing the run.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -56,6 +57,12 @@ pub enum BackupError {
         #[source]
         source: LockError,
     },
+    #[error("backup of {target} was not started: the local storage folder {} is inside the server's data directory {}; PostgreSQL owns every file there (pg_basebackup and upgrades copy or refuse them): set storage.local.path to a folder outside it", folder.display(), data_dir.display())]
+    InsideDataDir {
+        target: String,
+        folder: PathBuf,
+        data_dir: PathBuf,
+    },
     #[error("backup of {target} failed: {file} does not list as a complete backup after it was written ({why}); nothing was kept")]
     NotListed {
         target: String,
@@ -76,6 +83,7 @@ impl Classify for BackupError {
                 .map(|s| s.kind())
                 .unwrap_or_else(|| crate::error::io_kind(source)),
             BackupError::BadDump { .. } | BackupError::NotListed { .. } => ErrorKind::Failed,
+            BackupError::InsideDataDir { .. } => ErrorKind::Refused,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
             BackupError::Locked { source, .. } => source.kind(),
         }
@@ -228,6 +236,17 @@ async fn backup_inner(
             source,
         })?;
 
+    if let Some(data_dir) = &prepared.data_dir {
+        for folder in storages.iter().filter_map(|s| s.scratch_dir(name)) {
+            if inside(&folder, data_dir) {
+                return Err(BackupError::InsideDataDir {
+                    target: name.to_string(),
+                    folder,
+                    data_dir: data_dir.clone(),
+                });
+            }
+        }
+    }
     if let Some(found) = &prepared.fingerprints {
         log_schema_change(ctx, target, storages, found).await;
     }
@@ -748,4 +767,27 @@ async fn copy_archive(
     })
     .await
     .map_err(|e| task(e.to_string()))?
+}
+
+/// Whether `folder` (which may not exist yet) is `dir` or below it, links resolved.
+fn inside(folder: &Path, dir: &Path) -> bool {
+    // The nearest existing ancestor decides where the rest would be created.
+    let mut existing = folder;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(p), Some(n)) => {
+                rest.push(n.to_owned());
+                existing = p;
+            }
+            _ => return false,
+        }
+    }
+    let Ok(mut real) = existing.canonicalize() else {
+        return false;
+    };
+    for n in rest.into_iter().rev() {
+        real.push(n);
+    }
+    real.starts_with(dir)
 }

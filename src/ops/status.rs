@@ -16,6 +16,8 @@ use crate::storage::Storages;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DbStatus {
+    /// host:port/database (or the SQLite file): never the URL's user, password or query.
+    pub location: String,
     pub up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -238,8 +240,10 @@ pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) ->
 
 /// Does the target's database answer?
 pub async fn database(target: &Target, now: DateTime<Utc>) -> DbStatus {
-    let ping = engine::build(target).ping().await;
+    let engine = engine::build(target);
+    let ping = engine.ping().await;
     DbStatus {
+        location: engine.location(),
         up: ping.is_ok(),
         error: ping.err().map(|e| crate::error::chain(&e)),
         checked: now,

@@ -42,8 +42,73 @@ impl LocalStorage {
             .mode(0o750)
             .create(&dir)
             .map_err(|source| io_err("create folder", &dir, source))?;
+        real_folder(&dir)?;
         Ok(dir)
     }
+}
+
+/// A target's folder must be a folder of its own: a symlink planted in its place could
+/// send archives (and the reads of restore and download) anywhere on the host.
+fn real_folder(dir: &Path) -> Result<(), StorageError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(StorageError::NotRegular {
+            storage: NAME,
+            path: dir.to_path_buf(),
+            what: "a symbolic link (a target's folder must be a real folder)",
+        }),
+        Ok(m) if !m.is_dir() => Err(StorageError::NotRegular {
+            storage: NAME,
+            path: dir.to_path_buf(),
+            what: "not a folder",
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+            storage: NAME,
+            path: dir.to_path_buf(),
+        }),
+        Err(source) => Err(io_err("inspect", dir, source)),
+    }
+}
+
+/// Open a stored file for reading, with its length: only a regular file with one link,
+/// in a real folder. A symlink, a hard link to a file elsewhere (which a write to the
+/// storage folder is enough to plant), a FIFO or a device is refused, never read, so
+/// neither restore nor a download can be pointed outside the storage.
+fn open_stored(path: &Path, action: &'static str) -> Result<(File, u64), StorageError> {
+    if let Some(dir) = path.parent() {
+        real_folder(dir)?;
+    }
+    let refused = |what| StorageError::NotRegular {
+        storage: NAME,
+        path: path.to_path_buf(),
+        what,
+    };
+    // O_NONBLOCK: opening a planted FIFO must not wait for a writer.
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::NotFound {
+                storage: NAME,
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symbolic link")),
+        Err(source) => return Err(io_err(action, path, source)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|source| io_err(action, path, source))?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file"));
+    }
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+        return Err(refused("a hard link (a file with more than one name)"));
+    }
+    Ok((f, meta.len()))
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
@@ -300,24 +365,7 @@ impl Storage for LocalStorage {
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.dir(target).join(file);
         blocking(move || {
-            let opened = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path);
-            let f = match opened {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound {
-                        storage: NAME,
-                        path,
-                    })
-                }
-                Err(source) => return Err(io_err("read", &path, source)),
-            };
-            let len = f
-                .metadata()
-                .map_err(|source| io_err("read", &path, source))?
-                .len();
+            let (f, len) = open_stored(&path, "read")?;
             if len > super::MAX_SMALL_OBJECT {
                 return Err(StorageError::TooLarge {
                     storage: NAME,
@@ -341,23 +389,8 @@ impl Storage for LocalStorage {
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
         let path = self.dir(target).join(file);
-        // Never through a symlink: a link planted in the folder cannot make dbkeep read
-        // (and restore or serve) a file outside it.
-        let opened = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-        };
-        match opened {
-            Ok(f) => Ok(Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
-                storage: NAME,
-                path,
-            }),
-            Err(source) => Err(io_err("open", &path, source)),
-        }
+        let (f, _) = open_stored(&path, "open")?;
+        Ok(Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f)))
     }
 
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {

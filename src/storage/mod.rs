@@ -67,6 +67,12 @@ pub enum StorageError {
         bytes: u64,
         limit: u64,
     },
+    #[error("{storage} storage: {path} is {what}, not a file dbkeep wrote; it is neither read nor served (remove it, or find out who put it there)")]
+    NotRegular {
+        storage: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
     #[error("{storage} storage: writing {file}: {source}")]
     Write {
         storage: &'static str,
@@ -84,6 +90,7 @@ impl Classify for StorageError {
             StorageError::Checksum { .. } => ErrorKind::Checksum,
             StorageError::Exists { .. } => ErrorKind::Conflict,
             StorageError::Task { .. } | StorageError::TooLarge { .. } => ErrorKind::Failed,
+            StorageError::NotRegular { .. } => ErrorKind::Refused,
             StorageError::Remote { kind, .. } => *kind,
         }
     }

@@ -126,7 +126,7 @@ impl TestPostgres {
         pg
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 

@@ -13,7 +13,7 @@ use crate::common::{
     HttpResponse, Sandbox, TestPostgres, PG_PASSWORD,
 };
 
-const TOKEN: &str = "test-admin-token-4f1c2b9a7e";
+const TOKEN: &str = "test-admin-token-4f1c2b9a7e5d3c8b";
 const API: &str = "/api/v1/admin/database";
 
 /// Put `admin_token_file` (holding TOKEN) into the config's [daemon] section.
@@ -169,10 +169,18 @@ fn admin_settings_that_would_expose_the_api_badly_are_refused() {
     let toml = std::fs::read_to_string(&cfg).unwrap();
     let short = sb.path().join("short.token");
     std::fs::write(&short, "abc\n").unwrap();
+    // 31 characters: one short of the minimum.
+    let almost = sb.path().join("almost.token");
+    std::fs::write(&almost, "0123456789abcdef0123456789abcde\n").unwrap();
+    // Long enough, but not random.
+    let plain = sb.path().join("plain.token");
+    std::fs::write(&plain, "passwordpasswordpasswordpassword\n").unwrap();
     let listen = "listen = \"127.0.0.1:0\"\n";
     for daemon_keys in [
         "listen = \"0.0.0.0:0\"\nadmin_api = true\n".to_string(),
         format!("{listen}admin_token_file = \"{}\"\n", short.display()),
+        format!("{listen}admin_token_file = \"{}\"\n", almost.display()),
+        format!("{listen}admin_token_file = \"{}\"\n", plain.display()),
         format!(
             "{listen}admin_token_file = \"{}/missing\"\n",
             sb.path().display()

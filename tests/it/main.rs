@@ -9,6 +9,8 @@ mod config_errors;
 mod daemon;
 mod data_safety;
 mod deploy;
+mod fuzz;
+mod hostile;
 mod listing;
 mod metrics_contract;
 mod ops_in_process;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use sqlx::postgres::PgConnection;
 use tokio_util::io::SyncIoBridge;
@@ -91,6 +92,23 @@ async fn read_fingerprints(conn: &mut PgConnection, target: &str) -> Option<Fing
     }
 }
 
+/// The server's data directory, when the role may read it (pg_settings hides it from
+/// others, without an error) and it is a PostgreSQL data directory on this host.
+async fn visible_data_dir(conn: &mut sqlx::PgConnection) -> Option<PathBuf> {
+    let dir: Option<(String,)> =
+        sqlx::query_as("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+            .fetch_optional(&mut *conn)
+            .await
+            .ok()
+            .flatten();
+    let dir = PathBuf::from(dir?.0);
+    if !dir.join("PG_VERSION").is_file() {
+        // Another host's folder (or one this user cannot see): nothing to compare with.
+        return None;
+    }
+    dir.canonicalize().ok()
+}
+
 pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let mut conn = e.dsn.connect().await?;
     let what = format!("reading the catalog of {}", e.dsn.location());
@@ -175,6 +193,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         )));
     }
     let fingerprints = read_fingerprints(&mut conn, &e.target).await;
+    let data_dir = visible_data_dir(&mut conn).await;
 
     let (tool_dir, dump_version) =
         find_tool_dir("pg_dump", major, e.cfg.pg_bin_dir.as_deref(), &e.target).await?;
@@ -201,6 +220,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             server: Some(format!("PostgreSQL {version}")),
         },
         tool_dir: Some(tool_dir),
+        data_dir,
         tables,
         snapshot,
         fingerprints,

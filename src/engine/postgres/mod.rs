@@ -218,8 +218,12 @@ impl Engine for PostgresEngine {
         )
         .await?
         .0;
-        let needs_toc =
-            matches!(mode, RestoreMode::Schema { .. }) || self.cfg.restore_owner.is_none();
+        // Globals are SQL for psql, not an archive pg_restore can list (and name no owners).
+        let needs_toc = match mode {
+            RestoreMode::Globals => false,
+            RestoreMode::Schema { .. } => true,
+            _ => self.cfg.restore_owner.is_none(),
+        };
         let toc = if needs_toc {
             restore::toc(&toc_tools, archive).await?
         } else {

@@ -25,6 +25,8 @@ const LINK_TTL_SECS: i64 = 3600;
 /// Failed calls a peer may make in one window before it gets 429 until the window ends.
 const MAX_FAILURES: u32 = 60;
 const WINDOW: Duration = Duration::from_secs(60);
+/// Peers remembered at most.
+const MAX_PEERS: usize = 10_000;
 
 /// Failed calls per peer: a brute force is slowed to `MAX_FAILURES` a minute, and logged
 /// as one line per peer and minute (with the count of the minute before), not one per try.
@@ -60,8 +62,13 @@ impl Limiter {
     fn failed(&self, peer: IpAddr, now: Instant) -> Failed {
         let mut peers = self.lock();
         // Forget windows long over, so the map stays small.
-        if peers.len() > 10_000 {
+        if peers.len() > MAX_PEERS {
             peers.retain(|_, w| now.duration_since(w.start) < WINDOW);
+            if peers.len() > MAX_PEERS {
+                // A flood from more addresses than that: memory stays bounded, and the
+                // counts start over (each address still gets at most one window's worth).
+                peers.clear();
+            }
         }
         let w = peers.entry(peer).or_insert(Window {
             start: now,
@@ -158,9 +165,6 @@ fn signed_ok(token: &Secret, method: &axum::http::Method, uri: &axum::http::Uri)
         && same_secret(sig.as_bytes(), want.as_bytes())
 }
 
-/// Token check, then one log line per call (who, what, result). The API is off (404)
-/// without a configured token; a wrong or missing token is 401 with no detail, logged and
-/// counted.
 /// The admin surface's security headers on a response.
 fn with_headers(mut r: Response) -> Response {
     for (k, v) in super::page::SECURITY_HEADERS {
@@ -170,6 +174,10 @@ fn with_headers(mut r: Response) -> Response {
     r
 }
 
+/// Token check, then one log line per call (who, what, result). The API is off (404)
+/// without a configured token; a wrong or missing token is 401 with no detail, counted,
+/// and logged at most a few times a minute per peer; past `MAX_FAILURES` a minute the
+/// peer gets 429 without its token being looked at.
 pub(super) async fn guard(
     State(st): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

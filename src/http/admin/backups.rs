@@ -14,6 +14,7 @@ use super::auth::signed_link;
 use super::{not_found, AdminState, ApiError, ErrorBody};
 use crate::catalog::{self, Backup};
 use crate::config::Secret;
+use crate::error::Classify;
 use crate::ops::list::inventory;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,7 +115,9 @@ fn content_type(file: &str) -> &'static str {
             (Vec<u8> = "application/zstd"), (Vec<u8> = "application/gzip"),
             (Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/sql"),
             (Vec<u8> = "application/vnd.sqlite3"), (Object = "application/json"))),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "the stored file is a link or not a regular file", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn download(
     State(st): State<AdminState>,
@@ -144,7 +147,19 @@ pub(super) async fn download(
         };
         for b in &listing.complete {
             if b.file == file {
-                let reader = s.open(&target, &file).await.map_err(|_| missing())?;
+                let reader = s.open(&target, &file).await.map_err(|e| {
+                    if e.kind() == crate::error::ErrorKind::Refused {
+                        // A planted link or device: named in the log, never served.
+                        tracing::warn!(target = %target, file = %file, error = %e, "download refused");
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "this stored file is not a plain file dbkeep wrote, so it is not served",
+                            "see the daemon's log; remove the file or find out who put it there",
+                        )
+                    } else {
+                        missing()
+                    }
+                })?;
                 return Ok(stream_file(reader, &file, b.bytes));
             }
             if catalog::manifest_name(&b.file) == file {
