@@ -214,6 +214,15 @@ fn urls_that_give_a_password_twice_or_a_key_passphrase_are_refused_without_echoi
 
 // 2. Stored bytes never run psql meta-commands.
 
+const RESTORE_GLOBALS: &[&str] = &[
+    "restore",
+    "app",
+    "latest",
+    "--globals",
+    "--yes",
+    "--no-safety-backup",
+];
+
 #[test]
 fn a_planted_globals_archive_cannot_run_a_shell_command() {
     let pg = TestPostgres::start();
@@ -225,18 +234,7 @@ fn a_planted_globals_archive_cannot_run_a_shell_command() {
     let globals = archive_ending(&sb, "app", ".globals.sql");
     // The untouched archive restores (the role comes back).
     pg.psql("postgres", "DROP ROLE reporting_ro");
-    let run = dbkeep(
-        Some(&cfg),
-        &[
-            "restore",
-            "app",
-            "latest",
-            "--globals",
-            "--yes",
-            "--no-safety-backup",
-        ],
-        &[],
-    );
+    let run = dbkeep(Some(&cfg), RESTORE_GLOBALS, &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(
         pg.psql(
@@ -252,18 +250,7 @@ fn a_planted_globals_archive_cannot_run_a_shell_command() {
         );
         sql
     });
-    let run = dbkeep(
-        Some(&cfg),
-        &[
-            "restore",
-            "app",
-            "latest",
-            "--globals",
-            "--yes",
-            "--no-safety-backup",
-        ],
-        &[],
-    );
+    let run = dbkeep(Some(&cfg), RESTORE_GLOBALS, &[]);
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("meta-command"), "{}", run.stderr);
     assert!(!pwned.exists(), "the planted command ran");
