@@ -37,6 +37,15 @@ pub struct TargetState {
     /// When a restore drill last proved each archive (by file name).
     #[serde(default)]
     pub verified: BTreeMap<String, DateTime<Utc>>,
+    /// Archives whose bytes no longer match their manifest, by [`corrupt_key`], with what
+    /// was found: retention neither counts nor deletes them, health names them.
+    #[serde(default)]
+    pub corrupt: BTreeMap<String, String>,
+}
+
+/// The key of one stored archive in [`TargetState::corrupt`].
+pub fn corrupt_key(storage: &str, file: &str) -> String {
+    format!("{storage}/{file}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

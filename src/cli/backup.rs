@@ -224,4 +224,7 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
     for (file, why) in &r.broken {
         println!("  broken manifest {file} ({why}): not counted, not deleted");
     }
+    for (file, why) in &r.corrupt {
+        println!("  corrupt archive {file} ({why}): not counted, not deleted");
+    }
 }

@@ -12,7 +12,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use parse::{parse_cron, split_url_password};
+pub use parse::{parse_cron, percent_decode, split_url_password};
 pub use raw::env_keys;
 pub use types::*;
 

@@ -141,7 +141,13 @@ pub fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String>
             "names its database with `{k}=` in the query: write the database only as the path, postgres://user@host:5432/dbname"
         ));
     }
-    let mut password = parsed.password().map(|p| Secret::new(percent_decode(p)));
+    let mut password = match parsed.password() {
+        Some(p) => Some(Secret::new(percent_decode(p).ok_or_else(|| {
+            "has a password that is not UTF-8 once its %XX are decoded: use `password_file`"
+                .to_string()
+        })?)),
+        None => None,
+    };
     if password.is_some() {
         parsed
             .set_password(None)
@@ -172,7 +178,8 @@ pub fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String>
     Ok((parsed.to_string(), password))
 }
 
-pub(super) fn percent_decode(s: &str) -> String {
+/// Decode `%XX` escapes the way libpq does; `None` when the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -187,5 +194,5 @@ pub(super) fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }

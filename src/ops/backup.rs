@@ -326,8 +326,9 @@ async fn backup_inner(
             }
         }
     }
+    let mut written = Written::default();
     if result.is_ok() {
-        result = write_manifests(name, storages, &done)
+        result = write_manifests(name, storages, &done, &mut written)
             .await
             .map_err(storage_err);
     }
@@ -335,7 +336,7 @@ async fn backup_inner(
         result = check_listed(ctx, name, storages, &done).await;
     }
     if let Err(e) = result {
-        remove_run(name, storages, &done).await;
+        remove_run(name, storages, &done, &written).await;
         return Err(e);
     }
     let mut pending = Vec::new();
@@ -406,12 +407,23 @@ async fn next_id(
     let now = ctx.now();
     let mut id = BackupId::from_time(now);
     let limit = BackupId::from_time(now + chrono::Duration::seconds(ID_LOOKAHEAD_SECS));
-    let listing = catalog::list(storages.primary(), &target.name, now)
-        .await
-        .map_err(|catalog::CatalogError::Storage(e)| e)?;
-    for b in &listing.complete {
-        if b.id >= id && b.id <= limit {
-            id = b.id.succ();
+    // Every name on the primary takes its id: complete backups, and also a lone archive
+    // or a manifest whose backup is broken or someone else's (a run must not collide with
+    // files it would then have to leave alone).
+    let taken: std::collections::BTreeSet<BackupId> = storages
+        .primary()
+        .list(&target.name)
+        .await?
+        .iter()
+        .filter_map(|o| {
+            let archive = o.file.strip_suffix(".manifest.json").unwrap_or(&o.file);
+            catalog::id_of_file(&target.name, archive)
+        })
+        .filter(|t| *t >= id && *t <= limit)
+        .collect();
+    for t in taken {
+        if t == id {
+            id = t.succ();
         }
     }
     Ok(id)
@@ -545,11 +557,20 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
     })
 }
 
+/// The manifests a run wrote, and the archive names another writer holds a manifest of.
+#[derive(Default)]
+struct Written {
+    manifests: Vec<(&'static str, String)>,
+    /// (storage, archive) pairs.
+    contested: Vec<(&'static str, String)>,
+}
+
 /// Write each archive's manifest to every storage that has the archive.
 async fn write_manifests(
     target: &str,
     storages: &Storages,
     done: &[Stored],
+    written: &mut Written,
 ) -> Result<(), StorageError> {
     for d in done {
         let bytes = serde_json::to_vec_pretty(&d.manifest).map_err(|e| StorageError::Task {
@@ -561,12 +582,18 @@ async fn write_manifests(
             if d.failed.iter().any(|f| f.storage == s.name()) {
                 continue;
             }
-            s.put_bytes(
-                target,
-                &catalog::manifest_name(&d.manifest.file),
-                bytes.clone(),
-            )
-            .await?;
+            let manifest = catalog::manifest_name(&d.manifest.file);
+            match s.put_bytes(target, &manifest, bytes.clone()).await {
+                Ok(()) => written.manifests.push((s.name(), manifest)),
+                Err(e) => {
+                    if let StorageError::Exists { .. } = e {
+                        // Someone else's manifest sits at this name: that backup is theirs,
+                        // and nothing at this name may be removed by this run.
+                        written.contested.push((s.name(), d.manifest.file.clone()));
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
     Ok(())
@@ -606,14 +633,34 @@ async fn check_listed(
     Ok(())
 }
 
-/// Remove everything a failed run stored: manifests first, then archives.
-async fn remove_run(target: &str, storages: &Storages, done: &[Stored]) {
+/// Remove what a failed run stored, and only that: the manifests it wrote, then the
+/// archives it wrote. On a storage where another writer's manifest was found at the name,
+/// the name is left whole (its archive may be theirs), for the operator and
+/// `dbkeep verify` to look at.
+async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written: &Written) {
     for d in done {
+        let manifest = catalog::manifest_name(&d.manifest.file);
         for s in storages.iter() {
-            for file in [
-                catalog::manifest_name(&d.manifest.file),
-                d.manifest.file.clone(),
-            ] {
+            if written
+                .contested
+                .iter()
+                .any(|(st, f)| *st == s.name() && *f == d.manifest.file)
+            {
+                tracing::warn!(target, storage = s.name(), file = %d.manifest.file, "another writer holds a manifest of this archive name; nothing of it is removed there (run `dbkeep verify`, and check that no other dbkeep writes to this storage)");
+                continue;
+            }
+            let mut files = Vec::new();
+            if written
+                .manifests
+                .iter()
+                .any(|(st, m)| *st == s.name() && *m == manifest)
+            {
+                files.push(manifest.clone());
+            }
+            if !d.failed.iter().any(|f| f.storage == s.name()) {
+                files.push(d.manifest.file.clone());
+            }
+            for file in files {
                 if let Err(e) = s.delete(target, &file).await {
                     tracing::error!(target, storage = s.name(), file = %file, error = %e, "could not remove an archive of the failed run; the next cleanup removes it");
                 }

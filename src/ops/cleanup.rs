@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::restore::{verify_checksum, RestoreError};
 use super::Context;
-use crate::catalog::{self, BackupId};
+use crate::catalog::{self, Backup, BackupId};
 use crate::config::Target;
 use crate::error::{Classify, ErrorKind};
 use crate::metrics;
@@ -52,6 +53,8 @@ pub struct CleanupReport {
     pub leftovers: Vec<(String, &'static str)>,
     /// Manifests that are not trusted: neither counted nor deleted, with why.
     pub broken: Vec<(String, String)>,
+    /// Archives that no longer match their manifest: neither counted nor deleted, with why.
+    pub corrupt: Vec<(String, String)>,
     /// Backups that stay after cleanup.
     pub remaining: usize,
     /// The storage could not be cleaned now, and why.
@@ -134,18 +137,25 @@ pub async fn run(
             }
             let broken = listing.broken;
             // All archives of one run are one backup.
-            let mut runs: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
+            let mut by_run: BTreeMap<BackupId, Vec<Backup>> = BTreeMap::new();
             for b in listing.complete {
-                runs.entry(b.id).or_default().push(b.file);
+                by_run.entry(b.id).or_default().push(b);
             }
-            let candidates: Vec<Candidate> = runs
+            let runs: BTreeMap<BackupId, Vec<String>> = by_run
                 .iter()
-                .map(|(id, archives)| Candidate {
-                    id: *id,
-                    pending_upload: is_primary && archives.iter().any(&not_uploaded),
-                })
+                .map(|(id, bs)| (*id, bs.iter().map(|b| b.file.clone()).collect()))
                 .collect();
-            let plan = retention::plan(&candidates, &target.policy(), now);
+            let (plan, corrupt) =
+                plan_on_good_copies(ctx, target, s, &by_run, &not_uploaded, is_primary, now)
+                    .await
+                    .map_err(|e| match e {
+                        RestoreError::Storage(source) => err(source),
+                        other => err(StorageError::Task {
+                            storage: s.name(),
+                            what: "checking the newest backup before deleting older ones",
+                            message: crate::error::chain(&other),
+                        }),
+                    })?;
             let mut decisions = Vec::new();
             let mut remaining: Vec<BackupId> = Vec::new();
             for d in plan {
@@ -190,6 +200,7 @@ pub async fn run(
                 decisions,
                 leftovers,
                 broken,
+                corrupt,
                 remaining: remaining.len(),
                 unavailable: None,
             })
@@ -208,6 +219,7 @@ pub async fn run(
                     decisions: Vec::new(),
                     leftovers: Vec::new(),
                     broken: Vec::new(),
+                    corrupt: Vec::new(),
                     remaining: 0,
                     unavailable: Some(error),
                 });
@@ -226,10 +238,105 @@ pub async fn run(
                     .flat_map(|(_, files)| files.iter().cloned())
             })
             .collect();
+        // Forget corruption records of archives gone from a storage that was listed.
+        let listed: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.unavailable.is_none())
+            .map(|r| r.storage)
+            .collect();
+        let still_corrupt: std::collections::HashSet<String> = reports
+            .iter()
+            .flat_map(|r| {
+                r.corrupt
+                    .iter()
+                    .map(|(f, _)| crate::state::corrupt_key(r.storage, f))
+            })
+            .collect();
         ctx.state.update(name, |s| {
             s.last_cleanup = Some(now);
             s.verified.retain(|file, _| kept.contains(file));
+            s.corrupt.retain(|key, _| {
+                still_corrupt.contains(key)
+                    || !listed.iter().any(|st| key.starts_with(&format!("{st}/")))
+            });
         });
     }
     Ok(reports)
+}
+
+/// The retention plan over the runs whose archives are not known to be corrupt, with the
+/// corrupt ones (file, why) set aside. Before anything is deleted, the newest run the plan
+/// keeps is re-read against its manifests' sha256 (unless a drill proved it): a corrupt
+/// newest backup must not be what lets the last good one go. A run found corrupt is
+/// recorded in the state file and the plan is made again without it.
+async fn plan_on_good_copies(
+    ctx: &Context,
+    target: &Target,
+    s: &dyn crate::storage::Storage,
+    runs: &BTreeMap<BackupId, Vec<Backup>>,
+    not_uploaded: &impl Fn(&String) -> bool,
+    is_primary: bool,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Decision>, Vec<(String, String)>), RestoreError> {
+    let name = target.name.as_str();
+    let mut checked: std::collections::HashSet<BackupId> = Default::default();
+    // Each pass either ends or sets aside one more run: at most one pass per run.
+    for _ in 0..=runs.len() {
+        let state = ctx.state.get(name);
+        let bad = |b: &Backup| {
+            state
+                .corrupt
+                .get(&crate::state::corrupt_key(s.name(), &b.file))
+                .cloned()
+        };
+        let corrupt: Vec<(String, String)> = runs
+            .values()
+            .flatten()
+            .filter_map(|b| bad(b).map(|why| (b.file.clone(), why)))
+            .collect();
+        let candidates: Vec<Candidate> = runs
+            .iter()
+            .filter(|(_, bs)| bs.iter().all(|b| bad(b).is_none()))
+            .map(|(id, bs)| Candidate {
+                id: *id,
+                pending_upload: is_primary && bs.iter().any(|b| not_uploaded(&b.file)),
+            })
+            .collect();
+        let plan = retention::plan(&candidates, &target.policy(), now);
+        let deletes = plan.iter().any(|d| d.action == Action::Delete);
+        let newest_kept = plan
+            .iter()
+            .filter(|d| d.action == Action::Keep)
+            .map(|d| d.id)
+            .max();
+        let Some(newest) = newest_kept.filter(|id| deletes && !checked.contains(id)) else {
+            return Ok((plan, corrupt));
+        };
+        checked.insert(newest);
+        let mut found = false;
+        for b in &runs[&newest] {
+            if state.verified.contains_key(&b.file) {
+                continue;
+            }
+            match verify_checksum(s, b).await {
+                Ok(()) => {}
+                Err(e @ RestoreError::Checksum { .. }) => {
+                    let why = e.to_string();
+                    tracing::error!(target = name, storage = s.name(), file = %b.file, error = %why, "the newest backup no longer matches its manifest; it is not counted, and older backups are kept in its place");
+                    let key = crate::state::corrupt_key(s.name(), &b.file);
+                    ctx.state.update(name, |st| {
+                        st.corrupt.insert(key, why);
+                    });
+                    found = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !found {
+            return Ok((plan, corrupt));
+        }
+    }
+    Err(RestoreError::NotFound(format!(
+        "no retention plan for {name} settled; nothing was deleted"
+    )))
 }

@@ -162,7 +162,21 @@ pub async fn choose(
     selector: &Selector,
     globals: bool,
 ) -> Result<Chosen, RestoreError> {
-    let all = list_everywhere(ctx, target).await?;
+    // Copies known to no longer match their manifest (found by verify, a drill or
+    // cleanup) are never chosen: another storage's copy, or an older backup, is.
+    let corrupt = ctx.state.get(&target.name).corrupt;
+    let (all, bad): (Vec<_>, Vec<_>) = list_everywhere(ctx, target)
+        .await?
+        .into_iter()
+        .partition(|(s, b)| !corrupt.contains_key(&crate::state::corrupt_key(s, &b.file)));
+    if let (Some(id), false) = (selector.id, bad.is_empty()) {
+        if bad.iter().any(|(_, b)| b.id == id) && !all.iter().any(|(_, b)| b.id == id) {
+            return Err(RestoreError::NotFound(format!(
+                "every copy of backup {id} of target {} no longer matches its manifest (see `dbkeep status`); pick another id from `dbkeep list {}`",
+                target.name, target.name
+            )));
+        }
+    }
     // `latest` is the newest backup that is not a safety copy of a restore: restoring
     // "latest" again must not bring back the state the last restore replaced.
     let id = match selector.id {

@@ -132,6 +132,19 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             "storage {u}; its copies are not counted (the others still are)"
         ));
     }
+    if !facts.state.corrupt.is_empty() {
+        problems.push(format!(
+            "{} archive(s) no longer match their manifest, not counted as backups and not deleted: {}; restore from another copy, then remove them",
+            facts.state.corrupt.len(),
+            facts
+                .state
+                .corrupt
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if !facts.catalog.broken.is_empty() {
         problems.push(format!(
             "{} broken manifest(s), not counted as backups and not deleted: {}; `dbkeep verify` lists them",

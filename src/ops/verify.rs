@@ -33,13 +33,23 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
             });
         }
         for b in listing.complete {
+            let key = crate::state::corrupt_key(s.name(), &b.file);
             let problem = match verify_checksum(s, &b).await {
-                Ok(()) => None,
+                Ok(()) => {
+                    ctx.state.update(&target.name, |st| {
+                        st.corrupt.remove(&key);
+                    });
+                    None
+                }
                 Err(RestoreError::Checksum {
                     expected, actual, ..
-                }) => Some(format!(
-                    "CORRUPT: sha256 {actual}, manifest says {expected}"
-                )),
+                }) => {
+                    let why = format!("CORRUPT: sha256 {actual}, manifest says {expected}");
+                    ctx.state.update(&target.name, |st| {
+                        st.corrupt.insert(key, why.clone());
+                    });
+                    Some(why)
+                }
                 Err(e) => Some(format!("unreadable: {}", crate::error::chain(&e))),
             };
             out.push(Checked {
@@ -101,7 +111,15 @@ async fn drill_inner(
             .storages
             .get(storage)
             .ok_or_else(|| RestoreError::NotFound(format!("storage {storage} is gone")))?;
-        verify_checksum(storage, b).await?;
+        if let Err(e) = verify_checksum(storage, b).await {
+            if let RestoreError::Checksum { .. } = e {
+                let key = crate::state::corrupt_key(storage.name(), &b.file);
+                ctx.state.update(&target.name, |st| {
+                    st.corrupt.insert(key, e.to_string());
+                });
+            }
+            return Err(e);
+        }
         archives.push(Archive { storage, backup: b });
     }
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();

@@ -267,6 +267,139 @@ fn junk_named_like_a_far_future_backup_does_not_steer_ids() {
     }
 }
 
+#[test]
+fn files_planted_at_the_next_names_are_skipped_and_never_removed() {
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "keep_days = 30\nmin_keep = 100");
+    let dir = sb.backups().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Manifests (and one lone archive) someone else put at the ids of the next seconds.
+    let now = Utc::now();
+    let mut planted = Vec::new();
+    for s in 0..6 {
+        let id = (now + chrono::Duration::seconds(s)).format("%Y%m%d_%H%M%S");
+        let name = if s == 3 {
+            format!("app_{id}.sqlite.zst")
+        } else {
+            format!("app_{id}.sqlite.zst.manifest.json")
+        };
+        std::fs::write(dir.join(&name), format!("planted {s}")).unwrap();
+        planted.push(name);
+    }
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    for (s, name) in planted.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            format!("planted {s}"),
+            "{name} was changed or removed"
+        );
+    }
+    let all = listed(&cfg);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let last = (now + chrono::Duration::seconds(5))
+        .format("%Y%m%d_%H%M%S")
+        .to_string();
+    assert!(all[0]["id"].as_str().unwrap() > last.as_str(), "{all:?}");
+}
+
+#[test]
+fn a_manifest_planted_at_a_running_backups_name_is_left_alone() {
+    let pg = TestPostgres::start();
+    pg_with_rows(&pg, "app", 1000);
+    let sb = Sandbox::new();
+    let slow = slow_pg_dump(&sb, &pg, 3);
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!("pg_bin_dir = \"{}\"", slow.display()),
+    );
+    let run = spawn_dbkeep(&cfg, &["backup", "app"]);
+    // The running archive's temp name ends with its final name: plant a manifest there.
+    let mut temp = Vec::new();
+    wait_for(Duration::from_secs(60), "the run writing", || {
+        temp = temp_files(&sb, "app");
+        !temp.is_empty()
+    });
+    let archive = temp[0].split('.').skip(4).collect::<Vec<_>>().join(".");
+    assert!(
+        archive.starts_with("app_") && archive.ends_with(".dump.zst"),
+        "{temp:?}"
+    );
+    let manifest = sb
+        .backups()
+        .join("app")
+        .join(format!("{archive}.manifest.json"));
+    std::fs::write(&manifest, "someone else's").unwrap();
+    let run = run.finish(Duration::from_secs(120));
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("exists already"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&manifest).unwrap(),
+        "someone else's"
+    );
+}
+
+#[test]
+fn a_corrupt_newest_backup_never_lets_cleanup_delete_the_last_good_one() {
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "keep_days = 0\nmin_keep = 1");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    std::thread::sleep(Duration::from_millis(1100));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let names = archives(&sb, "app");
+    assert_eq!(names.len(), 2, "{names:?}");
+    // One byte of the newest archive flips; its size stays.
+    let newest = sb.backups().join("app").join(&names[0]);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let cleanup = dbkeep(Some(&cfg), &["cleanup"], &[]);
+    assert_eq!(cleanup.code, 0, "{}\n{}", cleanup.stdout, cleanup.stderr);
+    assert!(
+        cleanup
+            .stdout
+            .contains(&format!("corrupt archive {}", names[0])),
+        "{}",
+        cleanup.stdout
+    );
+    for n in &names {
+        assert!(sb.backups().join("app").join(n).exists(), "{n} deleted");
+    }
+    // A second cleanup knows it from the state file and keeps both still.
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert_eq!(archives(&sb, "app"), names);
+    // `latest` skips the known-corrupt copy and restores the good one.
+    let into = sb.path().join("restored.db");
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    )
+    .ok();
+    let rows = std::process::Command::new("sqlite3")
+        .arg(&into)
+        .arg("SELECT count(*) FROM t")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "2");
+    let status = dbkeep(Some(&cfg), &["status"], &[]);
+    assert!(
+        status.stdout.contains("no longer match their manifest"),
+        "{}",
+        status.stdout
+    );
+}
+
 /// Archive and manifest names of the listed backups of `target`, newest first.
 fn archives(sb: &Sandbox, target: &str) -> Vec<String> {
     let mut v: Vec<String> = sb

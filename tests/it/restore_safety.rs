@@ -144,6 +144,24 @@ fn into_refuses_a_url_that_names_its_database_twice() {
         ),
         "0"
     );
+
+    // `oth%65r` is `other` to libpq: the non-empty check must see `other` too.
+    let encoded = pg.url("oth%65r");
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &encoded],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("other"), "{}", run.stderr);
+    assert_eq!(pg.table_checksums("other"), before);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'oth%65r'"
+        ),
+        "0"
+    );
 }
 
 #[test]

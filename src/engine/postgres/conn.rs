@@ -52,7 +52,8 @@ impl Dsn {
     pub fn with_database(&self, db: &str) -> Result<Dsn, EngineError> {
         let mut u = url::Url::parse(&self.url)
             .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
-        u.set_path(&format!("/{db}"));
+        // `%` first: the path is decoded again by libpq (and by `database`).
+        u.set_path(&format!("/{}", db.replace('%', "%25")));
         Ok(Dsn {
             url: u.to_string(),
             password: self.password.clone(),
@@ -63,7 +64,21 @@ impl Dsn {
     pub fn database(&self) -> Result<String, EngineError> {
         let u = url::Url::parse(&self.url)
             .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
-        let db = u.path().trim_start_matches('/').to_string();
+        // libpq decodes %XX in the path: the name checked and created here must be the one
+        // it connects to (`oth%65r` is `other`).
+        let db =
+            crate::config::percent_decode(u.path().trim_start_matches('/')).ok_or_else(|| {
+                EngineError::Refused(format!(
+                    "{:?} names a database that is not UTF-8 once decoded",
+                    redact(&self.url)
+                ))
+            })?;
+        if db.contains('/') {
+            return Err(EngineError::Refused(format!(
+                "{:?} names the database {db:?}, with a slash: write one database name after the host",
+                redact(&self.url)
+            )));
+        }
         if db.is_empty() {
             return Err(EngineError::Refused(format!(
                 "{:?} names no database: add /dbname",
@@ -77,11 +92,12 @@ impl Dsn {
     pub fn location(&self) -> String {
         url::Url::parse(&self.url)
             .map(|u| {
+                let path = u.path().trim_start_matches('/');
                 format!(
-                    "{}:{}{}",
+                    "{}:{}/{}",
                     u.host_str().unwrap_or("localhost"),
                     u.port().unwrap_or(5432),
-                    u.path()
+                    crate::config::percent_decode(path).unwrap_or_else(|| path.to_string())
                 )
             })
             .unwrap_or_else(|_| "<unparsable url>".into())
