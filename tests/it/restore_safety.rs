@@ -600,3 +600,43 @@ async fn a_live_wal_database_with_a_reader_is_replaced_whole() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+#[test]
+fn per_schema_archives_of_public_restore_into_a_new_database_and_pass_the_drill() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE public.t AS SELECT g AS id FROM generate_series(1, 50) g;
+         CREATE SCHEMA s1; CREATE TABLE s1.u AS SELECT g AS id FROM generate_series(1, 7) g;",
+    );
+    pg.create_db("fresh");
+    pg.create_db("busy");
+    pg.psql("busy", "CREATE TABLE public.mine (x int)");
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "schemas = [\"public\", \"s1\"]");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let id = newest_id(&cfg);
+    // The drill restores every archive of the run into one new database.
+    let drill = dbkeep(Some(&cfg), &["verify", "--drill"], &[]);
+    assert_eq!(drill.code, 0, "{}\n{}", drill.stdout, drill.stderr);
+    // A new database has an empty `public`: the archive's own takes its place.
+    let fresh = format!("postgres://postgres@127.0.0.1:{}/fresh", pg.port);
+    dbkeep(
+        Some(&cfg),
+        &["restore", "app", &format!("{id}:public"), "--into", &fresh],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("fresh", "SELECT count(*) FROM public.t"), "50");
+    // A `public` that holds something is not dropped to make room.
+    let busy = format!("postgres://postgres@127.0.0.1:{}/busy", pg.port);
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", &format!("{id}:public"), "--into", &busy, "--yes"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("already holds objects"), "{}", run.stderr);
+    assert_eq!(pg.psql("busy", "SELECT count(*) FROM public.mine"), "0");
+}

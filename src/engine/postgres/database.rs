@@ -63,6 +63,41 @@ pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result
     Ok(dsn)
 }
 
+/// Before a per-schema archive is restored into another database: a schema of that name
+/// that exists there but holds nothing (every new database has an empty `public`) is
+/// dropped, since the archive creates it; one that holds objects is refused.
+pub async fn make_room_for_schema(dsn: &Dsn, schema: &str) -> Result<(), EngineError> {
+    let mut conn = dsn.connect().await?;
+    let what = format!("checking schema {schema} in {}", dsn.location());
+    let found: Option<(bool,)> = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_depend d \
+                        WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+                          AND d.deptype = 'n') \
+         FROM pg_namespace n WHERE n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(EngineError::db(what.clone()))?;
+    let result = match found {
+        None => Ok(()),
+        Some((true,)) => Err(EngineError::Refused(format!(
+            "schema {schema} already holds objects in {}; restore the archive of a schema into a database without it (or into the target's own database, which replaces it)",
+            dsn.location()
+        ))),
+        Some((false,)) => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {}",
+            quote_ident(schema)
+        )))
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(EngineError::db(what)),
+    };
+    let _ = conn.close().await;
+    result
+}
+
 /// Drop the database `dsn` names, closing its sessions.
 pub async fn drop(dsn: &Dsn) -> Result<(), EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;

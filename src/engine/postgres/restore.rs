@@ -159,6 +159,11 @@ pub async fn pg_restore(
         cancel,
     } = *run;
     let url = &dsn.url;
+    if let (RestoreMode::Whole { clean: false }, Some(schema)) =
+        (mode, &archive.backup.manifest.schema)
+    {
+        super::database::make_room_for_schema(dsn, schema).await?;
+    }
     if let RestoreMode::Whole { .. } | RestoreMode::Definitions = mode {
         // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
         // and --single-transaction rolls everything back. `feed` withholds the end of the
