@@ -123,6 +123,8 @@ pub(super) async fn list(
     for b in &all {
         let schema = match (b.contents, &b.schema) {
             (catalog::Contents::Globals, _) => "(globals)".to_string(),
+            // Control characters in a name would break the table's lines.
+            (_, Some(s)) if s.chars().any(char::is_control) => s.escape_debug().to_string(),
             (_, Some(s)) => s.clone(),
             (_, None) => "-".to_string(),
         };

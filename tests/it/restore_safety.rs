@@ -640,3 +640,65 @@ fn per_schema_archives_of_public_restore_into_a_new_database_and_pass_the_drill(
     assert!(run.stderr.contains("already holds objects"), "{}", run.stderr);
     assert_eq!(pg.psql("busy", "SELECT count(*) FROM public.mine"), "0");
 }
+
+#[test]
+fn schemas_with_quotes_and_newlines_restore_from_a_whole_backup_and_are_told_apart() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "DO $$ BEGIN
+           EXECUTE format('CREATE SCHEMA %I', E'new\\nline');
+           EXECUTE format('CREATE TABLE %I.keep AS SELECT 1 AS v', E'new\\nline');
+         END $$;
+         CREATE SCHEMA \"we\"\"ird\"; CREATE TABLE \"we\"\"ird\".keep AS SELECT 2 AS v;",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let id = newest_id(&cfg);
+    // Changed after the backup; a schema the backup does not have, named like the
+    // printed form of one it has.
+    pg.psql(
+        "app",
+        "DO $$ BEGIN EXECUTE format('UPDATE %I.keep SET v = 10', E'new\\nline'); END $$;
+         UPDATE \"we\"\"ird\".keep SET v = 20;
+         CREATE SCHEMA \"new line\"; CREATE TABLE \"new line\".keep AS SELECT 3 AS v;",
+    );
+    for (schema, sql, want) in [
+        ("new\nline", "SELECT v FROM \"new\nline\".keep", "1"),
+        ("we\"ird", "SELECT v FROM \"we\"\"ird\".keep", "2"),
+    ] {
+        let run = dbkeep(
+            Some(&cfg),
+            &[
+                "restore",
+                "app",
+                &format!("{id}:{schema}"),
+                "--yes",
+                "--no-safety-backup",
+            ],
+            &[],
+        );
+        assert_eq!(run.code, 0, "{schema:?}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(pg.psql("app", sql), want, "{schema:?}");
+    }
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            &format!("{id}:new line"),
+            "--yes",
+            "--no-safety-backup",
+            "--drop-dependents",
+        ],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("has no schema"), "{}", run.stderr);
+    assert_eq!(pg.psql("app", "SELECT v FROM \"new line\".keep"), "3");
+    // The plain list keeps one line per backup.
+    let list = dbkeep(Some(&cfg), &["list"], &[]).ok();
+    assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
+}

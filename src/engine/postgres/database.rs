@@ -134,7 +134,7 @@ pub async fn dependents_outside(dsn: &Dsn, schema: &str) -> Result<Vec<String>, 
          ) \
          SELECT DISTINCT i.type, i.identity \
          FROM deps, LATERAL pg_identify_object(deps.classid, deps.objid, 0) i \
-         WHERE deps.classid <> 'pg_namespace'::regclass AND i.schema IS DISTINCT FROM $1 \
+         WHERE deps.classid <> 'pg_namespace'::regclass AND i.schema IS DISTINCT FROM quote_ident($1) \
          ORDER BY 1, 2",
     )
     .bind(schema)

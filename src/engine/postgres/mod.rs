@@ -336,16 +336,22 @@ fn check_schema(
             ))),
         };
     }
-    let in_tables = m.tables.iter().any(|t| t.schema.as_deref() == Some(name));
-    if in_tables || toc.schemas.contains(name) || name == "public" {
+    // `pg_restore --list` prints a newline in a name as a space: its names are compared
+    // in that form, and one that is only the printed form of another schema the manifest
+    // names exactly (`new\nline` for `new line`) is not taken for it.
+    let printed = |s: &str| s.replace(['\n', '\r'], " ");
+    let exact: Vec<&str> = m.tables.iter().filter_map(|t| t.schema.as_deref()).collect();
+    let in_tables = exact.contains(&name);
+    let shadowed = exact
+        .iter()
+        .any(|s| *s != name && printed(s) == printed(name));
+    if in_tables || (!shadowed && toc.schemas.contains(&printed(name))) || name == "public" {
         return Ok(());
     }
-    let mut have: Vec<String> = toc.schemas.iter().cloned().collect();
-    for t in &m.tables {
-        if let Some(s) = &t.schema {
-            if !have.contains(s) {
-                have.push(s.clone());
-            }
+    let mut have: Vec<String> = exact.iter().map(|s| s.to_string()).collect();
+    for s in &toc.schemas {
+        if !exact.iter().any(|e| printed(e) == *s) && !have.contains(s) {
+            have.push(s.clone());
         }
     }
     have.sort();
