@@ -669,13 +669,57 @@ async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written:
     }
 }
 
+/// The state file is a record, not the truth: a complete backup on the primary whose
+/// manifest a mirror lacks is pending there, whether or not the state file (which may
+/// have been lost) says so. One listing per mirror, no manifest reads.
+async fn rediscover_pending(ctx: &Context, name: &str) -> Result<(), StorageError> {
+    let storages = ctx.storages.as_ref();
+    if storages.mirrors().next().is_none() {
+        return Ok(());
+    }
+    let now = ctx.now();
+    let on_primary = catalog::list(storages.primary(), name, now)
+        .await
+        .map_err(|catalog::CatalogError::Storage(e)| e)?
+        .complete;
+    for mirror in storages.mirrors() {
+        let there: std::collections::HashSet<String> = mirror
+            .list(name)
+            .await?
+            .into_iter()
+            .map(|o| o.file)
+            .collect();
+        let known = ctx.state.get(name).pending_uploads;
+        let missing: Vec<PendingUpload> = on_primary
+            .iter()
+            .filter(|b| !there.contains(&catalog::manifest_name(&b.file)))
+            .filter(|b| {
+                !known
+                    .iter()
+                    .any(|p| p.file == b.file && p.storage == mirror.name())
+            })
+            .map(|b| PendingUpload {
+                file: b.file.clone(),
+                storage: mirror.name().to_string(),
+                since: now,
+                error: "missing from this storage (found by comparing listings)".into(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(target = name, storage = mirror.name(), count = missing.len(), "complete local backups are missing from a mirror; uploading them");
+            ctx.state
+                .update(name, |s| s.pending_uploads.extend(missing.iter().cloned()));
+        }
+    }
+    Ok(())
+}
+
 /// Upload the archives a mirror missed, from the primary's copy, checking the sha256
 /// against the manifest on the way. Returns how many went up; stops at the first failure
 /// (the mirror is likely still down) and records its error.
 pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, StorageError> {
     let name = target.name.as_str();
     let storages = ctx.storages.as_ref();
-    let pending = ctx.state.get(name).pending_uploads;
     let primary = storages.primary();
     // Multipart uploads abandoned by the failure that made these pending go first.
     for mirror in storages.mirrors() {
@@ -683,6 +727,8 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
             metrics::leftover_removed(name, mirror.name(), &gone, "abandoned multipart upload");
         }
     }
+    rediscover_pending(ctx, name).await?;
+    let pending = ctx.state.get(name).pending_uploads;
     let mut uploaded = 0;
     let mut result = Ok(());
     for p in pending {

@@ -639,6 +639,21 @@ fn local_archives_not_yet_on_the_mirror_survive_cleanup_without_the_state_file()
         run.stdout
     );
     assert_eq!(listed(&cfg).len(), 2);
+    // And they are not stranded: the listings say what is missing, so they go up.
+    let run = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]).ok();
+    assert!(run.stdout.contains("uploaded 2"), "{}", run.stdout);
+    let on_s3: Vec<_> = listed(&cfg)
+        .into_iter()
+        .filter(|b| b["storage"] == "s3")
+        .collect();
+    assert_eq!(on_s3.len(), 2, "{on_s3:?}");
+    // Now uploaded, the older one may go.
+    let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(
+        run.stdout.contains("app on local: 2 backup(s), deleted 1, keeping 1"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
