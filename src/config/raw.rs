@@ -60,6 +60,7 @@ pub(super) struct RawS3 {
     pub(super) upload_concurrency: Option<i64>,
     pub(super) max_attempts: Option<i64>,
     pub(super) retry_base_delay: Option<String>,
+    pub(super) read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -131,6 +131,13 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         raw.retry_base_delay.as_deref(),
         "500ms",
     )?;
+    let read_timeout = parse_duration(&k("read_timeout"), raw.read_timeout.as_deref(), "30s")?;
+    if read_timeout.is_zero() {
+        return Err(key_err(
+            k("read_timeout"),
+            "0 would fail every request: use e.g. \"30s\"",
+        ));
+    }
     Ok(S3Config {
         bucket,
         prefix,
@@ -148,6 +155,7 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         upload_concurrency,
         max_attempts,
         retry_base_delay,
+        read_timeout,
     })
 }
 pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, ConfigError> {

@@ -91,6 +91,9 @@ pub struct S3Config {
     pub max_attempts: u32,
     #[serde(serialize_with = "ser_duration")]
     pub retry_base_delay: Duration,
+    /// How long one read from the endpoint may wait for data.
+    #[serde(serialize_with = "ser_duration")]
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

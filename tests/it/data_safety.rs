@@ -657,6 +657,31 @@ fn local_archives_not_yet_on_the_mirror_survive_cleanup_without_the_state_file()
 }
 
 #[test]
+fn a_mirror_that_accepts_connections_and_never_answers_makes_the_backup_pending() {
+    // Never accepted: the kernel completes the handshakes, nobody ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}[storage.s3]\nbucket = \"bkp\"\nprefix = \"prod\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+             region = \"us-east-1\"\nforce_path_style = true\naccess_key_id = \"a\"\nsecret_access_key = \"b\"\n\
+             max_attempts = 10\nretry_base_delay = \"100ms\"\nread_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    // Ten attempts of a silent request would take minutes; the run is bounded well below.
+    let run = spawn_dbkeep(&cfg, &["backup"]).finish(Duration::from_secs(90));
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("NOT uploaded"), "{}", run.stdout);
+    assert_eq!(archives(&sb, "app").len(), 1);
+    drop(silent);
+}
+
+#[test]
 fn the_daemons_own_failed_drill_turns_health_red() {
     let sb = Sandbox::new();
     let (_db, cfg) = sqlite_target(

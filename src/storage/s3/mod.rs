@@ -48,6 +48,9 @@ struct Inner {
     abandoned_lock: Mutex<()>,
 }
 
+/// Tries of a request whose endpoint did not answer within `read_timeout`.
+const SILENT_ATTEMPTS: u32 = 2;
+
 impl S3Storage {
     pub async fn new(cfg: S3Config, work_dir: PathBuf) -> Self {
         let http = aws_smithy_http_client::Builder::new()
@@ -63,7 +66,9 @@ impl S3Storage {
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    // A server that accepted the connection and then says nothing (hung,
+                    // stopped) is given up on within this per read, not minutes.
+                    .read_timeout(cfg.read_timeout)
                     .build(),
             );
         if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
@@ -164,7 +169,20 @@ impl Inner {
                 }
                 Err(e) => {
                     let transient = is_transient(&e);
-                    if !transient || attempt >= self.cfg.max_attempts {
+                    // An endpoint that does not answer at all gets one more try, not
+                    // max_attempts: each try already waited read_timeout, and a backup must
+                    // not sit behind a hung mirror (it becomes pending instead).
+                    let silent = match &e {
+                        SdkError::TimeoutError(_) => true,
+                        SdkError::DispatchFailure(d) => d.is_timeout(),
+                        _ => false,
+                    };
+                    let limit = if silent {
+                        self.cfg.max_attempts.min(SILENT_ATTEMPTS)
+                    } else {
+                        self.cfg.max_attempts
+                    };
+                    if !transient || attempt >= limit {
                         if transient {
                             metrics::storage_up(NAME, false);
                         }
