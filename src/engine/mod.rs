@@ -33,6 +33,8 @@ pub enum EngineError {
         what: String,
         message: String,
         kind: ErrorKind,
+        /// What to check, when the error says more than its kind does.
+        hint: Option<&'static str>,
         #[source]
         source: Option<sqlx::Error>,
     },
@@ -146,6 +148,7 @@ impl Classify for EngineError {
     fn hint(&self) -> Option<String> {
         match self {
             EngineError::Storage(e) => e.hint(),
+            EngineError::Connect { hint: Some(h), .. } => Some((*h).to_string()),
             _ => match self.kind() {
                 ErrorKind::Auth => {
                     Some("check the role's password and privileges (see README, privileges)".into())

@@ -706,7 +706,12 @@ async fn rediscover_pending(ctx: &Context, name: &str) -> Result<(), StorageErro
             })
             .collect();
         if !missing.is_empty() {
-            tracing::warn!(target = name, storage = mirror.name(), count = missing.len(), "complete local backups are missing from a mirror; uploading them");
+            tracing::warn!(
+                target = name,
+                storage = mirror.name(),
+                count = missing.len(),
+                "complete local backups are missing from a mirror; uploading them"
+            );
             ctx.state
                 .update(name, |s| s.pending_uploads.extend(missing.iter().cloned()));
         }

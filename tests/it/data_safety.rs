@@ -650,7 +650,8 @@ fn local_archives_not_yet_on_the_mirror_survive_cleanup_without_the_state_file()
     // Now uploaded, the older one may go.
     let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
     assert!(
-        run.stdout.contains("app on local: 2 backup(s), deleted 1, keeping 1"),
+        run.stdout
+            .contains("app on local: 2 backup(s), deleted 1, keeping 1"),
         "{}",
         run.stdout
     );

@@ -633,11 +633,22 @@ fn per_schema_archives_of_public_restore_into_a_new_database_and_pass_the_drill(
     let busy = format!("postgres://postgres@127.0.0.1:{}/busy", pg.port);
     let run = dbkeep(
         Some(&cfg),
-        &["restore", "app", &format!("{id}:public"), "--into", &busy, "--yes"],
+        &[
+            "restore",
+            "app",
+            &format!("{id}:public"),
+            "--into",
+            &busy,
+            "--yes",
+        ],
         &[],
     );
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("already holds objects"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("already holds objects"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(pg.psql("busy", "SELECT count(*) FROM public.mine"), "0");
 }
 

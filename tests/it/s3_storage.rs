@@ -137,7 +137,13 @@ fn s3_only_keeps_no_local_copy_and_multipart_streams_large_dumps() {
     assert_eq!(pg.table_checksums("big"), pg.table_checksums("restored"));
 }
 
-/// A fake complete backup: tiny archive plus a manifest that matches it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A fake complete backup: tiny archive plus a manifest that matches it (cleanup re-reads
+/// the newest backup it keeps before deleting older ones).
 fn plant(s3: &TestS3, prefix: &str, target: &str, id: &str) -> (String, String) {
     let file = format!("{target}_{id}.dump.zst");
     let body = format!("archive {id}");
@@ -145,7 +151,7 @@ fn plant(s3: &TestS3, prefix: &str, target: &str, id: &str) -> (String, String) 
         "format_version": 1, "target": target, "id": id, "kind": "postgres", "contents": "database",
         "schema": null, "file": file, "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:01Z",
         "duration_seconds": 1.0, "raw_bytes": body.len(), "stored_bytes": body.len(), "codec": "zstd",
-        "sha256": "00", "tools": {"dbkeep": "test"}
+        "sha256": sha256_hex(body.as_bytes()), "tools": {"dbkeep": "test"}
     });
     let key = format!("{prefix}/{target}/{file}");
     s3.put(BUCKET, &key, body.as_bytes());

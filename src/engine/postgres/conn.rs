@@ -119,11 +119,9 @@ impl Dsn {
         match tokio::time::timeout(timeout, PgConnection::connect_with(&opts)).await {
             Err(_) => Err(EngineError::Connect {
                 what,
-                message: format!(
-                    "no answer within {}s; check host, port and firewall",
-                    timeout.as_secs()
-                ),
+                message: format!("no answer within {}s", timeout.as_secs()),
                 kind: ErrorKind::Unreachable,
+                hint: Some("check host, port and firewall"),
                 source: None,
             }),
             Ok(Err(e)) => Err(connect_error(what, e)),
@@ -169,37 +167,50 @@ pub fn connect_error(what: String, e: sqlx::Error) -> EngineError {
     let text = e.to_string();
     let (hint, kind) = if text.contains("password authentication failed") {
         (
-            "; check the user's password (`password`, `password_file` or PGPASSWORD)",
+            Some("check the user's password (`password`, `password_file` or PGPASSWORD)"),
             ErrorKind::Auth,
         )
     } else if text.contains("does not exist") {
         (
-            "; check the database and user names in `url`",
+            Some("check the database and user names in `url`"),
             ErrorKind::NotFound,
         )
     } else if text.contains("Connection refused") || text.contains("connection refused") {
         (
-            "; is the server running and listening on that host and port?",
+            Some("is the server running and listening on that host and port?"),
             ErrorKind::Unreachable,
         )
     } else if text.contains("no password") || text.contains("password was not supplied") {
         (
-            "; set `password_file` (or `password`, or PGPASSWORD)",
+            Some("set `password_file` (or `password`, or PGPASSWORD)"),
             ErrorKind::Auth,
         )
     } else {
-        ("", ErrorKind::Failed)
+        (None, ErrorKind::Failed)
     };
     // The error's own code or I/O kind decides where it has one; the text only adds the hint.
     let kind = match crate::engine::sqlx_kind(&e) {
         ErrorKind::Failed => kind,
         k => k,
     };
+    // The server's source position ("at line 334" of auth.c) means nothing to an operator.
+    let message = strip_source_line(&text);
     EngineError::Connect {
         what,
-        message: format!("{text}{hint}"),
+        message,
         kind,
+        hint,
         source: Some(e),
+    }
+}
+
+/// Drop a trailing " at line N" (the server's C source line) from an error text.
+fn strip_source_line(text: &str) -> String {
+    match text.rsplit_once(" at line ") {
+        Some((head, n)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+            head.to_string()
+        }
+        _ => text.to_string(),
     }
 }
 

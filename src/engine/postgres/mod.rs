@@ -340,7 +340,11 @@ fn check_schema(
     // in that form, and one that is only the printed form of another schema the manifest
     // names exactly (`new\nline` for `new line`) is not taken for it.
     let printed = |s: &str| s.replace(['\n', '\r'], " ");
-    let exact: Vec<&str> = m.tables.iter().filter_map(|t| t.schema.as_deref()).collect();
+    let exact: Vec<&str> = m
+        .tables
+        .iter()
+        .filter_map(|t| t.schema.as_deref())
+        .collect();
     let in_tables = exact.contains(&name);
     let shadowed = exact
         .iter()
