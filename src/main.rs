@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = cli.is_report();
     telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
+    if !cli.is_daemon() {
+        telemetry::failures_printed_by_caller();
+    }
     if quiet {
         // Report commands end quietly when their reader goes away (`dbkeep list | head`).
         // Not for the others: they write into child pipes (pg_restore may close its input

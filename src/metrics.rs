@@ -420,7 +420,11 @@ pub fn drill_failed(target: &str, error: &dyn std::fmt::Display, duration: std::
     m.verify_duration
         .with_label_values(&[target])
         .observe(duration.as_secs_f64());
-    tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "restore drill failed");
+    if crate::telemetry::log_failures() {
+        tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "restore drill failed");
+    } else {
+        tracing::debug!(target, duration_ms = duration.as_millis() as u64, error = %error, "restore drill failed");
+    }
 }
 
 /// When the target turns stale without a new complete backup (schedule plus grace).
@@ -528,7 +532,11 @@ pub fn backup_failed(target: &str, error: &dyn std::fmt::Display, duration: std:
     m.duration
         .with_label_values(&[target])
         .observe(duration.as_secs_f64());
-    tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "backup failed");
+    if crate::telemetry::log_failures() {
+        tracing::error!(target, duration_ms = duration.as_millis() as u64, error = %error, "backup failed");
+    } else {
+        tracing::debug!(target, duration_ms = duration.as_millis() as u64, error = %error, "backup failed");
+    }
 }
 
 pub fn run_skipped(target: &str, reason: &str) {

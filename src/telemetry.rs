@@ -70,6 +70,21 @@ impl std::io::Write for OneLineWriter {
 }
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is unset.
+/// Set by one-shot commands: they print each failure themselves at the end (with its
+/// hint), so the failure's own log line would only repeat it.
+static FAILURES_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that the command prints its failures itself.
+pub fn failures_printed_by_caller() {
+    FAILURES_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a run's failure should be logged as an error (the daemon) or only at debug
+/// level (a one-shot command, which prints it once at its end).
+pub fn log_failures() -> bool {
+    !FAILURES_PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn init(format: LogFormat, default_level: &str) {
     let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn")));

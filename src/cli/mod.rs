@@ -157,6 +157,11 @@ enum ConfigCmd {
 
 impl Cli {
     /// Report commands print data on stdout and only warnings on stderr.
+    /// The daemon (and the demo) log failures; every other command prints them.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Run | Cmd::Demo { .. })
+    }
+
     pub fn is_report(&self) -> bool {
         matches!(
             self.cmd,
