@@ -28,12 +28,18 @@ pub fn next_run(
             Some(last) => last + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
             None => now,
         }),
-        Schedule::Cron(expr) => {
-            let from = last_run.unwrap_or(now);
+        Schedule::Cron(expr, tz) => {
+            // Wall-clock time in the target's zone. Across DST changes (croner's rule): a
+            // time in the skipped hour runs once when the gap ends (02:30 on the spring
+            // day runs at 03:00), a time in the repeated hour runs once, at its first
+            // occurrence.
+            let from = last_run.unwrap_or(now).with_timezone(tz);
             config::parse_cron(expr)
                 .ok()
                 .and_then(|c| c.find_next_occurrence(&from, false).ok())
                 // croner keeps the sub-second part of `from`; cron slots are whole seconds.
+                // (Truncated in UTC: a local time in the repeated hour is ambiguous.)
+                .map(|t| t.with_timezone(&Utc))
                 .and_then(|t| t.with_nanosecond(0))
         }
     }
@@ -133,6 +139,71 @@ pub async fn run_loop(
 
 #[cfg(test)]
 mod tests {
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn cron_in_a_zone_follows_its_wall_clock_across_both_dst_changes() {
+        let berlin: crate::config::Tz = "Europe/Berlin".parse().unwrap();
+        let nightly = Schedule::Cron("30 2 * * *".into(), berlin);
+        let walk = |from: &str, n: usize| {
+            let mut t = utc(from);
+            let mut out = Vec::new();
+            for _ in 0..n {
+                t = next_run(&nightly, Some(t), t).unwrap();
+                out.push(t.to_rfc3339());
+            }
+            out
+        };
+        // Spring: 02:30 does not exist on 29 March; it runs once, when the gap ends (03:00
+        // CEST), and at 02:30 CEST after.
+        assert_eq!(
+            walk("2026-03-27T12:00:00Z", 3),
+            [
+                "2026-03-28T01:30:00+00:00",
+                "2026-03-29T01:00:00+00:00",
+                "2026-03-30T00:30:00+00:00"
+            ]
+        );
+        // Autumn: 02:30 happens twice on 25 October; it runs once, at the first.
+        assert_eq!(
+            walk("2026-10-23T12:00:00Z", 3),
+            [
+                "2026-10-24T00:30:00+00:00",
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-26T01:30:00+00:00"
+            ]
+        );
+        // The same expression in UTC ignores both.
+        let plain = Schedule::cron("30 2 * * *");
+        let t = next_run(
+            &plain,
+            Some(utc("2026-03-28T03:00:00Z")),
+            utc("2026-03-28T03:00:00Z"),
+        );
+        assert_eq!(t.unwrap().to_rfc3339(), "2026-03-29T02:30:00+00:00");
+    }
+
+    #[test]
+    fn an_hourly_cron_in_a_zone_never_runs_twice_in_the_repeated_hour() {
+        let berlin: crate::config::Tz = "Europe/Berlin".parse().unwrap();
+        let hourly = Schedule::Cron("15 * * * *".into(), berlin);
+        let mut t = utc("2026-10-24T22:30:00Z");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            t = next_run(&hourly, Some(t), t).unwrap();
+            seen.push(t);
+        }
+        let mut dedup = seen.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), seen.len());
+        // 02:15 CEST, then 03:15 CET: the second 02:15 (CET) is not a second run.
+        assert!(seen.contains(&utc("2026-10-25T00:15:00Z")));
+        assert!(!seen.contains(&utc("2026-10-25T01:15:00Z")));
+        assert!(seen.contains(&utc("2026-10-25T02:15:00Z")));
+    }
     use super::*;
     use chrono::TimeZone;
     use std::sync::{Arc, Mutex};
@@ -146,8 +217,8 @@ mod tests {
     #[test]
     fn next_run_table() {
         let every = Schedule::Every(Duration::from_secs(6 * 3600));
-        let nightly = Schedule::Cron("0 2 * * *".into());
-        let with_secs = Schedule::Cron("*/15 * * * * *".into());
+        let nightly = Schedule::cron("0 2 * * *");
+        let with_secs = Schedule::cron("*/15 * * * * *");
         let now = t("2026-11-21 14:30:00");
         for (name, schedule, last, want) in [
             (
@@ -288,7 +359,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cron_with_seconds_runs_on_its_slots() {
         let rec = run_for(
-            Schedule::Cron("*/15 * * * * *".into()),
+            Schedule::cron("*/15 * * * * *"),
             Duration::ZERO,
             None,
             Duration::from_secs(1),
@@ -315,7 +386,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn jittered_runs_start_within_the_jitter_window() {
         let rec = run_for(
-            Schedule::Cron("0 * * * * *".into()),
+            Schedule::cron("0 * * * * *"),
             Duration::from_secs(20),
             None,
             Duration::from_secs(1),

@@ -61,6 +61,9 @@ fn print_status(all: &[TargetHealth]) {
             "{:<12} {:<8} {:<7} {:<15} {:>8} {:>7} {:<8} {:<20}  {db}",
             h.target, h.kind, health, id, age, h.backups, last, next
         );
+        if let (Some(local), false) = (&h.next_run_local, h.timezone == "UTC") {
+            println!("{:<12} next run in {}: {local}", "", h.timezone);
+        }
         for p in &h.problems {
             println!("{:<12} problem: {p}", "");
         }

@@ -40,6 +40,19 @@ pub fn parse_cron_that_fires(expr: &str) -> Result<croner::Cron, String> {
     }
 }
 
+/// An IANA zone name (`Europe/Berlin`, `UTC`).
+pub(super) fn parse_timezone(key: &str, value: Option<&str>) -> Result<chrono_tz::Tz, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(chrono_tz::Tz::UTC),
+        Some(v) => v.parse::<chrono_tz::Tz>().map_err(|_| {
+            key_err(
+                key,
+                format!("{v:?} is not an IANA time zone: write e.g. \"Europe/Berlin\", \"America/New_York\" or \"UTC\""),
+            )
+        }),
+    }
+}
+
 /// "16MiB", "5MB", "8388608".
 pub(super) fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
@@ -57,7 +70,11 @@ pub(super) fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// `cleanup_schedule` takes a cron expression or an interval ("6h").
-pub(super) fn parse_schedule_or_interval(key: &str, value: &str) -> Result<Schedule, ConfigError> {
+pub(super) fn parse_schedule_or_interval(
+    key: &str,
+    value: &str,
+    tz: chrono_tz::Tz,
+) -> Result<Schedule, ConfigError> {
     if let Ok(d) = humantime::parse_duration(value.trim()) {
         if d < Duration::from_secs(1) {
             return Err(key_err(key, "an interval must be at least 1s"));
@@ -70,7 +87,7 @@ pub(super) fn parse_schedule_or_interval(key: &str, value: &str) -> Result<Sched
             format!("{m}; or write an interval such as \"6h\", or \"after_backup\" (the default)"),
         )
     })?;
-    Ok(Schedule::Cron(value.to_string()))
+    Ok(Schedule::Cron(value.to_string(), tz))
 }
 
 pub(super) fn parse_duration(

@@ -88,6 +88,7 @@ pub(super) struct RawPolicy {
     pub(super) keep_weekly: Option<i64>,
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
+    pub(super) timezone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +123,7 @@ pub(super) struct RawTarget {
     pub(super) keep_weekly: Option<i64>,
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
+    pub(super) timezone: Option<String>,
     pub(super) schema: Option<RawSchema>,
 }
 

@@ -103,6 +103,9 @@ pub struct LocalStorageConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
+    /// The zone cron expressions are read in, and times are also shown in.
+    #[serde(serialize_with = "ser_display")]
+    pub timezone: Tz,
     pub name: String,
     pub source: SourceConfig,
     pub schedule: Schedule,
@@ -194,16 +197,28 @@ pub struct SqliteConfig {
     pub path: PathBuf,
 }
 
+/// An IANA time zone (`Europe/Berlin`); cron expressions are read in their target's.
+pub use chrono_tz::Tz;
+
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    Cron(String),
+    /// A cron expression, read as wall-clock time in the zone.
+    Cron(String, Tz),
     Every(Duration),
+}
+
+impl Schedule {
+    /// A cron expression in UTC.
+    pub fn cron(expr: &str) -> Self {
+        Schedule::Cron(expr.to_string(), Tz::UTC)
+    }
 }
 
 impl Serialize for Schedule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Schedule::Cron(c) => s.serialize_str(&format!("cron {c}")),
+            Schedule::Cron(c, Tz::UTC) => s.serialize_str(&format!("cron {c}")),
+            Schedule::Cron(c, tz) => s.serialize_str(&format!("cron {c} ({tz})")),
             Schedule::Every(d) => {
                 s.serialize_str(&format!("every {}", humantime::format_duration(*d)))
             }
@@ -283,4 +298,8 @@ impl From<PostgresConfig> for SourceConfig {
     fn from(p: PostgresConfig) -> Self {
         SourceConfig::Postgres(p)
     }
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }

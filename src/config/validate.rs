@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse::{
-    parse_cron_that_fires, parse_duration, parse_schedule_or_interval, read_secret_file,
-    split_url_password,
+    parse_cron_that_fires, parse_duration, parse_schedule_or_interval, parse_timezone,
+    read_secret_file, split_url_password,
 };
 use super::raw::*;
 use super::storage::{validate_local, validate_s3};
@@ -135,6 +135,14 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         ));
     }
     let o = &t;
+    let timezone = parse_timezone(
+        &if o.timezone.is_some() {
+            k("timezone")
+        } else {
+            "defaults.timezone".into()
+        },
+        o.timezone.as_deref().or(defaults.timezone.as_deref()),
+    )?;
 
     // Schedule: the target's own choice replaces the default's; exactly one of the two keys.
     let (sched_key, schedule, every) = if o.schedule.is_some() || o.every.is_some() {
@@ -160,7 +168,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         (Some(cron), None) => {
             parse_cron_that_fires(&cron)
                 .map_err(|m| key_err(format!("{sched_key}.schedule"), m))?;
-            Schedule::Cron(cron)
+            Schedule::Cron(cron, timezone)
         }
         (None, Some(every)) => {
             let d = parse_duration(&format!("{sched_key}.every"), Some(&every), "")?;
@@ -169,7 +177,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
             }
             Schedule::Every(d)
         }
-        (None, None) => Schedule::Cron("0 2 * * *".into()),
+        (None, None) => Schedule::Cron("0 2 * * *".into(), timezone),
     };
 
     let pick_str = |own: &Option<String>, def: &Option<String>| own.clone().or_else(|| def.clone());
@@ -277,7 +285,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
     let cleanup_schedule = match pick_str(&o.cleanup_schedule, &defaults.cleanup_schedule) {
         None => None,
         Some(s) if s.trim() == "after_backup" => None,
-        Some(s) => Some(parse_schedule_or_interval(&cleanup_key, &s)?),
+        Some(s) => Some(parse_schedule_or_interval(&cleanup_key, &s, timezone)?),
     };
     let verify_key = key_of(o.verify_schedule.is_some(), "verify_schedule");
     let verify_schedule = match pick_str(&o.verify_schedule, &defaults.verify_schedule)
@@ -286,7 +294,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
     {
         None => Some(Schedule::Every(Duration::from_secs(24 * 3600))),
         Some("off") => None,
-        Some(s) => Some(parse_schedule_or_interval(&verify_key, s)?),
+        Some(s) => Some(parse_schedule_or_interval(&verify_key, s, timezone)?),
     };
     let jitter = parse_duration(
         &key_of(o.jitter.is_some(), "jitter"),
@@ -301,7 +309,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         )?,
         None => match &schedule {
             Schedule::Every(d) => *d,
-            Schedule::Cron(_) => Duration::from_secs(3600),
+            Schedule::Cron(..) => Duration::from_secs(3600),
         },
     };
     let timeout_key = if o.timeout.is_some() {
@@ -426,6 +434,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         .transpose()?;
 
     Ok(Target {
+        timezone,
         name: name.to_string(),
         schema,
         source,

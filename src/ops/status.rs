@@ -43,6 +43,10 @@ pub struct LastRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetHealth {
     pub target: String,
+    /// The target's zone (IANA name): `next_run` is UTC; `next_run_local` is the same
+    /// instant as wall-clock time there.
+    pub timezone: String,
+    pub next_run_local: Option<String>,
     pub kind: &'static str,
     pub healthy: bool,
     pub problems: Vec<String>,
@@ -159,6 +163,12 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         ));
     }
     TargetHealth {
+        timezone: target.timezone.to_string(),
+        next_run_local: facts.next_run.map(|t| {
+            t.with_timezone(&target.timezone)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        }),
         target: target.name.clone(),
         kind: target.source.kind(),
         healthy: problems.is_empty(),
@@ -296,6 +306,7 @@ mod tests {
 
     fn target(schedule: Schedule, grace: Duration) -> Target {
         Target {
+            timezone: crate::config::Tz::UTC,
             schema: None,
             name: "t".into(),
             source: SourceConfig::Sqlite(SqliteConfig {
@@ -356,10 +367,7 @@ mod tests {
         );
 
         // A fresh daemon: not stale until its first run is due + grace.
-        let nightly = target(
-            Schedule::Cron("0 2 * * *".into()),
-            Duration::from_secs(3600),
-        );
+        let nightly = target(Schedule::cron("0 2 * * *"), Duration::from_secs(3600));
         let fresh = TargetState {
             since: Some(at(12, 0)),
             ..Default::default()
