@@ -244,24 +244,51 @@ fn a_planted_globals_archive_cannot_run_a_shell_command() {
         "1"
     );
     let pwned = sb.path().join("pwned");
-    tamper(&sb.backups().join("app"), &globals, |mut sql| {
-        sql.extend_from_slice(
-            format!("CREATE ROLE planted_role;\n\\! id > {}\n", pwned.display()).as_bytes(),
-        );
-        sql
-    });
-    let run = dbkeep(Some(&cfg), RESTORE_GLOBALS, &[]);
-    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("meta-command"), "{}", run.stderr);
-    assert!(!pwned.exists(), "the planted command ran");
-    // Nothing of the planted archive ran: the statement before it neither.
-    assert_eq!(
-        pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_roles WHERE rolname = 'planted_role'"
+    let original = std::fs::read(sb.backups().join("app").join(&globals)).unwrap();
+    let p = pwned.display();
+    // What a red team slipped past a lexer in front of psql, and statements no globals
+    // archive holds.
+    for (payload, says) in [
+        (format!("\\! id > {p}\n"), "psql command"),
+        (
+            format!("SELECT name'\\';\n\\! id > {p}\nSELECT 1; -- '\n"),
+            "refused",
         ),
-        "0"
-    );
+        (
+            format!(
+                "SET standard_conforming_strings = off;\nSELECT '\\'''';\n\\! id > {p}\n-- '\n"
+            ),
+            "refused",
+        ),
+        (
+            format!("COPY nonexistent FROM stdin;\n\\! id > {p}\n\\.\n"),
+            "refused",
+        ),
+        (
+            format!("COPY (SELECT 1) TO PROGRAM 'id > {p}';\n"),
+            "refused",
+        ),
+        ("DO $$ BEGIN PERFORM 1; END $$;\n".to_string(), "refused"),
+    ] {
+        let planted = original.clone();
+        tamper(&sb.backups().join("app"), &globals, move |_| {
+            let mut sql = planted;
+            sql.extend_from_slice(format!("CREATE ROLE planted_role;\n{payload}").as_bytes());
+            sql
+        });
+        let run = dbkeep(Some(&cfg), RESTORE_GLOBALS, &[]);
+        assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(says), "{says}: {}", run.stderr);
+        assert!(!pwned.exists(), "the planted command ran");
+        // Nothing of the planted archive ran: the statement before it neither.
+        assert_eq!(
+            pg.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'planted_role'"
+            ),
+            "0"
+        );
+    }
 }
 
 #[test]

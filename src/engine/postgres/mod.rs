@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod database;
 pub mod dump;
+pub mod globals;
 pub mod introspect;
 pub mod restore;
 pub mod session;

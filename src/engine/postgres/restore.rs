@@ -129,12 +129,6 @@ fn parse_toc(text: &str) -> Toc {
     toc
 }
 
-/// The SQL guard as a stream check.
-fn guard() -> crate::engine::archive::Check {
-    let mut g = SqlGuard::default();
-    Box::new(move |chunk| g.check(chunk))
-}
-
 /// How a restore runs its children.
 pub struct Run<'a> {
     pub tools: &'a Path,
@@ -196,38 +190,66 @@ pub async fn pg_restore(
         fed?;
         return restored.map_err(EngineError::from);
     }
-    let mut psql = Spec::new(tools.join("psql"))
+    if let RestoreMode::Globals = mode {
+        // No psql: the statements go one by one over a plain connection (globals.rs), so
+        // no stored byte is ever read by a client that runs commands.
+        let sql = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collect: crate::engine::archive::Check = {
+            let sql = sql.clone();
+            Box::new(move |chunk| {
+                let mut sql = sql
+                    .lock()
+                    .map_err(|_| "globals buffer poisoned".to_string())?;
+                if sql.len() + chunk.len() > super::globals::MAX_GLOBALS {
+                    return Err(format!(
+                        "the globals archive is larger than {} bytes; refused",
+                        super::globals::MAX_GLOBALS
+                    ));
+                }
+                sql.extend_from_slice(chunk);
+                Ok(())
+            })
+        };
+        // The sha256 is checked before a statement runs.
+        feed(archive, tokio::io::sink(), Some(collect)).await?;
+        let sql = std::mem::take(&mut *sql.lock().unwrap_or_else(|p| p.into_inner()));
+        let statements = super::globals::statements(&sql).map_err(EngineError::Refused)?;
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        for note in super::globals::apply(dsn, &statements).await? {
+            tracing::info!(target = %archive.backup.target, "{note}");
+        }
+        return Ok(());
+    }
+
+    let psql = Spec::new(tools.join("psql"))
         .env("PGAPPNAME", "dbkeep-restore")
         .secret_env("PGPASSWORD", dsn.password.as_ref())
         .arg("-X")
         .arg("-q")
+        .arg("--set=ON_ERROR_STOP=1")
         .arg(format!("--dbname={url}"));
-    if !matches!(mode, RestoreMode::Globals) {
-        psql = psql.arg("--set=ON_ERROR_STOP=1");
-    }
     let (psql_run, mut psql_in) = process::spawn_stdin(psql.arg("--file=-"))?;
     let psql_stop = psql_run.stopper();
 
-    if let RestoreMode::Globals = mode {
-        // Roles that exist already are reported on psql's stderr and skipped. The stored
-        // SQL goes to psql, so it must hold no meta-command: the whole archive is checked
-        // (and its sha256 with it) before psql sees a byte, and again on the way.
-        if let Err(e) = feed(archive, tokio::io::sink(), Some(guard())).await {
-            psql_stop.terminate();
-            drop(psql_in);
-            let _ = psql_run.wait(cancel, timeout).await;
-            return Err(e);
-        }
-        let fed = feed(archive, psql_in, Some(guard())).await;
-        if fed.is_err() {
-            psql_stop.terminate();
-        }
-        let waited = psql_run.wait(cancel, timeout).await;
-        fed?;
-        return waited.map_err(EngineError::from);
-    }
-
     let mut first = Spec::new(tools.join("pg_restore")).arg("--file=-");
+    // psql itself refuses every meta-command once pg_restore's first line `\restrict KEY`
+    // is read, with a key that is random per run and never stored: what the guard below
+    // might miss, psql does not run. Older clients have only the guard.
+    let restricted = match super::tools::version_line(&tools.join("pg_restore")).await {
+        Some(line) if super::tools::has_restrict_key(&line) => {
+            let key = hex::encode(rand::random::<[u8; 16]>());
+            first = first.arg(format!("--restrict-key={key}"));
+            true
+        }
+        _ => false,
+    };
+    if !restricted {
+        tracing::warn!(
+            "pg_restore here predates --restrict-key (15.14, 16.10, 17.6): the schema restore relies on dbkeep's own check of psql commands only; upgrade the client tools"
+        );
+    }
     if !keep_owner {
         first = first.arg("--no-owner");
     }

@@ -45,8 +45,19 @@ pub struct SqlGuard {
     stmt: Vec<u8>,
     /// The previous byte in `Normal` (for `E'`, `--`, `/*` and dollar tags).
     prev: u8,
+    /// The byte before `prev` (an `E'` string starts only where `E` is a word of its own).
+    before_prev: u8,
     /// A dollar tag being read after a `$`.
     tag: Option<Vec<u8>>,
+    /// A `COPY ... FROM stdin;` ended on this line: its rows start on the next one (psql
+    /// runs the rest of this line as SQL).
+    copy_next_line: bool,
+}
+
+/// A byte that can be part of an identifier as psql reads it (letters, digits, `_`, `$`
+/// after the first, and any byte of a multi-byte character).
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
 const STMT_KEEP: usize = 512;
@@ -59,7 +70,9 @@ impl Default for SqlGuard {
             at_line_start: true,
             stmt: Vec::new(),
             prev: b'\n',
+            before_prev: b'\n',
             tag: None,
+            copy_next_line: false,
         }
     }
 }
@@ -73,6 +86,27 @@ fn allowed_meta(line: &[u8]) -> bool {
         (Some("\\restrict" | "\\unrestrict"), Some(key), None)
             if key.bytes().all(|b| b.is_ascii_alphanumeric())
     )
+}
+
+/// With `standard_conforming_strings` off, psql reads backslashes in plain strings as
+/// escapes, and the guard's reading of quotes would no longer be psql's: only the setting
+/// pg_dump itself writes (on) passes.
+fn changes_string_rules(stmt: &[u8]) -> Result<(), String> {
+    let s = String::from_utf8_lossy(stmt);
+    if !s.contains("STANDARD_CONFORMING_STRINGS") {
+        return Ok(());
+    }
+    let words: Vec<&str> = s.split_whitespace().collect();
+    if matches!(
+        words.as_slice(),
+        ["SET", "STANDARD_CONFORMING_STRINGS", "=" | "TO", "ON"]
+    ) {
+        return Ok(());
+    }
+    Err(format!(
+        "the archive changes standard_conforming_strings ({}); pg_dump never does, refused",
+        s.chars().take(80).collect::<String>().trim()
+    ))
 }
 
 fn is_copy_from_stdin(stmt: &[u8]) -> bool {
@@ -105,6 +139,11 @@ impl SqlGuard {
     }
 
     fn step(&mut self, b: u8) -> Result<(), String> {
+        if b == 0 {
+            // psql drops the rest of a line after a NUL byte: what it runs is not what was
+            // checked. No SQL pg_dump writes holds one.
+            return Err("the archive holds a NUL byte in its SQL; refused".into());
+        }
         match &mut self.state {
             State::Normal => self.normal(b)?,
             State::Single {
@@ -118,7 +157,14 @@ impl SqlGuard {
                 } else if b == b'\'' {
                     // A doubled quote reopens at once: same state either way.
                     self.state = State::Normal;
+                    self.before_prev = b'x';
                     self.prev = b'\'';
+                } else {
+                    // Kept (bounded) so a statement's string values can be checked too.
+                    let c = b.to_ascii_uppercase();
+                    if self.stmt.len() < STMT_KEEP {
+                        self.stmt.push(c);
+                    }
                 }
             }
             State::Double => {
@@ -203,7 +249,8 @@ impl SqlGuard {
     }
 
     fn normal(&mut self, b: u8) -> Result<(), String> {
-        // A dollar tag being read: $tag$ opens a dollar quote.
+        // A dollar tag being read: $tag$ opens a dollar quote. A tag starts with a letter,
+        // `_` or a multi-byte character, never a digit (`$1` is a parameter).
         if let Some(tag) = &mut self.tag {
             if b == b'$' {
                 let tag = String::from_utf8_lossy(tag).into_owned();
@@ -211,11 +258,10 @@ impl SqlGuard {
                 self.state = State::Dollar { tag, seen: 0 };
                 return Ok(());
             }
-            if b.is_ascii_alphanumeric() || b == b'_' {
+            if is_ident(b) && !(tag.is_empty() && b.is_ascii_digit()) {
                 tag.push(b);
                 return Ok(());
             }
-            // `$1` and the like: not a quote.
             self.tag = None;
         }
         if b == b'\\' {
@@ -230,9 +276,17 @@ impl SqlGuard {
         }
         let at_start = self.at_line_start;
         self.at_line_start = b == b'\n' || (at_start && (b == b' ' || b == b'\t' || b == b'\r'));
+        if b == b'\n' && self.copy_next_line {
+            self.copy_next_line = false;
+            self.state = State::CopyData { line: Vec::new() };
+            self.prev = b'\n';
+            return Ok(());
+        }
         match b {
             b'\'' => {
-                let escapes = self.prev == b'E' || self.prev == b'e';
+                // `E'...'` only where the E is a word of its own (`name'...'` is not one).
+                let escapes =
+                    (self.prev == b'E' || self.prev == b'e') && !is_ident(self.before_prev);
                 self.state = State::Single {
                     escapes,
                     after_backslash: false,
@@ -247,23 +301,21 @@ impl SqlGuard {
                 self.state = State::BlockComment { depth: 1, last: 0 };
                 self.stmt.pop();
             }
-            b'$' if !(self.prev.is_ascii_alphanumeric() || self.prev == b'_') => {
+            b'$' if !is_ident(self.prev) => {
                 self.tag = Some(Vec::new());
             }
             b';' => {
+                changes_string_rules(&self.stmt)?;
                 let copy = is_copy_from_stdin(&self.stmt);
                 self.stmt.clear();
                 if copy {
-                    // The rows start on the next line.
-                    self.state = State::CopyData {
-                        line: b"start".to_vec(),
-                    };
-                    self.prev = b';';
-                    return Ok(());
+                    // The rows start on the next line; the rest of this one is SQL.
+                    self.copy_next_line = true;
                 }
             }
             _ => self.push_stmt(b),
         }
+        self.before_prev = self.prev;
         self.prev = b;
         Ok(())
     }
@@ -319,6 +371,58 @@ mod tests {
             "SELECT $x$ \\ $x$; \\copy t to program 'id'\n",
         ] {
             assert!(check(bad).is_err(), "{bad:?} passed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod red_team {
+    use super::SqlGuard;
+
+    fn refused(sql: &str) -> bool {
+        let mut g = SqlGuard::default();
+        let whole = g.check(sql.as_bytes()).is_err();
+        let mut g2 = SqlGuard::default();
+        let split = sql
+            .as_bytes()
+            .chunks(2)
+            .try_for_each(|c| g2.check(c))
+            .is_err();
+        assert_eq!(whole, split, "{sql:?}");
+        whole
+    }
+
+    /// The payloads a red team used to slip `\!` past the first version of the guard.
+    #[test]
+    fn the_red_teams_payloads_are_refused() {
+        for sql in [
+            // An identifier ending in E is not an E'' string.
+            "SELECT name'\\';\n\\! id > /tmp/x\nSELECT 1; -- '\n",
+            // A multi-byte character belongs to the identifier: no dollar quote.
+            "SELECT 1 AS \u{e9}$x$;\n\\! id > /tmp/x\n-- $x$\n",
+            // psql drops what follows a NUL on its line.
+            "SELECT 1;\0'\n\\! id > /tmp/x\n--'\n",
+            // The rest of a COPY line is SQL; the rows start on the next line.
+            "CREATE TEMP TABLE tt(a int);\nCOPY tt FROM stdin; \\! id > /tmp/x\n1\n\\.\n",
+            // Backslashes become escapes with standard_conforming_strings off.
+            "SET standard_conforming_strings = off;\nSELECT '\\'''';\n\\! id > /tmp/x\n-- '\n",
+            "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', false);\n",
+            // A tag never starts with a digit.
+            "SELECT $1$;\n\\! id > /tmp/x\n-- $1$\n",
+        ] {
+            assert!(refused(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn what_pg_dump_writes_about_strings_still_passes() {
+        for sql in [
+            "SET standard_conforming_strings = on;\nSELECT E'a\\'b';\n",
+            "SELECT $_x$ \\! $_x$, $\u{e9}$ \\q $\u{e9}$;\n",
+            "COPY public.t (a) FROM stdin;\n\\! not a command, a row\n\\.\nSELECT 1;\n",
+            "SELECT pg_catalog.set_config('search_path', '', false);\n",
+        ] {
+            assert!(!refused(sql), "{sql:?}");
         }
     }
 }

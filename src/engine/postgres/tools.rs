@@ -14,6 +14,42 @@ pub fn parse_tool_major(version_output: &str) -> Option<u32> {
     number.split('.').next()?.parse().ok()
 }
 
+/// Whether a client of this `--version` line has `--restrict-key` (pg_restore, pg_dump) and
+/// psql's `\restrict`: the releases of August 2025 (13.22, 14.19, 15.14, 16.10, 17.6) and
+/// every later one.
+pub fn has_restrict_key(version_output: &str) -> bool {
+    let Some(major) = parse_tool_major(version_output) else {
+        return false;
+    };
+    let minor: u32 = version_output
+        .split(')')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| {
+            m.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    match major {
+        0..=12 => false,
+        13 => minor >= 22,
+        14 => minor >= 19,
+        15 => minor >= 14,
+        16 => minor >= 10,
+        17 => minor >= 6,
+        _ => true,
+    }
+}
+
+/// The `--version` line of a client program.
+pub async fn version_line(program: &Path) -> Option<String> {
+    tool_version(program).await.map(|(_, line)| line)
+}
+
 /// Candidate folders for the client binaries of `major`, most specific first.
 fn candidate_dirs(major: u32) -> Vec<PathBuf> {
     vec![
@@ -115,6 +151,21 @@ pub async fn find_tool_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restrict_key_support_follows_the_august_2025_releases() {
+        for (line, yes) in [
+            ("pg_restore (PostgreSQL) 15.18 (Debian 15.18-1)", true),
+            ("pg_restore (PostgreSQL) 15.13", false),
+            ("pg_restore (PostgreSQL) 17.6", true),
+            ("pg_restore (PostgreSQL) 16.9", false),
+            ("pg_restore (PostgreSQL) 18.1", true),
+            ("pg_restore (PostgreSQL) 18beta1", true),
+            ("pg_restore (PostgreSQL) 12.22", false),
+        ] {
+            assert_eq!(has_restrict_key(line), yes, "{line}");
+        }
+    }
 
     #[test]
     fn tool_versions_parse() {
