@@ -997,3 +997,97 @@ fn deep_invalid_and_lying_manifests_are_reported_broken_and_never_crash_or_delet
         assert!(dir.join(p).exists(), "{p} deleted");
     }
 }
+
+#[test]
+fn a_sqlite_database_path_that_is_a_link_is_not_restored_over() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(&sb, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    // The database name now leads elsewhere (a link the folder's owner put there).
+    let victim = sb.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&db, sb.path().join("moved.db")).unwrap();
+    std::os::unix::fs::symlink(&victim, &db).unwrap();
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--yes", "--no-safety-backup"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(mode(&victim), 0o600);
+}
+
+#[test]
+fn swapping_the_restored_file_for_a_link_mid_restore_changes_no_other_file() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(&sb, "app", "");
+    // A database worth a few milliseconds of checking, owned by the application's user.
+    let fill = Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE big AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT i, hex(randomblob(32)) AS v FROM n;")
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+    let victim = sb.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A valid database for the check to read while the name leads to it.
+    let decoy = sb.path().join("decoy.db");
+    std::fs::copy(&db, &decoy).unwrap();
+
+    for _ in 0..3 {
+        // The folder's owner swaps dbkeep's temp file for a link to the victim as soon as
+        // it appears (bounded: 4,000 looks, 1 ms apart).
+        // First to the decoy (the check passes), a moment later to the victim (where the
+        // mode and owner would go if they were set by name).
+        let dir = sb.path().to_path_buf();
+        let target = victim.clone();
+        let decoy = decoy.clone();
+        let swapper = std::thread::spawn(move || {
+            for _ in 0..4000 {
+                let found = std::fs::read_dir(&dir).unwrap().flatten().find(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(".dbkeep-tmp") && n.ends_with("restore.sqlite")
+                });
+                if let Some(e) = found {
+                    let _ = std::fs::rename(e.path(), dir.join("stolen"));
+                    let _ = std::os::unix::fs::symlink(&decoy, e.path());
+                    std::thread::sleep(Duration::from_millis(3));
+                    let next = dir.join("next-link");
+                    let _ = std::os::unix::fs::symlink(&target, &next);
+                    let _ = std::fs::rename(&next, e.path());
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        });
+        let run = dbkeep(
+            Some(&cfg),
+            &["restore", "app", "latest", "--yes", "--no-safety-backup"],
+            &[],
+        );
+        let swapped = swapper.join().unwrap();
+        assert!(
+            run.code == 0 || run.stderr.contains("was replaced"),
+            "{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "swapped: {swapped}"
+        );
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "swapped: {swapped}");
+        let _ = std::fs::remove_file(sb.path().join("stolen"));
+    }
+}

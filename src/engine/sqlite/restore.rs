@@ -26,6 +26,12 @@ fn sql_err(path: &Path, what: &str) -> impl FnOnce(sqlx::Error) -> EngineError {
 
 /// Keep writers out of a SQLite database while it is replaced; refuse if one is writing.
 pub async fn hold_write_lock(path: &Path) -> Result<SqliteConnection, EngineError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(EngineError::Refused(format!(
+            "{} is a symbolic link; dbkeep restores only over a file (point `path` or --into at the file itself)",
+            path.display()
+        )));
+    }
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -57,11 +63,27 @@ pub async fn restore_file(
         .to_path_buf();
     crate::files::create_dir(&dir)
         .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
+    // The folder may belong to the application's user, who can rename and link names in
+    // it at any time: what dbkeep trusts is the file it opened, never a path re-read.
+    let old = match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(EngineError::Refused(format!(
+                "{} is a symbolic link; dbkeep restores only over a file (point `path` or --into at the file itself)",
+                dest.display()
+            )))
+        }
+        Ok(m) => Some(m),
+        Err(_) => None,
+    };
     let scratch = ScratchFile::reserve(&dir, "restore.sqlite");
     let tmp = scratch.path().to_path_buf();
     unpack_to_file(archive, &tmp).await?;
+    let held = open_own(&tmp)?;
     check(&tmp, &archive.backup.manifest).await?;
-    keep_mode_and_owner(dest, &tmp);
+    still_ours(&tmp, &held)?;
+    if let Some(old) = &old {
+        keep_mode_and_owner(dest, old, &held);
+    }
     std::fs::rename(&tmp, dest).map_err(EngineError::io(format!(
         "cannot move the restored file into {}",
         dest.display()
@@ -80,15 +102,49 @@ pub async fn restore_file(
     Ok(())
 }
 
-/// The restored file takes the mode and owner of the file it replaces (an application's
-/// database stays readable by that application, and no more).
-fn keep_mode_and_owner(dest: &Path, new: &Path) {
+/// The unpacked file, opened without following a link: the descriptor that mode and owner
+/// are set through.
+fn open_own(tmp: &Path) -> Result<std::fs::File, EngineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .map_err(|e| {
+            EngineError::Refused(format!(
+                "the restored file {} was replaced before it was checked ({e}); someone else writes to that folder: nothing was changed",
+                tmp.display()
+            ))
+        })
+}
+
+/// The name still leads to the file dbkeep wrote and checked (not a link or another file
+/// put there meanwhile), or nothing is moved into place.
+fn still_ours(tmp: &Path, held: &std::fs::File) -> Result<(), EngineError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(old) = std::fs::metadata(dest) else {
-        return;
-    };
-    let kept = std::fs::set_permissions(new, old.permissions())
-        .and_then(|()| std::os::unix::fs::chown(new, Some(old.uid()), Some(old.gid())));
+    let now = std::fs::symlink_metadata(tmp).ok();
+    let mine = held.metadata().ok();
+    match (now, mine) {
+        (Some(n), Some(m))
+            if !n.file_type().is_symlink() && n.dev() == m.dev() && n.ino() == m.ino() =>
+        {
+            Ok(())
+        }
+        _ => Err(EngineError::Refused(format!(
+            "the restored file {} was replaced while it was checked; someone else writes to that folder: nothing was changed",
+            tmp.display()
+        ))),
+    }
+}
+
+/// The restored file takes the mode and owner of the file it replaces (an application's
+/// database stays readable by that application, and no more), set through the descriptor
+/// dbkeep holds, so no name swapped meanwhile can redirect them.
+fn keep_mode_and_owner(dest: &Path, old: &std::fs::Metadata, new: &std::fs::File) {
+    use std::os::unix::fs::MetadataExt;
+    let kept = new
+        .set_permissions(old.permissions())
+        .and_then(|()| std::os::unix::fs::fchown(new, Some(old.uid()), Some(old.gid())));
     if let Err(e) = kept {
         tracing::warn!(path = %dest.display(), error = %e, "the restored file cannot take the old file's owner and mode");
     }
