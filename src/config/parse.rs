@@ -40,6 +40,18 @@ pub fn parse_cron_that_fires(expr: &str) -> Result<croner::Cron, String> {
     }
 }
 
+/// A value quoted in a config error, unless it may be a secret put under the wrong key (it
+/// looks like a URL or a credential, or is long): then only its length is said.
+pub(super) fn shown(v: &str) -> String {
+    let risky =
+        v.len() > 40 || v.contains(['@', ':', '/', '=', '?']) || v.chars().any(char::is_whitespace);
+    if risky {
+        format!("the value given ({} characters)", v.chars().count())
+    } else {
+        format!("{v:?}")
+    }
+}
+
 /// An IANA zone name (`Europe/Berlin`, `UTC`).
 pub(super) fn parse_timezone(key: &str, value: Option<&str>) -> Result<chrono_tz::Tz, ConfigError> {
     match value.map(str::trim) {
@@ -47,7 +59,7 @@ pub(super) fn parse_timezone(key: &str, value: Option<&str>) -> Result<chrono_tz
         Some(v) => v.parse::<chrono_tz::Tz>().map_err(|_| {
             key_err(
                 key,
-                format!("{v:?} is not an IANA time zone: write e.g. \"Europe/Berlin\", \"America/New_York\" or \"UTC\""),
+                format!("{} is not an IANA time zone: write e.g. \"Europe/Berlin\", \"America/New_York\" or \"UTC\"", shown(v)),
             )
         }),
     }
@@ -102,7 +114,10 @@ pub(super) fn parse_duration(
     humantime::parse_duration(v).map_err(|e| {
         key_err(
             key,
-            format!("{v:?} is not a duration ({e}): write e.g. \"90s\", \"30m\", \"6h\" or \"1d\""),
+            format!(
+                "{} is not a duration ({e}): write e.g. \"90s\", \"30m\", \"6h\" or \"1d\"",
+                shown(v)
+            ),
         )
     })
 }

@@ -38,7 +38,10 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return Err(key_err(
                 k("endpoint"),
-                format!("{e:?} must start with https:// (or http:// for a local test server)"),
+                format!(
+                    "{} must start with https:// (or http:// for a local test server)",
+                    super::parse::shown(&e)
+                ),
             ));
         }
     }
@@ -76,7 +79,10 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         other => {
             return Err(key_err(
                 k("checksum"),
-                format!("{other:?}: use \"when_supported\" (default) or \"when_required\""),
+                format!(
+                    "{}: use \"when_supported\" (default) or \"when_required\"",
+                    super::parse::shown(other)
+                ),
             ))
         }
     };
@@ -86,7 +92,10 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         Some(other) => {
             return Err(key_err(
                 k("sse"),
-                format!("{other:?}: use \"AES256\" or \"aws:kms\""),
+                format!(
+                    "{}: use \"AES256\" or \"aws:kms\"",
+                    super::parse::shown(other)
+                ),
             ))
         }
     };
@@ -101,7 +110,10 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         Some(p) => parse_size(p).ok_or_else(|| {
             key_err(
                 k("part_size"),
-                format!("{p:?} is not a size: write e.g. \"16MiB\""),
+                format!(
+                    "{} is not a size: write e.g. \"16MiB\"",
+                    super::parse::shown(p)
+                ),
             )
         })?,
     };
@@ -161,8 +173,19 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
 pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, ConfigError> {
     match l.path.as_deref().map(str::trim) {
         Some(p) if !p.is_empty() => {
-            let path = PathBuf::from(p);
-            if let Some(system) = system_folder(&path) {
+            // A relative path is the working directory's (made absolute here, so the daemon
+            // and one-shot commands agree), and links are followed for the check: `.` run
+            // from `/`, or a link to `/etc`, is still `/` or `/etc`.
+            let given = PathBuf::from(p);
+            let path = if given.is_absolute() {
+                given
+            } else {
+                std::env::current_dir()
+                    .map(|d| d.join(&given))
+                    .unwrap_or(given)
+            };
+            let resolved = resolve_existing(&path);
+            if let Some(system) = system_folder(&path).or_else(|| system_folder(&resolved)) {
                 return Err(key_err(
                     "storage.local.path",
                     format!("{p:?} is {system}: dbkeep makes a folder per target there and removes old archives, which must never happen among the system's own files; use a folder of its own, e.g. /var/backups/dbkeep"),
@@ -177,8 +200,31 @@ pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, C
     }
 }
 
+/// `path` with links resolved as far as it exists (the rest appended as written).
+fn resolve_existing(path: &std::path::Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 /// Folders that hold the system itself (a storage there could clash with, or be mistaken
-/// for, the host's own files): `/` and the top-level system folders, written any way.
+/// for, the host's own files): `/`, the top-level folders, and anything inside the ones
+/// that hold programs, configuration and kernel interfaces, written any way.
 fn system_folder(path: &std::path::Path) -> Option<&'static str> {
     use std::path::Component;
     let mut parts = Vec::new();
@@ -197,9 +243,9 @@ fn system_folder(path: &std::path::Path) -> Option<&'static str> {
     }
     match parts.as_slice() {
         [] => Some("the root of the filesystem"),
-        [one]
+        [first, ..]
             if matches!(
-                one.as_str(),
+                first.as_str(),
                 "bin"
                     | "boot"
                     | "dev"
@@ -207,18 +253,22 @@ fn system_folder(path: &std::path::Path) -> Option<&'static str> {
                     | "lib"
                     | "lib32"
                     | "lib64"
+                    | "libx32"
                     | "proc"
-                    | "root"
-                    | "run"
                     | "sbin"
                     | "sys"
                     | "usr"
-                    | "var"
-                    | "home"
-                    | "tmp"
             ) =>
         {
-            Some("a system folder")
+            Some("inside a system folder")
+        }
+        [one]
+            if matches!(
+                one.as_str(),
+                "root" | "run" | "var" | "home" | "tmp" | "srv" | "opt" | "mnt" | "media" | "snap"
+            ) =>
+        {
+            Some("a top-level system folder")
         }
         _ => None,
     }
@@ -232,16 +282,28 @@ mod tests {
     #[test]
     fn the_root_and_system_folders_are_never_storage() {
         for p in [
-            "/", "//", "/./", "/etc", "/etc/", "/usr/../", "/var", "/tmp/..", "/proc",
+            "/",
+            "//",
+            "/./",
+            "/etc",
+            "/etc/",
+            "/usr/../",
+            "/var",
+            "/tmp/..",
+            "/proc",
+            "/srv",
+            "/opt",
+            "/usr/local",
+            "/etc/dbkeep",
         ] {
             assert!(system_folder(Path::new(p)).is_some(), "{p}");
         }
         for p in [
             "/var/backups/dbkeep",
             "/srv/backups",
-            "backups",
             "/tmp/x",
             "/home/a/b",
+            "/opt/dbkeep",
         ] {
             assert!(system_folder(Path::new(p)).is_none(), "{p}");
         }

@@ -225,7 +225,10 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         other => {
             return Err(key_err(
                 comp_key,
-                format!("unknown compression {other:?}: use \"zstd\", \"gzip\" or \"none\""),
+                format!(
+                    "unknown compression {}: use \"zstd\", \"gzip\" or \"none\"",
+                    super::parse::shown(other)
+                ),
             ));
         }
     };
@@ -423,7 +426,10 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         other => {
             return Err(key_err(
                 k("kind"),
-                format!("unknown kind {other:?}: use \"postgres\" or \"sqlite\""),
+                format!(
+                    "unknown kind {}: use \"postgres\" or \"sqlite\"",
+                    super::parse::shown(other)
+                ),
             ));
         }
     };

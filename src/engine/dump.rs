@@ -50,9 +50,6 @@ pub struct Prepared {
     pub snapshot: Option<String>,
     /// The schema as the snapshot sees it; `None` when it could not be read (logged).
     pub fingerprints: Option<Fingerprints>,
-    /// The server's data directory when this host can see it (PostgreSQL on the same host,
-    /// read by a role allowed to): backups must never be written inside it.
-    pub data_dir: Option<PathBuf>,
     /// Keeps the snapshot alive (its transaction's connection) until the run is done.
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }

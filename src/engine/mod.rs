@@ -236,6 +236,11 @@ pub trait Engine: Send + Sync {
     fn location(&self) -> String;
     /// A cheap check that the database answers.
     async fn ping(&self) -> Result<(), EngineError>;
+    /// The server's own data folder when this host can see it (PostgreSQL on this host,
+    /// read by a role allowed to): nothing of dbkeep's may be written inside it.
+    async fn data_directory(&self) -> Option<PathBuf> {
+        None
+    }
     /// Connect, check tools and versions, resolve the archives to make. Touches no storage.
     async fn prepare(&self) -> Result<Prepared, EngineError>;
     /// Start dumping one part. `scratch` is a folder for a short-lived snapshot file.

@@ -148,6 +148,22 @@ async fn run_with(
     wait: bool,
 ) -> Result<Outcome, BackupError> {
     let name = target.name.as_str();
+    // Before anything is written (the lock and the state file are files too): nothing of
+    // dbkeep's goes inside the server's own data folder.
+    if let Some(data_dir) = engine::build(target).data_directory().await {
+        let mut folders: Vec<PathBuf> =
+            ctx.storages.iter().filter_map(|s| s.folder(name)).collect();
+        folders.push(ctx.state.work_dir().to_path_buf());
+        for folder in folders {
+            if inside(&folder, &data_dir) {
+                return Err(BackupError::InsideDataDir {
+                    target: name.to_string(),
+                    folder,
+                    data_dir,
+                });
+            }
+        }
+    }
     // One run of a target at a time, across processes. A run refused here did not happen:
     // it is neither recorded nor counted as failed.
     let locked = match wait {
@@ -236,17 +252,6 @@ async fn backup_inner(
             source,
         })?;
 
-    if let Some(data_dir) = &prepared.data_dir {
-        for folder in storages.iter().filter_map(|s| s.scratch_dir(name)) {
-            if inside(&folder, data_dir) {
-                return Err(BackupError::InsideDataDir {
-                    target: name.to_string(),
-                    folder,
-                    data_dir: data_dir.clone(),
-                });
-            }
-        }
-    }
     if let Some(found) = &prepared.fingerprints {
         log_schema_change(ctx, target, storages, found).await;
     }

@@ -466,6 +466,10 @@ impl Storage for LocalStorage {
     fn scratch_dir(&self, target: &str) -> Option<PathBuf> {
         self.ensure_dir(target).ok()
     }
+
+    fn folder(&self, target: &str) -> Option<PathBuf> {
+        Some(self.dir(target))
+    }
 }
 
 /// A scratch file in a storage folder that follows the temp-name rules (so a crash

@@ -204,8 +204,13 @@ pub trait Storage: Send + Sync {
     async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError>;
     /// Remove temp files that no running writer owns; returns their names.
     async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError>;
-    /// A folder where a source may put a short-lived scratch file (a SQLite snapshot).
+    /// A folder where a source may put a short-lived scratch file (a SQLite snapshot),
+    /// created if needed.
     fn scratch_dir(&self, _target: &str) -> Option<PathBuf> {
+        None
+    }
+    /// The local folder that holds `target`'s files, if any; nothing is created.
+    fn folder(&self, _target: &str) -> Option<PathBuf> {
         None
     }
 }

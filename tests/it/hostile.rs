@@ -501,10 +501,12 @@ fn with_the_admin_api_off_no_admin_path_answers() {
         "/api/v1/openapi.json",
         "/api/v1/admin/database/backups",
     ] {
-        let r = http_request(&d.addr, "GET", path, &[], None);
-        assert_eq!(r.status, 404, "{path}: {}", r.text());
-        assert!(!r.text().contains("<html"), "{path}");
-        assert!(!r.text().contains("openapi\":"), "{path}");
+        for method in ["GET", "POST", "PUT", "DELETE", "HEAD"] {
+            let r = http_request(&d.addr, method, path, &[], None);
+            assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+            assert!(!r.text().contains("<html"), "{path}");
+            assert!(!r.text().contains("openapi\":"), "{path}");
+        }
     }
 }
 
@@ -817,39 +819,71 @@ fn children_get_the_password_but_no_other_secret_from_the_environment() {
 #[test]
 fn storage_at_the_root_or_a_system_folder_is_refused() {
     let sb = Sandbox::new();
-    for path in ["/", "/etc", "/var/../", "//usr"] {
+    let to_etc = sb.path().join("etc-link");
+    std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    let via_link = to_etc.join("dbkeep");
+    for (path, cwd) in [
+        ("/", "/tmp"),
+        ("/etc", "/tmp"),
+        ("/var/../", "/tmp"),
+        ("//usr", "/tmp"),
+        ("/usr/local/backups", "/tmp"),
+        // Relative paths are the working directory's.
+        (".", "/"),
+        ("etc", "/"),
+        // Links are followed for the check.
+        (to_etc.to_str().unwrap(), "/tmp"),
+        (via_link.to_str().unwrap(), "/tmp"),
+    ] {
         let cfg = sb.write_config(&format!(
             "[storage.local]\npath = \"{path}\"\n[targets.app]\nkind = \"sqlite\"\npath = \"{}/a.db\"\n",
             sb.path().display()
         ));
-        let run = dbkeep(Some(&cfg), &["config", "check"], &[]);
-        assert_eq!(run.code, 2, "{path}: {}", run.stderr);
-        assert!(run.stderr.contains("storage.local.path"), "{}", run.stderr);
+        let out = Command::new(env!("CARGO_BIN_EXE_dbkeep"))
+            .current_dir(cwd)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["config", "check"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path} from {cwd}: {stderr}");
+        assert!(stderr.contains("storage.local.path"), "{stderr}");
     }
 }
 
 #[test]
-fn storage_inside_the_servers_data_directory_is_refused() {
+fn storage_inside_the_servers_data_directory_is_refused_before_anything_is_written() {
     let pg = TestPostgres::start();
     pg.create_db("app");
     let sb = Sandbox::new();
-    let inside = pg.data().join("dbkeep-backups");
-    let cfg = sb.write_config(&format!(
-        "[daemon]\nwork_dir = \"{}\"\n[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n",
-        sb.path().display(),
-        inside.display(),
-        pg.url("app")
-    ));
-    let run = dbkeep(Some(&cfg), &["backup"], &[]);
-    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("data directory"), "{}", run.stderr);
-    let written: Vec<_> = std::fs::read_dir(&inside)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(
-        written.iter().all(|p| p.is_dir()),
-        "archives written inside PGDATA: {written:?}"
-    );
+    // Straight inside, and through a link from elsewhere; the state file and run lock
+    // would go there too (work_dir defaults to the storage folder).
+    let link = sb.path().join("data-link");
+    std::os::unix::fs::symlink(pg.data(), &link).unwrap();
+    for (i, storage) in [pg.data().join("bk"), link.join("bk2")]
+        .into_iter()
+        .enumerate()
+    {
+        let cfg = sb.write_config(&format!(
+            "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n",
+            storage.display(),
+            pg.url("app")
+        ));
+        let run = dbkeep(Some(&cfg), &["backup"], &[]);
+        assert_eq!(run.code, 2, "{i}: {}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("data directory"), "{}", run.stderr);
+        let made: Vec<_> = std::fs::read_dir(&storage)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !storage.exists(),
+            "{} was created inside PGDATA, with {made:?}; {}",
+            storage.display(),
+            run.stderr
+        );
+    }
 }
 
 // Odd names and broken manifests.

@@ -94,7 +94,7 @@ async fn read_fingerprints(conn: &mut PgConnection, target: &str) -> Option<Fing
 
 /// The server's data directory, when the role may read it (pg_settings hides it from
 /// others, without an error) and it is a PostgreSQL data directory on this host.
-async fn visible_data_dir(conn: &mut sqlx::PgConnection) -> Option<PathBuf> {
+pub async fn visible_data_dir(conn: &mut sqlx::PgConnection) -> Option<PathBuf> {
     let dir: Option<(String,)> =
         sqlx::query_as("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
             .fetch_optional(&mut *conn)
@@ -193,7 +193,6 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         )));
     }
     let fingerprints = read_fingerprints(&mut conn, &e.target).await;
-    let data_dir = visible_data_dir(&mut conn).await;
 
     let (tool_dir, dump_version) =
         find_tool_dir("pg_dump", major, e.cfg.pg_bin_dir.as_deref(), &e.target).await?;
@@ -220,7 +219,6 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             server: Some(format!("PostgreSQL {version}")),
         },
         tool_dir: Some(tool_dir),
-        data_dir,
         tables,
         snapshot,
         fingerprints,

@@ -135,6 +135,13 @@ impl Engine for PostgresEngine {
         self.dsn.location()
     }
 
+    async fn data_directory(&self) -> Option<PathBuf> {
+        let mut conn = self.dsn.connect().await.ok()?;
+        let dir = dump::visible_data_dir(&mut conn).await;
+        let _ = sqlx::Connection::close(conn).await;
+        dir
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         let mut conn = self.dsn.connect_within(PING_TIMEOUT).await?;
         let r = sqlx::query("SELECT 1")

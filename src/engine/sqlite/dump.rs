@@ -100,7 +100,6 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
             server: None,
         },
         tool_dir: None,
-        data_dir: None,
         tables,
         // One archive, from one VACUUM INTO: consistent in itself.
         snapshot: None,

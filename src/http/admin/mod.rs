@@ -52,10 +52,19 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         ))
         .with_state(state.clone());
     let pages = Router::new()
-        .route("/api/v1/openapi.json", get(page::openapi))
-        .route("/admin", get(page::page))
-        .route("/admin/app.js", get(page::script))
-        .route("/admin/app.css", get(page::style))
+        .route(
+            "/api/v1/openapi.json",
+            get(page::openapi).fallback(page::other_method),
+        )
+        .route("/admin", get(page::page).fallback(page::other_method))
+        .route(
+            "/admin/app.js",
+            get(page::script).fallback(page::other_method),
+        )
+        .route(
+            "/admin/app.css",
+            get(page::style).fallback(page::other_method),
+        )
         .with_state(state);
     Router::new().nest(PREFIX, api).merge(pages)
 }

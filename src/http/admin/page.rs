@@ -54,6 +54,20 @@ pub(super) async fn openapi(State(st): State<AdminState>) -> Response {
     r
 }
 
+/// Any method but GET on a page: 405 while the admin API is on, 404 (like every admin
+/// path) while it is off, so its being there is not told.
+pub(super) async fn other_method(State(st): State<AdminState>) -> Response {
+    if st.daemon.config().daemon.admin_token.is_none() {
+        return off();
+    }
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET, HEAD")],
+        "method not allowed\n",
+    )
+        .into_response()
+}
+
 pub(super) async fn page(State(st): State<AdminState>) -> Response {
     asset(&st, "text/html; charset=utf-8", include_str!("admin.html"))
 }
