@@ -40,7 +40,7 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
                 k("endpoint"),
                 format!(
                     "{} must start with https:// (or http:// for a local test server)",
-                    super::parse::shown(&e)
+                    super::parse::shown(e)
                 ),
             ));
         }
