@@ -11,7 +11,8 @@ use crate::process::{self, Spec};
 pub fn parse_tool_major(version_output: &str) -> Option<u32> {
     let after = version_output.split(')').nth(1)?.trim_start();
     let number = after.split_whitespace().next()?;
-    number.split('.').next()?.parse().ok()
+    let major: String = number.chars().take_while(char::is_ascii_digit).collect();
+    major.parse().ok()
 }
 
 /// Whether a client of this `--version` line has `--restrict-key` (pg_restore, pg_dump) and
