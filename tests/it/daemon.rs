@@ -46,14 +46,13 @@ fn scheduled_backups_cleanup_metrics_and_health_follow_the_database() {
         || d.metric(success).unwrap_or(0.0) >= 3.0,
     );
     // Cleanup follows each backup: keep_days = 0 leaves exactly min_keep.
+    // (Two backups and no deletion yet is also "2": wait for a deletion too.)
     wait_for(Duration::from_secs(60), "cleanup down to min_keep", || {
         d.metric(r#"dbkeep_backups{storage="local",target="app"}"#) == Some(2.0)
+            && d.metric(r#"dbkeep_retention_deleted_total{storage="local",target="app"}"#)
+                .unwrap_or(0.0)
+                >= 1.0
     });
-    assert!(
-        d.metric(r#"dbkeep_retention_deleted_total{storage="local",target="app"}"#)
-            .unwrap()
-            >= 1.0
-    );
     assert_eq!(d.metric(r#"dbkeep_target_up{target="app"}"#), Some(1.0));
     // The stale deadline the alerts use follows the successful runs (interval + grace ahead).
     let deadline = d
