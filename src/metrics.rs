@@ -34,6 +34,7 @@ pub const ADMIN_DENIED: &str = "dbkeep_admin_auth_failures_total";
 pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
 pub const BACKUPS_BROKEN: &str = "dbkeep_backups_broken";
 pub const VERIFY_STALE_AFTER: &str = "dbkeep_verify_stale_after_timestamp_seconds";
+pub const HOOK_RUNS: &str = "dbkeep_hook_runs_total";
 
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +63,7 @@ pub struct Metrics {
     schema_drift: IntGaugeVec,
     admin_requests: IntCounterVec,
     admin_denied: IntCounterVec,
+    hook_runs: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -250,6 +252,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Backups deleted by retention",
             &["target", "storage"],
         ),
+        hook_runs: counter(
+            &r,
+            HOOK_RUNS,
+            "Hook commands run, by hook (before, after, on_failure) and result",
+            &["target", "hook", "result"],
+        ),
         skipped: counter(
             &r,
             RUNS_SKIPPED,
@@ -295,6 +303,8 @@ pub struct Known {
     pub last_verify_failed: bool,
     pub uploads_pending: usize,
     pub has_schema: bool,
+    /// The hooks the target has (`before`, `after`, `on_failure`).
+    pub hooks: Vec<&'static str>,
 }
 
 /// Make every per-target series exist from start-up, with the values known from the
@@ -334,6 +344,11 @@ pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], know
         .set(known.uploads_pending as i64);
     if known.has_schema {
         m.schema_drift.with_label_values(&[target]);
+    }
+    for hook in &known.hooks {
+        for result in ["success", "failure"] {
+            m.hook_runs.with_label_values(&[target, hook, result]);
+        }
     }
     for s in storages {
         m.deleted.with_label_values(&[target, s]);
@@ -633,4 +648,19 @@ pub fn target_removed(target: &str) {
     let _ = m.uploads_pending.remove_label_values(&[target]);
     let _ = m.schema_drift.remove_label_values(&[target]);
     let _ = m.last_run_failed.remove_label_values(&[target]);
+}
+
+/// One hook run and how it ended.
+pub fn hook_run(target: &str, hook: &str, ok: bool, duration: std::time::Duration) {
+    let result = if ok { "success" } else { "failure" };
+    m().hook_runs
+        .with_label_values(&[target, hook, result])
+        .inc();
+    tracing::debug!(
+        target,
+        hook,
+        result,
+        duration_ms = duration.as_millis() as u64,
+        "hook finished"
+    );
 }

@@ -84,6 +84,9 @@ pub struct Spec {
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub secret_env: Vec<(String, Secret)>,
+    /// Log every line the child prints (stdout and stderr) at info under this label,
+    /// rather than stderr at debug (hooks: their output is the operator's).
+    pub log_as: Option<String>,
 }
 
 impl Spec {
@@ -93,7 +96,12 @@ impl Spec {
             args: Vec::new(),
             env: Vec::new(),
             secret_env: Vec::new(),
+            log_as: None,
         }
+    }
+    pub fn log_as(mut self, label: impl Into<String>) -> Self {
+        self.log_as = Some(label.into());
+        self
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
         self.args.push(a.into());
@@ -178,13 +186,17 @@ fn start(spec: Spec, stdin: Stdio, stdout: Stdio) -> Result<(Running, Pipes), Pr
         stdout: child.stdout.take(),
     };
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let log_as = spec.log_as.clone();
     let stderr_task = child.stderr.take().map(|stderr| {
         let tail = stderr_tail.clone();
         let name = program.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(program = %name, "{line}");
+                match &log_as {
+                    Some(label) => tracing::info!(hook = %label, stream = "stderr", "{line}"),
+                    None => tracing::debug!(program = %name, "{line}"),
+                }
                 if let Ok(mut t) = tail.lock() {
                     if t.len() == STDERR_TAIL_LINES {
                         t.pop_front();
@@ -330,6 +342,27 @@ impl Stopper {
             }
         }
     }
+}
+
+/// Run a command to completion, logging what it prints (see [`Spec::log_as`]); cancel or
+/// timeout stops its whole process group.
+pub async fn run_logged(
+    spec: Spec,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), ProcessError> {
+    let label = spec.log_as.clone().unwrap_or_else(|| spec.display_name());
+    let (running, stdout) = spawn_streaming(spec)?;
+    let printing = tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(hook = %label, stream = "stdout", "{line}");
+        }
+    });
+    let waited = running.wait(cancel, timeout).await;
+    // A grandchild may keep the pipe open after the group was stopped: do not wait long.
+    let _ = tokio::time::timeout(Duration::from_secs(2), printing).await;
+    waited
 }
 
 /// Run a short command to completion and return its stdout (e.g. `pg_dump --version`).

@@ -89,6 +89,21 @@ pub(super) struct RawPolicy {
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
     pub(super) timezone: Option<String>,
+    pub(super) hooks: Option<RawHooks>,
+}
+
+/// `[defaults.hooks]` / `[targets.NAME.hooks]`: commands around each backup.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) before: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) after: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) on_failure: Option<Vec<String>>,
+    pub(super) timeout: Option<String>,
+    pub(super) before_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +139,7 @@ pub(super) struct RawTarget {
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
     pub(super) timezone: Option<String>,
+    pub(super) hooks: Option<RawHooks>,
     pub(super) schema: Option<RawSchema>,
 }
 
@@ -192,8 +208,8 @@ fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 pub fn env_keys() -> Vec<String> {
     let mut out = vec!["DBKEEP_CONFIG".to_string(), "DBKEEP_LOG_FORMAT".to_string()];
     let section = |prefix: &str, fields: &[&str], out: &mut Vec<String>| {
-        // `schema` is a nested section, listed with its own keys.
-        for f in fields.iter().filter(|f| **f != "schema") {
+        // `schema` and `hooks` are nested sections, listed with their own keys.
+        for f in fields.iter().filter(|f| **f != "schema" && **f != "hooks") {
             out.push(format!("{prefix}{}", f.to_ascii_uppercase()));
         }
     };
@@ -206,8 +222,18 @@ pub fn env_keys() -> Vec<String> {
     section("DBKEEP_STORAGE__S3__", fields_of::<RawS3>(), &mut out);
     section("DBKEEP_DEFAULTS__", fields_of::<RawPolicy>(), &mut out);
     section(
+        "DBKEEP_DEFAULTS__HOOKS__",
+        fields_of::<RawHooks>(),
+        &mut out,
+    );
+    section(
         "DBKEEP_TARGETS__<NAME>__",
         fields_of::<RawTarget>(),
+        &mut out,
+    );
+    section(
+        "DBKEEP_TARGETS__<NAME>__HOOKS__",
+        fields_of::<RawHooks>(),
         &mut out,
     );
     section(

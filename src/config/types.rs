@@ -101,6 +101,18 @@ pub struct LocalStorageConfig {
     pub path: PathBuf,
 }
 
+/// Commands run around each backup of a target (argument lists, no shell).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Hooks {
+    pub before: Option<Vec<String>>,
+    pub after: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// A failing `before` hook stops the run (true, the default) or is only logged.
+    pub abort_on_before_failure: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// The zone cron expressions are read in, and times are also shown in.
@@ -128,6 +140,7 @@ pub struct Target {
     pub timeout: Duration,
     /// The declared schema, when the target manages one.
     pub schema: Option<SchemaConfig>,
+    pub hooks: Hooks,
 }
 
 /// Where a target's declared schema comes from.

@@ -143,6 +143,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         },
         o.timezone.as_deref().or(defaults.timezone.as_deref()),
     )?;
+    let hooks = validate_hooks(name, o.hooks.as_ref(), defaults.hooks.as_ref())?;
 
     // Schedule: the target's own choice replaces the default's; exactly one of the two keys.
     let (sched_key, schedule, every) = if o.schedule.is_some() || o.every.is_some() {
@@ -440,6 +441,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         .transpose()?;
 
     Ok(Target {
+        hooks,
         timezone,
         name: name.to_string(),
         schema,
@@ -456,6 +458,80 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         keep_weekly,
         keep_monthly,
         timeout,
+    })
+}
+
+/// The target's hooks: each key of `[targets.NAME.hooks]` replaces the same key of
+/// `[defaults.hooks]`.
+fn validate_hooks(
+    name: &str,
+    own: Option<&RawHooks>,
+    defaults: Option<&RawHooks>,
+) -> Result<Hooks, ConfigError> {
+    let key = |f: &str, from_own: bool| {
+        if from_own {
+            format!("targets.{name}.hooks.{f}")
+        } else {
+            format!("defaults.hooks.{f}")
+        }
+    };
+    let pick = |f: fn(&RawHooks) -> Option<Vec<String>>,
+                field: &str|
+     -> Result<Option<Vec<String>>, ConfigError> {
+        let (v, from_own) = match own.and_then(f) {
+            Some(v) => (Some(v), true),
+            None => (defaults.and_then(f), false),
+        };
+        let Some(v) = v else { return Ok(None) };
+        let k = key(field, from_own);
+        let Some(program) = v.first().filter(|p| !p.trim().is_empty()) else {
+            return Err(key_err(k, "an empty command: write the program and its arguments as a list, e.g. [\"/usr/local/bin/pause-app\", \"--wait\"]"));
+        };
+        let path = std::path::Path::new(program);
+        if path.is_absolute() && !path.is_file() {
+            return Err(key_err(
+                k,
+                format!("{program} does not exist (or is not a file)"),
+            ));
+        }
+        Ok(Some(v))
+    };
+    let before = pick(|h| h.before.clone(), "before")?;
+    let after = pick(|h| h.after.clone(), "after")?;
+    let on_failure = pick(|h| h.on_failure.clone(), "on_failure")?;
+    let timeout_own = own.and_then(|h| h.timeout.clone());
+    let timeout = parse_duration(
+        &key("timeout", timeout_own.is_some()),
+        timeout_own
+            .or_else(|| defaults.and_then(|h| h.timeout.clone()))
+            .as_deref(),
+        "5m",
+    )?;
+    let bf_own = own.and_then(|h| h.before_failure.clone());
+    let bf_key = key("before_failure", bf_own.is_some());
+    let abort_on_before_failure = match bf_own
+        .or_else(|| defaults.and_then(|h| h.before_failure.clone()))
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("abort") => true,
+        Some("continue") => false,
+        Some(other) => {
+            return Err(key_err(
+                bf_key,
+                format!(
+                    "{}: use \"abort\" (default) or \"continue\"",
+                    super::parse::shown(other)
+                ),
+            ))
+        }
+    };
+    Ok(Hooks {
+        before,
+        after,
+        on_failure,
+        timeout,
+        abort_on_before_failure,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The daemon's schedules: per target, a loop for backups, one for cleanup when it has
 //! its own schedule, and one for restore drills, each started without overlap.
 
+use crate::ops::hooks::{self, HookKind};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -78,6 +79,11 @@ impl Daemon {
                     last_verify_failed: st.last_verify_status == Some(RunStatus::Failure),
                     uploads_pending: st.pending_uploads.len(),
                     has_schema: t.schema.is_some(),
+                    hooks: [HookKind::Before, HookKind::After, HookKind::OnFailure]
+                        .into_iter()
+                        .filter(|k| hooks::command(t, *k).is_some())
+                        .map(HookKind::name)
+                        .collect(),
                 },
             );
             metrics::verify_stale_after(&t.name, status::drill_deadline(t, &st, now));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::hooks::{self, HookKind};
 use super::lock::{self, LockError};
 use super::Context;
 use crate::catalog::{self, BackupId, Contents, Manifest, MANIFEST_VERSION};
@@ -52,6 +53,12 @@ pub enum BackupError {
     #[error("backup of {target} was cancelled; nothing was kept")]
     Cancelled { target: String },
     #[error("backup of {target} was not started: {source}")]
+    Hook {
+        target: String,
+        #[source]
+        source: super::hooks::HookError,
+    },
+    #[error("backup of {target} was not started: {source}")]
     Locked {
         target: String,
         #[source]
@@ -86,6 +93,7 @@ impl Classify for BackupError {
             BackupError::InsideDataDir { .. } => ErrorKind::Refused,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
             BackupError::Locked { source, .. } => source.kind(),
+            BackupError::Hook { source, .. } => source.kind(),
         }
     }
 
@@ -184,7 +192,39 @@ async fn run_with(
         ctx.state.update(name, |s| s.last_run = Some(started));
     }
     let t0 = Instant::now();
-    let result = backup_inner(ctx, target, reason, t0).await;
+    let mut info = hooks::RunInfo {
+        reason: reason.map(str::to_string),
+        ..Default::default()
+    };
+    // A failing `before` hook stops the run before any dump starts (unless configured to
+    // go on); `after` sees the final status, `on_failure` runs when it failed.
+    let before = hooks::run(ctx, target, HookKind::Before, &info).await;
+    let result = match before {
+        Err(source) if target.hooks.abort_on_before_failure || ctx.cancel.is_cancelled() => {
+            Err(BackupError::Hook {
+                target: name.to_string(),
+                source,
+            })
+        }
+        _ => backup_inner(ctx, target, reason, t0).await,
+    };
+    let archives = match &result {
+        Ok(o) if hooks::command(target, HookKind::After).is_some() => {
+            archives_file(ctx, name, &o.manifests)
+        }
+        _ => None,
+    };
+    info.backup_id = result.as_ref().ok().map(|o| o.id.to_string());
+    info.status = Some(if result.is_ok() { "success" } else { "failure" });
+    info.error = result.as_ref().err().map(|e| crate::error::chain(e));
+    info.archives = archives.clone();
+    if result.is_err() {
+        let _ = hooks::run(ctx, target, HookKind::OnFailure, &info).await;
+    }
+    let _ = hooks::run(ctx, target, HookKind::After, &info).await;
+    if let Some(f) = archives {
+        let _ = std::fs::remove_file(f);
+    }
     match &result {
         Ok(o) => {
             metrics::backup_succeeded(&o.target, &o.id.to_string(), o.stored_bytes(), o.duration)
@@ -198,6 +238,23 @@ async fn run_with(
             .update(name, |s| s.record_run(started, finished, error));
     }
     result
+}
+
+/// The run's manifests as a JSON file for the `after` hook (`DBKEEP_ARCHIVES`), in the
+/// work folder, private like every file dbkeep writes; removed once the hooks ran.
+fn archives_file(ctx: &Context, target: &str, manifests: &[Manifest]) -> Option<PathBuf> {
+    let path = ctx.state.work_dir().join(format!(
+        ".dbkeep-hook-{target}-{:016x}.json",
+        rand::random::<u64>()
+    ));
+    let bytes = serde_json::to_vec_pretty(manifests).ok()?;
+    match crate::files::write_atomic(&path, &bytes) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(target, error = %e, "cannot write the archive list for the after hook");
+            None
+        }
+    }
 }
 
 /// One stored archive of the run, before its manifest is written.

@@ -307,6 +307,7 @@ mod tests {
     fn target(schedule: Schedule, grace: Duration) -> Target {
         Target {
             timezone: crate::config::Tz::UTC,
+            hooks: Default::default(),
             schema: None,
             name: "t".into(),
             source: SourceConfig::Sqlite(SqliteConfig {

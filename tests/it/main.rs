@@ -10,6 +10,7 @@ mod daemon;
 mod data_safety;
 mod deploy;
 mod fuzz;
+mod hooks;
 mod hostile;
 mod listing;
 mod metrics_contract;

@@ -95,7 +95,7 @@ fn every_per_target_series_exists_from_start_up_and_the_readme_lists_them_all() 
         &sb,
         "app",
         &format!(
-            "schedule = \"0 3 1 1 *\"\nverify_schedule = \"1d\"\n[targets.app.schema]\ndesired = \"{}\"",
+            "schedule = \"0 3 1 1 *\"\nverify_schedule = \"1d\"\n[targets.app.schema]\ndesired = \"{}\"\n[targets.app.hooks]\nafter = [\"/bin/true\"]",
             sb.path().join("schema.sql").display()
         ),
     );
