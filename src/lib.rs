@@ -28,6 +28,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod process;
 pub mod retention;

@@ -35,6 +35,7 @@ pub const VERIFY_LAST_RUN_FAILED: &str = "dbkeep_verify_last_run_failed";
 pub const BACKUPS_BROKEN: &str = "dbkeep_backups_broken";
 pub const VERIFY_STALE_AFTER: &str = "dbkeep_verify_stale_after_timestamp_seconds";
 pub const HOOK_RUNS: &str = "dbkeep_hook_runs_total";
+pub const NOTIFICATIONS: &str = "dbkeep_notifications_total";
 
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +65,7 @@ pub struct Metrics {
     admin_requests: IntCounterVec,
     admin_denied: IntCounterVec,
     hook_runs: IntCounterVec,
+    notifications: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -251,6 +253,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             RETENTION_DELETED,
             "Backups deleted by retention",
             &["target", "storage"],
+        ),
+        notifications: counter(
+            &r,
+            NOTIFICATIONS,
+            "Notifications sent, by notifier, event and result (after retries)",
+            &["notifier", "event", "result"],
         ),
         hook_runs: counter(
             &r,
@@ -663,4 +671,22 @@ pub fn hook_run(target: &str, hook: &str, ok: bool, duration: std::time::Duratio
         duration_ms = duration.as_millis() as u64,
         "hook finished"
     );
+}
+
+/// A notifier's series exist from start-up, for each event it sends.
+pub fn notifier_registered(notifier: &str, events: &[&str]) {
+    for event in events {
+        for result in ["success", "failure"] {
+            m().notifications
+                .with_label_values(&[notifier, event, result]);
+        }
+    }
+}
+
+/// One notification delivered (or given up on after its retries).
+pub fn notification(notifier: &str, event: &str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    m().notifications
+        .with_label_values(&[notifier, event, result])
+        .inc();
 }

@@ -130,6 +130,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Notifier commands
+    Notify {
+        #[command(subcommand)]
+        cmd: NotifyCmd,
+    },
     /// Exit 0 when the daemon's /health is 200, else 1 (for container health checks)
     Healthcheck {
         /// The health URL (default: http://<daemon.listen>/health)
@@ -153,6 +158,15 @@ enum ConfigCmd {
     Check,
     /// List every environment variable dbkeep reads
     Keys,
+}
+
+#[derive(Subcommand)]
+enum NotifyCmd {
+    /// Send a test message through the notifier NAME now, and say whether it arrived
+    Test {
+        /// The notifier (a [notify.NAME] section)
+        name: String,
+    },
 }
 
 impl Cli {
@@ -229,6 +243,12 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// abort) so nothing is left open on a remote store.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let result = dispatch(cli).await;
+    if !crate::notify::settle(SETTLE).await {
+        eprintln!(
+            "warning: some notifications were still being delivered after {}s; they are given up",
+            SETTLE.as_secs()
+        );
+    }
     if !storage::settle(SETTLE).await {
         eprintln!(
             "warning: some multipart uploads were still being aborted after {}s; the next run aborts them",
@@ -261,6 +281,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Healthcheck { url } => status::healthcheck(path, url).await,
+        Cmd::Notify {
+            cmd: NotifyCmd::Test { name },
+        } => {
+            let cfg = load_config(path)?;
+            let notifiers = crate::notify::Notifiers::new(&cfg.notify);
+            match notifiers.test(&name).await {
+                Ok(()) => {
+                    println!("{name}: test message delivered");
+                    Ok(())
+                }
+                Err(e) if cfg.notify.iter().any(|n| n.name == name) => Err(failed(format!(
+                    "{name}: the test message was not delivered: {e}"
+                ))),
+                Err(e) => Err(usage(e)),
+            }
+        }
         Cmd::Backup {
             targets,
             upload_pending,
@@ -357,7 +393,8 @@ async fn context(cfg: &Config) -> Result<Context, Failure> {
         Arc::new(storages),
         Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
         CancellationToken::new(),
-    ))
+    )
+    .with_notifiers(crate::notify::Notifiers::new(&cfg.notify)))
 }
 
 fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure> {

@@ -4,6 +4,7 @@
 //! `validate.rs` turns it into [`Config`] (`types.rs`), which holds no `Option` the rest
 //! of the code has to re-check. Every error names the key and says what to do.
 
+mod notify;
 mod parse;
 mod raw;
 mod storage;

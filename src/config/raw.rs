@@ -18,6 +18,33 @@ pub(super) struct RawConfig {
     pub(super) defaults: RawPolicy,
     #[serde(default)]
     pub(super) targets: BTreeMap<String, RawTarget>,
+    #[serde(default)]
+    pub(super) notify: BTreeMap<String, RawNotify>,
+}
+
+/// `[notify.NAME]`: where events about backups are sent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) kind: Option<String>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) targets: Option<Vec<String>>,
+    // webhook and ping
+    pub(super) url: Option<String>,
+    pub(super) url_file: Option<String>,
+    pub(super) template: Option<String>,
+    pub(super) secret_file: Option<String>,
+    // email
+    pub(super) smtp_host: Option<String>,
+    pub(super) smtp_port: Option<i64>,
+    pub(super) tls: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) from: Option<String>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) to: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +266,11 @@ pub fn env_keys() -> Vec<String> {
     section(
         "DBKEEP_TARGETS__<NAME>__SCHEMA__",
         fields_of::<RawSchema>(),
+        &mut out,
+    );
+    section(
+        "DBKEEP_NOTIFY__<NAME>__",
+        fields_of::<RawNotify>(),
         &mut out,
     );
     for pg in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {

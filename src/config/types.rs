@@ -48,6 +48,84 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub storage: StorageConfig,
     pub targets: Vec<Target>,
+    pub notify: Vec<NotifierConfig>,
+}
+
+/// What a notifier is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Failed,
+    Succeeded,
+    Stale,
+    DrillFailed,
+    UploadPending,
+    Recovered,
+}
+
+impl Event {
+    pub const ALL: [Event; 6] = [
+        Event::Failed,
+        Event::Succeeded,
+        Event::Stale,
+        Event::DrillFailed,
+        Event::UploadPending,
+        Event::Recovered,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Failed => "failed",
+            Event::Succeeded => "succeeded",
+            Event::Stale => "stale",
+            Event::DrillFailed => "drill_failed",
+            Event::UploadPending => "upload_pending",
+            Event::Recovered => "recovered",
+        }
+    }
+}
+
+/// One `[notify.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifierConfig {
+    pub name: String,
+    pub kind: NotifierKind,
+    pub events: Vec<Event>,
+    /// Only these targets; all when `None`.
+    pub targets: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NotifierKind {
+    /// An HTTP POST of the event as JSON (or of `template` filled in).
+    Webhook {
+        url: Secret,
+        template: Option<String>,
+        secret: Option<Secret>,
+    },
+    /// healthchecks.io-style pings: `URL/start` when a run starts, `URL` on success,
+    /// `URL/fail` on failure.
+    Ping { url: Secret },
+    Email {
+        smtp_host: String,
+        smtp_port: u16,
+        tls: SmtpTls,
+        username: Option<String>,
+        password: Option<Secret>,
+        from: String,
+        to: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -92,11 +92,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, t) in raw.targets {
         targets.push(validate_target(&name, t, &defaults)?);
     }
+    let mut notify = Vec::new();
+    for (name, n) in raw.notify {
+        notify.push(super::notify::validate_notifier(&name, n, &targets)?);
+    }
     Ok(Config {
         source_file: None,
         daemon,
         storage: StorageConfig { local, s3 },
         targets,
+        notify,
     })
 }
 

@@ -2,6 +2,7 @@
 //! ordered stop. No HTTP and no signal handling here: `cli::run` binds the port and turns
 //! signals into [`Daemon::reload`] and [`Daemon::shutdown`].
 
+mod alerts;
 mod health;
 pub mod notify;
 pub mod registry;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, Target};
 use crate::metrics;
+use crate::notify::Notifiers;
 use crate::ops::backup::{self, BackupError, Outcome};
 use crate::ops::status::{CatalogSummary, DbStatus};
 use crate::ops::{cleanup, verify, Context};
@@ -43,6 +45,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 pub struct Daemon {
     config: RwLock<Arc<Config>>,
     storages: RwLock<Arc<Storages>>,
+    notify: RwLock<Arc<Notifiers>>,
     permits: RwLock<Arc<Semaphore>>,
     state: Arc<StateFile>,
     clock: Clock,
@@ -79,6 +82,7 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             state: Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
             storages: RwLock::new(Arc::new(storages)),
+            notify: RwLock::new(Notifiers::new(&cfg.notify)),
             permits: RwLock::new(Arc::new(permits)),
             config: RwLock::new(Arc::new(cfg)),
             clock,
@@ -113,6 +117,7 @@ impl Daemon {
             state: self.state.clone(),
             cancel: self.work_cancel.child_token(),
             clock: self.clock,
+            notify: read(&self.notify),
         }
     }
 
@@ -286,6 +291,7 @@ impl Daemon {
             tracing::warn!(old = %old.daemon.listen, new = %new.daemon.listen, "daemon.listen changes only at restart");
         }
         write(&self.storages, Arc::new(storages));
+        write(&self.notify, Notifiers::new(&new.notify));
         write(
             &self.permits,
             Arc::new(Semaphore::new(new.daemon.max_concurrent)),

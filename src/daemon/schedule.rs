@@ -146,5 +146,6 @@ impl Daemon {
                 }
             });
         }
+        self.start_stale_watch(cancel);
     }
 }

@@ -188,8 +188,10 @@ async fn run_with(
         }
     })?;
     let started = ctx.now();
+    let was_failing = ctx.state.get(name).last_status == Some(crate::state::RunStatus::Failure);
     if reason.is_none() {
         ctx.state.update(name, |s| s.last_run = Some(started));
+        ctx.notify.run_started(name);
     }
     let t0 = Instant::now();
     let mut info = hooks::RunInfo {
@@ -236,8 +238,55 @@ async fn run_with(
         let finished = ctx.now();
         ctx.state
             .update(name, |s| s.record_run(started, finished, error));
+        notify_outcome(ctx, name, &result, was_failing);
     }
     result
+}
+
+/// Tell the notifiers how a run went: succeeded or failed, an upload left pending, and
+/// recovered when it succeeds after failures.
+fn notify_outcome(
+    ctx: &Context,
+    name: &str,
+    result: &Result<Outcome, BackupError>,
+    was_failing: bool,
+) {
+    use crate::config::Event;
+    use crate::notify::Message;
+    let now = ctx.now();
+    match result {
+        Ok(o) => {
+            let with = |e: Event| {
+                Message::new(e, name, now).with_backup(
+                    o.id.to_string(),
+                    o.stored_bytes(),
+                    o.duration.as_secs_f64(),
+                )
+            };
+            ctx.notify.send(Event::Succeeded, with(Event::Succeeded));
+            if !o.pending.is_empty() {
+                let files: Vec<String> = o
+                    .pending
+                    .iter()
+                    .map(|(f, s)| format!("{f} (to {s})"))
+                    .collect();
+                ctx.notify.send(
+                    Event::UploadPending,
+                    with(Event::UploadPending).with_error(format!(
+                        "not uploaded yet: {}; the next run retries",
+                        files.join(", ")
+                    )),
+                );
+            }
+            if was_failing {
+                ctx.notify.send(Event::Recovered, with(Event::Recovered));
+            }
+        }
+        Err(e) => ctx.notify.send(
+            Event::Failed,
+            Message::new(Event::Failed, name, now).with_error(crate::error::chain(e)),
+        ),
+    }
 }
 
 /// The run's manifests as a JSON file for the `after` hook (`DBKEEP_ARCHIVES`), in the

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::notify::Notifiers;
 use crate::scheduler::Clock;
 use crate::state::StateFile;
 use crate::storage::Storages;
@@ -28,6 +29,8 @@ pub struct Context {
     /// Cancelled when the work must stop (a signal, the end of a shutdown grace).
     pub cancel: CancellationToken,
     pub clock: Clock,
+    /// Where events about runs are sent (none configured: nothing is sent).
+    pub notify: Arc<Notifiers>,
 }
 
 impl Context {
@@ -37,7 +40,14 @@ impl Context {
             state,
             cancel,
             clock: Clock::System,
+            notify: Notifiers::none(),
         }
+    }
+
+    /// The same context, sending events to `notify`.
+    pub fn with_notifiers(mut self, notify: Arc<Notifiers>) -> Self {
+        self.notify = notify;
+        self
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -88,6 +88,11 @@ pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, Restor
         Err(e) => {
             let msg = crate::error::chain(e);
             metrics::drill_failed(&target.name, &msg, t0.elapsed());
+            ctx.notify.send(
+                crate::config::Event::DrillFailed,
+                crate::notify::Message::new(crate::config::Event::DrillFailed, &target.name, now)
+                    .with_error(msg.clone()),
+            );
             ctx.state.update(&target.name, |s| {
                 s.last_verify = Some(now);
                 s.last_verify_status = Some(RunStatus::Failure);

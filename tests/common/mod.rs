@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod receiver;
 pub mod s3;
 
 use std::net::TcpListener;

@@ -14,6 +14,7 @@ mod hooks;
 mod hostile;
 mod listing;
 mod metrics_contract;
+mod notify;
 mod ops_in_process;
 mod postgres_backup;
 mod restore;

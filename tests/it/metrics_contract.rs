@@ -108,7 +108,10 @@ fn every_per_target_series_exists_from_start_up_and_the_readme_lists_them_all() 
     );
     std::fs::write(
         &cfg,
-        format!("{text}{}", s3.config_section("bkp", "prod", "")),
+        format!(
+            "{text}{}[notify.ops]\nkind = \"ping\"\nurl = \"http://127.0.0.1:9/never\"\n",
+            s3.config_section("bkp", "prod", "")
+        ),
     )
     .unwrap();
     let d = spawn_daemon(&cfg, &[]);
