@@ -36,6 +36,7 @@ pub const BACKUPS_BROKEN: &str = "dbkeep_backups_broken";
 pub const VERIFY_STALE_AFTER: &str = "dbkeep_verify_stale_after_timestamp_seconds";
 pub const HOOK_RUNS: &str = "dbkeep_hook_runs_total";
 pub const NOTIFICATIONS: &str = "dbkeep_notifications_total";
+pub const TARGET_ACTIVE: &str = "dbkeep_target_active";
 
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +67,7 @@ pub struct Metrics {
     admin_denied: IntCounterVec,
     hook_runs: IntCounterVec,
     notifications: IntCounterVec,
+    target_active: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -253,6 +255,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             RETENTION_DELETED,
             "Backups deleted by retention",
             &["target", "storage"],
+        ),
+        target_active: int_gauge(
+            &r,
+            TARGET_ACTIVE,
+            "1 when this replica runs the target's schedules (holds its lease), 0 on standby",
+            &["target"],
         ),
         notifications: counter(
             &r,
@@ -689,4 +697,11 @@ pub fn notification(notifier: &str, event: &str, ok: bool) {
     m().notifications
         .with_label_values(&[notifier, event, result])
         .inc();
+}
+
+/// This replica's role for a target: 1 active, 0 standby.
+pub fn target_active(target: &str, active: bool) {
+    m().target_active
+        .with_label_values(&[target])
+        .set(i64::from(active));
 }

@@ -54,6 +54,7 @@ pub(super) struct RawDaemon {
     pub(super) shutdown_grace: Option<String>,
     pub(super) max_concurrent: Option<i64>,
     pub(super) work_dir: Option<String>,
+    pub(super) lease: Option<String>,
     pub(super) admin_token_file: Option<String>,
     pub(super) admin_api: Option<bool>,
 }

@@ -136,6 +136,10 @@ pub struct DaemonConfig {
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     pub max_concurrent: usize,
+    /// How often a standby replica tries to take over a target (its lease); `None`:
+    /// every daemon runs every schedule.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub lease: Option<Duration>,
     /// The bearer token of the admin API; `None`: the admin API is off.
     pub admin_token: Option<Secret>,
 }
@@ -393,4 +397,11 @@ impl From<PostgresConfig> for SourceConfig {
 
 fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_str("off"),
+    }
 }

@@ -40,6 +40,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.daemon.shutdown_grace.as_deref(),
             "5m",
         )?,
+        lease: match raw.daemon.lease.as_deref().map(str::trim) {
+            Some("off") => None,
+            other => {
+                let d = parse_duration("daemon.lease", other, "15s")?;
+                if d < Duration::from_secs(1) {
+                    return Err(key_err("daemon.lease", "must be at least 1s (or \"off\")"));
+                }
+                Some(d)
+            }
+        },
         max_concurrent: match raw.daemon.max_concurrent {
             None => 2,
             Some(n) if n >= 1 => n as usize,

@@ -22,6 +22,7 @@ const DB_CHECK_TTL: Duration = Duration::from_secs(5);
 /// How long `/health` reuses a target's listing (a storage listing, an S3 LIST, its
 /// manifests) before listing again; every run refreshes it anyway.
 const CATALOG_TTL: Duration = Duration::from_secs(30);
+const STANDBY_CATALOG_TTL: Duration = Duration::from_secs(5);
 
 /// One target's cached value and when it was taken, behind the lock its refresh holds.
 type Slot<T> = Arc<AsyncMutex<Option<(Instant, T)>>>;
@@ -103,8 +104,14 @@ impl Daemon {
         name: &str,
         now: DateTime<Utc>,
     ) -> CatalogSummary {
+        // A standby runs nothing that would refresh it: the shared storage is its only news
+        // of the active replica's backups, so it lists more often.
+        let ttl = match self.role(name) {
+            Some(super::Role::Standby) => STANDBY_CATALOG_TTL,
+            _ => CATALOG_TTL,
+        };
         self.catalog
-            .get_or(name, CATALOG_TTL, status::summarize(storages, name, now))
+            .get_or(name, ttl, status::summarize(storages, name, now))
             .await
     }
 
@@ -140,7 +147,7 @@ impl Daemon {
         for (i, t) in cfg.targets.iter().enumerate() {
             let state = self.state.get(&t.name);
             let catalog = self.catalog_summary(&storages, &t.name, now).await;
-            out.push(status::assess(
+            let mut h = status::assess(
                 t,
                 Facts {
                     catalog,
@@ -149,7 +156,9 @@ impl Daemon {
                     database: db.remove(&i),
                 },
                 now,
-            ));
+            );
+            h.role = self.role(&t.name).map(super::Role::name);
+            out.push(h);
         }
         out
     }

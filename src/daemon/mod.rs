@@ -8,6 +8,8 @@ pub mod notify;
 pub mod registry;
 mod schedule;
 
+pub use schedule::Role;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,6 +48,8 @@ pub struct Daemon {
     config: RwLock<Arc<Config>>,
     storages: RwLock<Arc<Storages>>,
     notify: RwLock<Arc<Notifiers>>,
+    /// This replica's role per target (active: it runs the target's schedules).
+    roles: Mutex<HashMap<String, schedule::Role>>,
     permits: RwLock<Arc<Semaphore>>,
     state: Arc<StateFile>,
     clock: Clock,
@@ -83,6 +87,7 @@ impl Daemon {
             state: Arc::new(StateFile::beside(&cfg.daemon.work_dir)),
             storages: RwLock::new(Arc::new(storages)),
             notify: RwLock::new(Notifiers::new(&cfg.notify)),
+            roles: Mutex::new(HashMap::new()),
             permits: RwLock::new(Arc::new(permits)),
             config: RwLock::new(Arc::new(cfg)),
             clock,

@@ -9,7 +9,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
+use crate::engine::{self, HoldKind};
 use crate::metrics;
+use crate::ops::lock;
 use crate::ops::status;
 use crate::scheduler::{self, Runner};
 use crate::state::RunStatus;
@@ -90,52 +92,13 @@ impl Daemon {
             // Until the first listing says when the newest backup is (right below).
             let last = st.last_success.or(st.last_run);
             metrics::stale_after(&t.name, status::stale_after(t, last, st.since, now));
-            let run = |kind| ScheduledRun {
-                daemon: self.clone(),
-                target: t.name.clone(),
-                kind,
-            };
-            let (d, name, schedule, jitter, cancel_loop) = (
-                self.clone(),
-                t.name.clone(),
-                t.schedule.clone(),
-                t.jitter,
-                cancel.clone(),
-            );
-            let backups = run(Kind::Backup);
-            tokio::spawn(async move {
-                // Without a recorded run (state file new or lost), the newest backup in the
-                // storage says when the target last ran.
-                let last = match st.last_run {
-                    Some(l) => Some(l),
-                    None => status::summarize(&d.storages(), &name, d.clock.now())
-                        .await
-                        .newest
-                        .map(|(_, t)| t),
-                };
-                scheduler::run_loop(schedule, jitter, last, d.clock, backups, cancel_loop).await;
-            });
-            if let Some(cleanup) = &t.cleanup_schedule {
-                tokio::spawn(scheduler::run_loop(
-                    cleanup.clone(),
-                    t.jitter,
-                    st.last_cleanup,
-                    self.clock,
-                    run(Kind::Cleanup),
-                    cancel.clone(),
-                ));
-            }
-            if let Some(drills) = &t.verify_schedule {
-                // Never drilled: the first drill follows the first schedule slot, not start-up.
-                let last = st.last_verify.or(Some(now));
-                tokio::spawn(scheduler::run_loop(
-                    drills.clone(),
-                    t.jitter,
-                    last,
-                    self.clock,
-                    run(Kind::Drill),
-                    cancel.clone(),
-                ));
+            match cfg.daemon.lease {
+                None => {
+                    metrics::target_active(&t.name, true);
+                    self.set_role(&t.name, Role::Active);
+                    self.run_schedules(t, &st, cancel);
+                }
+                Some(period) => self.keep_lease(t.name.clone(), period, cancel),
             }
             let d = self.clone();
             let name = t.name.clone();
@@ -147,5 +110,159 @@ impl Daemon {
             });
         }
         self.start_stale_watch(cancel);
+    }
+
+    /// Start the target's backup, cleanup and drill loops until `cancel`.
+    fn run_schedules(
+        self: &Arc<Self>,
+        t: &crate::config::Target,
+        st: &crate::state::TargetState,
+        cancel: &CancellationToken,
+    ) {
+        let now = self.clock.now();
+        let run = |kind| ScheduledRun {
+            daemon: self.clone(),
+            target: t.name.clone(),
+            kind,
+        };
+        let (d, name, schedule, jitter, cancel_loop) = (
+            self.clone(),
+            t.name.clone(),
+            t.schedule.clone(),
+            t.jitter,
+            cancel.clone(),
+        );
+        let backups = run(Kind::Backup);
+        let own_last = st.last_run;
+        tokio::spawn(async move {
+            // The later of this daemon's last run and the newest backup in the storage:
+            // without a state file, or after taking over from another replica, a run
+            // missed meanwhile happens once, and one just taken is not taken again.
+            let newest = status::summarize(&d.storages(), &name, d.clock.now())
+                .await
+                .newest
+                .map(|(_, t)| t);
+            let last = own_last.max(newest);
+            scheduler::run_loop(schedule, jitter, last, d.clock, backups, cancel_loop).await;
+        });
+        if let Some(cleanup) = &t.cleanup_schedule {
+            tokio::spawn(scheduler::run_loop(
+                cleanup.clone(),
+                t.jitter,
+                st.last_cleanup,
+                self.clock,
+                run(Kind::Cleanup),
+                cancel.clone(),
+            ));
+        }
+        if let Some(drills) = &t.verify_schedule {
+            // Never drilled: the first drill follows the first schedule slot, not start-up.
+            let last = st.last_verify.or(Some(now));
+            tokio::spawn(scheduler::run_loop(
+                drills.clone(),
+                t.jitter,
+                last,
+                self.clock,
+                run(Kind::Drill),
+                cancel.clone(),
+            ));
+        }
+    }
+
+    /// Take the target's lease (its lock file here, and the database's advisory lock where
+    /// the engine has one), run its schedules while it is held, and try again every
+    /// `period` while another replica holds it. A lease whose database connection drops
+    /// is lost at once: the schedules stop (a run already going finishes; the server run
+    /// lock keeps another replica's run from overlapping it).
+    fn keep_lease(
+        self: &Arc<Self>,
+        name: String,
+        period: std::time::Duration,
+        cancel: &CancellationToken,
+    ) {
+        let d = self.clone();
+        let cancel = cancel.clone();
+        metrics::target_active(&name, false);
+        self.set_role(&name, Role::Standby);
+        tokio::spawn(async move {
+            let mut told_standby = false;
+            loop {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let Some(t) = d.config().target(&name).cloned() else {
+                    return;
+                };
+                let work_dir = d.state.work_dir().to_path_buf();
+                let held = match lock::acquire_lease(&work_dir, &name, d.clock.now()) {
+                    Ok(file) => match engine::build(&t).try_hold(HoldKind::Lease).await {
+                        Ok(Some(hold)) => Some((file, hold)),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!(target = %name, error = %crate::error::chain(&e), "cannot reach the database to take the lease; trying again");
+                            None
+                        }
+                    },
+                    Err(lock::LockError::Busy { .. }) => None,
+                    Err(e) => {
+                        tracing::warn!(target = %name, error = %e, "cannot open the lease file");
+                        None
+                    }
+                };
+                if let Some((file, mut hold)) = held {
+                    tracing::info!(target = %name, "this replica is active for the target: it runs its schedules");
+                    told_standby = false;
+                    d.set_role(&name, Role::Active);
+                    metrics::target_active(&name, true);
+                    let tenure = cancel.child_token();
+                    let st = d.state.get(&name);
+                    d.run_schedules(&t, &st, &tenure);
+                    tokio::select! {
+                        _ = hold.lost() => {
+                            tracing::warn!(target = %name, "lease lost (its database connection ended): schedules stopped; standby until it can be taken again");
+                        }
+                        _ = cancel.cancelled() => {}
+                    }
+                    tenure.cancel();
+                    drop(file);
+                    d.set_role(&name, Role::Standby);
+                    metrics::target_active(&name, false);
+                } else if !told_standby {
+                    tracing::info!(target = %name, "another replica is active for the target: standing by");
+                    told_standby = true;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        });
+    }
+
+    fn set_role(&self, target: &str, role: Role) {
+        if let Ok(mut m) = self.roles.lock() {
+            m.insert(target.to_string(), role);
+        }
+    }
+
+    /// This replica's role for `target`.
+    pub fn role(&self, target: &str) -> Option<Role> {
+        self.roles.lock().ok().and_then(|m| m.get(target).copied())
+    }
+}
+
+/// Whether this daemon runs a target's schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
     }
 }

@@ -226,6 +226,33 @@ pub enum MigrateStep {
     Down(i64),
 }
 
+/// What a server-side lock is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldKind {
+    /// The replica lease: whoever holds it runs the target's schedules.
+    Lease,
+    /// One backup run at a time, across hosts.
+    Run,
+}
+
+/// A lock held on the database server for as long as this value lives.
+#[async_trait]
+pub trait Hold: Send {
+    /// Resolves when the lock is lost (its connection dropped or was terminated).
+    async fn lost(&mut self);
+}
+
+/// The hold of an engine without server-side locks: never lost (the daemon's lock file
+/// is the only lock then).
+pub struct NoHold;
+
+#[async_trait]
+impl Hold for NoHold {
+    async fn lost(&mut self) {
+        std::future::pending::<()>().await
+    }
+}
+
 /// One kind of database, configured for one target.
 #[async_trait]
 pub trait Engine: Send + Sync {
@@ -236,6 +263,11 @@ pub trait Engine: Send + Sync {
     fn location(&self) -> String;
     /// A cheap check that the database answers.
     async fn ping(&self) -> Result<(), EngineError>;
+    /// Try to take a lock on the database server that every replica sees (PostgreSQL: a
+    /// session advisory lock on a connection of its own); `None` when another holds it.
+    async fn try_hold(&self, _kind: HoldKind) -> Result<Option<Box<dyn Hold>>, EngineError> {
+        Ok(Some(Box::new(NoHold)))
+    }
     /// The server's own data folder when this host can see it (PostgreSQL on this host,
     /// read by a role allowed to): nothing of dbkeep's may be written inside it.
     async fn data_directory(&self) -> Option<PathBuf> {

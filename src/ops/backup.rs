@@ -187,6 +187,26 @@ async fn run_with(
             source,
         }
     })?;
+    // The same across hosts: replicas that share the database share its advisory lock.
+    let engine_for_lock = engine::build(target);
+    let _server_lock = match engine_for_lock.try_hold(engine::HoldKind::Run).await {
+        Ok(Some(h)) => Some(h),
+        Ok(None) => {
+            metrics::run_skipped(name, "locked");
+            return Err(BackupError::Locked {
+                target: name.to_string(),
+                source: LockError::Busy {
+                    target: name.to_string(),
+                    holder: "a dbkeep on another host, by the database's advisory lock".into(),
+                },
+            });
+        }
+        // The database does not answer: the run fails at its first step, with that error.
+        Err(e) => {
+            tracing::debug!(target = name, error = %e, "no server run lock");
+            None
+        }
+    };
     let started = ctx.now();
     let was_failing = ctx.state.get(name).last_status == Some(crate::state::RunStatus::Failure);
     if reason.is_none() {

@@ -42,7 +42,26 @@ pub struct RunLock {
 
 /// Take the run lock of `target` without waiting: [`LockError::Busy`] names the holder.
 pub fn acquire(work_dir: &Path, target: &str, now: DateTime<Utc>) -> Result<RunLock, LockError> {
-    let path = work_dir.join(format!(".dbkeep-run-{target}.lock"));
+    acquire_named(work_dir, "run", target, now)
+}
+
+/// Take the replica lease file of `target` (`.dbkeep-lease-<target>.lock`) without waiting:
+/// the daemon that holds it runs the target's schedules.
+pub fn acquire_lease(
+    work_dir: &Path,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Result<RunLock, LockError> {
+    acquire_named(work_dir, "lease", target, now)
+}
+
+fn acquire_named(
+    work_dir: &Path,
+    kind: &str,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Result<RunLock, LockError> {
+    let path = work_dir.join(format!(".dbkeep-{kind}-{target}.lock"));
     let io = |source| LockError::Io {
         path: path.clone(),
         source,

@@ -43,6 +43,10 @@ pub struct LastRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetHealth {
     pub target: String,
+    /// In a daemon: `active` when this replica runs the target's schedules (holds its
+    /// lease), `standby` when another does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
     /// The target's zone (IANA name): `next_run` is UTC; `next_run_local` is the same
     /// instant as wall-clock time there.
     pub timezone: String,
@@ -163,6 +167,7 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         ));
     }
     TargetHealth {
+        role: None,
         timezone: target.timezone.to_string(),
         next_run_local: facts.next_run.map(|t| {
             t.with_timezone(&target.timezone)

@@ -36,6 +36,14 @@ fn scheduled_backups_cleanup_metrics_and_health_follow_the_database() {
         "app",
         "every = \"2s\"\nhealth_grace = \"2s\"\nkeep_days = 0\nmin_keep = 2",
     );
+    // One daemon, no replicas: without the lease, a database that goes away makes runs
+    // fail (with the lease, the daemon would stand by until it can take it again).
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[daemon]\n",
+        "[daemon]\nlease = \"off\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
     let d = spawn_daemon(&cfg, &[]);
     assert_eq!(d.get("/ready").0, 200);
 

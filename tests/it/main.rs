@@ -17,6 +17,7 @@ mod metrics_contract;
 mod notify;
 mod ops_in_process;
 mod postgres_backup;
+mod replicas;
 mod restore;
 mod restore_safety;
 mod s3_storage;

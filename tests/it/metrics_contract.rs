@@ -204,10 +204,11 @@ fn every_per_target_series_exists_from_start_up_and_the_readme_lists_them_all() 
 fn a_flood_of_probes_opens_at_most_one_connection_per_target() {
     let pg = TestPostgres::start();
     pg.create_db("app");
-    // The target's role may hold one connection: a second one at the same time fails.
+    // The target's role may hold two connections: the replica lease's, and one more; a
+    // third at the same time fails.
     pg.psql(
         "postgres",
-        &format!("CREATE ROLE limited LOGIN PASSWORD '{PG_PASSWORD}' CONNECTION LIMIT 1"),
+        &format!("CREATE ROLE limited LOGIN PASSWORD '{PG_PASSWORD}' CONNECTION LIMIT 2"),
     );
     let sb = Sandbox::new();
     let cfg = sb.write_config(&format!(
@@ -218,6 +219,9 @@ fn a_flood_of_probes_opens_at_most_one_connection_per_target() {
         pg.port
     ));
     let d = spawn_daemon(&cfg, &[]);
+    wait_for(Duration::from_secs(20), "the lease taken", || {
+        d.metric(r#"dbkeep_target_active{target="app"}"#) == Some(1.0)
+    });
     let addr = d.addr.clone();
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..150)

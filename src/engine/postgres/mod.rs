@@ -5,6 +5,7 @@ pub mod conn;
 pub mod database;
 pub mod dump;
 pub mod globals;
+pub mod hold;
 pub mod introspect;
 pub mod restore;
 pub mod session;
@@ -133,6 +134,20 @@ impl Engine for PostgresEngine {
 
     fn location(&self) -> String {
         self.dsn.location()
+    }
+
+    async fn try_hold(
+        &self,
+        kind: crate::engine::HoldKind,
+    ) -> Result<Option<Box<dyn crate::engine::Hold>>, EngineError> {
+        // The target and its database: two deployments that happen to share a target name
+        // on one server do not lock each other out.
+        let scope = format!(
+            "{}/{}",
+            self.target,
+            self.dsn.database().unwrap_or_default()
+        );
+        hold::try_hold(&self.dsn, kind, &scope).await
     }
 
     async fn data_directory(&self) -> Option<PathBuf> {
