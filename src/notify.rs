@@ -131,7 +131,13 @@ pub async fn settle(limit: Duration) -> bool {
 pub struct Notifiers {
     list: Vec<NotifierConfig>,
     http: reqwest::Client,
+    /// When `recovered` was last sent per target: a target that was both failing and
+    /// stale recovers from both at once, and is told once.
+    recovered: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// Within this, a second `recovered` for the same target is the same news.
+const RECOVERED_ONCE: Duration = Duration::from_secs(120);
 
 impl Notifiers {
     pub fn new(list: &[NotifierConfig]) -> Arc<Self> {
@@ -148,6 +154,7 @@ impl Notifiers {
                 .user_agent(concat!("dbkeep/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
+            recovered: Default::default(),
         })
     }
 
@@ -184,6 +191,17 @@ impl Notifiers {
 
     /// Send `m` to every notifier that wants its event for its target; returns at once.
     pub fn send(self: &Arc<Self>, event: Event, m: Message) {
+        if event == Event::Recovered {
+            let mut last = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last
+                .get(&m.target)
+                .is_some_and(|t| now.duration_since(*t) < RECOVERED_ONCE)
+            {
+                return;
+            }
+            last.insert(m.target.clone(), now);
+        }
         for n in &self.list {
             if !Self::covers(n, &m.target) || !n.events.contains(&event) {
                 continue;
