@@ -382,6 +382,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 
 fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     let file = config::find_config_file(path)?;
+    if file.is_none() && !config::env_configures() {
+        // Nothing found anywhere: say where dbkeep looked, not what the empty config lacks.
+        return Err(usage(format!(
+            "no config file: looked for --config FILE, $DBKEEP_CONFIG, {}; pass --config FILE, set DBKEEP_CONFIG, or configure with DBKEEP_* variables (`dbkeep config keys` lists them)",
+            config::DEFAULT_CONFIG_PATHS.join(", ")
+        )));
+    }
     Ok(config::load(file.as_deref())?)
 }
 
@@ -487,16 +494,5 @@ fn all_done(mut failures: Vec<(String, Failure)>, what: &str) -> Result<(), Fail
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::storage::human_size(n)
 }

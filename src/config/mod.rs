@@ -21,7 +21,12 @@ use crate::error::{Classify, ErrorKind};
 
 /// Environment variables with the `DBKEEP_` prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &["DBKEEP_CONFIG", "DBKEEP_LOG_FORMAT"];
-const DEFAULT_CONFIG_PATHS: &[&str] = &["./dbkeep.toml", "/etc/dbkeep/dbkeep.toml"];
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["./dbkeep.toml", "/etc/dbkeep/dbkeep.toml"];
+
+/// Whether the environment carries config keys (a sidecar configured without a file).
+pub fn env_configures() -> bool {
+    std::env::vars().any(|(k, _)| k.starts_with("DBKEEP_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -7,10 +7,24 @@ use super::{key_err, ConfigError};
 
 /// Parse a cron expression of 5 fields (or 6 with seconds).
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    // The shorthands of classic cron, at midnight (or the top of the hour).
+    let expr = match expr.trim() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        other => other,
+    };
     let fields = expr.split_whitespace().count();
     if !(fields == 5 || fields == 6) {
+        let counted = if fields == 1 {
+            "1 field".to_string()
+        } else {
+            format!("{fields} fields")
+        };
         return Err(format!(
-            "{expr:?} has {fields} fields: write 5 (minute hour day month weekday, e.g. \"0 2 * * *\") or 6 with seconds first"
+            "{expr:?} has {counted}: write 5 (minute hour day month weekday, e.g. \"0 2 * * *\") or 6 with seconds first, or @hourly, @daily, @weekly, @monthly"
         ));
     }
     croner::parser::CronParser::builder()

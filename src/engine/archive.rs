@@ -46,7 +46,7 @@ impl<R> Progress<R> {
 }
 
 fn mib(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / 1048576.0)
+    crate::storage::human_size(n)
 }
 
 impl<R: Read> Read for Progress<R> {
@@ -63,10 +63,10 @@ impl<R: Read> Read for Progress<R> {
             self.last = Instant::now();
             let secs = self.started.elapsed().as_secs_f64().max(0.001);
             let pct = 100.0 * self.done as f64 / self.total.max(1) as f64;
-            let rate = self.done as f64 / secs / 1048576.0;
+            let rate = crate::storage::human_size((self.done as f64 / secs) as u64);
             if self.tty {
                 eprint!(
-                    "\rrestoring: {} / {} ({pct:.0}%), {rate:.1} MiB/s   ",
+                    "\rrestoring: {} / {} ({pct:.0}%), {rate}/s   ",
                     mib(self.done),
                     mib(self.total)
                 );

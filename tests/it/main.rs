@@ -15,6 +15,7 @@ mod hostile;
 mod listing;
 mod metrics_contract;
 mod notify;
+mod operator;
 mod ops_in_process;
 mod postgres_backup;
 mod replicas;

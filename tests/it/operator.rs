@@ -1,0 +1,86 @@
+//! Operator experience: what a new user and a DBA meet first (issue 20), one test per
+//! item.
+
+use crate::common::{dbkeep, dbkeep_in, sqlite_target, Sandbox};
+
+#[test]
+fn without_any_config_the_error_says_where_it_looked() {
+    let sb = Sandbox::new();
+    let run = dbkeep_in(sb.path(), &["backup"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    for needle in [
+        "no config file",
+        "./dbkeep.toml",
+        "/etc/dbkeep/dbkeep.toml",
+        "--config",
+        "DBKEEP_CONFIG",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
+    }
+    assert!(
+        !run.stderr.contains("no storage configured"),
+        "{}",
+        run.stderr
+    );
+    // Configured by the environment alone, it still works without a file.
+    let db = sb.path().join("env.db");
+    std::fs::write(&db, b"").unwrap();
+    let run = dbkeep_in(
+        sb.path(),
+        &["config", "check"],
+        &[
+            (
+                "DBKEEP_STORAGE__LOCAL__PATH",
+                sb.backups().to_str().unwrap(),
+            ),
+            ("DBKEEP_TARGETS__APP__KIND", "sqlite"),
+            ("DBKEEP_TARGETS__APP__PATH", db.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn cron_shorthands_are_accepted_and_one_field_is_singular() {
+    let sb = Sandbox::new();
+    for (expr, ok) in [
+        ("@daily", true),
+        ("@hourly", true),
+        ("@weekly", true),
+        ("@monthly", true),
+        ("@yearly", true),
+        ("@fortnightly", false),
+        ("2", false),
+    ] {
+        let (_, cfg) = sqlite_target(
+            &sb,
+            &format!("t{}", expr.len()),
+            &format!("schedule = \"{expr}\""),
+        );
+        let run = dbkeep(Some(&cfg), &["config", "check"], &[]);
+        assert_eq!(run.code == 0, ok, "{expr}: {}", run.stderr);
+        if expr == "2" {
+            assert!(run.stderr.contains("has 1 field:"), "{}", run.stderr);
+        }
+        if ok {
+            assert!(
+                run.stdout.contains(&format!("cron {expr}")),
+                "{}",
+                run.stdout
+            );
+        }
+        std::fs::remove_file(sb.path().join(format!("t{}.db", expr.len()))).unwrap();
+    }
+}
+
+#[test]
+fn small_sizes_print_in_the_unit_that_fits() {
+    let sb = Sandbox::new();
+    let (_, cfg) = sqlite_target(&sb, "app", "");
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    // A tiny SQLite archive is some hundred bytes: never "0.0 MiB".
+    assert!(!run.stdout.contains("0.0 MiB"), "{}", run.stdout);
+    assert!(run.stdout.contains(" B"), "{}", run.stdout);
+    let list = dbkeep(Some(&cfg), &["list"], &[]).ok();
+    assert!(!list.stdout.contains("0.0 MiB"), "{}", list.stdout);
+}
