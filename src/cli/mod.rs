@@ -85,6 +85,10 @@ enum Cmd {
         /// Restore into another database (postgres URL) or file (SQLite path)
         #[arg(long, value_name = "URL|PATH")]
         into: Option<String>,
+        /// A file holding the password for the --into URL's user (the target's own password
+        /// is used only for the target's own user on its own server)
+        #[arg(long, value_name = "FILE", requires = "into")]
+        into_password_file: Option<PathBuf>,
         /// Do not ask; replace what needs replacing
         #[arg(long)]
         yes: bool,
@@ -332,6 +336,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             target,
             backup,
             into,
+            into_password_file,
             yes,
             no_safety_backup,
             globals,
@@ -339,11 +344,25 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
+            let into_password = match &into_password_file {
+                Some(f) => Some(crate::config::Secret::new(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| {
+                            usage(format!(
+                                "--into-password-file {}: {e}; check the path and that dbkeep's user may read it",
+                                f.display()
+                            ))
+                        })?
+                        .trim_end_matches(['\n', '\r']),
+                )),
+                None => None,
+            };
             let ctx = context(&cfg).await?;
             let args = restore::RestoreArgs {
                 target: &target,
                 backup: &backup,
                 into: into.as_deref(),
+                into_password,
                 globals,
                 opts: crate::ops::restore::Options {
                     yes,

@@ -10,6 +10,7 @@ pub(super) struct RestoreArgs<'a> {
     pub target: &'a str,
     pub backup: &'a str,
     pub into: Option<&'a str>,
+    pub into_password: Option<crate::config::Secret>,
     pub globals: bool,
     pub opts: Options,
 }
@@ -25,7 +26,15 @@ pub(super) async fn restore(
         .target(name)
         .ok_or_else(|| usage(format!("unknown target `{name}`")))?;
     let selector: Selector = args.backup.parse().map_err(usage)?;
-    let plan = ops_restore::plan(ctx, target, &selector, args.into, args.globals).await?;
+    let plan = ops_restore::plan(
+        ctx,
+        target,
+        &selector,
+        args.into,
+        args.into_password.clone(),
+        args.globals,
+    )
+    .await?;
     eprintln!("{}", plan.description);
     // The archive is proven intact before anything is asked or touched.
     let archive = plan.chosen.archive(ctx)?;

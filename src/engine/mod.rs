@@ -188,8 +188,12 @@ pub enum RestoreMode {
 pub enum Destination {
     /// The target's own database: a confirmation and a safety backup come first.
     Own,
-    /// Another database (a URL) or file (a path), as the engine understands it.
-    Other(String),
+    /// Another database (a URL) or file (a path), as the engine understands it, with the
+    /// password given for it (never the target's own, unless it is the same role there).
+    Other {
+        to: String,
+        password: Option<crate::config::Secret>,
+    },
 }
 
 impl Destination {
@@ -287,7 +291,11 @@ pub trait Engine: Send + Sync {
     async fn info(&self) -> DatabaseInfo;
 
     /// Where `restore --into VALUE` writes (the target's own database without it).
-    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError>;
+    fn destination(
+        &self,
+        into: Option<&str>,
+        password: Option<crate::config::Secret>,
+    ) -> Result<Destination, EngineError>;
     /// The destination in words, for the confirmation prompt (no credentials).
     fn describe(&self, dest: &Destination) -> String;
     /// Whether this kind can restore that way at all (SQLite has no schemas or roles).

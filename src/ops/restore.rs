@@ -303,10 +303,11 @@ pub async fn plan(
     target: &Target,
     selector: &Selector,
     into: Option<&str>,
+    into_password: Option<crate::config::Secret>,
     globals: bool,
 ) -> Result<Plan, RestoreError> {
     let engine = engine::build(target);
-    let dest = engine.destination(into)?;
+    let dest = engine.destination(into, into_password)?;
     let chosen = choose(ctx, target, selector, globals).await?;
     let mode = mode_of(&chosen, &dest);
     // A way of restoring the kind cannot do is refused before anything is asked or read.

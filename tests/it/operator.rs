@@ -84,3 +84,50 @@ fn small_sizes_print_in_the_unit_that_fits() {
     let list = dbkeep(Some(&cfg), &["list"], &[]).ok();
     assert!(!list.stdout.contains("0.0 MiB"), "{}", list.stdout);
 }
+
+#[test]
+fn into_another_role_never_borrows_the_targets_password() {
+    use crate::common::{pg_config, TestPostgres, PG_PASSWORD};
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t AS SELECT 1 AS x");
+    // Another role that happens to accept the same password: only a password meant for
+    // it may be sent to it.
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE other_user LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'"),
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let into = format!("postgres://other_user@127.0.0.1:{}/copy", pg.port);
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("password"),
+        "the missing password is named: {}",
+        run.stderr
+    );
+    // Given for that URL, it works.
+    let file = sb.path().join("other.pw");
+    std::fs::write(&file, format!("{PG_PASSWORD}\n")).unwrap();
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            &into,
+            "--into-password-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("copy", "SELECT x FROM t"), "1");
+}

@@ -67,6 +67,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
         t,
         &"latest".parse::<Selector>().unwrap(),
         Some(&pg.url("copy")),
+        None,
         false,
     )
     .await
@@ -153,6 +154,7 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
         t,
         &first.id.to_string().parse::<Selector>().unwrap(),
         Some(copy.to_str().unwrap()),
+        None,
         false,
     )
     .await
@@ -184,6 +186,7 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
         &ctx,
         t,
         &format!("{}:main", first.id).parse::<Selector>().unwrap(),
+        None,
         None,
         false,
     )

@@ -63,7 +63,31 @@ impl PostgresEngine {
     fn dsn_of(&self, dest: &Destination) -> Result<Dsn, EngineError> {
         match dest {
             Destination::Own => Ok(self.dsn.clone()),
-            Destination::Other(url) => Dsn::parse(url, self.cfg.password.as_ref()),
+            Destination::Other { to, password } => {
+                let dsn = Dsn::parse(to, password.as_ref())?;
+                if dsn.password.is_some() {
+                    return Ok(dsn);
+                }
+                // The target's password goes only to the target's own role on its own
+                // server; anywhere else it would be handed to someone else's server.
+                let same_role = |u: &str| {
+                    url::Url::parse(u).ok().map(|u| {
+                        (
+                            u.username().to_string(),
+                            u.host_str().map(str::to_string),
+                            u.port(),
+                        )
+                    })
+                };
+                if same_role(&dsn.url) == same_role(&self.dsn.url) {
+                    Ok(Dsn {
+                        password: self.dsn.password.clone(),
+                        ..dsn
+                    })
+                } else {
+                    Ok(dsn)
+                }
+            }
         }
     }
 
@@ -188,11 +212,18 @@ impl Engine for PostgresEngine {
         .await
     }
 
-    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError> {
+    fn destination(
+        &self,
+        into: Option<&str>,
+        password: Option<crate::config::Secret>,
+    ) -> Result<Destination, EngineError> {
         match into {
             None => Ok(Destination::Own),
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                Ok(Destination::Other(u.to_string()))
+                Ok(Destination::Other {
+                    to: u.to_string(),
+                    password,
+                })
             }
             Some(u) => Err(EngineError::Refused(format!(
                 "--into {:?}: a postgres target restores into a URL such as postgres://user@host/newdb",
@@ -208,7 +239,7 @@ impl Engine for PostgresEngine {
                 self.target,
                 self.dsn.location()
             ),
-            Destination::Other(url) => conn::redact(url),
+            Destination::Other { to, .. } => conn::redact(to),
         }
     }
 
@@ -263,7 +294,7 @@ impl Engine for PostgresEngine {
                 )));
             }
         }
-        if let Destination::Other(_) = dest {
+        if let Destination::Other { .. } = dest {
             database::prepare(&dsn, opts.yes).await?;
         }
         let owners: Vec<String> = toc.owners.iter().cloned().collect();

@@ -180,10 +180,17 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    fn destination(&self, into: Option<&str>) -> Result<Destination, EngineError> {
+    fn destination(
+        &self,
+        into: Option<&str>,
+        _password: Option<crate::config::Secret>,
+    ) -> Result<Destination, EngineError> {
         Ok(match into {
             None => Destination::Own,
-            Some(p) => Destination::Other(p.to_string()),
+            Some(p) => Destination::Other {
+                to: p.to_string(),
+                password: None,
+            },
         })
     }
 
@@ -194,7 +201,7 @@ impl Engine for SqliteEngine {
                 self.target,
                 self.cfg.path.display()
             ),
-            Destination::Other(p) => p.clone(),
+            Destination::Other { to: p, .. } => p.clone(),
         }
     }
 
@@ -220,7 +227,7 @@ impl Engine for SqliteEngine {
                     live: Some(lock),
                 }))
             }
-            Destination::Other(p) => {
+            Destination::Other { to: p, .. } => {
                 let path = PathBuf::from(p);
                 if path.exists() && !opts.yes {
                     return Err(EngineError::Refused(format!(

@@ -170,7 +170,7 @@ pub(super) async fn start_restore(
     })?;
     let drop_dependents = body.drop_dependents;
     let ctx = st.daemon.context();
-    let plan = restore::plan(&ctx, &target, &selector, None, false).await?;
+    let plan = restore::plan(&ctx, &target, &selector, None, None, false).await?;
     let run_id = st
         .daemon
         .runs
