@@ -37,6 +37,8 @@ pub const VERIFY_STALE_AFTER: &str = "dbkeep_verify_stale_after_timestamp_second
 pub const HOOK_RUNS: &str = "dbkeep_hook_runs_total";
 pub const NOTIFICATIONS: &str = "dbkeep_notifications_total";
 pub const TARGET_ACTIVE: &str = "dbkeep_target_active";
+pub const RETRIES: &str = "dbkeep_backup_retries_total";
+pub const RETRY_PENDING: &str = "dbkeep_backup_retry_pending";
 
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +70,8 @@ pub struct Metrics {
     hook_runs: IntCounterVec,
     notifications: IntCounterVec,
     target_active: IntGaugeVec,
+    retries: IntCounterVec,
+    retry_pending: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -256,6 +260,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Backups deleted by retention",
             &["target", "storage"],
         ),
+        retries: counter(
+            &r,
+            RETRIES,
+            "Failed scheduled backups tried again",
+            &["target"],
+        ),
+        retry_pending: int_gauge(
+            &r,
+            RETRY_PENDING,
+            "1 while a failed scheduled backup waits for its retry",
+            &["target"],
+        ),
         target_active: int_gauge(
             &r,
             TARGET_ACTIVE,
@@ -337,6 +353,8 @@ pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], know
         m.skipped.with_label_values(&[target, reason]);
     }
     m.duration.with_label_values(&[target]);
+    m.retries.with_label_values(&[target]);
+    m.retry_pending.with_label_values(&[target]);
     m.verify_duration.with_label_values(&[target]);
     m.size.with_label_values(&[target]);
     m.target_up.with_label_values(&[target]);
@@ -704,4 +722,16 @@ pub fn target_active(target: &str, active: bool) {
     m().target_active
         .with_label_values(&[target])
         .set(i64::from(active));
+}
+
+/// A failed scheduled backup will be tried again.
+pub fn backup_retry(target: &str) {
+    m().retries.with_label_values(&[target]).inc();
+}
+
+/// Whether a retry of `target`'s backup is due.
+pub fn retry_pending(target: &str, pending: bool) {
+    m().retry_pending
+        .with_label_values(&[target])
+        .set(i64::from(pending));
 }

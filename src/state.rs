@@ -41,6 +41,9 @@ pub struct TargetState {
     /// was found: retention neither counts nor deletes them, health names them.
     #[serde(default)]
     pub corrupt: BTreeMap<String, String>,
+    /// A failed scheduled backup is tried again at this time (the daemon's retries).
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// The key of one stored archive in [`TargetState::corrupt`].

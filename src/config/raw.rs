@@ -117,6 +117,8 @@ pub(super) struct RawPolicy {
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
     pub(super) timezone: Option<String>,
+    pub(super) retries: Option<i64>,
+    pub(super) retry_delay: Option<String>,
     pub(super) hooks: Option<RawHooks>,
 }
 
@@ -167,6 +169,8 @@ pub(super) struct RawTarget {
     pub(super) keep_monthly: Option<i64>,
     pub(super) verify_schedule: Option<String>,
     pub(super) timezone: Option<String>,
+    pub(super) retries: Option<i64>,
+    pub(super) retry_delay: Option<String>,
     pub(super) hooks: Option<RawHooks>,
     pub(super) schema: Option<RawSchema>,
 }

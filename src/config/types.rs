@@ -223,6 +223,11 @@ pub struct Target {
     /// The declared schema, when the target manages one.
     pub schema: Option<SchemaConfig>,
     pub hooks: Hooks,
+    /// A failed scheduled backup is tried again this many times...
+    pub retries: u32,
+    /// ... after this delay, doubled each time.
+    #[serde(serialize_with = "ser_duration")]
+    pub retry_delay: Duration,
 }
 
 /// Where a target's declared schema comes from.

@@ -285,6 +285,17 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
             format!("defaults.{field}")
         }
     };
+    let retries_key = key_of(o.retries.is_some(), "retries");
+    let retries = match pick_int(o.retries, defaults.retries) {
+        None => 2,
+        Some(n) if (0..=10).contains(&n) => n as u32,
+        Some(n) => return Err(key_err(retries_key, format!("{n}: use 0 (no retry) to 10"))),
+    };
+    let retry_delay = parse_duration(
+        &key_of(o.retry_delay.is_some(), "retry_delay"),
+        pick_str(&o.retry_delay, &defaults.retry_delay).as_deref(),
+        "5m",
+    )?;
     let keep_daily = non_negative(
         key_of(o.keep_daily.is_some(), "keep_daily"),
         pick_int(o.keep_daily, defaults.keep_daily),
@@ -456,6 +467,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         .transpose()?;
 
     Ok(Target {
+        retries,
+        retry_delay,
         hooks,
         timezone,
         name: name.to_string(),

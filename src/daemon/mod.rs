@@ -123,6 +123,7 @@ impl Daemon {
             cancel: self.work_cancel.child_token(),
             clock: self.clock,
             notify: read(&self.notify),
+            final_attempt: true,
         }
     }
 
@@ -154,7 +155,11 @@ impl Daemon {
             for (i, name) in targets.iter().enumerate() {
                 d.runs
                     .step(&run_id, i, |step| step.state = RunState::Running);
-                let r = d.backup_target(name, run_trigger == "api").await;
+                let r = if run_trigger == "schedule" {
+                    d.backup_with_retries(name).await
+                } else {
+                    d.backup_target(name, run_trigger == "api", true).await
+                };
                 d.runs.step(&run_id, i, |step| match r {
                     Some(Ok(o)) => {
                         step.state = RunState::Succeeded;
@@ -175,6 +180,62 @@ impl Daemon {
         (id, task)
     }
 
+    /// A scheduled backup, tried again after a failure: `retries` more times, after
+    /// `retry_delay`, doubled each time (a database restarting at 02:00 does not cost a
+    /// day's backup). While a retry is due, the failure is not a problem in `/health` and
+    /// not yet a `failed` notification. Refusals (another run holds the target) and
+    /// cancellations are not retried.
+    pub async fn backup_with_retries(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Option<Result<Outcome, BackupError>> {
+        let (retries, delay, schedule) = {
+            let cfg = self.config();
+            let t = cfg.target(name)?;
+            (t.retries, t.retry_delay, t.schedule.clone())
+        };
+        let mut attempt = 0;
+        loop {
+            // A retry later than the next scheduled run would only come after it: the
+            // next run is the retry then.
+            let now = self.clock.now();
+            let wait = delay.saturating_mul(1 << attempt.min(16));
+            let retry_at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            let next_slot = crate::scheduler::next_run(&schedule, Some(now), now);
+            let last = attempt >= retries || next_slot.is_some_and(|n| retry_at >= n);
+            let r = self.backup_target(name, false, last).await;
+            let retry = match &r {
+                Some(Err(e)) if !last => !matches!(
+                    crate::error::Classify::kind(e),
+                    crate::error::ErrorKind::Cancelled
+                        | crate::error::ErrorKind::Refused
+                        | crate::error::ErrorKind::Usage
+                ),
+                _ => false,
+            };
+            if !retry {
+                self.state.update(name, |s| s.retry_at = None);
+                metrics::retry_pending(name, false);
+                return r;
+            }
+            let at = self.clock.now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            attempt += 1;
+            self.state.update(name, |s| s.retry_at = Some(at));
+            metrics::retry_pending(name, true);
+            metrics::backup_retry(name);
+            tracing::warn!(target = name, attempt, of = retries, retry_at = %at.to_rfc3339(), "backup failed; trying again");
+            tokio::select! {
+                _ = self.work_cancel.cancelled() => {
+                    self.state.update(name, |s| s.retry_at = None);
+                    metrics::retry_pending(name, false);
+                    return r;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// A backup of `name` now: waits for a slot, runs it (which records it), cleans up
     /// when cleanup follows backups, refreshes the counts and checks schema drift.
     /// `None` when shutting down or the target is gone.
@@ -184,11 +245,13 @@ impl Daemon {
         self: &Arc<Self>,
         name: &str,
         queued: bool,
+        final_attempt: bool,
     ) -> Option<Result<Outcome, BackupError>> {
         let permit = self.acquire().await?;
         let cfg = self.config();
         let target = cfg.target(name)?;
-        let ctx = self.context();
+        let mut ctx = self.context();
+        ctx.final_attempt = final_attempt;
         let result = match queued {
             true => backup::run_queued(&ctx, target, None).await,
             false => backup::run(&ctx, target, None).await,

@@ -302,6 +302,8 @@ fn notify_outcome(
                 ctx.notify.send(Event::Recovered, with(Event::Recovered));
             }
         }
+        // A failure a retry follows is not news yet.
+        Err(_) if !ctx.final_attempt => {}
         Err(e) => ctx.notify.send(
             Event::Failed,
             Message::new(Event::Failed, name, now).with_error(crate::error::chain(e)),

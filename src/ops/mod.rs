@@ -31,6 +31,8 @@ pub struct Context {
     pub clock: Clock,
     /// Where events about runs are sent (none configured: nothing is sent).
     pub notify: Arc<Notifiers>,
+    /// False for an attempt that a retry follows when it fails: its failure is not news.
+    pub final_attempt: bool,
 }
 
 impl Context {
@@ -41,6 +43,7 @@ impl Context {
             cancel,
             clock: Clock::System,
             notify: Notifiers::none(),
+            final_attempt: true,
         }
     }
 

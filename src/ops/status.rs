@@ -43,6 +43,9 @@ pub struct LastRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetHealth {
     pub target: String,
+    /// When a failed scheduled backup is tried again (the daemon's retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
     /// In a daemon: `active` when this replica runs the target's schedules (holds its
     /// lease), `standby` when another does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,13 +163,19 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             facts.catalog.broken.join("; ")
         ));
     }
-    if facts.state.last_status == Some(RunStatus::Failure) {
+    // A failure that a retry is due to repair is not a problem yet (the deadline still is).
+    let retrying = facts
+        .state
+        .retry_at
+        .is_some_and(|at| at + chrono::Duration::seconds(60) > now);
+    if facts.state.last_status == Some(RunStatus::Failure) && !retrying {
         problems.push(format!(
             "last run failed: {}",
             facts.state.last_error.as_deref().unwrap_or("unknown error")
         ));
     }
     TargetHealth {
+        retry_at: facts.state.retry_at,
         role: None,
         timezone: target.timezone.to_string(),
         next_run_local: facts.next_run.map(|t| {
@@ -313,6 +322,8 @@ mod tests {
         Target {
             timezone: crate::config::Tz::UTC,
             hooks: Default::default(),
+            retries: 0,
+            retry_delay: Duration::from_secs(60),
             schema: None,
             name: "t".into(),
             source: SourceConfig::Sqlite(SqliteConfig {

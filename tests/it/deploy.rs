@@ -319,7 +319,8 @@ fn the_healthcheck_command_follows_health() {
 
     // A daemon whose only target cannot be backed up: /health 503, healthcheck exit 1.
     let sb2 = Sandbox::new();
-    let (db2, cfg2) = sqlite_target(&sb2, "gone", "every = \"1h\"");
+    // (No retries: a failure that a retry is due to repair keeps /health green.)
+    let (db2, cfg2) = sqlite_target(&sb2, "gone", "every = \"1h\"\nretries = 0");
     std::fs::remove_file(db2).unwrap();
     let d2 = crate::common::spawn_daemon(&cfg2, &[]);
     wait_for(Duration::from_secs(30), "the failed first backup", || {

@@ -131,3 +131,69 @@ fn into_another_role_never_borrows_the_targets_password() {
     .ok();
     assert_eq!(pg.psql("copy", "SELECT x FROM t"), "1");
 }
+
+#[test]
+fn a_failed_scheduled_backup_is_tried_again_before_health_turns_red() {
+    use crate::common::{spawn_daemon, wait_for};
+    use std::time::Duration;
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(
+        &sb,
+        "app",
+        "every = \"1h\"\nretries = 2\nretry_delay = \"2s\"\nverify_schedule = \"off\"",
+    );
+    // The database is away at the first (start-up) run, back before the first retry.
+    let away = sb.path().join("away.db");
+    std::fs::rename(&db, &away).unwrap();
+    let d = spawn_daemon(&cfg, &[]);
+    let failures = r#"dbkeep_backup_runs_total{status="failure",target="app"}"#;
+    wait_for(Duration::from_secs(20), "the first attempt failed", || {
+        d.metric(failures).unwrap_or(0.0) >= 1.0
+    });
+    // A retry is due: not a problem, and the health says when.
+    let (code, body) = d.get("/health");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(h["targets"][0]["retry_at"].is_string(), "{body}");
+    assert_eq!(
+        d.metric(r#"dbkeep_backup_retry_pending{target="app"}"#),
+        Some(1.0)
+    );
+    std::fs::rename(&away, &db).unwrap();
+    wait_for(Duration::from_secs(20), "the retry succeeded", || {
+        d.metric(r#"dbkeep_backup_runs_total{status="success",target="app"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert_eq!(
+        d.metric(r#"dbkeep_backup_retries_total{target="app"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        d.metric(r#"dbkeep_backup_retry_pending{target="app"}"#),
+        Some(0.0)
+    );
+    drop(d);
+
+    // Away for good: after 1 + 2 attempts (2 s, then 4 s apart), /health is red.
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(
+        &sb,
+        "app",
+        "every = \"1h\"\nretries = 2\nretry_delay = \"2s\"\nverify_schedule = \"off\"",
+    );
+    std::fs::remove_file(&db).unwrap();
+    let d = spawn_daemon(&cfg, &[]);
+    wait_for(Duration::from_secs(30), "three failed attempts", || {
+        d.metric(failures).unwrap_or(0.0) >= 3.0
+    });
+    wait_for(Duration::from_secs(10), "/health red", || {
+        d.get("/health").0 == 503
+    });
+    assert_eq!(
+        d.metric(r#"dbkeep_backup_retries_total{target="app"}"#),
+        Some(2.0)
+    );
+    let (_, body) = d.get("/health");
+    assert!(body.contains("last run failed"), "{body}");
+}
