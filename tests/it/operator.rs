@@ -197,3 +197,38 @@ fn a_failed_scheduled_backup_is_tried_again_before_health_turns_red() {
     let (_, body) = d.get("/health");
     assert!(body.contains("last run failed"), "{body}");
 }
+
+#[test]
+fn the_test_script_installs_python_tools_only_into_its_own_virtual_environment() {
+    // A stock Debian 12 Python refuses `pip install` (PEP 668): every pip call of the
+    // script must go through the virtual environment it creates with the system python3.
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test")).unwrap();
+    assert!(
+        script.contains("python3 -m venv \"$VENV\""),
+        "the script creates its venv"
+    );
+    let pip_lines: Vec<&str> = script
+        .lines()
+        .filter(|l| {
+            (l.contains("pip install") || l.contains("-m pip") || l.contains("pip3 "))
+                && !l.trim_start().starts_with('#')
+                && !l.contains("echo")
+        })
+        .collect();
+    assert!(!pip_lines.is_empty());
+    for l in &pip_lines {
+        assert!(
+            l.contains("\"$VENV/bin/python\" -m pip"),
+            "pip outside the venv: {l}"
+        );
+    }
+    let gitignore =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore")).unwrap();
+    assert!(
+        gitignore.lines().any(|l| l.trim() == ".venv-test"
+            || l.trim() == "/.venv-test"
+            || l.trim() == ".venv-test/"),
+        "{gitignore}"
+    );
+}
