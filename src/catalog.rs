@@ -216,6 +216,9 @@ pub struct Manifest {
     /// archive holds, read in the run's snapshot; `schema diff` and drift logs compare it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub schema_fingerprint: Option<String>,
+    /// What an operator should know about this archive (e.g. role passwords left out).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub note: Option<String>,
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.

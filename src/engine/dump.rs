@@ -20,6 +20,8 @@ pub struct Part {
     pub format: &'static str,
     /// The bytes a complete stream of this format starts with.
     pub magic: &'static [u8],
+    /// What an operator should know about this archive; recorded in its manifest.
+    pub note: Option<String>,
 }
 
 impl Part {

@@ -441,6 +441,7 @@ async fn backup_inner(
                         Contents::Schema => part.schema.as_ref().and_then(|s| each.get(s).cloned()),
                         Contents::Globals => None,
                     }),
+                    note: part.note.clone(),
                 };
                 done.push(Stored {
                     manifest,

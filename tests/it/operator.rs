@@ -232,3 +232,53 @@ fn the_test_script_installs_python_tools_only_into_its_own_virtual_environment()
         "{gitignore}"
     );
 }
+
+#[test]
+fn globals_with_a_role_that_cannot_read_passwords_leave_them_out_and_keep_the_run() {
+    use crate::common::{TestPostgres, PG_PASSWORD};
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t AS SELECT 1 AS x");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE backup LOGIN PASSWORD '{PG_PASSWORD}';
+             CREATE ROLE reporting LOGIN PASSWORD 'reporting-secret'"
+        ),
+    );
+    // Table rights only (what a least-privilege backup role has; pg_read_all_data would
+    // also read pg_authid).
+    pg.psql("app", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO backup");
+    let sb = Sandbox::new();
+    let cfg = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\n\
+         url = \"postgres://backup@127.0.0.1:{}/app\"\npassword = \"{PG_PASSWORD}\"\nglobals = true\n\
+         compression = \"none\"\n",
+        sb.backups().display(),
+        pg.port
+    ));
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    assert!(run.stdout.contains("OK: 2 archive(s)"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("role passwords left out"),
+        "{}",
+        run.stderr
+    );
+    let dir = sb.backups().join("app");
+    let globals = sb
+        .files("app")
+        .into_iter()
+        .find(|f| f.ends_with(".globals.sql"))
+        .expect("a globals archive");
+    let sql = std::fs::read_to_string(dir.join(&globals)).unwrap();
+    assert!(sql.contains("CREATE ROLE reporting"), "{sql}");
+    assert!(!sql.contains("SCRAM-SHA-256"), "no password hashes: {sql}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{globals}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        manifest["note"].as_str().unwrap().contains("pg_authid"),
+        "{manifest}"
+    );
+}

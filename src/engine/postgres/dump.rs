@@ -109,6 +109,9 @@ pub async fn visible_data_dir(conn: &mut sqlx::PgConnection) -> Option<PathBuf> 
     dir.canonicalize().ok()
 }
 
+/// The note of a globals archive dumped without role passwords.
+pub const NO_ROLE_PASSWORDS: &str = "role passwords left out: the backup role cannot read pg_authid (only a superuser can); restored roles need their passwords set again";
+
 pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let mut conn = e.dsn.connect().await?;
     let what = format!("reading the catalog of {}", e.dsn.location());
@@ -132,6 +135,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             contents: Contents::Database,
             format: "dump",
             magic: CUSTOM_FORMAT_MAGIC,
+            note: None,
         });
     } else {
         let names: Vec<(String,)> = sqlx::query_as(
@@ -164,6 +168,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             contents: Contents::Schema,
             format: "dump",
             magic: CUSTOM_FORMAT_MAGIC,
+            note: None,
         }));
     }
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
@@ -203,11 +208,24 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
                 tool_dir.join("pg_dump").display()
             )));
         }
+        // Role passwords live in pg_authid, which only superusers read: a role without
+        // that right gets the roles without their passwords, rather than a failed run that
+        // throws the good database archive away.
+        let (can_read_authid,): (bool,) =
+            sqlx::query_as("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(EngineError::db(what.clone()))?;
+        let note = (!can_read_authid).then(|| NO_ROLE_PASSWORDS.to_string());
+        if note.is_some() {
+            tracing::warn!(target = %e.target, "{NO_ROLE_PASSWORDS}");
+        }
         parts.push(Part {
             schema: None,
             contents: Contents::Globals,
             format: "sql",
             magic: SQL_MAGIC,
+            note,
         });
     }
     tracing::debug!(target = %e.target, server = %version, tool = %dump_version, dir = %tool_dir.display(), "postgres source prepared");
@@ -238,11 +256,18 @@ pub fn open(
         .ok_or_else(|| EngineError::Unsupported("pg_dump was started before prepare".into()))?;
     let dbname: OsString = format!("--dbname={}", e.dsn.url).into();
     let spec = match part.contents {
-        Contents::Globals => e
-            .spec(dir.join("pg_dumpall"))
-            .arg("--globals-only")
-            .arg("--no-password")
-            .arg(dbname),
+        Contents::Globals => {
+            let spec = e
+                .spec(dir.join("pg_dumpall"))
+                .arg("--globals-only")
+                .arg("--no-password")
+                .arg(dbname);
+            if part.note.as_deref() == Some(NO_ROLE_PASSWORDS) {
+                spec.arg("--no-role-passwords")
+            } else {
+                spec
+            }
+        }
         Contents::Database | Contents::Schema => {
             let mut spec = e
                 .spec(dir.join("pg_dump"))

@@ -93,6 +93,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
             contents: Contents::Database,
             format: "sqlite",
             magic: SQLITE_MAGIC,
+            note: None,
         }],
         tools: ToolVersions {
             dbkeep: env!("CARGO_PKG_VERSION").to_string(),
