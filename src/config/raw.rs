@@ -149,6 +149,7 @@ pub(super) struct RawTarget {
     pub(super) globals: Option<bool>,
     pub(super) drill_url: Option<String>,
     pub(super) restore_owner: Option<bool>,
+    pub(super) lock_timeout: Option<String>,
     // sqlite
     pub(super) path: Option<String>,
     // overrides of [defaults]; serde cannot `flatten` a RawPolicy here and still

@@ -290,6 +290,10 @@ pub struct PostgresConfig {
     pub schemas: Vec<String>,
     pub globals: bool,
     pub pg_bin_dir: Option<PathBuf>,
+    /// How long a restore waits for locks other sessions hold on what it replaces, before
+    /// it stops and names them.
+    #[serde(serialize_with = "ser_duration")]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -368,6 +368,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                     "is for sqlite targets; a postgres target takes `url`",
                 ));
             }
+            let lock_timeout =
+                parse_duration(&k("lock_timeout"), t.lock_timeout.as_deref(), "30s")?;
             let url = match t.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
                 Some(u) => u.to_string(),
                 None => url_from_libpq_env().ok_or_else(|| {
@@ -415,6 +417,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 schemas,
                 globals: t.globals.unwrap_or(false),
                 pg_bin_dir,
+                lock_timeout,
             }
             .into()
         }
@@ -427,6 +430,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 ("globals", t.globals.is_some()),
                 ("drill_url", t.drill_url.is_some()),
                 ("restore_owner", t.restore_owner.is_some()),
+                ("lock_timeout", t.lock_timeout.is_some()),
             ] {
                 if set {
                     return Err(key_err(

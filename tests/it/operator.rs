@@ -248,7 +248,10 @@ fn globals_with_a_role_that_cannot_read_passwords_leave_them_out_and_keep_the_ru
     );
     // Table rights only (what a least-privilege backup role has; pg_read_all_data would
     // also read pg_authid).
-    pg.psql("app", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO backup");
+    pg.psql(
+        "app",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO backup",
+    );
     let sb = Sandbox::new();
     let cfg = sb.write_config(&format!(
         "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\n\
@@ -281,4 +284,91 @@ fn globals_with_a_role_that_cannot_read_passwords_leave_them_out_and_keep_the_ru
         manifest["note"].as_str().unwrap().contains("pg_authid"),
         "{manifest}"
     );
+}
+
+#[test]
+fn a_restore_blocked_by_another_sessions_lock_stops_and_names_it() {
+    use crate::common::{pg_config, wait_for, TestPostgres, PG_PASSWORD};
+    use std::time::{Duration, Instant};
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA s1; CREATE TABLE s1.t AS SELECT g FROM generate_series(1, 10) g",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "lock_timeout = \"2s\"");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    pg.psql("app", "INSERT INTO s1.t VALUES (11)");
+    // An application's open transaction holds a lock on the table.
+    let mut holder = std::process::Command::new(pg.bin.join("psql"))
+        .env("PGPASSWORD", PG_PASSWORD)
+        .env("PGAPPNAME", "the-app")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+        ])
+        .arg("-c")
+        .arg("BEGIN; LOCK TABLE s1.t IN ACCESS SHARE MODE; SELECT pg_sleep(60);")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the lock held", || {
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-app' AND wait_event = 'PgSleep'",
+        ) == "1"
+    });
+    let id = {
+        let run = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        v[0]["id"].as_str().unwrap().to_string()
+    };
+    let t0 = Instant::now();
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            &format!("{id}:s1"),
+            "--yes",
+            "--no-safety-backup",
+        ],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(run.stderr.contains("waited 2s"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("\"the-app\""),
+        "names the holder: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("pg_terminate_backend("),
+        "{}",
+        run.stderr
+    );
+    // Nothing changed, and no pg_restore or psql of dbkeep is left behind.
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM s1.t"), "11");
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbkeep-restore'"
+        ),
+        "0"
+    );
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'the-app'",
+    );
+    let _ = holder.wait();
 }

@@ -98,6 +98,55 @@ pub async fn make_room_for_schema(dsn: &Dsn, schema: &str) -> Result<(), EngineE
     result
 }
 
+/// A restore stopped by its lock timeout: the error names the sessions that hold locks in
+/// the database, and how to end them.
+pub async fn explain_lock_wait(
+    dsn: &Dsn,
+    waited: std::time::Duration,
+    cause: EngineError,
+) -> EngineError {
+    let holders: Vec<(i32, String, String, String, String)> = match dsn.connect().await {
+        Ok(mut conn) => {
+            let rows = sqlx::query_as(
+                "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), \
+                        coalesce(a.state, ''), left(coalesce(a.query, ''), 80) \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.granted AND l.relation IS NOT NULL AND a.datname = current_database() \
+                   AND a.pid <> pg_backend_pid() AND a.application_name <> 'dbkeep-restore' \
+                 ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+            let _ = conn.close().await;
+            rows
+        }
+        Err(_) => Vec::new(),
+    };
+    let who = if holders.is_empty() {
+        "sessions that have ended since".to_string()
+    } else {
+        holders
+            .iter()
+            .map(|(pid, user, app, state, query)| {
+                format!("pid {pid} (user {user:?}, application {app:?}, {state}: {query:?})")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let end = holders
+        .iter()
+        .map(|(pid, ..)| format!("SELECT pg_terminate_backend({pid});"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    EngineError::Refused(format!(
+        "the restore waited {} for locks other sessions hold on what it replaces, and stopped; nothing was changed. Holding them: {who}. Stop the application or end those sessions{}{}, then restore again (or raise lock_timeout): {cause}",
+        humantime::format_duration(waited),
+        if end.is_empty() { "" } else { ": " },
+        end
+    ))
+}
+
 /// Drop the database `dsn` names, closing its sessions.
 pub async fn drop(dsn: &Dsn) -> Result<(), EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;

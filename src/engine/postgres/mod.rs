@@ -113,6 +113,7 @@ impl PostgresEngine {
             dsn,
             keep_owner: self.cfg.restore_owner.unwrap_or(false),
             timeout: self.timeout,
+            lock_timeout: self.cfg.lock_timeout,
             cancel,
         };
         restore::pg_restore(&run, archive, mode).await
@@ -320,6 +321,7 @@ impl Engine for PostgresEngine {
                 dsn,
                 keep_owner,
                 timeout: self.timeout,
+                lock_timeout: self.cfg.lock_timeout,
             },
             notes,
         }))
@@ -352,6 +354,7 @@ struct RestoreRun {
     dsn: Dsn,
     keep_owner: bool,
     timeout: Duration,
+    lock_timeout: Duration,
 }
 
 impl RestoreRun {
@@ -366,6 +369,7 @@ impl RestoreRun {
             dsn: &self.dsn,
             keep_owner: self.keep_owner,
             timeout: self.timeout,
+            lock_timeout: self.lock_timeout,
             cancel,
         };
         restore::pg_restore(&run, archive, mode).await

@@ -135,6 +135,8 @@ pub struct Run<'a> {
     pub dsn: &'a Dsn,
     pub keep_owner: bool,
     pub timeout: Duration,
+    /// How long a statement waits for a lock before the restore stops and says who holds it.
+    pub lock_timeout: Duration,
     pub cancel: &'a CancellationToken,
 }
 
@@ -145,13 +147,36 @@ pub async fn pg_restore(
     archive: Archive<'_>,
     mode: &RestoreMode,
 ) -> Result<(), EngineError> {
+    let result = pg_restore_inner(run, archive, mode).await;
+    match result {
+        Err(e) if e.to_string().contains("lock timeout") => {
+            Err(super::database::explain_lock_wait(run.dsn, run.lock_timeout, e).await)
+        }
+        other => other,
+    }
+}
+
+async fn pg_restore_inner(
+    run: &Run<'_>,
+    archive: Archive<'_>,
+    mode: &RestoreMode,
+) -> Result<(), EngineError> {
     let Run {
         tools,
         dsn,
         keep_owner,
         timeout,
+        lock_timeout,
         cancel,
     } = *run;
+    // Waiting for another session's lock ends after lock_timeout, with a clear error.
+    let pgoptions = format!(
+        "{} -c lock_timeout={}",
+        std::env::var("PGOPTIONS").unwrap_or_default(),
+        lock_timeout.as_millis().max(1)
+    )
+    .trim()
+    .to_string();
     let url = &dsn.url;
     if let (RestoreMode::Whole { clean: false }, Some(schema)) =
         (mode, &archive.backup.manifest.schema)
@@ -164,6 +189,8 @@ pub async fn pg_restore(
         // stream until the sha256 matched, so pg_restore cannot commit before that.
         let mut spec = Spec::new(tools.join("pg_restore"))
             .env("PGAPPNAME", "dbkeep-restore")
+            .env("PGOPTIONS", pgoptions.clone())
+            .env("PGOPTIONS", pgoptions.clone())
             .secret_env("PGPASSWORD", dsn.password.as_ref())
             .arg("--single-transaction")
             .arg("--exit-on-error")
@@ -225,6 +252,7 @@ pub async fn pg_restore(
 
     let psql = Spec::new(tools.join("psql"))
         .env("PGAPPNAME", "dbkeep-restore")
+        .env("PGOPTIONS", pgoptions.clone())
         .secret_env("PGPASSWORD", dsn.password.as_ref())
         .arg("-X")
         .arg("-q")
