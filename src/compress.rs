@@ -78,6 +78,7 @@ pub fn compress<R: Read, W: Write>(
     mut input: R,
     codec: Compression,
     out: W,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(W, Summary), StreamError> {
     let sink = HashingWriter::new(out);
     let mut buf = vec![0u8; CHUNK];
@@ -85,6 +86,14 @@ pub fn compress<R: Read, W: Write>(
     let mut raw_bytes = 0u64;
     let mut pump = |w: &mut dyn Write| -> Result<(), StreamError> {
         loop {
+            // Checked between chunks: a stop does not wait for a slow codec (zstd -19)
+            // to work through what is already buffered.
+            if cancel.is_cancelled() {
+                return Err(StreamError::Read(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "cancelled",
+                )));
+            }
             let n = match input.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
@@ -180,13 +189,39 @@ pub fn into_inner<R: Read>(d: Decoder<R>) -> R {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cancelled_stream_stops_between_chunks() {
+        // An endless producer: only the cancellation can end it.
+        struct Endless;
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                buf.fill(7);
+                Ok(buf.len())
+            }
+        }
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stopper = cancel.clone();
+        let t = std::thread::spawn(move || {
+            compress(
+                Endless,
+                Compression::Zstd { level: 19 },
+                io::sink(),
+                &cancel,
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stopper.cancel();
+        let r = t.join().unwrap();
+        assert!(matches!(r, Err(StreamError::Read(e)) if e.kind() == io::ErrorKind::Interrupted));
+    }
     use super::*;
 
     fn roundtrip(codec: Compression) {
         let data: Vec<u8> = (0..3_000_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let (stored, s) = compress(&data[..], codec, Vec::new()).unwrap();
+        let (stored, s) = compress(&data[..], codec, Vec::new(), &Default::default()).unwrap();
         assert_eq!(s.raw_bytes, data.len() as u64);
         assert_eq!(s.stored_bytes, stored.len() as u64);
         assert_eq!(s.sha256, hex::encode(Sha256::digest(&stored)));
@@ -236,11 +271,11 @@ mod tests {
         let data = vec![1u8; 4 * CHUNK];
         for codec in [Compression::None, Compression::Zstd { level: 3 }] {
             assert!(matches!(
-                compress(&data[..], codec, Failing),
+                compress(&data[..], codec, Failing, &Default::default()),
                 Err(StreamError::Write(e)) if e.raw_os_error() == Some(libc::ENOSPC)
             ));
             assert!(matches!(
-                compress(Broken, codec, Vec::new()),
+                compress(Broken, codec, Vec::new(), &Default::default()),
                 Err(StreamError::Read(_))
             ));
         }

@@ -617,9 +617,11 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
     let codec = target.compression;
     let reader = dump.reader;
     let stopper = dump.stopper;
+    let stop = ctx.cancel.clone();
     let compressing = async move {
         let joined =
-            tokio::task::spawn_blocking(move || compress::compress(reader, codec, out)).await;
+            tokio::task::spawn_blocking(move || compress::compress(reader, codec, out, &stop))
+                .await;
         let r = match joined {
             Ok(r) => r,
             Err(e) => Err(StreamError::Write(io::Error::other(format!(
