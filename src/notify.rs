@@ -96,8 +96,10 @@ impl Message {
             }
             Event::Recovered => format!("{t} on {h} is healthy again"),
         };
+        // One line, whatever the error holds.
+        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         self.summary = match &self.error {
-            Some(e) => format!("dbkeep: {what}: {e}"),
+            Some(e) => format!("dbkeep: {what}: {}", one_line(e)),
             None => format!("dbkeep: {what}"),
         };
         self
@@ -151,6 +153,8 @@ impl Notifiers {
             list: list.to_vec(),
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
+                // A redirect would resend the (signed) body to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("dbkeep/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
@@ -353,7 +357,11 @@ fn answer(r: reqwest::Result<reqwest::Response>, url: &str) -> Result<(), Failur
         Ok(resp) => {
             let s = resp.status();
             let why = format!("{host} answered {s}");
-            if s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429 {
+            if s.is_redirection() {
+                Err(Failure::Final(format!(
+                    "{why}: dbkeep follows no redirect (it would send the message elsewhere); put the URL it redirects to in the config"
+                )))
+            } else if s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429 {
                 Err(Failure::Final(why))
             } else {
                 Err(Failure::Retry(why))
@@ -395,13 +403,16 @@ pub fn fill(template: &str, m: &Message) -> String {
         ("{at}", m.at.to_rfc3339()),
         (
             "{stored_bytes}",
-            m.stored_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            // Numbers stay valid JSON when unknown (a failed run has no size).
+            m.stored_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "null".into()),
         ),
         (
             "{duration_seconds}",
             m.duration_seconds
                 .map(|d| format!("{d:.1}"))
-                .unwrap_or_default(),
+                .unwrap_or_else(|| "null".into()),
         ),
     ];
     // One pass, so a value holding `{target}` is not filled again.
@@ -472,7 +483,17 @@ async fn send_mail(
     if let Some((user, pass)) = credentials {
         builder = builder.credentials(Credentials::new(user.to_string(), pass.to_string()));
     }
-    builder.build().send(mail).await.map(|_| ()).map_err(|e| {
+    // The whole conversation is bounded: a server that accepts and never greets (or
+    // trickles) must not keep the delivery, and its connection, for ever.
+    let sent = tokio::time::timeout(REQUEST_TIMEOUT * 3, builder.build().send(mail))
+        .await
+        .map_err(|_| {
+            Failure::Retry(format!(
+                "SMTP {host}:{port} did not finish within {}s",
+                (REQUEST_TIMEOUT * 3).as_secs()
+            ))
+        })?;
+    sent.map(|_| ()).map_err(|e| {
         let why = format!("SMTP {host}:{port}: {e}");
         if e.is_permanent() {
             Failure::Final(why)

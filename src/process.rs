@@ -191,8 +191,8 @@ fn start(spec: Spec, stdin: Stdio, stdout: Stdio) -> Result<(Running, Pipes), Pr
         let tail = stderr_tail.clone();
         let name = program.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut lines = Lines::new(stderr);
+            while let Some(line) = lines.next().await {
                 match &log_as {
                     Some(label) => tracing::info!(hook = %label, stream = "stderr", "{line}"),
                     None => tracing::debug!(program = %name, "{line}"),
@@ -276,14 +276,21 @@ impl Running {
                 source,
             })?,
             Err(e) => {
-                self.stopper().terminate();
+                let stopper = self.stopper();
+                stopper.terminate();
+                let started = tokio::time::Instant::now();
                 if tokio::time::timeout(TERM_GRACE, self.child.wait())
                     .await
                     .is_err()
                 {
-                    self.stopper().signal(libc::SIGKILL);
+                    stopper.signal(libc::SIGKILL);
                     let _ = self.child.kill().await;
                 }
+                // The leader may be gone while others of its group ignore SIGTERM: they
+                // get what is left of the grace, then SIGKILL.
+                stopper
+                    .end_group(TERM_GRACE.saturating_sub(started.elapsed()))
+                    .await;
                 self.reaped = true;
                 return Err(e);
             }
@@ -334,6 +341,33 @@ impl Stopper {
         self.signal(libc::SIGTERM);
     }
 
+    /// Whether any process of the group is left.
+    fn group_alive(&self) -> bool {
+        match self.pid {
+            // SAFETY: kill(2) with signal 0 only checks for the process group.
+            Some(pid) => {
+                let r = unsafe { libc::kill(-(pid as libc::pid_t), 0) };
+                r == 0
+            }
+            None => false,
+        }
+    }
+
+    /// End what is left of the group: SIGTERM, up to `grace` to go, then SIGKILL.
+    pub async fn end_group(&self, grace: Duration) {
+        if !self.group_alive() {
+            return;
+        }
+        self.terminate();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.group_alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.group_alive() {
+            self.signal(libc::SIGKILL);
+        }
+    }
+
     fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.pid {
             // SAFETY: kill(2) on the process group we created for a child not yet reaped.
@@ -341,6 +375,63 @@ impl Stopper {
                 libc::kill(-(pid as libc::pid_t), sig);
             }
         }
+    }
+}
+
+/// The longest line kept of what a child prints (the rest is counted, not kept): a child
+/// that prints one endless line must not fill dbkeep's memory, log or state file.
+const LINE_KEEP: usize = 2000;
+
+/// A child's output as lines, whatever bytes it prints: invalid UTF-8 is shown lossily,
+/// long lines are cut, and reading goes on to the end, so the child never dies of a pipe
+/// nobody reads.
+struct Lines<R> {
+    inner: BufReader<R>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(r: R) -> Self {
+        Lines {
+            inner: BufReader::new(r),
+        }
+    }
+
+    /// The next line, or `None` at the end (or on a read error).
+    async fn next(&mut self) -> Option<String> {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut dropped = 0usize;
+        loop {
+            let buf = match self.inner.fill_buf().await {
+                Ok(b) => b,
+                Err(_) => return None,
+            };
+            if buf.is_empty() {
+                if kept.is_empty() && dropped == 0 {
+                    return None;
+                }
+                break;
+            }
+            let (chunk, end) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = LINE_KEEP.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            dropped += chunk.len().saturating_sub(room);
+            let used = end.unwrap_or(buf.len());
+            self.inner.consume(used);
+            if end.is_some() {
+                break;
+            }
+        }
+        let mut line = String::from_utf8_lossy(&kept).into_owned();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+        if dropped > 0 {
+            line.push_str(&format!(" … ({dropped} more bytes)"));
+        }
+        Some(line)
     }
 }
 
@@ -353,14 +444,17 @@ pub async fn run_logged(
 ) -> Result<(), ProcessError> {
     let label = spec.log_as.clone().unwrap_or_else(|| spec.display_name());
     let (running, stdout) = spawn_streaming(spec)?;
+    let stopper = running.stopper();
     let printing = tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = Lines::new(stdout);
+        while let Some(line) = lines.next().await {
             tracing::info!(hook = %label, stream = "stdout", "{line}");
         }
     });
     let waited = running.wait(cancel, timeout).await;
-    // A grandchild may keep the pipe open after the group was stopped: do not wait long.
+    // A hook's children do not outlive it (they would hold its pipes and escape every
+    // timeout): what is left of its group is ended.
+    stopper.end_group(Duration::from_secs(2)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), printing).await;
     waited
 }

@@ -71,9 +71,13 @@ pub(super) fn parse_timezone(key: &str, value: Option<&str>) -> Result<chrono_tz
     match value.map(str::trim) {
         None | Some("") => Ok(chrono_tz::Tz::UTC),
         Some(v) => v.parse::<chrono_tz::Tz>().map_err(|_| {
+            // A zone-shaped value is no secret: it is shown, so a typo can be seen.
+            let zone_like = v.len() <= 40
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+            let shown = if zone_like { format!("{v:?}") } else { shown(v) };
             key_err(
                 key,
-                format!("{} is not an IANA time zone: write e.g. \"Europe/Berlin\", \"America/New_York\" or \"UTC\"", shown(v)),
+                format!("{shown} is not an IANA time zone (names are case-sensitive): write e.g. \"Europe/Berlin\", \"America/New_York\" or \"UTC\""),
             )
         }),
     }

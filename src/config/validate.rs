@@ -526,6 +526,18 @@ fn validate_hooks(
                 format!("{program} does not exist (or is not a file)"),
             ));
         }
+        if path.is_absolute() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o111 == 0 {
+                return Err(key_err(
+                    k,
+                    format!("{program} is not executable: chmod +x it, or run it through its interpreter, e.g. [\"sh\", \"{program}\"]"),
+                ));
+            }
+        }
         Ok(Some(v))
     };
     let before = pick(|h| h.before.clone(), "before")?;
@@ -539,6 +551,12 @@ fn validate_hooks(
             .as_deref(),
         "5m",
     )?;
+    if timeout < std::time::Duration::from_secs(1) {
+        return Err(key_err(
+            key("timeout", own.and_then(|h| h.timeout.as_ref()).is_some()),
+            "must be at least 1s",
+        ));
+    }
     let bf_own = own.and_then(|h| h.before_failure.clone());
     let bf_key = key("before_failure", bf_own.is_some());
     let abort_on_before_failure = match bf_own

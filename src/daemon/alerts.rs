@@ -2,7 +2,6 @@
 //! no complete backup by its deadline), checked on a timer of their own: they fire even
 //! when the scheduler is stuck or every run hangs. Each fires once per change.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,6 @@ impl Daemon {
         let d = self.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let mut stale: HashMap<String, bool> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -32,7 +30,13 @@ impl Daemon {
                 let notify = d.context().notify;
                 for h in d.health().await {
                     let is_stale = now > h.stale_after;
-                    let was = stale.insert(h.target.clone(), is_stale);
+                    // Kept by the daemon, not this watch: a reload starts a new watch that
+                    // must not tell again what the last one told.
+                    let was = d
+                        .stale
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(h.target.clone(), is_stale);
                     match (was, is_stale) {
                         (Some(false) | None, true) => {
                             let overdue = (now - h.stale_after).num_seconds();

@@ -50,6 +50,8 @@ pub struct Daemon {
     notify: RwLock<Arc<Notifiers>>,
     /// This replica's role per target (active: it runs the target's schedules).
     roles: Mutex<HashMap<String, schedule::Role>>,
+    /// Whether each target was stale at the last look (stale/recovered fire on changes).
+    stale: Mutex<HashMap<String, bool>>,
     permits: RwLock<Arc<Semaphore>>,
     state: Arc<StateFile>,
     clock: Clock,
@@ -88,6 +90,7 @@ impl Daemon {
             storages: RwLock::new(Arc::new(storages)),
             notify: RwLock::new(Notifiers::new(&cfg.notify)),
             roles: Mutex::new(HashMap::new()),
+            stale: Mutex::new(HashMap::new()),
             permits: RwLock::new(Arc::new(permits)),
             config: RwLock::new(Arc::new(cfg)),
             clock,

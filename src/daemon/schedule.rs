@@ -186,6 +186,9 @@ impl Daemon {
         self.set_role(&name, Role::Standby);
         tokio::spawn(async move {
             let mut told_standby = false;
+            // After a reload the previous watch may still hold the lease for a moment
+            // (its tenure ends as this one starts): the first try waits for that.
+            let mut first = true;
             loop {
                 if cancel.is_cancelled() {
                     return;
@@ -194,21 +197,31 @@ impl Daemon {
                     return;
                 };
                 let work_dir = d.state.work_dir().to_path_buf();
-                let held = match lock::acquire_lease(&work_dir, &name, d.clock.now()) {
-                    Ok(file) => match engine::build(&t).try_hold(HoldKind::Lease).await {
-                        Ok(Some(hold)) => Some((file, hold)),
-                        Ok(None) => None,
+                let mut unreachable = false;
+                let mut held = None;
+                for _ in 0..if first { 20 } else { 1 } {
+                    held = match lock::acquire_lease(&work_dir, &name, d.clock.now()) {
+                        Ok(file) => match engine::build(&t).try_hold(HoldKind::Lease).await {
+                            Ok(Some(hold)) => Some((file, hold)),
+                            Ok(None) => None,
+                            Err(e) => {
+                                tracing::warn!(target = %name, error = %crate::error::chain(&e), "cannot reach the database to take the lease; trying again");
+                                unreachable = true;
+                                None
+                            }
+                        },
+                        Err(lock::LockError::Busy { .. }) => None,
                         Err(e) => {
-                            tracing::warn!(target = %name, error = %crate::error::chain(&e), "cannot reach the database to take the lease; trying again");
+                            tracing::warn!(target = %name, error = %e, "cannot open the lease file");
                             None
                         }
-                    },
-                    Err(lock::LockError::Busy { .. }) => None,
-                    Err(e) => {
-                        tracing::warn!(target = %name, error = %e, "cannot open the lease file");
-                        None
+                    };
+                    if held.is_some() || unreachable {
+                        break;
                     }
-                };
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                first = false;
                 if let Some((file, mut hold)) = held {
                     tracing::info!(target = %name, "this replica is active for the target: it runs its schedules");
                     told_standby = false;
@@ -227,7 +240,7 @@ impl Daemon {
                     drop(file);
                     d.set_role(&name, Role::Standby);
                     metrics::target_active(&name, false);
-                } else if !told_standby {
+                } else if !told_standby && !unreachable {
                     tracing::info!(target = %name, "another replica is active for the target: standing by");
                     told_standby = true;
                 }

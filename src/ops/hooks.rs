@@ -70,6 +70,20 @@ impl Classify for HookError {
     }
 }
 
+/// The most of an error a hook gets in `DBKEEP_ERROR`.
+const ERROR_KEEP: usize = 16 * 1024;
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes)", &s[..end], s.len() - end)
+}
+
 /// The command configured for `kind`, if any.
 pub fn command(target: &Target, kind: HookKind) -> Option<&Vec<String>> {
     match kind {
@@ -110,7 +124,9 @@ pub async fn run(
         spec = spec.env("DBKEEP_STATUS", status);
     }
     if let Some(error) = &info.error {
-        spec = spec.env("DBKEEP_ERROR", error.clone());
+        // An environment string has a size limit (128 KiB on Linux): the error is cut well
+        // below it, so the hook always starts.
+        spec = spec.env("DBKEEP_ERROR", cut(error, ERROR_KEEP));
     }
     if let Some(file) = &info.archives {
         spec = spec.env("DBKEEP_ARCHIVES", file.display().to_string());

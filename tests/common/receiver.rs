@@ -33,6 +33,8 @@ pub enum Answer {
     Status(u16),
     /// Read the request, then say nothing until the connection is dropped (at most 60 s).
     Never,
+    /// Answer `307 Temporary Redirect` to the same path on this port of 127.0.0.1.
+    RedirectTo(u16),
 }
 
 pub struct Receiver {
@@ -131,6 +133,13 @@ fn serve(mut conn: TcpStream, answer: Answer, got: &Mutex<Vec<Received>>, stop: 
             let _ = write!(
                 conn,
                 "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+        Answer::RedirectTo(port) => {
+            let path = first.get(1).unwrap_or(&"/");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 307 X\r\nLocation: http://127.0.0.1:{port}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
         }
         Answer::Never => {

@@ -17,6 +17,7 @@ fn bad_configs_exit_2_naming_the_key() {
         ("bad cron", format!("{STORAGE}{APP}schedule = \"0 25 * * *\"\n"), vec![], "targets.app.schedule"),
         ("cron with 3 fields", format!("{STORAGE}[defaults]\nschedule = \"0 2 *\"\n{APP}"), vec![], "defaults.schedule"),
         ("every and schedule", format!("{STORAGE}{APP}every = \"6h\"\nschedule = \"0 2 * * *\"\n"), vec![], "targets.app.every"),
+        ("timezone shown so the typo shows", format!("{STORAGE}[defaults]\ntimezone = \"europe/berlin\"\n{APP}"), vec![], "\"europe/berlin\" is not an IANA time zone"),
         ("bad every", format!("{STORAGE}{APP}every = \"sometimes\"\n"), vec![], "targets.app.every"),
         ("missing url", format!("{STORAGE}[targets.app]\nkind = \"postgres\"\n"), vec![], "targets.app.url"),
         ("non-postgres url", format!("{STORAGE}[targets.app]\nkind = \"postgres\"\nurl = \"mysql://x/y\"\n"), vec![], "targets.app.url"),

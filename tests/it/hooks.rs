@@ -228,6 +228,7 @@ fn hook_mistakes_are_config_errors_naming_the_key() {
             "targets.app.hooks.before_failure",
         ),
         ("timeout = \"soon\"\n", "targets.app.hooks.timeout"),
+        ("timeout = \"0s\"\n", "targets.app.hooks.timeout"),
         ("befor = [\"/bin/true\"]\n", "befor"),
     ] {
         let cfg = hooks_config(&sb, hooks);
@@ -235,4 +236,99 @@ fn hook_mistakes_are_config_errors_naming_the_key() {
         assert_eq!(run.code, 2, "{hooks}: {}", run.stderr);
         assert!(run.stderr.contains(key), "{hooks}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_hook_that_is_not_executable_is_refused_with_the_fix() {
+    let sb = Sandbox::new();
+    let plain = sb.path().join("plain.sh");
+    std::fs::write(&plain, "#!/bin/sh\ntrue\n").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = hooks_config(&sb, &format!("before = [\"{}\"]\n", plain.display()));
+    let run = dbkeep(Some(&cfg), &["config", "check"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("targets.app.hooks.before"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("not executable"), "{}", run.stderr);
+    assert!(run.stderr.contains("chmod +x"), "{}", run.stderr);
+}
+
+/// A hook that prints bytes that are not UTF-8, one endless line and a huge error
+/// environment does not fail the run or flood the log; a child it leaves behind is ended.
+#[test]
+fn hostile_hook_output_and_leftover_children_do_not_hurt_the_run() {
+    let sb = Sandbox::new();
+    let pids = sb.path().join("pids");
+    let noisy = script(
+        &sb,
+        "noisy.sh",
+        &format!(
+            "printf 'caf\\351 paused\\n'\n\
+             head -c 1000000 /dev/zero | tr '\\0' x\necho\n\
+             printf 'on stderr \\377\\n' >&2\n\
+             sleep 300 &\necho $! > {}\nexit 0",
+            pids.display()
+        ),
+    );
+    let cfg = hooks_config(&sb, &format!("before = [\"{}\"]\n", noisy.display()));
+    let run = spawn_dbkeep(&cfg, &["backup"]).finish(Duration::from_secs(60));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(archives(&sb).len(), 1);
+    assert!(run.stderr.contains("caf\u{fffd} paused"), "{}", run.stderr);
+    assert!(run.stderr.contains("more bytes)"), "the long line is cut");
+    assert!(run.stderr.contains("on stderr \u{fffd}"), "{}", run.stderr);
+    assert!(
+        run.stderr.len() < 100_000,
+        "the log holds {} bytes for a 1 MB line",
+        run.stderr.len()
+    );
+    let left = read(&pids);
+    let pid = left.trim();
+    assert!(!pid.is_empty());
+    wait_for(
+        Duration::from_secs(10),
+        "the hook's leftover child gone",
+        || gone(pid),
+    );
+}
+
+/// An error message bigger than the environment allows still reaches `on_failure`, cut.
+#[test]
+fn on_failure_gets_a_huge_error_cut_to_fit() {
+    let sb = Sandbox::new();
+    let seen = sb.path().join("seen");
+    // One line far past any limit, then twelve long lines: more than the 16 KiB kept.
+    let huge = "x".repeat(300_000);
+    let long = "y".repeat(1900);
+    let fails = script(
+        &sb,
+        "fails.sh",
+        &format!("echo {huge} >&2\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo {long} >&2; done\nexit 3"),
+    );
+    let record = script(
+        &sb,
+        "record.sh",
+        &format!("printf '%s' \"$DBKEEP_ERROR\" | wc -c > {}", seen.display()),
+    );
+    let cfg = hooks_config(
+        &sb,
+        &format!(
+            "before = [\"{}\"]\non_failure = [\"{}\"]\n",
+            fails.display(),
+            record.display()
+        ),
+    );
+    let run = spawn_dbkeep(&cfg, &["backup"]).finish(Duration::from_secs(60));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let n: usize = read(&seen)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("on_failure did not run: {}", run.stderr));
+    assert!(
+        (16 * 1024..17 * 1024).contains(&n),
+        "DBKEEP_ERROR was {n} bytes, not cut to 16 KiB"
+    );
 }

@@ -237,9 +237,15 @@ fn the_daemon_says_stale_once_and_recovered_once_the_backups_are_back() {
     });
     let body = hook.received()[0].json();
     assert!(body["error"].as_str().unwrap().contains("none"), "{body}");
-    // Still stale ten seconds later: no repeat.
-    std::thread::sleep(Duration::from_secs(10));
-    assert_eq!(events(), ["stale"], "stale fires once per change");
+    // Still stale ten seconds later, across a config reload: no repeat.
+    std::thread::sleep(Duration::from_secs(3));
+    d.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        events(),
+        ["stale"],
+        "stale fires once per change, reload or not"
+    );
     // The database is back: the next run succeeds and the target recovers.
     std::fs::rename(sb.path().join("away.db"), &db).unwrap();
     wait_for(Duration::from_secs(40), "a recovered notification", || {
@@ -414,4 +420,37 @@ fn notifier_mistakes_are_config_errors_naming_the_key() {
         &[],
     )
     .ok();
+}
+
+/// A receiver that redirects would get the signed body resent wherever it points: the
+/// redirect is not followed, the test says why, and nothing reaches the other address.
+#[test]
+fn a_redirecting_webhook_is_not_followed() {
+    let elsewhere = Receiver::start(Answer::Status(200));
+    let port: u16 = elsewhere.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let redirecting = Receiver::start(Answer::RedirectTo(port));
+    let sb = Sandbox::new();
+    let cfg = config(
+        &sb,
+        "",
+        &format!(
+            "[notify.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"{}\"\n",
+            redirecting.url("/hook?token=abc"),
+            secret_file(&sb).display()
+        ),
+    );
+    let run = dbkeep(Some(&cfg), &["notify", "test", "hook"], &[]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("follows no redirect"), "{}", run.stderr);
+    assert!(!run.stderr.contains("token=abc"), "{}", run.stderr);
+    assert_eq!(
+        redirecting.received().len(),
+        1,
+        "a redirect is final: no retries"
+    );
+    assert!(
+        elsewhere.received().is_empty(),
+        "{:?}",
+        elsewhere.received().len()
+    );
 }
