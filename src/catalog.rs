@@ -219,6 +219,9 @@ pub struct Manifest {
     /// What an operator should know about this archive (e.g. role passwords left out).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub note: Option<String>,
+    /// What started the run: `scheduled` or `manual` (older manifests: none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trigger: Option<String>,
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.
@@ -233,7 +236,8 @@ pub struct Backup {
     pub bytes: u64,
     pub sha256: String,
     pub created: DateTime<Utc>,
-    /// Why it was taken, when not by schedule or operator (`pre-migrate`, `pre-restore`).
+    /// Why it was taken: `scheduled`, `manual`, or the operation it came before
+    /// (`pre-restore`, `pre-migrate`, `pre-sync`); none for manifests older than that.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When a restore drill last proved it restores (kept outside the manifest, which is
@@ -337,7 +341,7 @@ fn validate(
         bytes,
         sha256: manifest.sha256.clone(),
         created: manifest.finished,
-        reason: manifest.reason.clone(),
+        reason: manifest.reason.clone().or_else(|| manifest.trigger.clone()),
         verified_at: manifest.verified_at,
         manifest,
     })

@@ -77,7 +77,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        let msg = s.to_string();
+        let msg = tidy(&s.to_string());
         if !out.contains(&msg) {
             out.push_str(": ");
             out.push_str(&msg);
@@ -85,6 +85,21 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+/// A source's message without what sqlx wraps around a database's own words: the
+/// "error returned from database: " prefix and the " at line N" of the server's C source,
+/// which reads like a line of the operator's config.
+fn tidy(msg: &str) -> String {
+    let msg = msg
+        .strip_prefix("error returned from database: ")
+        .unwrap_or(msg);
+    match msg.rsplit_once(" at line ") {
+        Some((head, n)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+            head.to_string()
+        }
+        _ => msg.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -117,8 +117,8 @@ pub(super) async fn list(
         return Ok(());
     }
     println!(
-        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  FILE",
-        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED"
+        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  FILE",
+        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED", "REASON", "VERIFIED"
     );
     for b in &all {
         let schema = match (b.contents, &b.schema) {
@@ -128,14 +128,21 @@ pub(super) async fn list(
             (_, Some(s)) => s.clone(),
             (_, None) => "-".to_string(),
         };
+        // When a drill last proved it restores; "-" when none has.
+        let verified = b
+            .verified_at
+            .map(|t| t.format("%Y-%m-%d %H:%MZ").to_string())
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {}",
+            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  {}",
             b.id,
             b.target,
             schema,
             b.storage,
             human_bytes(b.bytes),
             b.created.format("%Y-%m-%d %H:%M:%SZ"),
+            b.reason.as_deref().unwrap_or("-"),
+            verified,
             b.file
         );
     }

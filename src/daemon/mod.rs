@@ -127,6 +127,7 @@ impl Daemon {
             clock: self.clock,
             notify: read(&self.notify),
             final_attempt: true,
+            trigger: "manual",
         }
     }
 
@@ -255,6 +256,9 @@ impl Daemon {
         let target = cfg.target(name)?;
         let mut ctx = self.context();
         ctx.final_attempt = final_attempt;
+        if !queued {
+            ctx.trigger = "scheduled";
+        }
         let result = match queued {
             true => backup::run_queued(&ctx, target, None).await,
             false => backup::run(&ctx, target, None).await,

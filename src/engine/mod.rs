@@ -49,13 +49,13 @@ pub enum EngineError {
     #[error(transparent)]
     Process(#[from] ProcessError),
     /// A statement or catalog query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", sql_message(source))]
     Database {
         what: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("SQLite {}: {message}{}", path.display(), source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    #[error("SQLite {}: {message}{}", path.display(), source.as_ref().map(|e| format!(": {}", sql_message(e))).unwrap_or_default())]
     Sqlite {
         path: PathBuf,
         message: String,
@@ -89,6 +89,25 @@ pub enum EngineError {
     Cancelled,
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// What a database said, without the position in the server's C source that sqlx adds
+/// ("at line 334"), which reads like a line of the operator's config; with the server's
+/// detail and hint when it gives them.
+pub fn sql_message(e: &sqlx::Error) -> String {
+    let Some(d) = e.as_database_error() else {
+        return e.to_string();
+    };
+    let mut text = d.message().to_string();
+    if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        if let Some(detail) = pg.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = pg.hint() {
+            text.push_str(&format!("; {hint}"));
+        }
+    }
+    text
 }
 
 impl EngineError {

@@ -433,6 +433,7 @@ async fn backup_inner(
                     verified_at: None,
                     object_key,
                     reason: reason.map(str::to_string),
+                    trigger: Some(ctx.trigger.to_string()),
                     snapshot: prepared.snapshot.clone(),
                     schema_fingerprint: fingerprints.as_ref().and_then(|(whole, each)| match part
                         .contents

@@ -33,6 +33,9 @@ pub struct Context {
     pub notify: Arc<Notifiers>,
     /// False for an attempt that a retry follows when it fails: its failure is not news.
     pub final_attempt: bool,
+    /// What starts the runs of this context, recorded in their manifests: `manual` (a
+    /// command, the admin API) or `scheduled`.
+    pub trigger: &'static str,
 }
 
 impl Context {
@@ -44,6 +47,7 @@ impl Context {
             clock: Clock::System,
             notify: Notifiers::none(),
             final_attempt: true,
+            trigger: "manual",
         }
     }
 

@@ -320,6 +320,8 @@ pub async fn plan(
         _ => "the whole database".to_string(),
     };
     let why = match b.reason.as_deref() {
+        Some("scheduled") => "scheduled".to_string(),
+        Some("manual") => "taken by hand".to_string(),
         Some(r) => format!("taken {r}"),
         None => "scheduled or manual".to_string(),
     };

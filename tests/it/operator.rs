@@ -112,6 +112,7 @@ fn into_another_role_never_borrows_the_targets_password() {
         "the missing password is named: {}",
         run.stderr
     );
+    assert!(!run.stderr.contains(" at line "), "{}", run.stderr);
     // Given for that URL, it works.
     let file = sb.path().join("other.pw");
     std::fs::write(&file, format!("{PG_PASSWORD}\n")).unwrap();
@@ -130,6 +131,33 @@ fn into_another_role_never_borrows_the_targets_password() {
     )
     .ok();
     assert_eq!(pg.psql("copy", "SELECT x FROM t"), "1");
+    // A role that may not create the database: PostgreSQL's words, without the line of
+    // its C source that reads like a line of the config.
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE plain_user LOGIN PASSWORD '{PG_PASSWORD}'"),
+    );
+    let plain = format!("postgres://plain_user@127.0.0.1:{}/copy2", pg.port);
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            &plain,
+            "--into-password-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("permission denied to create database"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(" at line "), "{}", run.stderr);
 }
 
 #[test]
@@ -371,4 +399,66 @@ fn a_restore_blocked_by_another_sessions_lock_stops_and_names_it() {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'the-app'",
     );
     let _ = holder.wait();
+}
+
+/// `list` says why each backup was taken (scheduled, manual, pre-restore) and when a
+/// drill last proved it restores; `--json` carries the same.
+#[test]
+fn list_shows_why_each_backup_was_taken_and_when_it_was_verified() {
+    use crate::common::{spawn_daemon, wait_for};
+    use std::time::Duration;
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "every = \"1s\"");
+    // One scheduled run by the daemon.
+    {
+        let d = spawn_daemon(&cfg, &[]);
+        wait_for(Duration::from_secs(30), "a scheduled backup", || {
+            d.metric(r#"dbkeep_backup_runs_total{status="success",target="app"}"#)
+                .unwrap_or(0.0)
+                >= 1.0
+        });
+    }
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]).ok();
+    // A restore over the live file takes a pre-restore backup first.
+    dbkeep(Some(&cfg), &["restore", "app", "latest", "--yes"], &[]).ok();
+    let json = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    let all: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).unwrap();
+    let reasons: Vec<&str> = all
+        .iter()
+        .map(|b| b["reason"].as_str().unwrap_or("none"))
+        .collect();
+    for r in ["scheduled", "manual", "pre-restore"] {
+        assert!(reasons.contains(&r), "{r} missing: {reasons:?}");
+    }
+    let verified: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|b| b["verified_at"].is_string())
+        .collect();
+    assert_eq!(verified.len(), 1, "the drilled backup: {}", json.stdout);
+    assert_eq!(
+        verified[0]["reason"], "manual",
+        "the newest then was the manual one"
+    );
+    let table = dbkeep(Some(&cfg), &["list"], &[]).ok();
+    let header = table.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("REASON") && header.contains("VERIFIED"),
+        "{header}"
+    );
+    // The word after the reason is the VERIFIED column.
+    let verified_of = |reason: &str| -> String {
+        let line = table
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().any(|w| w == reason))
+            .unwrap_or_else(|| panic!("no {reason} row: {}", table.stdout));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == reason).unwrap();
+        words[at + 1].to_string()
+    };
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(verified_of("manual"), today, "{}", table.stdout);
+    assert_eq!(verified_of("pre-restore"), "-", "{}", table.stdout);
+    assert_eq!(verified_of("scheduled"), "-", "{}", table.stdout);
 }

@@ -193,24 +193,13 @@ pub fn connect_error(what: String, e: sqlx::Error) -> EngineError {
         ErrorKind::Failed => kind,
         k => k,
     };
-    // The server's source position ("at line 334" of auth.c) means nothing to an operator.
-    let message = strip_source_line(&text);
+    let message = crate::engine::sql_message(&e);
     EngineError::Connect {
         what,
         message,
         kind,
         hint,
         source: Some(e),
-    }
-}
-
-/// Drop a trailing " at line N" (the server's C source line) from an error text.
-fn strip_source_line(text: &str) -> String {
-    match text.rsplit_once(" at line ") {
-        Some((head, n)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
-            head.to_string()
-        }
-        _ => text.to_string(),
     }
 }
 

@@ -178,7 +178,7 @@ pub async fn apply(dsn: &Dsn, statements: &[String]) -> Result<Vec<String>, Engi
             if code.as_deref() == Some("42710") {
                 notes.push(format!("{head}…: exists already, kept"));
             } else {
-                failed.push(format!("{head}…: {e}"));
+                failed.push(format!("{head}…: {}", crate::engine::sql_message(&e)));
             }
         }
     }

@@ -54,7 +54,7 @@ fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
         sha256: b.sha256.clone(),
         created: b.created,
         reason: b.reason.clone(),
-        verified_at: b.manifest.verified_at,
+        verified_at: b.verified_at,
         schema_fingerprint: b.manifest.schema_fingerprint.clone(),
         download_url: signed_link(token, &b.target, &b.file, now),
         manifest_url: signed_link(token, &b.target, &manifest, now),
