@@ -89,10 +89,7 @@ pub fn compress<R: Read, W: Write>(
             // Checked between chunks: a stop does not wait for a slow codec (zstd -19)
             // to work through what is already buffered.
             if cancel.is_cancelled() {
-                return Err(StreamError::Read(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "cancelled",
-                )));
+                return Err(cancelled());
             }
             let n = match input.read(&mut buf) {
                 Ok(0) => return Ok(()),
@@ -111,15 +108,18 @@ pub fn compress<R: Read, W: Write>(
     let w = StreamError::Write;
     let sink = match codec {
         Compression::Zstd { level } => {
-            let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(w)?;
-            enc.include_checksum(true).map_err(w)?;
-            enc.multithread(zstd_workers()).map_err(w)?;
-            // 2 MiB jobs instead of zstd's default (4 x window): each worker holds its job's
-            // input and output, so this bounds memory at a negligible cost in ratio.
-            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
-                .map_err(w)?;
-            pump(&mut enc)?;
-            enc.finish().map_err(w)?
+            let mut z = Zstd::new(level).map_err(w)?;
+            let mut sink = sink;
+            let done = pump(&mut z.writer(&mut sink, cancel))
+                .and_then(|()| z.finish(&mut sink, cancel).map_err(w));
+            if let Err(e) = done {
+                z.abandon();
+                return Err(match cancel.is_cancelled() {
+                    true => cancelled(),
+                    false => e,
+                });
+            }
+            sink
         }
         Compression::Gzip { level } => {
             let mut enc = flate2::write::GzEncoder::new(sink, flate2::Compression::new(level));
@@ -143,6 +143,118 @@ pub fn compress<R: Read, W: Write>(
             head,
         },
     ))
+}
+
+fn cancelled() -> StreamError {
+    StreamError::Read(io::Error::new(io::ErrorKind::Interrupted, "cancelled"))
+}
+
+/// A zstd stream driven step by step, so a stop is seen between steps: the encoder's
+/// own `finish` would wait for every worker job (at level 19 one job covers 8 MiB and
+/// takes many seconds), and so would dropping it.
+struct Zstd {
+    enc: Option<zstd::stream::raw::Encoder<'static>>,
+    out: Vec<u8>,
+}
+
+impl Zstd {
+    fn new(level: i32) -> io::Result<Zstd> {
+        use zstd::stream::raw::CParameter;
+        let mut enc = zstd::stream::raw::Encoder::new(level)?;
+        enc.set_parameter(CParameter::ChecksumFlag(true))?;
+        enc.set_parameter(CParameter::NbWorkers(zstd_workers()))?;
+        // 2 MiB jobs instead of zstd's default (4 x window): each worker holds its job's
+        // input and output, so this bounds memory at a negligible cost in ratio (high
+        // levels raise a job to their overlap: 8 MiB at level 19).
+        enc.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
+        Ok(Zstd {
+            enc: Some(enc),
+            out: vec![0u8; zstd::zstd_safe::CCtx::out_size()],
+        })
+    }
+
+    fn writer<'a>(
+        &'a mut self,
+        sink: &'a mut dyn Write,
+        cancel: &'a tokio_util::sync::CancellationToken,
+    ) -> ZstdWriter<'a> {
+        ZstdWriter {
+            z: self,
+            sink,
+            cancel,
+        }
+    }
+
+    /// One step: feed what `input` has left, move what came out to `sink`.
+    fn step(
+        &mut self,
+        input: Option<&mut zstd::stream::raw::InBuffer<'_>>,
+        sink: &mut dyn Write,
+    ) -> io::Result<usize> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        let enc = self
+            .enc
+            .as_mut()
+            .ok_or_else(|| io::Error::other("zstd stream already abandoned"))?;
+        let mut out = OutBuffer::around(&mut self.out[..]);
+        let left = match input {
+            Some(i) => enc.run(i, &mut out)?,
+            None => enc.finish(&mut out, true)?,
+        };
+        sink.write_all(out.as_slice())?;
+        Ok(left)
+    }
+
+    /// End the frame (checksum included), a step at a time.
+    fn finish(
+        &mut self,
+        sink: &mut dyn Write,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> io::Result<()> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            if self.step(None, sink)? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Give up the stream without waiting: the workers' jobs cannot be interrupted, so
+    /// the encoder is freed on a thread of its own once they end (the sink, which holds
+    /// the temp files and uploads, is the caller's and goes at once).
+    fn abandon(&mut self) {
+        if let Some(enc) = self.enc.take() {
+            let _ = std::thread::Builder::new()
+                .name("zstd-free".into())
+                .spawn(move || drop(enc));
+        }
+    }
+}
+
+/// The `Write` side of [`Zstd`] for the chunk pump.
+struct ZstdWriter<'a> {
+    z: &'a mut Zstd,
+    sink: &'a mut dyn Write,
+    cancel: &'a tokio_util::sync::CancellationToken,
+}
+
+impl Write for ZstdWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut input = zstd::stream::raw::InBuffer::around(buf);
+        while input.pos() < buf.len() {
+            // Each step returns once a worker made progress (or the input was taken).
+            if self.cancel.is_cancelled() {
+                return Err(io::Error::other("cancelled"));
+            }
+            self.z.step(Some(&mut input), self.sink)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A decoder of stored bytes that can hand back its source (to read what follows).

@@ -462,3 +462,44 @@ fn list_shows_why_each_backup_was_taken_and_when_it_was_verified() {
     assert_eq!(verified_of("pre-restore"), "-", "{}", table.stdout);
     assert_eq!(verified_of("scheduled"), "-", "{}", table.stdout);
 }
+
+/// A stop reaches the compression stage: SIGTERM or Ctrl-C during a zstd level 19
+/// backup that would take minutes ends the command in seconds, leaving no archive.
+#[test]
+fn a_stop_during_slow_compression_ends_in_seconds() {
+    use crate::common::{spawn_dbkeep, wait_for};
+    use std::time::{Duration, Instant};
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(&sb, "app", "compression_level = 19");
+    // 24 MB of hex noise: zstd -19 works through it at well under 1 MB/s on one core.
+    let st = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "CREATE TABLE noise AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 12000) SELECT i, hex(randomblob(1000)) AS v FROM n;",
+        )
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let child = spawn_dbkeep(&cfg, &["backup"]);
+        wait_for(Duration::from_secs(60), "compression under way", || {
+            sb.files("app").iter().any(|f| f.starts_with(".dbkeep-tmp"))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let t0 = Instant::now();
+        child.signal(sig);
+        let run = child.finish(Duration::from_secs(120));
+        let took = t0.elapsed();
+        eprintln!("signal {sig}: exit after {took:?}");
+        assert_ne!(run.code, 0, "{}", run.stderr);
+        // Without the check between chunks this waited for the whole 24 MB (a minute or
+        // more here); the bound leaves room for a loaded machine.
+        assert!(took < Duration::from_secs(10), "signal {sig}: {took:?}");
+        assert!(
+            sb.files("app").is_empty(),
+            "nothing left behind: {:?}",
+            sb.files("app")
+        );
+    }
+}
