@@ -476,6 +476,20 @@ pub fn drill_failed(target: &str, error: &dyn std::fmt::Display, duration: std::
     }
 }
 
+/// A drill the role's rights do not allow: counted as `impossible`, not as a failure.
+pub fn drill_impossible(target: &str, why: &str) {
+    let m = m();
+    m.verify_runs
+        .with_label_values(&[target, "impossible"])
+        .inc();
+    m.verify_last_run_failed.with_label_values(&[target]).set(0);
+    tracing::warn!(
+        target,
+        reason = why,
+        "restore drill not possible with this role"
+    );
+}
+
 /// When the target turns stale without a new complete backup (schedule plus grace).
 pub fn stale_after(target: &str, at: chrono::DateTime<chrono::Utc>) {
     m().stale_after

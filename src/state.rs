@@ -44,6 +44,10 @@ pub struct TargetState {
     /// A failed scheduled backup is tried again at this time (the daemon's retries).
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
+    /// Checks the role's rights do not allow (`drill`, `schema`), with why and the fix:
+    /// shown by `status` and `/health` as warnings, which do not make a target unhealthy.
+    #[serde(default)]
+    pub warnings: BTreeMap<String, String>,
 }
 
 /// The key of one stored archive in [`TargetState::corrupt`].

@@ -95,6 +95,10 @@ pub(super) async fn verify(
                     r.tables,
                     r.duration.as_secs_f64()
                 ),
+                Err(crate::ops::restore::RestoreError::NotPermitted(why)) => {
+                    bad += 1;
+                    println!("{name}: drill NOT POSSIBLE (nothing was tried): {why}");
+                }
                 Err(e) => {
                     bad += 1;
                     println!("{name}: drill FAILED: {}", crate::error::chain(&e));

@@ -56,7 +56,11 @@ fn print_status(all: &[TargetHealth]) {
             .next_run
             .map(|n| n.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_default();
-        let health = if h.healthy { "ok" } else { "FAILING" };
+        let health = match (h.healthy, h.warnings.is_empty()) {
+            (false, _) => "FAILING",
+            (true, true) => "ok",
+            (true, false) => "warning",
+        };
         println!(
             "{:<12} {:<8} {:<7} {:<15} {:>8} {:>7} {:<8} {:<20}  {db}",
             h.target, h.kind, health, id, age, h.backups, last, next
@@ -66,6 +70,9 @@ fn print_status(all: &[TargetHealth]) {
         }
         for p in &h.problems {
             println!("{:<12} problem: {p}", "");
+        }
+        for w in &h.warnings {
+            println!("{:<12} warning: {w}", "");
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum ReloadError {
 /// After the grace, cancelled runs get this long to stop their children and clean up.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
+/// The key of skipped schema drift checks in the target's warnings.
+const WARN_SCHEMA: &str = "schema";
+
 pub struct Daemon {
     config: RwLock<Arc<Config>>,
     storages: RwLock<Arc<Storages>>,
@@ -52,6 +55,9 @@ pub struct Daemon {
     roles: Mutex<HashMap<String, schedule::Role>>,
     /// Whether each target was stale at the last look (stale/recovered fire on changes).
     stale: Mutex<HashMap<String, bool>>,
+    /// Declared schemas built once, until their files change (drift checks follow every
+    /// backup: building each time would create and drop a database each time).
+    declared: Arc<crate::ops::DeclaredCache>,
     permits: RwLock<Arc<Semaphore>>,
     state: Arc<StateFile>,
     clock: Clock,
@@ -91,6 +97,7 @@ impl Daemon {
             notify: RwLock::new(Notifiers::new(&cfg.notify)),
             roles: Mutex::new(HashMap::new()),
             stale: Mutex::new(HashMap::new()),
+            declared: Arc::default(),
             permits: RwLock::new(Arc::new(permits)),
             config: RwLock::new(Arc::new(cfg)),
             clock,
@@ -128,6 +135,7 @@ impl Daemon {
             notify: read(&self.notify),
             final_attempt: true,
             trigger: "manual",
+            declared: self.declared.clone(),
         }
     }
 
@@ -325,6 +333,25 @@ impl Daemon {
         if target.schema.is_none() {
             return;
         }
+        // A check the role may not do is a warning (once), not a log line per backup.
+        let denied = crate::engine::build(target)
+            .scratch_denied(crate::engine::Purpose::Declared)
+            .await
+            .ok()
+            .flatten();
+        let mut newly = false;
+        self.state.update(&target.name, |s| match &denied {
+            Some(why) => newly = s.warnings.insert(WARN_SCHEMA.into(), why.clone()).is_none(),
+            None => {
+                s.warnings.remove(WARN_SCHEMA);
+            }
+        });
+        if let Some(why) = denied {
+            if newly {
+                tracing::warn!(target = %target.name, reason = %why, "schema drift checks are skipped");
+            }
+            return;
+        }
         match crate::schema::status(&self.context(), target).await {
             Ok(r) => {
                 let differences = r.schemas.iter().map(|s| s.differences.len()).sum();
@@ -343,6 +370,7 @@ impl Daemon {
     }
 
     /// Replace targets and schedules with a new valid config; keep the old one otherwise.
+    /// (The declared schemas built so far stay: they are rebuilt when their files change.)
     pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let result = self.try_reload().await;
         match &result {

@@ -336,6 +336,11 @@ pub trait Engine: Send + Sync {
     /// A new, empty scratch database (dropped by [`Scratch::discard`]); `dir` holds
     /// scratch files of kinds that are files.
     async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError>;
+    /// Why a scratch database for `purpose` cannot be made with the role's rights (the
+    /// fix included), found without trying; `None` when it can, or when only trying tells.
+    async fn scratch_denied(&self, _purpose: Purpose) -> Result<Option<String>, EngineError> {
+        Ok(None)
+    }
 }
 
 /// What the operator allowed a restore to do.

@@ -50,9 +50,16 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Warnings (a drill the role may not do) are shown, never a reason for 503.
+    let warned: Vec<&str> = targets
+        .iter()
+        .filter(|t| !t.warnings.is_empty())
+        .map(|t| t.target.as_str())
+        .collect();
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
         "unhealthy_targets": unhealthy,
+        "targets_with_warnings": warned,
         "targets": targets,
         "running": d.runs.running(),
     });

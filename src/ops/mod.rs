@@ -36,7 +36,15 @@ pub struct Context {
     /// What starts the runs of this context, recorded in their manifests: `manual` (a
     /// command, the admin API) or `scheduled`.
     pub trigger: &'static str,
+    /// Declared schemas already built, kept across runs by the daemon.
+    pub declared: Arc<DeclaredCache>,
 }
+
+/// Declared schemas built in a scratch database, by target: the key of the files they
+/// were built from, and what they hold. Built again only when the files change; held
+/// while building, so two checks at once build once.
+pub type DeclaredCache =
+    tokio::sync::Mutex<std::collections::HashMap<String, (String, crate::engine::SchemaModel)>>;
 
 impl Context {
     pub fn new(storages: Arc<Storages>, state: Arc<StateFile>, cancel: CancellationToken) -> Self {
@@ -48,6 +56,7 @@ impl Context {
             notify: Notifiers::none(),
             final_attempt: true,
             trigger: "manual",
+            declared: Arc::default(),
         }
     }
 

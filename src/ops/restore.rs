@@ -43,6 +43,9 @@ pub enum RestoreError {
     Engine(#[from] EngineError),
     #[error("safety backup before the restore failed, so nothing was restored: {0}")]
     SafetyBackup(#[source] Box<BackupError>),
+    /// The role's rights do not allow it (found without trying; nothing was done).
+    #[error("{0}")]
+    NotPermitted(String),
 }
 
 impl Classify for RestoreError {
@@ -56,6 +59,7 @@ impl Classify for RestoreError {
             RestoreError::Storage(e) => e.kind(),
             RestoreError::Engine(e) => e.kind(),
             RestoreError::SafetyBackup(e) => e.kind(),
+            RestoreError::NotPermitted(_) => ErrorKind::Auth,
         }
     }
 

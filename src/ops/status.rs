@@ -57,6 +57,9 @@ pub struct TargetHealth {
     pub kind: &'static str,
     pub healthy: bool,
     pub problems: Vec<String>,
+    /// What does not work and should be fixed, but leaves the backups sound (a drill
+    /// the role may not do): never makes the target unhealthy.
+    pub warnings: Vec<String>,
     pub newest_backup: Option<NewestBackup>,
     pub backups: usize,
     /// Manifests not counted as backups (unreadable, not matching their archive).
@@ -187,6 +190,12 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         kind: target.source.kind(),
         healthy: problems.is_empty(),
         problems,
+        warnings: facts
+            .state
+            .warnings
+            .iter()
+            .map(|(check, why)| format!("{check}: {why}"))
+            .collect(),
         newest_backup: newest.map(|(id, created)| NewestBackup {
             id,
             created,

@@ -62,6 +62,9 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
     Ok(out)
 }
 
+/// The key of a drill the role may not do in [`crate::state::TargetState::warnings`].
+pub const WARN_DRILL: &str = "drill";
+
 /// What a drill proved.
 pub struct DrillReport {
     pub id: BackupId,
@@ -74,8 +77,27 @@ pub struct DrillReport {
 /// database (also on failure), record the result in the manifests, state and metrics.
 pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, RestoreError> {
     let t0 = Instant::now();
-    let result = drill_inner(ctx, target, t0).await;
     let now = ctx.now();
+    // A drill the role may not do is a warning to act on, not a failed drill: nothing is
+    // tried on the server, and the time is recorded so the drill is not overdue.
+    match engine::build(target).scratch_denied(Purpose::Drill).await {
+        Ok(Some(why)) => {
+            metrics::drill_impossible(&target.name, &why);
+            ctx.state.update(&target.name, |s| {
+                s.last_verify = Some(now);
+                s.warnings.insert(WARN_DRILL.into(), why.clone());
+            });
+            return Err(RestoreError::NotPermitted(why));
+        }
+        Ok(None) => {
+            ctx.state.update(&target.name, |s| {
+                s.warnings.remove(WARN_DRILL);
+            });
+        }
+        // Whether the drill can work is for the drill to find out.
+        Err(_) => {}
+    }
+    let result = drill_inner(ctx, target, t0).await;
     match &result {
         Ok(r) => {
             metrics::drill_succeeded(&target.name, &r.id.to_string(), r.duration);

@@ -182,6 +182,51 @@ async fn live(target: &Target) -> Result<Box<dyn Session>, SchemaError> {
 pub async fn declared_model(ctx: &Context, target: &Target) -> Result<SchemaModel, SchemaError> {
     let sc = config(target)?;
     let files = load_migrations(sc)?;
+    let key = declared_key(target, sc, &files)?;
+    let mut cache = ctx.declared.lock().await;
+    if let Some((_, model)) = cache.get(&target.name).filter(|(k, _)| *k == key) {
+        return Ok(model.clone());
+    }
+    let model = build_declared(ctx, target, sc, &files).await?;
+    cache.insert(target.name.clone(), (key, model.clone()));
+    Ok(model)
+}
+
+/// What the declared schema is built from: the kind of database and every file's bytes.
+fn declared_key(
+    target: &Target,
+    sc: &SchemaConfig,
+    files: &[MigrationFile],
+) -> Result<String, SchemaError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(target.source.kind().as_bytes());
+    match &sc.declared {
+        Declared::Migrations(dir) => {
+            h.update(dir.to_string_lossy().as_bytes());
+            for f in files {
+                h.update(f.version.to_be_bytes());
+                h.update(f.checksum());
+            }
+        }
+        Declared::Desired(file) => {
+            let sql = std::fs::read(file).map_err(|source| SchemaError::Read {
+                file: file.clone(),
+                source,
+            })?;
+            h.update(file.to_string_lossy().as_bytes());
+            h.update(&sql);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+async fn build_declared(
+    ctx: &Context,
+    target: &Target,
+    sc: &SchemaConfig,
+    files: &[MigrationFile],
+) -> Result<SchemaModel, SchemaError> {
     let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
     let scratch = engine::build(target)
         .scratch(Purpose::Declared, &dir)
@@ -192,7 +237,7 @@ pub async fn declared_model(ctx: &Context, target: &Target) -> Result<SchemaMode
         })?;
     let built = async {
         let mut session = scratch.connect().await.map_err(on(target))?;
-        let r = apply_declared(session.as_mut(), sc, &files, target).await;
+        let r = apply_declared(session.as_mut(), sc, files, target).await;
         session.close().await;
         r
     }

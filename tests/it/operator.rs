@@ -503,3 +503,138 @@ fn a_stop_during_slow_compression_ends_in_seconds() {
         );
     }
 }
+
+/// The least-privilege role of the README (pg_read_all_data, no CREATEDB): a drill or a
+/// schema check it may not do is a warning in `status` and `/health`, which stays 200,
+/// said once; nothing is tried on the server.
+#[test]
+fn checks_the_role_may_not_do_are_warnings_not_failures() {
+    use crate::common::{spawn_daemon, wait_for, TestPostgres, PG_PASSWORD};
+    use std::time::Duration;
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t AS SELECT 1 AS x");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE backup LOGIN PASSWORD '{PG_PASSWORD}'; GRANT pg_read_all_data TO backup"
+        ),
+    );
+    let sb = Sandbox::new();
+    let dir = sb.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0001_t.up.sql"), "CREATE TABLE t (x int);").unwrap();
+    let cfg = sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[storage.local]\npath = \"{}\"\n\
+         [targets.app]\nkind = \"postgres\"\nurl = \"postgres://backup@127.0.0.1:{}/app\"\n\
+         password = \"{PG_PASSWORD}\"\nevery = \"1s\"\n\
+         [targets.app.schema]\nmigrations = \"{}\"\n",
+        sb.backups().display(),
+        pg.port,
+        dir.display()
+    ));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let drill = dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]);
+    assert_ne!(drill.code, 0, "{}", drill.stderr);
+    for needle in [
+        "drill NOT POSSIBLE",
+        "may not create databases",
+        "ALTER ROLE \"backup\" CREATEDB",
+        "drill_url",
+    ] {
+        assert!(drill.stdout.contains(needle), "{needle}: {}", drill.stdout);
+    }
+    let d = spawn_daemon(&cfg, &[]);
+    let runs = r#"dbkeep_backup_runs_total{status="success",target="app"}"#;
+    wait_for(Duration::from_secs(40), "4 scheduled backups", || {
+        d.metric(runs).unwrap_or(0.0) >= 4.0
+    });
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["targets_with_warnings"][0], "app", "{body}");
+    let warnings = health["targets"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("drill: role \\\"backup\\\" may not create"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("schema: role \\\"backup\\\" may not create"),
+        "{warnings}"
+    );
+    assert_eq!(health["targets"][0]["healthy"], true, "{body}");
+    // Said once, not after every backup.
+    let skipped = d
+        .stderr()
+        .matches("schema drift checks are skipped")
+        .count();
+    assert_eq!(skipped, 1, "{}", d.stderr());
+    drop(d);
+    let status = dbkeep(Some(&cfg), &["status"], &[]).ok();
+    assert!(status.stdout.contains(" warning "), "{}", status.stdout);
+    assert!(!status.stdout.contains("FAILING"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("warning: drill:"),
+        "{}",
+        status.stdout
+    );
+    // Granted: the next drill works and the warning is gone.
+    pg.psql("postgres", "ALTER ROLE backup CREATEDB");
+    dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]).ok();
+    let status = dbkeep(Some(&cfg), &["status", "--json"], &[]).ok();
+    assert!(!status.stdout.contains("\"drill: "), "{}", status.stdout);
+}
+
+/// The declared schema is built in a scratch database once, not after every backup, at
+/// every reload or start; a changed migrations folder builds it again.
+#[test]
+fn the_declared_schema_is_built_once_until_its_files_change() {
+    use crate::common::{pg_config, spawn_daemon, wait_for, TestPostgres};
+    use std::time::Duration;
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t (x int)");
+    let sb = Sandbox::new();
+    let dir = sb.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0001_t.up.sql"), "CREATE TABLE t (x int);").unwrap();
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!(
+            "every = \"1s\"\n[targets.app.schema]\nmigrations = \"{}\"\n",
+            dir.display()
+        ),
+    );
+    let d = spawn_daemon(&cfg, &[]);
+    let runs = r#"dbkeep_backup_runs_total{status="success",target="app"}"#;
+    let after = |n: f64| {
+        wait_for(Duration::from_secs(40), "scheduled backups", || {
+            d.metric(runs).unwrap_or(0.0) >= n
+        })
+    };
+    let builds = || {
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("created database") && l.contains("dbkeep_schema_app_"))
+            .count()
+    };
+    after(4.0);
+    assert_eq!(builds(), 1, "{}", d.stderr());
+    d.signal(libc::SIGHUP);
+    let seen = d.metric(runs).unwrap_or(0.0);
+    after(seen + 2.0);
+    assert_eq!(builds(), 1, "not rebuilt by a reload: {}", d.stderr());
+    std::fs::write(dir.join("0002_u.up.sql"), "CREATE TABLE u (y int);").unwrap();
+    let seen = d.metric(runs).unwrap_or(0.0);
+    after(seen + 2.0);
+    assert_eq!(builds(), 2, "rebuilt once for the new file: {}", d.stderr());
+    // The new migration is pending in the live database: the drift gauge says so.
+    assert_eq!(
+        d.metric(r#"dbkeep_schema_drift{target="app"}"#),
+        Some(1.0),
+        "{}",
+        d.stderr()
+    );
+}

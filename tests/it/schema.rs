@@ -99,6 +99,8 @@ fn reasons(cfg: &Path) -> Vec<String> {
     listed(cfg)
         .iter()
         .filter_map(|b| b["reason"].as_str().map(str::to_string))
+        // Backups taken before another operation, not by hand or schedule.
+        .filter(|r| r.starts_with("pre-"))
         .collect()
 }
 
@@ -559,7 +561,7 @@ fn diff_against_an_older_backup_lists_the_tables_added_since() {
     dbkeep(Some(&cfg), &["backup", "app"], &[]).ok();
     let first = listed(&cfg)
         .into_iter()
-        .find(|b| b["reason"].is_null())
+        .find(|b| b["reason"] == "manual")
         .unwrap();
     let id = first["id"].as_str().unwrap().to_string();
     pg.psql(

@@ -51,6 +51,36 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Why the role of `dsn` may not make a scratch database for `purpose` (no CREATEDB, not
+/// a superuser), with the grant that fixes it; `None` when it may.
+pub async fn scratch_denied(
+    dsn: &Dsn,
+    purpose: crate::engine::Purpose,
+) -> Result<Option<String>, EngineError> {
+    let mut conn = dsn.connect().await?;
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT rolname::text, rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(EngineError::db("reading the role's rights"))?;
+    let _ = conn.close().await;
+    let Some((role, false)) = row else {
+        return Ok(None);
+    };
+    let role = quote_ident(&role);
+    Ok(Some(match purpose {
+        crate::engine::Purpose::Drill | crate::engine::Purpose::Diff => format!(
+            "role {role} may not create databases, and a restore drill restores into a scratch database: \
+             ALTER ROLE {role} CREATEDB, or set drill_url to a server where it may (e.g. a test server)"
+        ),
+        crate::engine::Purpose::Declared => format!(
+            "role {role} may not create databases, and the declared schema is built in a scratch database: \
+             ALTER ROLE {role} CREATEDB (schema checks are skipped until then)"
+        ),
+    }))
+}
+
 /// A new, empty database `dbkeep_<purpose>_<target>_<random>` on `server`'s server.
 pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result<Dsn, EngineError> {
     let name = format!(

@@ -331,6 +331,15 @@ impl Engine for PostgresEngine {
         self.session(&self.dsn).await
     }
 
+    async fn scratch_denied(&self, purpose: Purpose) -> Result<Option<String>, EngineError> {
+        if matches!(purpose, Purpose::Drill | Purpose::Diff) && self.cfg.drill_url.is_some() {
+            // A server named for the purpose: a role without rights there is a mistake to
+            // report when the drill runs, not a state to live with.
+            return Ok(None);
+        }
+        database::scratch_denied(&self.dsn, purpose).await
+    }
+
     async fn scratch(
         &self,
         purpose: Purpose,
