@@ -136,6 +136,9 @@ pub struct Notifiers {
     /// When `recovered` was last sent per target: a target that was both failing and
     /// stale recovers from both at once, and is told once.
     recovered: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The last delivery started per notifier: each waits for the one before it, so a
+    /// receiver hears `start` before `fail`, and `failed` before `recovered`.
+    last: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 /// Within this, a second `recovered` for the same target is the same news.
@@ -159,6 +162,7 @@ impl Notifiers {
                 .build()
                 .unwrap_or_default(),
             recovered: Default::default(),
+            last: Default::default(),
         })
     }
 
@@ -185,7 +189,7 @@ impl Notifiers {
                     let url = format!("{}/start", url.expose().trim_end_matches('/'));
                     let me = self.clone();
                     let name = n.name.clone();
-                    IN_FLIGHT.spawn(async move {
+                    self.in_order(&n.name, async move {
                         let _ = me.retrying(&name, "start", || me.ping(&url, None)).await;
                     });
                 }
@@ -211,12 +215,30 @@ impl Notifiers {
                 continue;
             }
             let me = self.clone();
+            let name = n.name.clone();
             let n = n.clone();
             let m = m.clone();
-            IN_FLIGHT.spawn(async move {
+            self.in_order(&name, async move {
                 let _ = me.deliver_retrying(&n, event, &m).await;
             });
         }
+    }
+
+    /// Deliver in the background, after what was sent before through `notifier`.
+    fn in_order(
+        &self,
+        notifier: &str,
+        delivery: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let before = last.remove(notifier);
+        let handle = IN_FLIGHT.spawn(async move {
+            if let Some(b) = before {
+                let _ = b.await;
+            }
+            delivery.await;
+        });
+        last.insert(notifier.to_string(), handle);
     }
 
     /// Send a test message through one notifier now, and say how it went.

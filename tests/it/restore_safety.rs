@@ -181,7 +181,7 @@ fn latest_never_means_the_safety_copy_of_a_restore() {
     let run = dbkeep(Some(&cfg), &["restore", "app", "latest", "--yes"], &[]).ok();
     assert!(run.stderr.contains(&first), "{}", run.stderr);
     assert!(
-        run.stderr.contains("scheduled or manual"),
+        run.stderr.contains("taken by hand"),
         "the prompt says why the backup was taken: {}",
         run.stderr
     );
