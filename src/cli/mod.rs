@@ -111,6 +111,15 @@ enum Cmd {
         #[arg(long)]
         drill: bool,
     },
+    /// Connect to every target and storage; per feature, whether the role, tools and
+    /// space allow it and what to grant if not (exit 1 when something configured cannot work)
+    Doctor {
+        /// Only this target
+        target: Option<String>,
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-target health from the backups and the state file, without a running daemon
     Status {
         /// JSON instead of a table
@@ -159,7 +168,11 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate; print the effective config with secrets as ***
-    Check,
+    Check {
+        /// Also connect to every target and storage and check each feature (`dbkeep doctor`)
+        #[arg(long)]
+        connect: bool,
+    },
     /// List every environment variable dbkeep reads
     Keys,
 }
@@ -266,7 +279,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.as_deref();
     match cli.cmd {
         Cmd::Config {
-            cmd: ConfigCmd::Check,
+            cmd: ConfigCmd::Check { connect },
         } => {
             let cfg = load_config(path)?;
             match &cfg.source_file {
@@ -274,7 +287,17 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 None => println!("# config OK: DBKEEP_* environment only (no file)"),
             }
             println!("{}", cfg.to_display_json());
-            Ok(())
+            if !connect {
+                return Ok(());
+            }
+            let ctx = context(&cfg).await?;
+            status::doctor(&ctx, &cfg, &[], false).await
+        }
+        Cmd::Doctor { target, json } => {
+            let cfg = load_config(path)?;
+            let selected = select_targets(&cfg, target.as_slice())?;
+            let ctx = context(&cfg).await?;
+            status::doctor(&ctx, &cfg, &selected, json).await
         }
         Cmd::Config {
             cmd: ConfigCmd::Keys,

@@ -124,3 +124,47 @@ async fn get_health(url: &str) -> Result<(), Failure> {
         Err(failed(format!("{url} answered {status}")))
     }
 }
+
+/// `dbkeep doctor` (and `config check --connect`): every finding, then exit 1 when
+/// something configured cannot work.
+pub(super) async fn doctor(
+    ctx: &Context,
+    cfg: &Config,
+    names: &[String],
+    json: bool,
+) -> Result<(), Failure> {
+    use crate::engine::doctor::Verdict;
+    let targets: Vec<&crate::config::Target> = match names.is_empty() {
+        true => cfg.targets.iter().collect(),
+        false => names.iter().filter_map(|n| cfg.target(n)).collect(),
+    };
+    let findings = crate::ops::doctor::run(ctx, cfg, &targets).await;
+    if json {
+        print_json(&findings)?;
+    } else {
+        for f in &findings {
+            let verdict = match f.check.verdict {
+                Verdict::Ok => "ok",
+                Verdict::Limited => "LIMITED",
+                Verdict::Cannot => "CANNOT",
+            };
+            println!(
+                "{:<16} {:<24} {:<8} {}",
+                f.scope, f.check.feature, verdict, f.check.detail
+            );
+        }
+    }
+    let cannot: Vec<String> = findings
+        .iter()
+        .filter(|f| f.check.verdict == Verdict::Cannot)
+        .map(|f| format!("{} {}", f.scope, f.check.feature))
+        .collect();
+    if cannot.is_empty() {
+        return Ok(());
+    }
+    Err(failed(format!(
+        "{} configured feature(s) cannot work: {}",
+        cannot.len(),
+        cannot.join(", ")
+    )))
+}

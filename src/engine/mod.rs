@@ -6,6 +6,7 @@
 //! [`Scratch`] and [`Session`], plus one arm in [`build`] (and its `kind` in the config).
 
 pub mod archive;
+pub mod doctor;
 pub mod dump;
 pub mod model;
 pub mod postgres;
@@ -341,6 +342,9 @@ pub trait Engine: Send + Sync {
     async fn scratch_denied(&self, _purpose: Purpose) -> Result<Option<String>, EngineError> {
         Ok(None)
     }
+    /// Check, without changing anything, each feature in `wants` against the role's
+    /// rights and the tools at hand.
+    async fn doctor(&self, wants: doctor::Wants) -> Vec<doctor::Check>;
 }
 
 /// What the operator allowed a restore to do.

@@ -114,6 +114,49 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// An identifier as an operator would type it in SQL: bare when it needs no quotes (lower
+/// case letters, digits, `_`, and not a word SQL reserves), else quoted.
+pub fn sql_ident(s: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "as",
+        "user",
+        "group",
+        "role",
+        "select",
+        "table",
+        "order",
+        "from",
+        "where",
+        "to",
+        "grant",
+        "default",
+        "check",
+        "column",
+        "primary",
+        "references",
+        "session_user",
+        "current_user",
+        "case",
+        "end",
+    ];
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !RESERVED.contains(&s);
+    match plain {
+        true => s.to_string(),
+        false => quote_ident(s),
+    }
+}
+
 /// The history table of `schema`, quoted for SQL (`"tenant_a"."_sqlx_migrations"`), or
 /// the unqualified one.
 pub fn history_table(schema: Option<&str>) -> String {

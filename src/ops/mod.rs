@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod cleanup;
+pub mod doctor;
 pub mod hooks;
 pub mod list;
 pub mod lock;

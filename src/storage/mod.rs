@@ -213,6 +213,47 @@ pub trait Storage: Send + Sync {
     fn folder(&self, _target: &str) -> Option<PathBuf> {
         None
     }
+    /// Try each operation backups need on a probe object in `target`'s folder, removed
+    /// afterwards: write, list, read, delete (S3 adds starting and aborting a multipart
+    /// upload). Each step with its outcome.
+    async fn probe(&self, target: &str) -> Vec<(&'static str, Result<(), StorageError>)> {
+        probe_basic(self, target, &probe_name()).await
+    }
+}
+
+/// A probe object's name: hidden, and unlike any archive or manifest.
+pub fn probe_name() -> String {
+    format!(".dbkeep-probe-{:08x}", rand::random::<u32>())
+}
+
+/// Write, list, read back and delete `name` in `target`'s folder.
+pub async fn probe_basic<S: Storage + ?Sized>(
+    s: &S,
+    target: &str,
+    name: &str,
+) -> Vec<(&'static str, Result<(), StorageError>)> {
+    let body = b"dbkeep doctor probe; safe to delete\n".to_vec();
+    let mut out = Vec::new();
+    let wrote = s.put_bytes(target, name, body.clone()).await;
+    let ok = wrote.is_ok();
+    out.push(("write", wrote));
+    out.push(("list", s.list(target).await.map(|_| ())));
+    if ok {
+        let read = s
+            .get_bytes(target, name)
+            .await
+            .and_then(|got| match got == body {
+                true => Ok(()),
+                false => Err(StorageError::Task {
+                    storage: s.name(),
+                    what: "probe",
+                    message: "the probe object read back differs from what was written".into(),
+                }),
+            });
+        out.push(("read", read));
+        out.push(("delete", s.delete(target, name).await));
+    }
+    out
 }
 
 /// The storages of a config: the primary, which every backup must reach (local when

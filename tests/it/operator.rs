@@ -539,7 +539,7 @@ fn checks_the_role_may_not_do_are_warnings_not_failures() {
     for needle in [
         "drill NOT POSSIBLE",
         "may not create databases",
-        "ALTER ROLE \"backup\" CREATEDB",
+        "ALTER ROLE backup CREATEDB",
         "drill_url",
     ] {
         assert!(drill.stdout.contains(needle), "{needle}: {}", drill.stdout);
@@ -555,11 +555,11 @@ fn checks_the_role_may_not_do_are_warnings_not_failures() {
     assert_eq!(health["targets_with_warnings"][0], "app", "{body}");
     let warnings = health["targets"][0]["warnings"].to_string();
     assert!(
-        warnings.contains("drill: role \\\"backup\\\" may not create"),
+        warnings.contains("drill: role backup may not create"),
         "{warnings}"
     );
     assert!(
-        warnings.contains("schema: role \\\"backup\\\" may not create"),
+        warnings.contains("schema: role backup may not create"),
         "{warnings}"
     );
     assert_eq!(health["targets"][0]["healthy"], true, "{body}");
@@ -636,5 +636,125 @@ fn the_declared_schema_is_built_once_until_its_files_change() {
         Some(1.0),
         "{}",
         d.stderr()
+    );
+}
+
+/// `dbkeep doctor` (and `config check --connect`) says per feature whether the role,
+/// the tools and the storages allow it, and what to grant; exit 1 when something
+/// configured cannot work. Against a real server and a real S3-compatible store.
+#[test]
+fn doctor_names_what_the_role_may_not_do_and_the_grant_that_fixes_it() {
+    use crate::common::s3::TestS3;
+    use crate::common::{TestPostgres, PG_PASSWORD};
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE secret_t (x int); CREATE TABLE open_t (x int)",
+    );
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE weak LOGIN PASSWORD '{PG_PASSWORD}'"),
+    );
+    pg.psql("app", "GRANT SELECT ON open_t TO weak");
+    let s3 = TestS3::start("doctor");
+    let sb = Sandbox::new();
+    let config = |user: &str, extra: &str, s3_extra: &str| {
+        sb.write_config(&format!(
+            "[storage.local]\npath = \"{}\"\n{}\n[targets.app]\nkind = \"postgres\"\n\
+             url = \"postgres://{user}@127.0.0.1:{}/app\"\npassword = \"{PG_PASSWORD}\"\nglobals = true\n{extra}\n",
+            sb.backups().display(),
+            s3.config_section("doctor", "p", s3_extra),
+            pg.port,
+        ))
+    };
+    let verdict = |out: &str, scope: &str, feature: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with(scope) && l[16..].trim_start().starts_with(feature))
+            .unwrap_or_else(|| panic!("no {scope} {feature} line:\n{out}"))
+            .to_string()
+    };
+    // The cluster's superuser: everything can work.
+    let su = "postgres";
+    let good = config(su, "", "");
+    let run = dbkeep(Some(&good), &["doctor"], &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for (scope, feature) in [
+        ("target app", "connect"),
+        ("target app", "pg_dump"),
+        ("target app", "dump"),
+        ("target app", "globals"),
+        ("target app", "drills"),
+        ("storage local", "write"),
+        ("storage local", "free space"),
+        ("storage s3", "write"),
+        ("storage s3", "list"),
+        ("storage s3", "read"),
+        ("storage s3", "delete"),
+        ("storage s3", "start multipart upload"),
+        ("storage s3", "abort multipart upload"),
+    ] {
+        let line = verdict(&run.stdout, scope, feature);
+        assert!(line.contains(" ok "), "{line}");
+    }
+    // Nothing is left behind by the probes.
+    assert!(
+        s3.keys("doctor", "p/").is_empty(),
+        "{:?}",
+        s3.keys("doctor", "p/")
+    );
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+
+    // A role that may read one table of two, create no database, read no pg_authid; an
+    // S3 key that is wrong.
+    let weak = config("weak", "", "");
+    let bad_s3 = std::fs::read_to_string(&weak)
+        .unwrap()
+        .replace("secret_access_key = \"", "secret_access_key = \"wrong");
+    std::fs::write(&weak, bad_s3).unwrap();
+    let run = dbkeep(Some(&weak), &["doctor"], &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let dump = verdict(&run.stdout, "target app", "dump");
+    assert!(dump.contains("CANNOT"), "{dump}");
+    assert!(dump.contains("public.secret_t"), "{dump}");
+    assert!(!dump.contains("open_t"), "{dump}");
+    assert!(dump.contains("GRANT pg_read_all_data TO weak"), "{dump}");
+    let globals = verdict(&run.stdout, "target app", "globals");
+    assert!(
+        globals.contains("LIMITED") && globals.contains("without their passwords"),
+        "{globals}"
+    );
+    let drills = verdict(&run.stdout, "target app", "drills");
+    assert!(
+        drills.contains("CANNOT") && drills.contains("CREATEDB"),
+        "{drills}"
+    );
+    let s3_write = verdict(&run.stdout, "storage s3", "write");
+    assert!(s3_write.contains("CANNOT"), "{s3_write}");
+    assert!(
+        !run.stdout.contains("wrong"),
+        "the secret is not shown: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("cannot work"), "{}", run.stderr);
+    // config check --connect says the same.
+    let run = dbkeep(Some(&weak), &["config", "check", "--connect"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("GRANT pg_read_all_data TO weak"),
+        "{}",
+        run.stdout
+    );
+
+    // Client tools too old or missing are named with the fix.
+    let empty = sb.path().join("no-tools");
+    std::fs::create_dir_all(&empty).unwrap();
+    let cfg = config(su, &format!("pg_bin_dir = \"{}\"", empty.display()), "");
+    let run = dbkeep(Some(&cfg), &["doctor", "app"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let tools = verdict(&run.stdout, "target app", "pg_dump");
+    assert!(
+        tools.contains("CANNOT") && tools.contains("postgresql-client-"),
+        "{tools}"
     );
 }

@@ -68,7 +68,7 @@ pub async fn scratch_denied(
     let Some((role, false)) = row else {
         return Ok(None);
     };
-    let role = quote_ident(&role);
+    let role = crate::engine::model::sql_ident(&role);
     Ok(Some(match purpose {
         crate::engine::Purpose::Drill | crate::engine::Purpose::Diff => format!(
             "role {role} may not create databases, and a restore drill restores into a scratch database: \

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod database;
+pub mod doctor;
 pub mod dump;
 pub mod globals;
 pub mod hold;
@@ -329,6 +330,13 @@ impl Engine for PostgresEngine {
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
         self.session(&self.dsn).await
+    }
+
+    async fn doctor(
+        &self,
+        wants: crate::engine::doctor::Wants,
+    ) -> Vec<crate::engine::doctor::Check> {
+        doctor::doctor(self, wants).await
     }
 
     async fn scratch_denied(&self, purpose: Purpose) -> Result<Option<String>, EngineError> {

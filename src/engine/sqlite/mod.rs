@@ -244,6 +244,48 @@ impl Engine for SqliteEngine {
         self.session(&self.cfg.path, false).await
     }
 
+    async fn doctor(
+        &self,
+        _wants: crate::engine::doctor::Wants,
+    ) -> Vec<crate::engine::doctor::Check> {
+        use crate::engine::doctor::{Check, Verdict};
+        let path = self.cfg.path.clone();
+        let mut out = Vec::new();
+        let read = async {
+            let mut c = self.connect(&path, true).await?;
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM sqlite_master")
+                .fetch_one(&mut c)
+                .await
+                .map_err(self.sql("cannot read the schema"))?;
+            let _ = sqlx::Connection::close(c).await;
+            Ok::<_, EngineError>(n)
+        }
+        .await;
+        out.push(match read {
+            Ok(n) => Check::new(
+                "dump",
+                Verdict::Ok,
+                format!("{} opens read-only ({n} schema objects)", path.display()),
+            ),
+            Err(e) => Check::new("dump", Verdict::Cannot, crate::error::chain(&e)),
+        });
+        // A restore writes a new file beside the database and renames it into place.
+        let folder = path.parent().unwrap_or(Path::new("."));
+        out.push(if writable(folder) {
+            Check::new("restore", Verdict::Ok, format!("{} is writable", folder.display()))
+        } else {
+            Check::new(
+                "restore",
+                Verdict::Limited,
+                format!(
+                    "{} is not writable by this user: backups work, a restore in place does not (restore --into another path, or run it as the database's owner)",
+                    folder.display()
+                ),
+            )
+        });
+        out
+    }
+
     async fn scratch(&self, purpose: Purpose, dir: &Path) -> Result<Box<dyn Scratch>, EngineError> {
         let engine = SqliteEngine::new(&self.target, self.cfg.clone());
         if purpose == Purpose::Declared {
@@ -340,4 +382,14 @@ impl Scratch for SqliteScratch {
         // Dropping the scratch file removes it.
         Ok(())
     }
+}
+
+/// Whether this process may create files in `dir`.
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) only reads the NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }

@@ -379,6 +379,41 @@ impl Read for BodyReader {
 
 #[async_trait]
 impl Storage for S3Storage {
+    async fn probe(&self, target: &str) -> Vec<(&'static str, Result<(), StorageError>)> {
+        let name = super::probe_name();
+        let mut out = super::probe_basic(self, target, &name).await;
+        // Large archives go up in parts: an upload is started, then aborted, as a run
+        // that is stopped does.
+        let key = self.inner.key(target, &format!("{name}.multipart"));
+        let cfg = &self.inner.cfg;
+        let started = self
+            .inner
+            .retry("start multipart upload of", &key, || {
+                self.inner
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&cfg.bucket)
+                    .key(&key)
+                    .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+                    .set_server_side_encryption(cfg.sse.as_deref().map(ServerSideEncryption::from))
+                    .set_ssekms_key_id(cfg.sse_kms_key_id.clone())
+                    .send()
+            })
+            .await;
+        match started {
+            Ok(up) => {
+                out.push(("start multipart upload", Ok(())));
+                let id = up.upload_id().unwrap_or_default().to_string();
+                out.push((
+                    "abort multipart upload",
+                    self.inner.abort_upload(&key, &id).await,
+                ));
+            }
+            Err(e) => out.push(("start multipart upload", Err(e))),
+        }
+        out
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
