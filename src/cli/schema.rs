@@ -55,6 +55,13 @@ pub enum MigrateCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Adopt the migrations folder on a database that already has its schema: check the
+    /// live schema equals what migrations 1..N build, then record them as applied (none is run)
+    Baseline {
+        /// The newest migration the database already has (default: the newest in the folder)
+        #[arg(long, value_name = "N")]
+        to: Option<i64>,
+    },
     /// The applied migrations of every schema
     History {
         #[arg(long)]
@@ -205,6 +212,18 @@ pub(super) async fn migrate(
                     } else {
                         ""
                     }
+                );
+            }
+            return Ok(());
+        }
+        MigrateCmd::Baseline { to } => {
+            let r = schema::baseline(ctx, t, to).await?;
+            for (s, versions) in &r.schemas {
+                let list: Vec<String> = versions.iter().map(|v| format!("{v:04}")).collect();
+                println!(
+                    "{name}: schema {s}: matches migrations 1..{}; recorded as applied: {} (nothing was run)",
+                    r.to,
+                    list.join(", ")
                 );
             }
             return Ok(());

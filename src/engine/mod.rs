@@ -405,6 +405,9 @@ pub trait Session: Send {
         search_path: Option<&str>,
         step: MigrateStep,
     ) -> Result<(), MigrateError>;
+    /// Record the up migrations of `migrator` up to `upto` as applied, without running
+    /// them (adopting a schema built before its migrations), in one transaction.
+    async fn baseline(&mut self, migrator: &Migrator, upto: i64) -> Result<(), MigrateError>;
     /// Run a script of statements (the declared schema's DDL).
     async fn execute_script(&mut self, sql: &str) -> Result<(), EngineError>;
     /// Run each schema's statements, with the schema as search path, in one transaction.

@@ -155,3 +155,105 @@ fn refuse_unclean(
     }
     Ok(())
 }
+
+/// What `migrate baseline` recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineReport {
+    pub target: String,
+    /// The newest version recorded as applied.
+    pub to: i64,
+    /// Per schema, the versions recorded (none were run).
+    pub schemas: Vec<(String, Vec<i64>)>,
+}
+
+/// Adopt the migrations folder on a database that already has its schema: check that
+/// every managed schema has no migration history and equals what migrations 1..`to`
+/// (all by default) build in a scratch database, then record them as applied without
+/// running them. Any difference refuses, and nothing is recorded.
+pub async fn baseline(
+    ctx: &Context,
+    target: &Target,
+    to: Option<i64>,
+) -> Result<BaselineReport, SchemaError> {
+    let sc = config(target)?;
+    let Declared::Migrations(dir) = &sc.declared else {
+        return Err(SchemaError::Refused(format!(
+            "target {} declares its schema with a `desired` file, which has no versions to record: baseline needs `migrations = \"DIR\"`",
+            target.name
+        )));
+    };
+    let files = load_migrations(sc)?;
+    let Some(newest) = files.iter().map(|f| f.version).max() else {
+        return Err(SchemaError::Refused(format!(
+            "{} holds no migrations: nothing to record",
+            dir.display()
+        )));
+    };
+    let to = to.unwrap_or(newest);
+    if !files.iter().any(|f| f.version == to) {
+        return Err(SchemaError::Refused(format!(
+            "--to {to} is not a migration in {} (versions: {})",
+            dir.display(),
+            files
+                .iter()
+                .map(|f| f.version.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let upto: Vec<MigrationFile> = files.iter().filter(|f| f.version <= to).cloned().collect();
+    let declared = super::build_declared(ctx, target, sc, &upto).await?;
+    let mut session = live(target).await?;
+    let checked = async {
+        let mut schemas = Vec::new();
+        for schema in managed_schemas(session.as_mut(), target, &sc.tenant_schemas).await? {
+            let applied = session.applied(&schema).await.map_err(on(target))?;
+            if !applied.is_empty() {
+                return Err(SchemaError::Refused(format!(
+                    "schema {schema} already has a migration history (versions {}): baseline is for a database that has none; use `dbkeep migrate {}`",
+                    applied
+                        .iter()
+                        .map(|a| a.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    target.name
+                )));
+            }
+            let live_model = session.model(&schema).await.map_err(on(target))?;
+            let differences = super::diff::diff(&declared, &live_model, "migrations");
+            if !differences.is_empty() {
+                let shown: Vec<String> = differences.iter().map(|d| d.message.clone()).collect();
+                return Err(SchemaError::Refused(format!(
+                    "schema {schema} is not what migrations 1..{to} build, so they cannot be recorded as applied ({} difference(s): {}); nothing was recorded. Make the schema match (or pick --to), then run baseline again",
+                    differences.len(),
+                    shown.join("; ")
+                )));
+            }
+            schemas.push(schema);
+        }
+        Ok::<_, SchemaError>(schemas)
+    }
+    .await;
+    session.close().await;
+    let schemas = checked?;
+    let versions: Vec<i64> = upto.iter().map(|f| f.version).collect();
+    let main = schemas.first().cloned().unwrap_or_default();
+    let mut report = BaselineReport {
+        target: target.name.clone(),
+        to,
+        schemas: Vec::new(),
+    };
+    for schema in &schemas {
+        let mut session = live(target).await?;
+        let m = migrations::migrator(
+            &upto,
+            session.history_table((*schema != main).then_some(schema.as_str())),
+        );
+        let r = session.baseline(&m, to).await;
+        session.close().await;
+        r.map_err(|e| migrations::explain(e, schema, &files, false))?;
+        tracing::info!(target = %target.name, schema = %schema, to, "migrations recorded as applied (baseline); none was run");
+        report.schemas.push((schema.clone(), versions.clone()));
+    }
+    Ok(report)
+}

@@ -21,7 +21,7 @@ use crate::ops::Context;
 
 pub use compare::{diff, DiffReport, SchemaDiff};
 pub use diff::Difference;
-pub use migrate::{migrate, Direction, MigrateReport};
+pub use migrate::{baseline, migrate, BaselineReport, Direction, MigrateReport};
 use migrations::{MigrationFile, MigrationState, MigrationStatus};
 pub use sync::{apply_sync, plan_sync, SyncPlan};
 
@@ -221,7 +221,7 @@ fn declared_key(
     Ok(hex::encode(h.finalize()))
 }
 
-async fn build_declared(
+pub(super) async fn build_declared(
     ctx: &Context,
     target: &Target,
     sc: &SchemaConfig,

@@ -834,3 +834,98 @@ fn a_role_without_createdb_is_told_what_the_declared_schema_needs() {
     assert!(run.stderr.contains("needs CREATEDB"), "{}", run.stderr);
     assert!(!run.stderr.contains("app-user-pw"), "{}", run.stderr);
 }
+
+/// `migrate baseline`: a database whose schema was built before its migrations adopts
+/// the folder after a check that it equals what migrations 1..N build; nothing is run,
+/// no backup is needed, and a database that differs or already has a history is refused.
+#[test]
+fn baseline_adopts_migrations_on_a_database_that_already_has_the_schema() {
+    let (pg, _sb, _dir, cfg) = setup_pg("");
+    // Built by hand, long ago: what migrations 1 and 2 declare, and a row of data.
+    pg.psql("app", &format!("{M1_UP}{M2_UP}"));
+    pg.psql("app", "INSERT INTO users (email) VALUES ('a@b.test')");
+    let history = || {
+        dbkeep(Some(&cfg), &["migrate", "app", "history", "--json"], &[])
+            .ok()
+            .stdout
+    };
+
+    // All three: migration 3 (audit) is not in the database, so it is refused.
+    let run = dbkeep(Some(&cfg), &["migrate", "app", "baseline"], &[]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("not what migrations 1..3 build"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("audit"),
+        "the difference is named: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("nothing was recorded"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(history().trim(), "[]", "nothing recorded");
+
+    // A version that is not in the folder.
+    let run = dbkeep(
+        Some(&cfg),
+        &["migrate", "app", "baseline", "--to", "7"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("versions: 1, 2, 3"), "{}", run.stderr);
+
+    // Up to 2: matches, recorded, nothing run, no backup taken.
+    let run = dbkeep(
+        Some(&cfg),
+        &["migrate", "app", "baseline", "--to", "2"],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stdout
+            .contains("recorded as applied: 0001, 0002 (nothing was run)"),
+        "{}",
+        run.stdout
+    );
+    let (_, st) = status_json(&cfg);
+    assert_eq!(
+        states(&st["schemas"][0]),
+        vec![
+            (1, "applied".into()),
+            (2, "applied".into()),
+            (3, "pending".into())
+        ]
+    );
+    assert!(
+        reasons(&cfg).is_empty(),
+        "baseline takes no backup: {:?}",
+        reasons(&cfg)
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM users"), "1");
+
+    // Twice is refused: the database has a history now.
+    let run = dbkeep(
+        Some(&cfg),
+        &["migrate", "app", "baseline", "--to", "2"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("already has a migration history"),
+        "{}",
+        run.stderr
+    );
+
+    // And the folder now drives the database: up applies only migration 3.
+    let up = dbkeep(Some(&cfg), &["migrate", "app", "up"], &[]).ok();
+    assert!(up.stdout.contains("applied 0003"), "{}", up.stdout);
+    assert_eq!(
+        pg_tables(&pg, "app", "public"),
+        vec!["_sqlx_migrations", "audit", "orders", "users"]
+    );
+}
