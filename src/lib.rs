@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod process;
+pub mod progress;
 pub mod retention;
 pub mod scheduler;
 pub mod schema;

@@ -48,6 +48,9 @@ pub struct TargetState {
     /// shown by `status` and `/health` as warnings, which do not make a target unhealthy.
     #[serde(default)]
     pub warnings: BTreeMap<String, String>,
+    /// The run going on now, as its process last reported it (every few seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<crate::progress::RunProgress>,
 }
 
 /// The key of one stored archive in [`TargetState::corrupt`].

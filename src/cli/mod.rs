@@ -277,6 +277,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.as_deref();
+    // A one-shot backup, restore or drill on a terminal shows a progress bar.
+    if matches!(
+        cli.cmd,
+        Cmd::Backup { .. } | Cmd::Restore { .. } | Cmd::Verify { drill: true, .. }
+    ) {
+        use std::io::IsTerminal;
+        crate::progress::set_interactive(std::io::stderr().is_terminal());
+    }
     match cli.cmd {
         Cmd::Config {
             cmd: ConfigCmd::Check { connect },

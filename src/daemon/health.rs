@@ -158,6 +158,12 @@ impl Daemon {
                 now,
             );
             h.role = self.role(&t.name).map(super::Role::name);
+            // What runs in this process is known live; another process's run, from its
+            // last report in the state file.
+            let live = crate::progress::current(&t.name);
+            if !live.is_empty() {
+                h.running = live;
+            }
             out.push(h);
         }
         out

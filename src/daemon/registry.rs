@@ -29,6 +29,9 @@ pub struct RunStep {
     pub backup_id: Option<String>,
     pub bytes: Option<u64>,
     pub error: Option<String>,
+    /// While the step runs: bytes so far, rate, percent and ETA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::RunProgress>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -77,6 +80,7 @@ impl Registry {
                     backup_id: None,
                     bytes: None,
                     error: None,
+                    progress: None,
                 })
                 .collect(),
         };
@@ -122,7 +126,7 @@ impl Registry {
     }
 
     pub fn get(&self, id: &str) -> Option<RunInfo> {
-        self.lock().get(id).cloned()
+        self.lock().get(id).cloned().map(with_progress)
     }
 
     /// Runs not finished yet, oldest first.
@@ -132,10 +136,21 @@ impl Registry {
             .values()
             .filter(|r| r.finished.is_none())
             .cloned()
+            .map(with_progress)
             .collect();
         out.sort_by_key(|r| r.started);
         out
     }
+}
+
+/// A run with the live progress of its running steps.
+fn with_progress(mut r: RunInfo) -> RunInfo {
+    for s in r.steps.iter_mut().filter(|s| s.state == RunState::Running) {
+        s.progress = crate::progress::current(&s.target)
+            .into_iter()
+            .find(|p| p.kind == r.kind);
+    }
+    r
 }
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 //! bytes on the way, show progress, and hold back the end of the stream until the sha256
 //! matches the manifest, so the consumer cannot finish (and commit) on changed bytes.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
@@ -20,66 +19,29 @@ use crate::compress;
 /// How much of the end of a restore stream is held back until its checksum is confirmed.
 const HOLD_BACK: usize = 64 * 1024;
 
-/// Counts bytes, hashes them, and reports progress (on a terminal, else in the log).
+/// Hashes the stored bytes, and counts them on the run's meter when it has one.
 struct Progress<R> {
     inner: R,
     hasher: Sha256,
-    done: u64,
-    total: u64,
-    started: Instant,
-    last: Instant,
-    tty: bool,
+    meter: Option<std::sync::Arc<crate::progress::Meter>>,
 }
 
 impl<R> Progress<R> {
-    fn new(inner: R, total: u64, tty: bool) -> Self {
+    fn new(inner: R, meter: Option<std::sync::Arc<crate::progress::Meter>>) -> Self {
         Progress {
             inner,
             hasher: Sha256::new(),
-            done: 0,
-            total,
-            started: Instant::now(),
-            last: Instant::now(),
-            tty,
+            meter,
         }
     }
-}
-
-fn mib(n: u64) -> String {
-    crate::storage::human_size(n)
 }
 
 impl<R: Read> Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        self.done += n as u64;
-        let interval = if self.tty {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(15)
-        };
-        if self.last.elapsed() >= interval || (n == 0 && self.tty) {
-            self.last = Instant::now();
-            let secs = self.started.elapsed().as_secs_f64().max(0.001);
-            let pct = 100.0 * self.done as f64 / self.total.max(1) as f64;
-            let rate = crate::storage::human_size((self.done as f64 / secs) as u64);
-            if self.tty {
-                eprint!(
-                    "\rrestoring: {} / {} ({pct:.0}%), {rate}/s   ",
-                    mib(self.done),
-                    mib(self.total)
-                );
-                if n == 0 {
-                    eprintln!();
-                }
-            } else {
-                tracing::info!(
-                    bytes = self.done,
-                    total = self.total,
-                    "restore progress {pct:.0}%, {rate:.1} MiB/s"
-                );
-            }
+        if let Some(m) = &self.meter {
+            m.add(n as u64);
         }
         Ok(n)
     }
@@ -143,13 +105,10 @@ fn finish_hash<R: Read>(
 fn decoder<R: Read>(
     reader: R,
     backup: &Backup,
-    tty: bool,
+    meter: Option<std::sync::Arc<crate::progress::Meter>>,
 ) -> Result<compress::Decoder<Progress<R>>, EngineError> {
-    compress::decoder_for(
-        &backup.manifest.codec,
-        Progress::new(reader, backup.bytes, tty),
-    )
-    .map_err(EngineError::io(format!("decoding {}", backup.file)))
+    compress::decoder_for(&backup.manifest.codec, Progress::new(reader, meter))
+        .map_err(EngineError::io(format!("decoding {}", backup.file)))
 }
 
 /// Runs the check, when there is one, on every byte before the consumer gets it.
@@ -224,12 +183,13 @@ where
         .open(&archive.backup.target, &archive.backup.file)
         .await?;
     let backup = archive.backup.clone();
+    let meter = archive.meter.cloned();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         let mut out = HoldBack::new(Guarded {
             inner: SyncIoBridge::new(sink),
             check,
         });
-        let mut decoder = decoder(reader, &backup, io::stderr().is_terminal())?;
+        let mut decoder = decoder(reader, &backup, meter)?;
         let streaming = format!("streaming {} into the restore", backup.file);
         let closed_early = match io::copy(&mut decoder, &mut out) {
             Ok(_) => false,
@@ -262,9 +222,10 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
         .open(&archive.backup.target, &archive.backup.file)
         .await?;
     let backup = archive.backup.clone();
+    let meter = archive.meter.cloned();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut decoder = decoder(reader, &backup, false)?;
+        let mut decoder = decoder(reader, &backup, meter)?;
         let what = format!("writing {}", dest.display());
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -187,6 +187,8 @@ impl Classify for EngineError {
 pub struct Archive<'a> {
     pub storage: &'a dyn Storage,
     pub backup: &'a Backup,
+    /// Where the restore's progress is counted.
+    pub meter: Option<&'a std::sync::Arc<crate::progress::Meter>>,
 }
 
 /// What part of an archive goes where.

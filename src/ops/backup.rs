@@ -389,6 +389,15 @@ async fn backup_inner(
 
     // A SQLite snapshot goes beside the local backups, else into the work folder.
     let scratch = storages.scratch_dir(name, ctx.state.work_dir());
+    // The database's size is what the dump heads for, roughly (indexes are not dumped,
+    // so a PostgreSQL dump is often smaller): an estimate, said to be one.
+    let estimate = engine
+        .info()
+        .await
+        .size_bytes
+        .and_then(|b| u64::try_from(b).ok())
+        .filter(|b| *b > 0);
+    let meter = super::meter(ctx, name, "backup", estimate, true);
     let run = RunContext {
         ctx,
         target,
@@ -396,6 +405,7 @@ async fn backup_inner(
         prepared: &prepared,
         id,
         scratch: &scratch,
+        meter: &meter,
     };
     let mut done: Vec<Stored> = Vec::new();
     let mut result = Ok(());
@@ -572,6 +582,7 @@ struct RunContext<'a> {
     prepared: &'a Prepared,
     id: BackupId,
     scratch: &'a std::path::Path,
+    meter: &'a std::sync::Arc<crate::progress::Meter>,
 }
 
 /// One archive of a run, stored on the primary.
@@ -592,6 +603,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         prepared,
         id,
         scratch,
+        meter,
     } = *run;
     let name = target.name.as_str();
     let file = catalog::archive_name(name, id, part.qualifier(), part.format, target.compression);
@@ -616,7 +628,10 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         .await
         .map_err(engine_err)?;
     let codec = target.compression;
-    let reader = dump.reader;
+    let reader = crate::progress::Counted {
+        inner: dump.reader,
+        meter: meter.clone(),
+    };
     let stopper = dump.stopper;
     let stop = ctx.cancel.clone();
     let compressing = async move {

@@ -47,6 +47,28 @@ pub struct Context {
 pub type DeclaredCache =
     tokio::sync::Mutex<std::collections::HashMap<String, (String, crate::engine::SchemaModel)>>;
 
+/// A meter for a run of `kind` on `target`, its progress kept in the state file while it
+/// runs (for `dbkeep status` in another process) and removed when it ends.
+pub fn meter(
+    ctx: &Context,
+    target: &str,
+    kind: &'static str,
+    total: Option<u64>,
+    estimated: bool,
+) -> Arc<crate::progress::Meter> {
+    let state = ctx.state.clone();
+    let name = target.to_string();
+    crate::progress::Meter::start(
+        target,
+        kind,
+        total,
+        estimated,
+        Some(Box::new(move |view| {
+            state.update(&name, |s| s.running = view.cloned());
+        })),
+    )
+}
+
 impl Context {
     pub fn new(storages: Arc<Storages>, state: Arc<StateFile>, cancel: CancellationToken) -> Self {
         Context {

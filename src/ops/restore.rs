@@ -125,6 +125,7 @@ impl Chosen {
         Ok(Archive {
             storage,
             backup: &self.backup,
+            meter: None,
         })
     }
 }
@@ -419,6 +420,17 @@ pub async fn execute(
         tracing::info!(target = %target.name, backup_id = %outcome.id, "safety backup (pre-restore) taken");
         done.safety_backup = Some(outcome.id);
     }
+    let meter = super::meter(
+        ctx,
+        &target.name,
+        "restore",
+        Some(archive.backup.bytes),
+        false,
+    );
+    let archive = Archive {
+        meter: Some(&meter),
+        ..archive
+    };
     restorer.restore(archive, &plan.mode, &ctx.cancel).await?;
     Ok(done)
 }

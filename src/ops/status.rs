@@ -60,6 +60,8 @@ pub struct TargetHealth {
     /// What does not work and should be fixed, but leaves the backups sound (a drill
     /// the role may not do): never makes the target unhealthy.
     pub warnings: Vec<String>,
+    /// Runs going on now (bytes, rate, percent, ETA), as last reported.
+    pub running: Vec<crate::progress::RunProgress>,
     pub newest_backup: Option<NewestBackup>,
     pub backups: usize,
     /// Manifests not counted as backups (unreadable, not matching their archive).
@@ -190,6 +192,14 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         kind: target.source.kind(),
         healthy: problems.is_empty(),
         problems,
+        // A report older than this is from a run that ended without saying so (killed).
+        running: facts
+            .state
+            .running
+            .clone()
+            .filter(|r| now - r.updated < chrono::Duration::seconds(30))
+            .into_iter()
+            .collect(),
         warnings: facts
             .state
             .warnings

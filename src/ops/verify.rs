@@ -147,16 +147,26 @@ async fn drill_inner(
             }
             return Err(e);
         }
-        archives.push(Archive { storage, backup: b });
+        archives.push(Archive {
+            storage,
+            backup: b,
+            meter: None,
+        });
     }
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
     let engine = engine::build(target);
     let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
     let scratch = engine.scratch(Purpose::Drill, &dir).await?;
+    let total: u64 = archives.iter().map(|a| a.backup.bytes).sum();
+    let meter = super::meter(ctx, &target.name, "drill", Some(total), false);
     let restored = async {
         for a in &archives {
+            let a = Archive {
+                meter: Some(&meter),
+                ..*a
+            };
             scratch
-                .restore(*a, &RestoreMode::Whole { clean: false }, &ctx.cancel)
+                .restore(a, &RestoreMode::Whole { clean: false }, &ctx.cancel)
                 .await?;
         }
         let mut session = scratch.connect().await?;

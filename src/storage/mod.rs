@@ -138,21 +138,8 @@ pub fn free_space(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// "0 B", "512 KiB", "1.5 GiB".
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    match u {
-        0 => format!("{n} B"),
-        _ if v < 10.0 => format!("{v:.1} {}", UNITS[u]),
-        _ => format!("{v:.0} {}", UNITS[u]),
-    }
-}
+/// The one size formatter, shown everywhere sizes are.
+pub use crate::progress::human_size;
 
 /// One stored object as the storage lists it.
 #[derive(Debug, Clone)]

@@ -470,17 +470,7 @@ fn a_stop_during_slow_compression_ends_in_seconds() {
     use crate::common::{spawn_dbkeep, wait_for};
     use std::time::{Duration, Instant};
     let sb = Sandbox::new();
-    let (db, cfg) = sqlite_target(&sb, "app", "compression_level = 19");
-    // 24 MB of hex noise: zstd -19 works through it at well under 1 MB/s on one core.
-    let st = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(
-            "CREATE TABLE noise AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
-             WHERE i < 12000) SELECT i, hex(randomblob(1000)) AS v FROM n;",
-        )
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let cfg = slow_target(&sb, "");
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let child = spawn_dbkeep(&cfg, &["backup"]);
         wait_for(Duration::from_secs(60), "compression under way", || {
@@ -757,4 +747,104 @@ fn doctor_names_what_the_role_may_not_do_and_the_grant_that_fixes_it() {
         tools.contains("CANNOT") && tools.contains("postgresql-client-"),
         "{tools}"
     );
+}
+
+/// A SQLite target of 24 MB of hex noise at zstd level 19: a backup that takes half a
+/// minute or more on this machine (zstd -19 works through it at well under 1 MB/s).
+fn slow_target(sb: &Sandbox, extra: &str) -> std::path::PathBuf {
+    let (db, cfg) = sqlite_target(sb, "app", &format!("compression_level = 19\n{extra}"));
+    let st = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "CREATE TABLE noise AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 12000) SELECT i, hex(randomblob(1000)) AS v FROM n;",
+        )
+        .status()
+        .unwrap();
+    assert!(st.success());
+    cfg
+}
+
+/// A running backup shows its progress: `status` in another process (from the state
+/// file), the daemon's `/health` and job API (live); on a terminal, a bar.
+#[test]
+fn a_running_backup_shows_bytes_rate_and_an_estimated_percent() {
+    use crate::common::{spawn_daemon, spawn_dbkeep, wait_for};
+    use std::time::Duration;
+    let sb = Sandbox::new();
+    let cfg = slow_target(&sb, "");
+    let running = |cfg: &std::path::Path| -> Option<serde_json::Value> {
+        let st = dbkeep(Some(cfg), &["status", "--json"], &[]);
+        let v: serde_json::Value = serde_json::from_str(&st.stdout).ok()?;
+        let r = v[0]["running"][0].clone();
+        (r["bytes"].as_u64()? > 0).then_some(r)
+    };
+    let child = spawn_dbkeep(&cfg, &["backup"]);
+    let mut first = None;
+    wait_for(
+        Duration::from_secs(60),
+        "status showing the running backup",
+        || {
+            first = running(&cfg);
+            first.is_some()
+        },
+    );
+    let first = first.unwrap();
+    assert_eq!(first["kind"], "backup", "{first}");
+    assert_eq!(first["estimated"], true, "{first}");
+    let total = first["total"]
+        .as_u64()
+        .expect("an estimate from the file's size");
+    assert!(total > 20_000_000, "{first}");
+    assert!(first["percent"].as_f64().unwrap() < 100.0, "{first}");
+    // It is reported again while it runs.
+    wait_for(Duration::from_secs(60), "a later report", || {
+        running(&cfg).is_some_and(|r| r["updated"] != first["updated"])
+    });
+    let text = dbkeep(Some(&cfg), &["status"], &[]);
+    assert!(text.stdout.contains("running backup: "), "{}", text.stdout);
+    assert!(text.stdout.contains("/s"), "{}", text.stdout);
+    child.signal(libc::SIGTERM);
+    child.finish(Duration::from_secs(60));
+    // Ended (cancelled here, so status also says the run failed): no longer shown.
+    let st = dbkeep(Some(&cfg), &["status", "--json"], &[]);
+    assert!(st.stdout.contains("\"running\": []"), "{}", st.stdout);
+
+    // The daemon's /health has it live, and so does the job of an API backup.
+    let with_daemon = sb.write_config(&std::fs::read_to_string(&cfg).unwrap().replace(
+        "compression_level = 19",
+        "compression_level = 19\nevery = \"1s\"",
+    ));
+    let d = spawn_daemon(&with_daemon, &[]);
+    wait_for(
+        Duration::from_secs(60),
+        "/health showing the running backup",
+        || {
+            let (_, body) = d.get("/health");
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["targets"][0]["running"][0]["bytes"].as_u64())
+                .is_some_and(|b| b > 0)
+        },
+    );
+    drop(d);
+
+    // On a terminal (a pseudo-terminal from script(1)), a bar with bytes and rate.
+    let bin = env!("CARGO_BIN_EXE_dbkeep");
+    let out = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "timeout -s INT 6 {bin} --config {} backup",
+            cfg.display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("backup app ["), "{shown}");
+    assert!(
+        shown.contains("MiB/s") || shown.contains("KiB/s"),
+        "{shown}"
+    );
+    assert!(shown.contains("ETA"), "{shown}");
 }

@@ -144,11 +144,29 @@ async function loadBackups() {
   }
 }
 
+function size(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+  return (u === 0 ? n : n.toFixed(n < 10 ? 1 : 0)) + " " + units[u];
+}
+
+// "120 MiB of ~2.0 GiB (6%), 40 MiB/s, about 48s left"
+function progressText(p) {
+  if (!p) return "";
+  let t = " " + size(p.bytes);
+  if (p.total) t += " of " + (p.estimated ? "~" : "") + size(p.total);
+  if (p.percent != null) t += " (" + Math.floor(p.percent) + "%)";
+  t += ", " + size(p.bytes_per_second) + "/s";
+  if (p.eta_seconds != null) t += ", about " + p.eta_seconds + "s left";
+  return t;
+}
+
 async function follow(jobId, label) {
   for (let i = 0; i < 7200; i++) {
     const j = await api("GET", "/jobs/" + jobId);
     $("progress").textContent = label + ": " + j.state + " (" + j.done + "/" + j.total + ")" +
-      j.steps.filter((s) => s.state === "running").map((s) => " " + s.target + "…").join("");
+      j.steps.filter((s) => s.state === "running").map((s) => " " + s.target + "…" + progressText(s.progress)).join("");
     if (j.state === "succeeded" || j.state === "failed") {
       const errors = j.steps.filter((s) => s.error).map((s) => s.target + ": " + s.error);
       say(label + " " + j.state + (errors.length ? ":\n" + errors.join("\n") : ""), j.state === "failed");
