@@ -848,3 +848,50 @@ fn a_running_backup_shows_bytes_rate_and_an_estimated_percent() {
     );
     assert!(shown.contains("ETA"), "{shown}");
 }
+
+/// On a stock Debian 12 Python (PEP 668), pip refuses to install into the system; the
+/// virtual environment scripts/test makes with that same interpreter takes packages. Run
+/// with the system interpreter itself, whatever python3 is first on PATH.
+#[test]
+fn the_system_python_refuses_pip_but_the_scripts_venv_takes_packages() {
+    let system = std::path::Path::new("/usr/bin/python3");
+    assert!(system.exists(), "a Debian machine has /usr/bin/python3");
+    let refused = std::process::Command::new(system)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "dbkeep-no-such-package",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(said.contains("externally-managed-environment"), "{said}");
+    let sb = Sandbox::new();
+    let venv = sb.path().join("venv");
+    // What scripts/test runs: `python3 -m venv "$VENV"`, then "$VENV/bin/python" -m pip.
+    let made = std::process::Command::new(system)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let inside = std::process::Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "dbkeep-no-such-package",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&inside.stderr);
+    assert!(!said.contains("externally-managed"), "{said}");
+    assert!(
+        said.contains("No matching distribution"),
+        "pip runs there: {said}"
+    );
+}
