@@ -244,6 +244,9 @@ pub struct Backup {
     /// never rewritten).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<DateTime<Utc>>,
+    /// Why the run is pinned (never deleted by retention), when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
     #[serde(skip)]
     pub manifest: Manifest,
 }
@@ -272,6 +275,8 @@ impl crate::error::Classify for CatalogError {
 pub struct Scan {
     /// (id, archive file, archive bytes) of archives whose manifest exists.
     pub complete: Vec<(BackupId, String, u64)>,
+    /// Pin files, by the id of the run they pin.
+    pub pins: Vec<(BackupId, String)>,
     /// Archives with no manifest, old enough to be leftovers of an interrupted run.
     pub orphans: Vec<String>,
     /// Manifests whose archive is gone.
@@ -290,6 +295,10 @@ pub async fn scan(
         objects.iter().map(|o| (o.file.as_str(), o)).collect();
     let mut scan = Scan::default();
     for o in &objects {
+        if let Some(id) = pin_id(&o.file) {
+            scan.pins.push((id, o.file.clone()));
+            continue;
+        }
         let Some(id) = id_of_file(target, &o.file) else {
             continue;
         };
@@ -343,6 +352,7 @@ fn validate(
         created: manifest.finished,
         reason: manifest.reason.clone().or_else(|| manifest.trigger.clone()),
         verified_at: manifest.verified_at,
+        pinned: None,
         manifest,
     })
 }
@@ -421,10 +431,49 @@ pub async fn list(
             Some(Err(why)) => listing.broken.push((manifest_name(&archive), why)),
         }
     }
+    for (id, file) in &scan.pins {
+        let reason = match storage.get_bytes(target, file).await {
+            Ok(raw) => serde_json::from_slice::<Pin>(&raw)
+                .map(|p| p.reason)
+                // A pin that cannot be read still pins: keeping too much is the safe side.
+                .unwrap_or_else(|_| format!("pin file {file} is unreadable")),
+            Err(crate::storage::StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for b in listing.complete.iter_mut().filter(|b| b.id == *id) {
+            b.pinned = Some(reason.clone());
+        }
+    }
     listing
         .complete
         .sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
     Ok(listing)
+}
+
+/// Pin files start with this; the rest of the name is `<id>.json`. They do not start
+/// with the target's name, so nothing takes them for an archive or a leftover.
+pub use crate::storage::PIN_PREFIX;
+
+/// The pin file of run `id`.
+pub fn pin_name(id: BackupId) -> String {
+    format!("{PIN_PREFIX}{id}.json")
+}
+
+fn pin_id(file: &str) -> Option<BackupId> {
+    file.strip_prefix(PIN_PREFIX)?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
+/// A pinned run: retention never deletes it. Stored beside the backup as its own small
+/// object, so a manifest is never rewritten (Object Lock buckets keep working) and the
+/// pin survives a lost state file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pin {
+    pub id: BackupId,
+    pub reason: String,
+    pub pinned_at: DateTime<Utc>,
 }
 
 /// The newest complete backup of `target` on `storage`, reading manifests newest first

@@ -9,11 +9,13 @@ use crate::catalog::BackupId;
 pub use crate::config::Policy;
 
 /// One complete backup (all archives of one run share its id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub id: BackupId,
     /// A local archive whose upload to a configured remote has not happened yet.
     pub pending_upload: bool,
+    /// Why it is pinned (`dbkeep pin`): never deleted.
+    pub pinned: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub fn plan(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
     sorted.dedup_by(|a, b| {
         if a.id == b.id {
             b.pending_upload |= a.pending_upload;
+            if b.pinned.is_none() {
+                b.pinned = a.pinned.take();
+            }
             true
         } else {
             false
@@ -63,6 +68,8 @@ pub fn plan(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
             };
             if i == 0 {
                 keep("newest complete backup (never deleted)".into())
+            } else if let Some(why) = &b.pinned {
+                keep(format!("pinned: {why}"))
             } else if (i as u64) < u64::from(policy.min_keep) {
                 keep(format!("one of the newest {} (min_keep)", policy.min_keep))
             } else if b.pending_upload {
@@ -154,6 +161,7 @@ mod tests {
         Candidate {
             id: BackupId::from_time(t(s)),
             pending_upload: false,
+            pinned: None,
         }
     }
     fn pending(s: &str) -> Candidate {
@@ -385,6 +393,29 @@ mod tests {
         for (name, backups, policy, now, want) in cases {
             assert_eq!(deleted(&backups, policy, now), want, "case: {name}");
         }
+    }
+
+    #[test]
+    fn a_pinned_backup_is_kept_whatever_its_age_with_the_pin_as_its_reason() {
+        let policy = Policy {
+            keep_days: 1,
+            min_keep: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+        };
+        let old = Candidate {
+            pinned: Some("before the 2026 migration".into()),
+            ..c("2025-01-01 02:00:00")
+        };
+        let p = plan(
+            &[c("2026-11-21 02:00:00"), old, c("2025-01-02 02:00:00")],
+            &policy,
+            t("2026-11-21 12:00:00"),
+        );
+        assert_eq!(p[1].action, Action::Delete, "{p:?}");
+        assert_eq!(p[2].action, Action::Keep, "{p:?}");
+        assert_eq!(p[2].reason, "pinned: before the 2026 migration");
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub(super) async fn list(
         return Ok(());
     }
     println!(
-        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  FILE",
-        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED", "REASON", "VERIFIED"
+        "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  {:<6}  FILE",
+        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED", "REASON", "VERIFIED", "PINNED"
     );
     for b in &all {
         let schema = match (b.contents, &b.schema) {
@@ -134,7 +134,7 @@ pub(super) async fn list(
             .map(|t| t.format("%Y-%m-%d %H:%MZ").to_string())
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  {}",
+            "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  {:<6}  {}",
             b.id,
             b.target,
             schema,
@@ -143,8 +143,12 @@ pub(super) async fn list(
             b.created.format("%Y-%m-%d %H:%M:%SZ"),
             b.reason.as_deref().unwrap_or("-"),
             verified,
+            if b.pinned.is_some() { "yes" } else { "-" },
             b.file
         );
+        if let Some(why) = &b.pinned {
+            println!("{:<15}  pinned: {}", "", why.escape_debug());
+        }
     }
     Ok(())
 }
@@ -236,4 +240,40 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
     for (file, why) in &r.corrupt {
         println!("  corrupt archive {file} ({why}): not counted, not deleted");
     }
+}
+
+/// `pin` (or `unpin` when `on` is false).
+pub(super) async fn pin(
+    ctx: &Context,
+    cfg: &Config,
+    name: &str,
+    id: &str,
+    reason: Option<&str>,
+    on: bool,
+) -> Result<(), Failure> {
+    let target = cfg.target(name).ok_or_else(|| {
+        usage(format!(
+            "unknown target `{name}`: the config defines {}",
+            cfg.target_names().join(", ")
+        ))
+    })?;
+    let id: crate::catalog::BackupId = id.parse().map_err(|_| {
+        usage(format!(
+            "{id:?} is not a backup id: write it as `list` shows it (YYYYMMDD_HHMMSS)"
+        ))
+    })?;
+    if on {
+        let on = crate::ops::pin::pin(ctx, target, id, reason).await?;
+        println!(
+            "{name}: backup {id} pinned on {}; retention keeps it until `dbkeep unpin {name} {id}`",
+            on.join(", ")
+        );
+    } else {
+        let on = crate::ops::pin::unpin(ctx, target, id).await?;
+        println!(
+            "{name}: backup {id} unpinned on {}; retention decides about it again",
+            on.join(", ")
+        );
+    }
+    Ok(())
 }

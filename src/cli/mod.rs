@@ -75,6 +75,17 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Keep a backup whatever retention says, until `unpin` (on every storage that has it)
+    Pin {
+        target: String,
+        /// The backup's id (YYYYMMDD_HHMMSS), as `list` shows it
+        id: String,
+        /// Why it is kept, shown by list, status, cleanup --dry-run and the admin page
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a pin: retention decides about the backup again
+    Unpin { target: String, id: String },
     /// Restore a backup (latest by default): checksum first, one transaction
     Restore {
         /// The target to restore
@@ -355,6 +366,16 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let selected = select_targets(&cfg, target.as_slice())?;
             let ctx = context(&cfg).await?;
             backup::list(&ctx, &selected, storage.as_deref(), json).await
+        }
+        Cmd::Pin { target, id, reason } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            backup::pin(&ctx, &cfg, &target, &id, reason.as_deref(), true).await
+        }
+        Cmd::Unpin { target, id } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            backup::pin(&ctx, &cfg, &target, &id, None, false).await
         }
         Cmd::Cleanup { target, dry_run } => {
             let cfg = load_config(path)?;

@@ -74,6 +74,9 @@ fn print_status(all: &[TargetHealth]) {
         for w in &h.warnings {
             println!("{:<12} warning: {w}", "");
         }
+        for (id, why) in &h.pinned {
+            println!("{:<12} pinned {id}: {}", "", why.escape_debug());
+        }
         for r in &h.running {
             println!("{:<12} running {}", "", r.line());
         }

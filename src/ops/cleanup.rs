@@ -300,6 +300,7 @@ async fn plan_on_good_copies(
             .map(|(id, bs)| Candidate {
                 id: *id,
                 pending_upload: is_primary && bs.iter().any(|b| not_uploaded(&b.file)),
+                pinned: bs.iter().find_map(|b| b.pinned.clone()),
             })
             .collect();
         let plan = retention::plan(&candidates, &target.policy(), now);

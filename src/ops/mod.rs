@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod hooks;
 pub mod list;
 pub mod lock;
+pub mod pin;
 pub mod restore;
 pub mod status;
 pub mod verify;

@@ -60,6 +60,8 @@ pub struct TargetHealth {
     /// What does not work and should be fixed, but leaves the backups sound (a drill
     /// the role may not do): never makes the target unhealthy.
     pub warnings: Vec<String>,
+    /// Pinned backups (id, reason), which retention keeps.
+    pub pinned: std::collections::BTreeMap<String, String>,
     /// Runs going on now (bytes, rate, percent, ETA), as last reported.
     pub running: Vec<crate::progress::RunProgress>,
     pub newest_backup: Option<NewestBackup>,
@@ -212,6 +214,7 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             age_seconds: (now - created).num_seconds(),
         }),
         backups: facts.catalog.backups,
+        pinned: facts.catalog.pinned.clone(),
         broken_manifests: facts.catalog.broken.len(),
         pending_uploads: facts.state.pending_uploads.len(),
         last_run: LastRun {
@@ -257,6 +260,8 @@ pub struct CatalogSummary {
     pub broken: Vec<String>,
     /// "name unavailable: error" of each storage that could not be listed.
     pub unavailable: Vec<String>,
+    /// Pinned runs (id, reason): retention keeps them.
+    pub pinned: std::collections::BTreeMap<String, String>,
     /// Per storage: complete runs, the oldest's time, broken manifests.
     pub per_storage: Vec<(&'static str, usize, Option<DateTime<Utc>>, usize)>,
 }
@@ -278,6 +283,11 @@ pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) ->
                     listing.broken.len(),
                 ));
                 ids.extend(mine);
+                for b in &listing.complete {
+                    if let Some(why) = &b.pinned {
+                        out.pinned.insert(b.id.to_string(), why.clone());
+                    }
+                }
                 for (file, why) in listing.broken {
                     out.broken.push(format!("{}: {file}: {why}", s.name()));
                 }

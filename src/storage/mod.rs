@@ -208,6 +208,10 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// The name prefix of pin files (see `catalog::Pin`): hidden, yet listed, unlike other
+/// hidden files (temp files of running writers).
+pub const PIN_PREFIX: &str = ".dbkeep-pin.";
+
 /// A probe object's name: hidden, and unlike any archive or manifest.
 pub fn probe_name() -> String {
     format!(".dbkeep-probe-{:08x}", rand::random::<u32>())

@@ -90,6 +90,12 @@ fn endpoints() -> Vec<(&'static str, String, Option<&'static str>)> {
             format!("{API}/restore"),
             Some(r#"{"target":"app","id":"latest","confirm":"app"}"#),
         ),
+        (
+            "POST",
+            format!("{API}/pins"),
+            Some(r#"{"target":"app","id":"20260101_000000"}"#),
+        ),
+        ("DELETE", format!("{API}/pins/app/20260101_000000"), None),
     ]
 }
 
@@ -102,8 +108,9 @@ fn every_endpoint_needs_the_token_and_the_api_is_off_without_one() {
     let denied = "dbkeep_admin_auth_failures_total";
     // What each endpoint answers with the token, in the order of `endpoints()`: the target
     // declares no schema (sync is a usage error), the job id and the file do not exist, and
-    // the restore finds the backup the POST /backup before it took.
-    let expected: [u16; 8] = [200, 200, 400, 202, 404, 200, 404, 202];
+    // the restore finds the backup the POST /backup before it took; the pins name a backup
+    // that does not exist.
+    let expected: [u16; 10] = [200, 200, 400, 202, 404, 200, 404, 202, 404, 404];
     assert_eq!(expected.len(), endpoints().len());
     for ((method, path, body), want) in endpoints().into_iter().zip(expected) {
         for auth in [
@@ -509,7 +516,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     );
     assert!(out.status.success(), "schemathesis failed:\n{text}");
     assert!(
-        text.contains("Tested: 8"),
+        text.contains("Tested: 10"),
         "every operation was exercised:\n{text}"
     );
     assert!(text.contains("passed"), "{text}");
@@ -582,4 +589,57 @@ fn the_admin_page_backs_up_and_downloads_in_headless_chromium() {
     wait_for(Duration::from_secs(60), "the call log", || {
         d.stderr().contains("admin API call")
     });
+}
+
+/// Pins over the API: the same as `dbkeep pin`/`unpin`, shown in GET /backups.
+#[test]
+fn a_backup_is_pinned_and_unpinned_over_the_api() {
+    let sb = Sandbox::new();
+    let (_, cfg) = sqlite_target(&sb, "app", "every = \"1h\"");
+    let cfg = with_token(&sb, &cfg);
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let d = spawn_daemon(&cfg, &[]);
+    let id = call(&d, "GET", &format!("{API}/backups"), None).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!(r#"{{"target":"app","id":"{id}","reason":"quarter close"}}"#);
+    let pinned = call(&d, "POST", &format!("{API}/pins"), Some(&body));
+    assert_eq!(pinned.status, 200, "{}", pinned.text());
+    assert_eq!(pinned.json()["storages"][0], "local");
+    let listed = call(&d, "GET", &format!("{API}/backups"), None).json();
+    assert_eq!(listed[0]["pinned"], "quarter close", "{listed}");
+    for (method, path, body, status) in [
+        (
+            "POST",
+            format!("{API}/pins"),
+            Some(r#"{"target":"app","id":"soon"}"#),
+            400,
+        ),
+        (
+            "POST",
+            format!("{API}/pins"),
+            Some(r#"{"target":"nope","id":"20260101_000000"}"#),
+            404,
+        ),
+        (
+            "POST",
+            format!("{API}/pins"),
+            Some(r#"{"target":"app","id":"20200101_000000"}"#),
+            404,
+        ),
+        (
+            "DELETE",
+            format!("{API}/pins/app/20200101_000000"),
+            None,
+            404,
+        ),
+    ] {
+        let r = call(&d, method, &path, body);
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.text());
+    }
+    let unpinned = call(&d, "DELETE", &format!("{API}/pins/app/{id}"), None);
+    assert_eq!(unpinned.status, 200, "{}", unpinned.text());
+    let listed = call(&d, "GET", &format!("{API}/backups"), None).json();
+    assert!(listed[0]["pinned"].is_null(), "{listed}");
 }

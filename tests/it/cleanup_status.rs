@@ -208,3 +208,110 @@ fn status_reports_each_target_without_a_daemon() {
         run.stdout
     );
 }
+
+/// `pin`: a backup retention would delete is kept, with its reason in `cleanup --dry-run`,
+/// `list` and `status`, also after the state file is lost; a pin file that cannot be read
+/// still pins; `unpin` hands it back to retention.
+#[test]
+fn a_pinned_backup_outlives_retention_until_unpinned() {
+    let (sb, cfg) = with_history(&[40, 35, 20], "");
+    let dir = sb.backups().join("app");
+    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    let mut listed: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let (oldest, second) = (listed[0].clone(), listed[1].clone());
+
+    // Mistakes are refused and change nothing.
+    for (args, code, says) in [
+        (vec!["pin", "app", "2020"], 2, "not a backup id"),
+        (
+            vec!["pin", "app", "20200101_000000"],
+            1,
+            "no complete backup 20200101_000000",
+        ),
+        (
+            vec!["pin", "app", &oldest, "--reason", "two\nlines"],
+            2,
+            "one line",
+        ),
+        (vec!["pin", "nope", &oldest], 2, "unknown target"),
+        (vec!["unpin", "app", &oldest], 1, "is not pinned"),
+    ] {
+        let run = dbkeep(Some(&cfg), &args, &[]);
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+    }
+    assert!(!sb.files("app").iter().any(|f| f.starts_with(".dbkeep-pin")));
+
+    let run = dbkeep(
+        Some(&cfg),
+        &["pin", "app", &oldest, "--reason", "legal hold: case 42"],
+        &[],
+    )
+    .ok();
+    assert!(run.stdout.contains("pinned on local"), "{}", run.stdout);
+    assert!(dir.join(format!(".dbkeep-pin.{oldest}.json")).exists());
+    let dry = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
+    assert!(
+        dry.stdout.contains("pinned: legal hold: case 42"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("would delete 1"), "{}", dry.stdout);
+    let table = dbkeep(Some(&cfg), &["list"], &[]).ok();
+    assert!(
+        table.stdout.contains("pinned: legal hold: case 42"),
+        "{}",
+        table.stdout
+    );
+    let status = dbkeep(Some(&cfg), &["status"], &[]).ok();
+    assert!(
+        status
+            .stdout
+            .contains(&format!("pinned {oldest}: legal hold: case 42")),
+        "{}",
+        status.stdout
+    );
+
+    // The pin lives beside the backups: a lost state file changes nothing.
+    std::fs::remove_file(sb.backups().join(".dbkeep-state.json")).ok();
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    let left = sb.files("app");
+    assert!(left.iter().any(|f| f.contains(&oldest)), "{left:?}");
+    assert!(!left.iter().any(|f| f.contains(&second)), "{left:?}");
+
+    // Pinning again replaces the reason.
+    dbkeep(
+        Some(&cfg),
+        &["pin", "app", &oldest, "--reason", "audit"],
+        &[],
+    )
+    .ok();
+    let json = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    assert!(
+        json.stdout.contains("\"pinned\": \"audit\""),
+        "{}",
+        json.stdout
+    );
+
+    // Unpinned, retention takes it; but a pin file that cannot be read still pins.
+    dbkeep(Some(&cfg), &["unpin", "app", &oldest], &[]).ok();
+    std::fs::write(
+        dir.join(format!(".dbkeep-pin.{oldest}.json")),
+        b"{ not json",
+    )
+    .unwrap();
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(sb.files("app").iter().any(|f| f.contains(&oldest)));
+    std::fs::remove_file(dir.join(format!(".dbkeep-pin.{oldest}.json"))).unwrap();
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(
+        !sb.files("app").iter().any(|f| f.contains(&oldest)),
+        "{:?}",
+        sb.files("app")
+    );
+}

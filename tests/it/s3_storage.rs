@@ -438,3 +438,43 @@ fn the_daemon_reports_the_remote_side_in_metrics_and_health() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"pending_uploads\":0"), "{body}");
 }
+
+/// A pin reaches every storage that holds the backup, as its own object beside the
+/// archive (no manifest is rewritten), S3's listing reads it back, and `unpin` removes it
+/// everywhere. (Retention's use of pins is shown on local files in cleanup_status.rs:
+/// the plan is the same for every storage.)
+#[test]
+fn a_pin_is_an_object_on_s3_too_and_the_s3_listing_reads_it() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("app.db");
+    assert!(std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .status()
+        .unwrap()
+        .success());
+    let s3 = TestS3::start(BUCKET);
+    let cfg = sb.write_config(&format!(
+        "{}{}[targets.app]\nkind = \"sqlite\"\npath = \"{}\"\nkeep_days = 1\nmin_keep = 1\n",
+        local(&sb),
+        s3.config_section(BUCKET, "pins", ""),
+        db.display()
+    ));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let first = list(&cfg, "s3")[0]["id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let run = dbkeep(Some(&cfg), &["pin", "app", &first, "--reason", "keep"], &[]).ok();
+    assert!(run.stdout.contains("pinned on local, s3"), "{}", run.stdout);
+    let pin_key = format!("pins/app/.dbkeep-pin.{first}.json");
+    assert!(s3.object_path(BUCKET, &pin_key).exists(), "{pin_key}");
+    let pinned = list(&cfg, "s3");
+    assert!(
+        pinned
+            .iter()
+            .any(|b| b["id"] == first.as_str() && b["pinned"] == "keep"),
+        "{pinned:?}"
+    );
+    dbkeep(Some(&cfg), &["unpin", "app", &first], &[]).ok();
+    assert!(!s3.object_path(BUCKET, &pin_key).exists());
+}

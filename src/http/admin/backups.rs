@@ -32,6 +32,8 @@ pub struct BackupEntry {
     pub created: DateTime<Utc>,
     pub reason: Option<String>,
     pub verified_at: Option<DateTime<Utc>>,
+    /// Why the backup is pinned (retention keeps it), when it is.
+    pub pinned: Option<String>,
     pub schema_fingerprint: Option<String>,
     /// Streams the archive; signed, so it works without the header for an hour.
     pub download_url: String,
@@ -55,6 +57,7 @@ fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
         created: b.created,
         reason: b.reason.clone(),
         verified_at: b.verified_at,
+        pinned: b.pinned.clone(),
         schema_fingerprint: b.manifest.schema_fingerprint.clone(),
         download_url: signed_link(token, &b.target, &b.file, now),
         manifest_url: signed_link(token, &b.target, &manifest, now),
@@ -210,4 +213,84 @@ fn stream_file(mut reader: Box<dyn std::io::Read + Send>, file: &str, len: u64) 
         rx.recv().await.map(|item| (item, rx))
     });
     file_response(file, len, Body::from_stream(stream))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PinBody {
+    pub target: String,
+    /// The backup's id (YYYYMMDD_HHMMSS).
+    pub id: String,
+    /// Why it is kept (one line); `pinned` when missing.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PinDone {
+    pub target: String,
+    pub id: String,
+    pub pinned: bool,
+    /// The storages the pin was written to (or removed from).
+    pub storages: Vec<String>,
+}
+
+fn parse_id(id: &str) -> Result<catalog::BackupId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a backup id"),
+            "use an id from GET /backups (YYYYMMDD_HHMMSS)",
+        )
+    })
+}
+
+/// Pin a backup, as `dbkeep pin TARGET ID --reason TEXT`: retention keeps it until it is
+/// unpinned. Pinning again replaces the reason.
+#[utoipa::path(post, path = "/api/v1/admin/database/pins", tag = "admin",
+    request_body = PinBody,
+    responses((status = 200, body = PinDone), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn pin(
+    State(st): State<AdminState>,
+    body: Result<Json<PinBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PinDone>, ApiError> {
+    let Json(body) = body?;
+    let cfg = st.daemon.config();
+    let target = cfg
+        .target(&body.target)
+        .ok_or_else(|| ApiError::unknown_target(&body.target, &st.daemon))?;
+    let id = parse_id(&body.id)?;
+    let on = crate::ops::pin::pin(&st.daemon.context(), target, id, body.reason.as_deref()).await?;
+    Ok(Json(PinDone {
+        target: body.target,
+        id: id.to_string(),
+        pinned: true,
+        storages: on.iter().map(|s| s.to_string()).collect(),
+    }))
+}
+
+/// Unpin a backup, as `dbkeep unpin TARGET ID`: retention decides about it again.
+#[utoipa::path(delete, path = "/api/v1/admin/database/pins/{target}/{id}", tag = "admin",
+    params(("target" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = PinDone), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn unpin(
+    State(st): State<AdminState>,
+    Path((target_name, id)): Path<(String, String)>,
+) -> Result<Json<PinDone>, ApiError> {
+    let cfg = st.daemon.config();
+    let target = cfg
+        .target(&target_name)
+        .ok_or_else(|| ApiError::unknown_target(&target_name, &st.daemon))?;
+    let id = parse_id(&id)?;
+    let on = crate::ops::pin::unpin(&st.daemon.context(), target, id).await?;
+    Ok(Json(PinDone {
+        target: target_name,
+        id: id.to_string(),
+        pinned: false,
+        storages: on.iter().map(|s| s.to_string()).collect(),
+    }))
 }

@@ -45,6 +45,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/backups", get(backups::backups))
         .route("/backups/{target}/{file}", get(backups::download))
         .route("/restore", post(database::start_restore))
+        .route("/pins", post(backups::pin))
+        .route("/pins/{target}/{id}", axum::routing::delete(backups::unpin))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -163,7 +165,8 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "dbkeep admin API", description = "Databases, schema and backups of a dbkeep daemon. Every call needs `Authorization: Bearer <token>` (daemon.admin_token_file)."),
     paths(database::info, database::schema_status, database::schema_sync, jobs::start_backup,
-        jobs::job, backups::backups, backups::download, database::start_restore),
+        jobs::job, backups::backups, backups::download, database::start_restore, backups::pin,
+        backups::unpin),
     modifiers(&BearerAuth),
     tags((name = "admin"))
 )]
@@ -186,6 +189,8 @@ mod tests {
             "/backups",
             "/backups/{target}/{file}",
             "/restore",
+            "/pins",
+            "/pins/{target}/{id}",
         ] {
             assert!(paths.contains_key(&format!("{PREFIX}{p}")), "{p}");
         }
