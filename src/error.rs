@@ -71,6 +71,18 @@ pub fn io_kind(e: &std::io::Error) -> ErrorKind {
     }
 }
 
+/// Text from a database or a file made safe for one line of a terminal: control
+/// characters (a newline in a table or schema name) are shown escaped (`\n`), so a name
+/// cannot forge the lines after it.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 /// Every message of an error's source chain, outermost first, without repeats (an
 /// outer message that already quotes its source is not followed by it again).
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {

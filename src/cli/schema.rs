@@ -202,7 +202,7 @@ pub(super) async fn migrate(
             for r in rows {
                 println!(
                     "{:<12} {:04}  {}  {:>8.1} ms  {}{}",
-                    r.schema,
+                    crate::error::one_line(&r.schema),
                     r.applied.version,
                     r.applied.installed_on.format("%Y-%m-%d %H:%M:%S"),
                     r.applied.execution_ms,
@@ -221,7 +221,8 @@ pub(super) async fn migrate(
             for (s, versions) in &r.schemas {
                 let list: Vec<String> = versions.iter().map(|v| format!("{v:04}")).collect();
                 println!(
-                    "{name}: schema {s}: matches migrations 1..{}; recorded as applied: {} (nothing was run)",
+                    "{name}: schema {}: matches migrations 1..{}; recorded as applied: {} (nothing was run)",
+                    crate::error::one_line(s),
                     r.to,
                     list.join(", ")
                 );

@@ -156,7 +156,10 @@ pub(super) async fn doctor(
             };
             println!(
                 "{:<16} {:<24} {:<8} {}",
-                f.scope, f.check.feature, verdict, f.check.detail
+                crate::error::one_line(&f.scope),
+                f.check.feature,
+                verdict,
+                crate::error::one_line(&f.check.detail)
             );
         }
     }

@@ -243,6 +243,10 @@ pub fn drill_deadline(
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let schedule = target.verify_schedule.as_ref()?;
+    // A drill the role may not do is a warning of its own, not an overdue drill.
+    if state.warnings.contains_key(super::verify::WARN_DRILL) {
+        return None;
+    }
     let grace =
         chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
     let from = state.last_verify.or(state.since).unwrap_or(now);

@@ -79,12 +79,12 @@ pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, Restor
     let t0 = Instant::now();
     let now = ctx.now();
     // A drill the role may not do is a warning to act on, not a failed drill: nothing is
-    // tried on the server, and the time is recorded so the drill is not overdue.
+    // tried on the server, and no drill deadline runs while the warning stands (the last
+    // drill that did run stays what `last_drill` shows).
     match engine::build(target).scratch_denied(Purpose::Drill).await {
         Ok(Some(why)) => {
             metrics::drill_impossible(&target.name, &why);
             ctx.state.update(&target.name, |s| {
-                s.last_verify = Some(now);
                 s.warnings.insert(WARN_DRILL.into(), why.clone());
             });
             return Err(RestoreError::NotPermitted(why));

@@ -222,7 +222,11 @@ pub async fn baseline(
             let live_model = session.model(&schema).await.map_err(on(target))?;
             let differences = super::diff::diff(&declared, &live_model, "migrations");
             if !differences.is_empty() {
-                let shown: Vec<String> = differences.iter().map(|d| d.message.clone()).collect();
+                let shown: Vec<String> = differences
+                    .iter()
+                    .map(|d| crate::error::one_line(&d.message))
+                    .collect();
+                let schema = crate::error::one_line(&schema);
                 return Err(SchemaError::Refused(format!(
                     "schema {schema} is not what migrations 1..{to} build, so they cannot be recorded as applied ({} difference(s): {}); nothing was recorded. Make the schema match (or pick --to), then run baseline again",
                     differences.len(),

@@ -368,7 +368,7 @@ pub fn render_status(r: &StatusReport) -> String {
         let count = |st: MigrationState| s.migrations.iter().filter(|m| m.state == st).count();
         out.push_str(&format!(
             "  schema {}: {}\n",
-            s.schema,
+            crate::error::one_line(&s.schema),
             if s.in_sync() { "in sync" } else { "drift" }
         ));
         if !s.migrations.is_empty() {
@@ -397,7 +397,7 @@ pub fn render_status(r: &StatusReport) -> String {
         if !s.differences.is_empty() {
             out.push_str(&format!("    {} difference(s):\n", s.differences.len()));
             for d in &s.differences {
-                out.push_str(&format!("      {}\n", d.message));
+                out.push_str(&format!("      {}\n", crate::error::one_line(&d.message)));
             }
         }
     }

@@ -534,6 +534,10 @@ fn checks_the_role_may_not_do_are_warnings_not_failures() {
     ] {
         assert!(drill.stdout.contains(needle), "{needle}: {}", drill.stdout);
     }
+    // No drill ran: none is recorded as if it had.
+    let st = dbkeep(Some(&cfg), &["status", "--json"], &[]).ok();
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert!(st[0]["last_drill"]["started"].is_null(), "{st}");
     let d = spawn_daemon(&cfg, &[]);
     let runs = r#"dbkeep_backup_runs_total{status="success",target="app"}"#;
     wait_for(Duration::from_secs(40), "4 scheduled backups", || {
@@ -735,6 +739,38 @@ fn doctor_names_what_the_role_may_not_do_and_the_grant_that_fixes_it() {
         "{}",
         run.stdout
     );
+
+    // pg_read_all_data is not enough for a table behind row-level security or for large
+    // objects: pg_dump would fail on both, so doctor says so.
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE reader LOGIN PASSWORD '{PG_PASSWORD}'; GRANT pg_read_all_data TO reader"
+        ),
+    );
+    pg.psql(
+        "app",
+        "CREATE TABLE guarded (x int); ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; \
+         SELECT lo_from_bytea(0, 'blob'::bytea)",
+    );
+    let reader = config("reader", "", "");
+    let run = dbkeep(Some(&reader), &["doctor", "app"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let dump = verdict(&run.stdout, "target app", "dump");
+    assert!(
+        dump.contains("public.guarded has row-level security"),
+        "{dump}"
+    );
+    assert!(dump.contains("ALTER ROLE reader BYPASSRLS"), "{dump}");
+    assert!(dump.contains("may not read 1 large object(s)"), "{dump}");
+    let backup = dbkeep(Some(&reader), &["backup"], &[]);
+    assert_ne!(backup.code, 0, "doctor was right: {}", backup.stderr);
+    // Only the configured schemas count: a per-schema target of what the role may read.
+    pg.psql("app", "CREATE SCHEMA s1; CREATE TABLE s1.fine (x int); GRANT USAGE ON SCHEMA s1 TO weak; GRANT SELECT ON s1.fine TO weak");
+    let scoped = config("weak", "schemas = [\"s1\"]", "");
+    let run = dbkeep(Some(&scoped), &["doctor", "app"], &[]);
+    let dump = verdict(&run.stdout, "target app", "dump");
+    assert!(dump.contains(" ok "), "{dump}");
 
     // Client tools too old or missing are named with the fix.
     let empty = sb.path().join("no-tools");

@@ -62,7 +62,7 @@ pub async fn doctor(e: &PostgresEngine, wants: Wants) -> Vec<Check> {
             },
         );
     }
-    out.push(dump_rights(&mut conn, &facts, &role).await);
+    out.push(dump_rights(&mut conn, &facts, &role, &e.cfg.schemas).await);
     if wants.globals {
         out.push(if facts.superuser {
             Check::new(
@@ -120,65 +120,142 @@ async fn role_facts(conn: &mut sqlx::PgConnection) -> Result<RoleFacts, EngineEr
     })
 }
 
-/// Whether pg_dump can read everything: superuser, pg_read_all_data, or SELECT on every
-/// table and sequence and USAGE on their schemas.
-async fn dump_rights(conn: &mut sqlx::PgConnection, f: &RoleFacts, role: &str) -> Check {
-    if f.superuser || f.reads_all {
-        let how = if f.superuser {
-            "superuser"
-        } else {
+/// Whether pg_dump can read everything it will dump: superuser, or `pg_read_all_data`
+/// (else SELECT on every table and sequence and USAGE on their schemas); no table behind
+/// row-level security the role does not bypass (pg_dump refuses those); every large object
+/// readable (whole-database dumps carry them, and `pg_read_all_data` does not cover them).
+/// Only the configured `schemas` count, when there are some.
+async fn dump_rights(
+    conn: &mut sqlx::PgConnection,
+    f: &RoleFacts,
+    role: &str,
+    schemas: &[String],
+) -> Check {
+    if f.superuser {
+        return Check::new(
+            "dump",
+            Verdict::Ok,
+            format!("role {role} may read everything (superuser)"),
+        );
+    }
+    let in_scope = |schema: &str| {
+        schemas.is_empty() || schemas.iter().any(|p| crate::engine::glob_match(p, schema))
+    };
+    let mut problems = Vec::new();
+    if !f.reads_all {
+        match relations(
+            conn,
+            "NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'))",
+        )
+        .await
+        {
+            Err(e) => problems.push(e),
+            Ok(rows) => {
+                let rows: Vec<_> = rows.into_iter().filter(|(s, _)| in_scope(s)).collect();
+                if !rows.is_empty() {
+                    let grant = if f.major >= 14 {
+                        format!("GRANT pg_read_all_data TO {role}")
+                    } else {
+                        format!("GRANT USAGE ON SCHEMA <schema> TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO {role}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA <schema> TO {role}")
+                    };
+                    problems.push(format!(
+                        "role {role} may not read {}: pg_dump would fail; {grant}",
+                        named(&rows)
+                    ));
+                }
+            }
+        }
+    }
+    match relations(
+        conn,
+        "c.relkind IN ('r', 'p') AND c.relrowsecurity \
+         AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) \
+         AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user)",
+    )
+    .await
+    {
+        Err(e) => problems.push(e),
+        Ok(rows) => {
+            let rows: Vec<_> = rows.into_iter().filter(|(s, _)| in_scope(s)).collect();
+            if !rows.is_empty() {
+                problems.push(format!(
+                    "{} {} row-level security, which pg_dump refuses to dump for a role that does not bypass it: ALTER ROLE {role} BYPASSRLS",
+                    named(&rows),
+                    if rows.len() == 1 { "has" } else { "have" }
+                ));
+            }
+        }
+    }
+    // `pg_dump -n` leaves large objects out: only whole-database dumps need them.
+    if schemas.is_empty() {
+        let unreadable: Result<(i64, Option<i64>), _> = sqlx::query_as(
+            "SELECT count(*), min(m.oid::bigint) FROM pg_largeobject_metadata m \
+             WHERE NOT current_setting('lo_compat_privileges')::bool \
+               AND NOT pg_has_role(m.lomowner, 'USAGE') \
+               AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a \
+                               WHERE a.privilege_type = 'SELECT' \
+                                 AND CASE WHEN a.grantee = 0 THEN true ELSE pg_has_role(a.grantee, 'USAGE') END)",
+        )
+        .fetch_one(&mut *conn)
+        .await;
+        match unreadable {
+            Err(e) => problems.push(crate::engine::sql_message(&e)),
+            Ok((0, _)) => {}
+            Ok((n, first)) => problems.push(format!(
+                "role {role} may not read {n} large object(s), which a whole-database dump includes: GRANT SELECT ON LARGE OBJECT {} TO {role} (for each), or back up as their owner",
+                first.unwrap_or_default()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        let how = if f.reads_all {
             "member of pg_read_all_data"
+        } else {
+            "SELECT on every table and sequence"
         };
         return Check::new(
             "dump",
             Verdict::Ok,
-            format!("role {role} may read every table ({how})"),
+            format!("role {role} may read every table, sequence and large object it dumps ({how})"),
         );
     }
-    let denied: Result<Vec<(String, String)>, _> = sqlx::query_as(
+    Check::new("dump", Verdict::Cannot, problems.join("; "))
+}
+
+/// (schema, name) of the user relations matching `condition` (on `c` and `n`), sorted.
+async fn relations(
+    conn: &mut sqlx::PgConnection,
+    condition: &str,
+) -> Result<Vec<(String, String)>, String> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p', 'm', 'S') AND n.nspname !~ '^pg_' \
-           AND n.nspname <> 'information_schema' \
-           AND NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')) \
-         ORDER BY 1, 2",
-    )
+           AND n.nspname <> 'information_schema' AND {condition} \
+         ORDER BY 1, 2"
+    )))
     .fetch_all(&mut *conn)
-    .await;
-    match denied {
-        Err(err) => Check::new("dump", Verdict::Cannot, crate::engine::sql_message(&err)),
-        Ok(rows) if rows.is_empty() => Check::new(
-            "dump",
-            Verdict::Ok,
-            format!("role {role} may read every table, sequence and schema"),
-        ),
-        Ok(rows) => {
-            let named: Vec<String> = rows
-                .iter()
-                .take(NAMED)
-                .map(|(s, t)| format!("{}.{}", sql_ident(s), sql_ident(t)))
-                .collect();
-            let more = rows.len().saturating_sub(NAMED);
-            let grant = if f.major >= 14 {
-                format!("GRANT pg_read_all_data TO {role}")
-            } else {
-                format!("GRANT USAGE ON SCHEMA <schema> TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO {role}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA <schema> TO {role}")
-            };
-            Check::new(
-                "dump",
-                Verdict::Cannot,
-                format!(
-                    "role {role} may not read {}{}: pg_dump would fail; {grant}",
-                    named.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
-                ),
-            )
+    .await
+    .map_err(|e| crate::engine::sql_message(&e))
+}
+
+/// The first few relations, qualified, and how many more.
+fn named(rows: &[(String, String)]) -> String {
+    let names: Vec<String> = rows
+        .iter()
+        .take(NAMED)
+        .map(|(s, t)| format!("{}.{}", sql_ident(s), sql_ident(t)))
+        .collect();
+    let more = rows.len().saturating_sub(NAMED);
+    format!(
+        "{}{}",
+        names.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
         }
-    }
+    )
 }
 
 /// Whether the scratch database of `purpose` can be made, on the drill server when one

@@ -46,7 +46,7 @@ async fn open_snapshot(conn: &mut PgConnection, what: &str) -> Result<Option<Str
         Err(err) => {
             // A server that cannot export snapshots (some poolers, old standbys): each
             // pg_dump then takes its own, which is consistent for a single archive.
-            tracing::warn!(error = %err, "cannot export a snapshot; archives of this run are each consistent on their own");
+            tracing::warn!(error = %crate::engine::sql_message(&err), "cannot export a snapshot; archives of this run are each consistent on their own");
             sqlx::raw_sql("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *conn)
                 .await
@@ -83,7 +83,7 @@ async fn read_fingerprints(conn: &mut PgConnection, target: &str) -> Option<Fing
             Some((fingerprint_all(&models), each))
         }
         Err(err) => {
-            tracing::warn!(target, error = %err, "cannot read the schema fingerprint; the backup goes on without it");
+            tracing::warn!(target, error = %crate::engine::sql_message(&err), "cannot read the schema fingerprint; the backup goes on without it");
             let _ = sqlx::raw_sql("ROLLBACK TO SAVEPOINT dbkeep_fingerprint")
                 .execute(&mut *conn)
                 .await;
