@@ -277,6 +277,9 @@ pub struct Scan {
     pub complete: Vec<(BackupId, String, u64)>,
     /// Pin files, by the id of the run they pin.
     pub pins: Vec<(BackupId, String)>,
+    /// Probe objects `dbkeep doctor` wrote and, interrupted, did not remove (old enough
+    /// that no doctor run still owns them).
+    pub probes: Vec<String>,
     /// Archives with no manifest, old enough to be leftovers of an interrupted run.
     pub orphans: Vec<String>,
     /// Manifests whose archive is gone.
@@ -297,6 +300,12 @@ pub async fn scan(
     for o in &objects {
         if let Some(id) = pin_id(&o.file) {
             scan.pins.push((id, o.file.clone()));
+            continue;
+        }
+        if o.file.starts_with(crate::storage::PROBE_PREFIX) {
+            if (now - o.modified).num_seconds() >= ORPHAN_MIN_AGE_SECS {
+                scan.probes.push(o.file.clone());
+            }
             continue;
         }
         let Some(id) = id_of_file(target, &o.file) else {

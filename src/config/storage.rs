@@ -44,6 +44,19 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
                 ),
             ));
         }
+        // S3 signs requests with keys; credentials in the URL would only end up in logs.
+        if url::Url::parse(e).is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) {
+            return Err(key_err(
+                k("endpoint"),
+                "holds credentials (user:password@): S3 uses access_key_id and secret_access_key (or their _file keys); remove them from the URL",
+            ));
+        }
+        if url::Url::parse(e).is_ok_and(|u| u.query().is_some()) {
+            return Err(key_err(
+                k("endpoint"),
+                "has a query string: give the endpoint's scheme, host and port only",
+            ));
+        }
     }
     let secret = |plain: Option<String>,
                   file: Option<String>,

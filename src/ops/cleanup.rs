@@ -184,6 +184,13 @@ pub async fn run(
                 }
                 leftovers.push((file, "archive without manifest (interrupted run)"));
             }
+            for file in scan.probes {
+                if !dry_run {
+                    s.delete(name, &file).await.map_err(err)?;
+                    metrics::leftover_removed(name, s.name(), &file, "probe object");
+                }
+                leftovers.push((file, "probe object of an interrupted `dbkeep doctor`"));
+            }
 
             if !dry_run {
                 metrics::backups_counted(

@@ -46,7 +46,21 @@ pub async fn run(ctx: &Context, cfg: &Config, targets: &[&Target]) -> Vec<Findin
         .unwrap_or("dbkeep-probe");
     for s in ctx.storages.iter() {
         let scope = format!("storage {}", s.name());
-        for (step, result) in s.probe(folder).await {
+        // Folders the probe creates go again afterwards (the first backup makes them).
+        let missing: Vec<std::path::PathBuf> = s
+            .folder(folder)
+            .map(|d| {
+                d.ancestors()
+                    .take_while(|p| !p.exists())
+                    .map(|p| p.to_path_buf())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let probed = s.probe(folder).await;
+        for d in &missing {
+            let _ = std::fs::remove_dir(d);
+        }
+        for (step, result) in probed {
             let check = match result {
                 Ok(()) => Check::new(step, Verdict::Ok, s.location(folder)),
                 Err(e) => {
@@ -117,12 +131,18 @@ async fn space(s: &dyn Storage, dir: &std::path::Path, targets: &[&Target]) -> C
     }
 }
 
-/// The state file and scratch files go to `work_dir`: it must be writable.
+/// The state file and scratch files go to `work_dir`: it must be writable (or, when it
+/// does not exist yet, its nearest existing parent, where the first run creates it).
 fn work_dir(dir: &std::path::Path) -> Check {
-    let probe = dir.join(crate::storage::probe_name());
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b"probe"))
-        .and_then(|()| std::fs::remove_file(&probe));
+    let Some(existing) = dir.ancestors().find(|d| d.exists()) else {
+        return Check::new(
+            "write",
+            Verdict::Cannot,
+            format!("{}: no part of it exists", dir.display()),
+        );
+    };
+    let probe = existing.join(crate::storage::probe_name());
+    let written = std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe));
     match written {
         Ok(()) => Check::new("write", Verdict::Ok, dir.display().to_string()),
         Err(e) => Check::new(

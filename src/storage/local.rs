@@ -405,7 +405,10 @@ impl Storage for LocalStorage {
             for entry in entries {
                 let entry = entry.map_err(|source| io_err("list", &dir, source))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') && !name.starts_with(super::PIN_PREFIX) {
+                if name.starts_with('.')
+                    && !name.starts_with(super::PIN_PREFIX)
+                    && !name.starts_with(super::PROBE_PREFIX)
+                {
                     continue;
                 }
                 // symlink_metadata: a symlink planted in the folder is not a backup.

@@ -212,9 +212,13 @@ pub trait Storage: Send + Sync {
 /// hidden files (temp files of running writers).
 pub const PIN_PREFIX: &str = ".dbkeep-pin.";
 
+/// The name prefix of probe objects (`dbkeep doctor`); listed, so cleanup removes the
+/// ones an interrupted doctor left.
+pub const PROBE_PREFIX: &str = ".dbkeep-probe-";
+
 /// A probe object's name: hidden, and unlike any archive or manifest.
 pub fn probe_name() -> String {
-    format!(".dbkeep-probe-{:08x}", rand::random::<u32>())
+    format!("{PROBE_PREFIX}{:08x}", rand::random::<u32>())
 }
 
 /// Write, list, read back and delete `name` in `target`'s folder.

@@ -315,3 +315,29 @@ fn a_pinned_backup_outlives_retention_until_unpinned() {
         sb.files("app")
     );
 }
+
+/// A probe object left by an interrupted `dbkeep doctor` is removed by cleanup once it is
+/// old enough that no doctor still owns it; a fresh one stays.
+#[test]
+fn probe_objects_of_an_interrupted_doctor_are_cleaned_up() {
+    let (sb, cfg) = with_history(&[], "");
+    let dir = sb.backups().join("app");
+    let old = dir.join(".dbkeep-probe-0badf00d");
+    let fresh = dir.join(".dbkeep-probe-00c0ffee");
+    std::fs::write(&old, b"dbkeep doctor probe").unwrap();
+    std::fs::write(&fresh, b"dbkeep doctor probe").unwrap();
+    assert!(std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&old)
+        .status()
+        .unwrap()
+        .success());
+    let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert!(
+        run.stdout.contains("interrupted `dbkeep doctor`"),
+        "{}",
+        run.stdout
+    );
+    assert!(!old.exists());
+    assert!(fresh.exists(), "a doctor may still be using it");
+}

@@ -18,6 +18,7 @@ fn bad_configs_exit_2_naming_the_key() {
         ("cron with 3 fields", format!("{STORAGE}[defaults]\nschedule = \"0 2 *\"\n{APP}"), vec![], "defaults.schedule"),
         ("every and schedule", format!("{STORAGE}{APP}every = \"6h\"\nschedule = \"0 2 * * *\"\n"), vec![], "targets.app.every"),
         ("timezone shown so the typo shows", format!("{STORAGE}[defaults]\ntimezone = \"europe/berlin\"\n{APP}"), vec![], "\"europe/berlin\" is not an IANA time zone"),
+        ("s3 endpoint with credentials", format!("{STORAGE}{APP}[storage.s3]\nbucket = \"b\"\nprefix = \"p\"\nendpoint = \"http://u:EndpointSecret9@127.0.0.1:9000\"\n"), vec![], "`storage.s3.endpoint`: holds credentials"),
         ("bad every", format!("{STORAGE}{APP}every = \"sometimes\"\n"), vec![], "targets.app.every"),
         ("missing url", format!("{STORAGE}[targets.app]\nkind = \"postgres\"\n"), vec![], "targets.app.url"),
         ("non-postgres url", format!("{STORAGE}[targets.app]\nkind = \"postgres\"\nurl = \"mysql://x/y\"\n"), vec![], "targets.app.url"),

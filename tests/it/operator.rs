@@ -931,3 +931,51 @@ fn the_system_python_refuses_pip_but_the_scripts_venv_takes_packages() {
         "pip runs there: {said}"
     );
 }
+
+/// `doctor` on a fresh host leaves it as it found it: the folders its probe needed are
+/// gone again, no probe file stays, and a SQLite target's checks pass.
+#[test]
+fn doctor_leaves_nothing_behind_on_a_fresh_host() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("app.db");
+    std::fs::write(&db, b"").unwrap();
+    let store = sb.path().join("not-yet/backups");
+    let work = sb.path().join("not-yet-work/dbkeep");
+    let cfg = sb.write_config(&format!(
+        "[daemon]\nwork_dir = \"{}\"\n[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"sqlite\"\npath = \"{}\"\n",
+        work.display(),
+        store.display(),
+        db.display()
+    ));
+    let run = dbkeep(Some(&cfg), &["doctor"], &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for line in [
+        "target app       dump",
+        "storage local    write",
+        "work_dir         write",
+    ] {
+        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
+    }
+    assert!(
+        !sb.path().join("not-yet").exists(),
+        "{} was left",
+        store.display()
+    );
+    assert!(!work.exists(), "{} was left", work.display());
+    let leftovers: Vec<_> = walk_names(sb.path())
+        .into_iter()
+        .filter(|n| n.contains("dbkeep-probe"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.path().is_dir() {
+            out.extend(walk_names(&e.path()));
+        }
+    }
+    out
+}
