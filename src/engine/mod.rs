@@ -397,6 +397,10 @@ pub trait Session: Send {
     /// Every schema that holds user objects, sorted.
     async fn schemas(&mut self) -> Result<Vec<String>, EngineError>;
     async fn model(&mut self, schema: &str) -> Result<SchemaModel, EngineError>;
+    /// The objects of `schema` the table model leaves out, one line each, sorted: views,
+    /// sequences, functions, types (enum labels included), triggers, non-default column
+    /// collations (PostgreSQL); views and triggers (SQLite).
+    async fn inventory(&mut self, schema: &str) -> Result<Vec<String>, EngineError>;
     /// The history table of `schema` (unqualified for `None`), quoted for SQL.
     fn history_table(&self, schema: Option<&str>) -> String;
     async fn applied(&mut self, schema: &str) -> Result<Vec<Applied>, EngineError>;

@@ -202,7 +202,7 @@ pub async fn baseline(
         )));
     }
     let upto: Vec<MigrationFile> = files.iter().filter(|f| f.version <= to).cloned().collect();
-    let declared = super::build_declared(ctx, target, sc, &upto).await?;
+    let reference = super::build_reference(ctx, target, sc, &upto).await?;
     let mut session = live(target).await?;
     let checked = async {
         let mut schemas = Vec::new();
@@ -220,16 +220,37 @@ pub async fn baseline(
                 )));
             }
             let live_model = session.model(&schema).await.map_err(on(target))?;
-            let differences = super::diff::diff(&declared, &live_model, "migrations");
-            if !differences.is_empty() {
-                let shown: Vec<String> = differences
-                    .iter()
-                    .map(|d| crate::error::one_line(&d.message))
-                    .collect();
+            let mut shown: Vec<String> = super::diff::diff(&reference.main, &live_model, "migrations")
+                .iter()
+                .map(|d| crate::error::one_line(&d.message))
+                .collect();
+            let live_inventory = session.inventory(&schema).await.map_err(on(target))?;
+            shown.extend(inventory_differences(&reference.main_inventory, &live_inventory, ""));
+            // Schemas the migrations create besides (an `audit` schema): checked once, with
+            // the main schema.
+            if schemas.is_empty() {
+                let live_schemas = session.schemas().await.map_err(on(target))?;
+                for (other, model, inventory) in &reference.others {
+                    if !live_schemas.contains(other) {
+                        shown.push(format!("schema {other} is missing"));
+                        continue;
+                    }
+                    let m = session.model(other).await.map_err(on(target))?;
+                    shown.extend(
+                        super::diff::diff(model, &m, "migrations")
+                            .iter()
+                            .map(|d| format!("in schema {other}: {}", d.message)),
+                    );
+                    let inv = session.inventory(other).await.map_err(on(target))?;
+                    shown.extend(inventory_differences(inventory, &inv, &format!("in schema {other}: ")));
+                }
+            }
+            if !shown.is_empty() {
+                let shown: Vec<String> = shown.iter().map(|s| crate::error::one_line(s)).collect();
                 let schema = crate::error::one_line(&schema);
                 return Err(SchemaError::Refused(format!(
                     "schema {schema} is not what migrations 1..{to} build, so they cannot be recorded as applied ({} difference(s): {}); nothing was recorded. Make the schema match (or pick --to), then run baseline again",
-                    differences.len(),
+                    shown.len(),
                     shown.join("; ")
                 )));
             }
@@ -260,4 +281,16 @@ pub async fn baseline(
         report.schemas.push((schema.clone(), versions.clone()));
     }
     Ok(report)
+}
+
+/// What one inventory has that the other lacks, as differences to name.
+fn inventory_differences(migrations: &[String], live: &[String], prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in migrations.iter().filter(|m| !live.contains(m)) {
+        out.push(format!("{prefix}{m} is missing"));
+    }
+    for l in live.iter().filter(|l| !migrations.contains(l)) {
+        out.push(format!("{prefix}{l} is not in the migrations"));
+    }
+    out
 }

@@ -227,6 +227,42 @@ pub(super) async fn build_declared(
     sc: &SchemaConfig,
     files: &[MigrationFile],
 ) -> Result<SchemaModel, SchemaError> {
+    Ok(build_in_scratch(ctx, target, sc, files, false).await?.0)
+}
+
+/// Everything the declared schema builds, for `migrate baseline`: the main schema's
+/// model and the objects the model leaves out, and every other schema it creates.
+pub(super) struct Reference {
+    pub main: SchemaModel,
+    pub main_inventory: Vec<String>,
+    /// (schema, model, inventory) of the other schemas the migrations create.
+    pub others: Vec<(String, SchemaModel, Vec<String>)>,
+}
+
+pub(super) async fn build_reference(
+    ctx: &Context,
+    target: &Target,
+    sc: &SchemaConfig,
+    files: &[MigrationFile],
+) -> Result<Reference, SchemaError> {
+    let (main, extras) = build_in_scratch(ctx, target, sc, files, true).await?;
+    let (main_inventory, others) = extras.unwrap_or_default();
+    Ok(Reference {
+        main,
+        main_inventory,
+        others,
+    })
+}
+
+type Extras = (Vec<String>, Vec<(String, SchemaModel, Vec<String>)>);
+
+async fn build_in_scratch(
+    ctx: &Context,
+    target: &Target,
+    sc: &SchemaConfig,
+    files: &[MigrationFile],
+    with_extras: bool,
+) -> Result<(SchemaModel, Option<Extras>), SchemaError> {
     let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
     let scratch = engine::build(target)
         .scratch(Purpose::Declared, &dir)
@@ -237,7 +273,24 @@ pub(super) async fn build_declared(
         })?;
     let built = async {
         let mut session = scratch.connect().await.map_err(on(target))?;
-        let r = apply_declared(session.as_mut(), sc, files, target).await;
+        let r: Result<(SchemaModel, Option<Extras>), SchemaError> = async {
+            let model = apply_declared(session.as_mut(), sc, files, target).await?;
+            if !with_extras {
+                return Ok((model, None));
+            }
+            let main = session.main_schema().await.map_err(on(target))?;
+            let inventory = session.inventory(&main).await.map_err(on(target))?;
+            let mut others = Vec::new();
+            for s in session.schemas().await.map_err(on(target))? {
+                if s != main {
+                    let m = session.model(&s).await.map_err(on(target))?;
+                    let inv = session.inventory(&s).await.map_err(on(target))?;
+                    others.push((s, m, inv));
+                }
+            }
+            Ok((model, Some((inventory, others))))
+        }
+        .await;
         session.close().await;
         r
     }

@@ -929,3 +929,52 @@ fn baseline_adopts_migrations_on_a_database_that_already_has_the_schema() {
         vec!["_sqlx_migrations", "audit", "orders", "users"]
     );
 }
+
+/// Baseline compares more than tables: schemas the migrations create, views, functions,
+/// enum labels, triggers and column collations must be there too, or nothing is recorded.
+#[test]
+fn baseline_refuses_a_database_missing_views_functions_types_or_schemas() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    let sb = Sandbox::new();
+    let dir = sb.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = "CREATE TYPE mood AS ENUM ('happy', 'sad');\n\
+                CREATE TABLE a (id int PRIMARY KEY, m mood, name text COLLATE \"C\");\n\
+                CREATE VIEW a_names AS SELECT name FROM a;\n\
+                CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n\
+                CREATE TRIGGER a_touch BEFORE UPDATE ON a FOR EACH ROW EXECUTE FUNCTION touch();\n\
+                CREATE SCHEMA audit;\nCREATE TABLE audit.log (at timestamptz);\n";
+    std::fs::write(dir.join("0001_init.up.sql"), full).unwrap();
+    let cfg = pg_config(&sb, &pg, "app", &schema_section(&dir, ""));
+    // Built by hand with the table right but each other object wrong or missing.
+    pg.psql(
+        "app",
+        "CREATE TYPE mood AS ENUM ('angry'); \
+         CREATE TABLE a (id int PRIMARY KEY, m mood, name text);",
+    );
+    let run = dbkeep(Some(&cfg), &["migrate", "app", "baseline"], &[]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    for named in [
+        "type mood (happy, sad) is missing",
+        "type mood (angry) is not in the migrations",
+        "view a_names is missing",
+        "function touch() is missing",
+        "trigger a_touch on a is missing",
+        "collation C of a.name is missing",
+        "schema audit is missing",
+    ] {
+        assert!(run.stderr.contains(named), "{named}: {}", run.stderr);
+    }
+    let history = dbkeep(Some(&cfg), &["migrate", "app", "history", "--json"], &[]).ok();
+    assert_eq!(history.stdout.trim(), "[]");
+    // Made to match, it is adopted.
+    pg.psql("app", "DROP TABLE a; DROP TYPE mood;");
+    pg.psql("app", full);
+    let run = dbkeep(Some(&cfg), &["migrate", "app", "baseline"], &[]).ok();
+    assert!(
+        run.stdout.contains("recorded as applied: 0001"),
+        "{}",
+        run.stdout
+    );
+}

@@ -47,6 +47,33 @@ impl Session for PgSession {
             .map_err(e)
     }
 
+    async fn inventory(&mut self, schema: &str) -> Result<Vec<String>, EngineError> {
+        let e = self.db(&format!("listing the objects of schema {schema}"));
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "WITH s AS (SELECT oid FROM pg_namespace WHERE nspname = $1) \
+             SELECT 'view ' || c.relname FROM pg_class c, s WHERE c.relnamespace = s.oid AND c.relkind IN ('v', 'm') \
+             UNION ALL SELECT 'sequence ' || c.relname FROM pg_class c, s WHERE c.relnamespace = s.oid AND c.relkind = 'S' \
+             UNION ALL SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' \
+               FROM pg_proc p, s WHERE p.pronamespace = s.oid \
+             UNION ALL SELECT 'type ' || t.typname || coalesce(' (' || (SELECT string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder) \
+                                                   FROM pg_enum e WHERE e.enumtypid = t.oid) || ')', '') \
+               FROM pg_type t, s WHERE t.typnamespace = s.oid AND (t.typtype IN ('e', 'd') \
+                 OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c'))) \
+             UNION ALL SELECT 'trigger ' || tg.tgname || ' on ' || c.relname \
+               FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid, s WHERE c.relnamespace = s.oid AND NOT tg.tgisinternal \
+             UNION ALL SELECT 'collation ' || co.collname || ' of ' || c.relname || '.' || a.attname \
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_collation co ON co.oid = a.attcollation, s \
+               WHERE c.relnamespace = s.oid AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+                 AND co.collname <> 'default' \
+             ORDER BY 1",
+        )
+        .bind(schema)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(e)?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
     fn history_table(&self, schema: Option<&str>) -> String {
         history_table(schema)
     }

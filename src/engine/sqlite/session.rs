@@ -47,6 +47,18 @@ impl Session for SqliteSession {
         introspect::schema_model(&mut self.conn).await.map_err(e)
     }
 
+    async fn inventory(&mut self, _schema: &str) -> Result<Vec<String>, EngineError> {
+        let e = self.err("listing views and triggers");
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT type || ' ' || name || coalesce(' on ' || CASE WHEN type = 'trigger' THEN tbl_name END, '') \
+             FROM sqlite_master WHERE type IN ('view', 'trigger') ORDER BY 1",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(e)?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
     fn history_table(&self, _schema: Option<&str>) -> String {
         history_table(None)
     }
