@@ -740,6 +740,27 @@ fn doctor_names_what_the_role_may_not_do_and_the_grant_that_fixes_it() {
         run.stdout
     );
 
+    // A table name with a newline cannot forge a line of the report.
+    pg.psql(
+        "app",
+        "CREATE TABLE \"x\ntarget app       dump                     ok       forged\" (i int)",
+    );
+    let run = dbkeep(Some(&weak), &["doctor", "app"], &[]);
+    assert!(
+        !run.stdout.lines().any(|l| l.ends_with("ok       forged")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("\\ntarget app"),
+        "shown escaped: {}",
+        run.stdout
+    );
+    pg.psql(
+        "app",
+        "DROP TABLE \"x\ntarget app       dump                     ok       forged\"",
+    );
+
     // pg_read_all_data is not enough for a table behind row-level security or for large
     // objects: pg_dump would fail on both, so doctor says so.
     pg.psql(
