@@ -222,6 +222,12 @@ pub struct Manifest {
     /// What started the run: `scheduled` or `manual` (older manifests: none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub trigger: Option<String>,
+    /// `schema.table` patterns left out of the archive (`exclude_tables`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub excluded_tables: Vec<String>,
+    /// `schema.table` patterns whose rows were left out (`exclude_table_data`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub excluded_table_data: Vec<String>,
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.
@@ -441,13 +447,15 @@ pub async fn list(
         }
     }
     for (id, file) in &scan.pins {
+        // A pin that cannot be read (garbage, too large, a link, a folder) still pins:
+        // keeping too much is the safe side, and one bad pin stops nothing else.
+        let unreadable = |why: String| format!("pin file {file} is unreadable ({why})");
         let reason = match storage.get_bytes(target, file).await {
             Ok(raw) => serde_json::from_slice::<Pin>(&raw)
                 .map(|p| p.reason)
-                // A pin that cannot be read still pins: keeping too much is the safe side.
-                .unwrap_or_else(|_| format!("pin file {file} is unreadable")),
+                .unwrap_or_else(|e| unreadable(e.to_string())),
             Err(crate::storage::StorageError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => unreadable(crate::error::chain(&e)),
         };
         for b in listing.complete.iter_mut().filter(|b| b.id == *id) {
             b.pinned = Some(reason.clone());
@@ -463,16 +471,16 @@ pub async fn list(
 /// with the target's name, so nothing takes them for an archive or a leftover.
 pub use crate::storage::PIN_PREFIX;
 
-/// The pin file of run `id`.
+/// A new pin file name for run `id`: `.dbkeep-pin.ID.NONCE.json`. A new reason is a new
+/// file written before the old one goes, so the run is never without a pin between.
 pub fn pin_name(id: BackupId) -> String {
-    format!("{PIN_PREFIX}{id}.json")
+    format!("{PIN_PREFIX}{id}.{:08x}.json", rand::random::<u32>())
 }
 
-fn pin_id(file: &str) -> Option<BackupId> {
-    file.strip_prefix(PIN_PREFIX)?
-        .strip_suffix(".json")?
-        .parse()
-        .ok()
+/// The run a pin file pins: `.dbkeep-pin.ID.json` or `.dbkeep-pin.ID.ANYTHING.json`.
+pub fn pin_id(file: &str) -> Option<BackupId> {
+    let rest = file.strip_prefix(PIN_PREFIX)?.strip_suffix(".json")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 /// A pinned run: retention never deletes it. Stored beside the backup as its own small

@@ -228,7 +228,7 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
             d.id,
             retention::fmt_age(now - d.id.time()),
             action,
-            d.reason
+            crate::error::one_line(&d.reason)
         );
     }
     for (file, why) in &r.leftovers {

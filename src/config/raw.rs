@@ -146,6 +146,12 @@ pub(super) struct RawTarget {
     pub(super) password_file: Option<String>,
     #[serde(default, deserialize_with = "list_or_csv")]
     pub(super) schemas: Option<Vec<String>>,
+    /// `schema.table` patterns (globs) pg_dump leaves out, definition and data.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) exclude_tables: Option<Vec<String>>,
+    /// `schema.table` patterns whose rows are left out (the definition is kept).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) exclude_table_data: Option<Vec<String>>,
     pub(super) globals: Option<bool>,
     pub(super) drill_url: Option<String>,
     pub(super) restore_owner: Option<bool>,

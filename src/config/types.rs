@@ -288,6 +288,9 @@ pub struct PostgresConfig {
     pub restore_owner: Option<bool>,
     pub password: Option<Secret>,
     pub schemas: Vec<String>,
+    /// `schema.table` globs left out of the dump entirely, and left out of its data only.
+    pub exclude_tables: Vec<String>,
+    pub exclude_table_data: Vec<String>,
     pub globals: bool,
     pub pg_bin_dir: Option<PathBuf>,
     /// How long a restore waits for locks other sessions hold on what it replaces, before

@@ -401,6 +401,26 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                     format!("{bad:?} is not a schema name or pattern"),
                 ));
             }
+            let pattern = |key: &str,
+                           list: Option<Vec<String>>|
+             -> Result<Vec<String>, ConfigError> {
+                let list = list.unwrap_or_default();
+                for p in &list {
+                    let ok = p
+                        .split_once('.')
+                        .is_some_and(|(s, t)| !s.is_empty() && !t.is_empty())
+                        && !p.chars().any(|c| c.is_control() || c.is_whitespace());
+                    if !ok {
+                        return Err(key_err(
+                            k(key),
+                            format!("{p:?} is not a schema-qualified table pattern: write e.g. \"public.audit_log\" or \"logs.*\""),
+                        ));
+                    }
+                }
+                Ok(list)
+            };
+            let exclude_tables = pattern("exclude_tables", t.exclude_tables)?;
+            let exclude_table_data = pattern("exclude_table_data", t.exclude_table_data)?;
             let drill_url = match t.drill_url.as_deref() {
                 None => None,
                 Some(d) => Some(
@@ -415,6 +435,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 restore_owner: t.restore_owner,
                 password,
                 schemas,
+                exclude_tables,
+                exclude_table_data,
                 globals: t.globals.unwrap_or(false),
                 pg_bin_dir,
                 lock_timeout,
@@ -427,6 +449,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 ("password", t.password.is_some()),
                 ("password_file", t.password_file.is_some()),
                 ("schemas", t.schemas.is_some()),
+                ("exclude_tables", t.exclude_tables.is_some()),
+                ("exclude_table_data", t.exclude_table_data.is_some()),
                 ("globals", t.globals.is_some()),
                 ("drill_url", t.drill_url.is_some()),
                 ("restore_owner", t.restore_owner.is_some()),

@@ -444,6 +444,14 @@ async fn backup_inner(
                     object_key,
                     reason: reason.map(str::to_string),
                     trigger: Some(ctx.trigger.to_string()),
+                    excluded_tables: match &target.source {
+                        crate::config::SourceConfig::Postgres(pg) => pg.exclude_tables.clone(),
+                        _ => Vec::new(),
+                    },
+                    excluded_table_data: match &target.source {
+                        crate::config::SourceConfig::Postgres(pg) => pg.exclude_table_data.clone(),
+                        _ => Vec::new(),
+                    },
                     snapshot: prepared.snapshot.clone(),
                     schema_fingerprint: fingerprints.as_ref().and_then(|(whole, each)| match part
                         .contents

@@ -25,6 +25,12 @@ pub enum CleanupError {
     },
     #[error("cleanup of {target} was cancelled; what it deleted so far is gone, the rest is kept")]
     Cancelled { target: String },
+    #[error("cleanup of {target}: {source}")]
+    Lock {
+        target: String,
+        #[source]
+        source: super::lock::LockError,
+    },
 }
 
 impl Classify for CleanupError {
@@ -32,12 +38,13 @@ impl Classify for CleanupError {
         match self {
             CleanupError::Storage { source, .. } => source.kind(),
             CleanupError::Cancelled { .. } => ErrorKind::Cancelled,
+            CleanupError::Lock { source, .. } => source.kind(),
         }
     }
     fn hint(&self) -> Option<String> {
         match self {
             CleanupError::Storage { source, .. } => source.hint(),
-            CleanupError::Cancelled { .. } => None,
+            CleanupError::Cancelled { .. } | CleanupError::Lock { .. } => None,
         }
     }
 }
@@ -71,6 +78,14 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<Vec<CleanupReport>, CleanupError> {
     let name = target.name.as_str();
+    // Pins change only between cleanups: what is planned is what is deleted.
+    let _retention =
+        super::lock::acquire_retention(ctx.state.work_dir(), name, &ctx.clock, &ctx.cancel)
+            .await
+            .map_err(|source| CleanupError::Lock {
+                target: name.to_string(),
+                source,
+            })?;
     let pending: Vec<String> = ctx
         .state
         .get(name)

@@ -112,9 +112,31 @@ pub async fn acquire_waiting(
     clock: &crate::scheduler::Clock,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RunLock, LockError> {
+    acquire_kind_waiting(work_dir, "run", target, clock, cancel).await
+}
+
+/// Take the retention lock of `target`, waiting for its holder: cleanup holds it while it
+/// plans and deletes, `pin`/`unpin` while they change pins, so a pin never lands between
+/// a cleanup's plan and its deletions.
+pub async fn acquire_retention(
+    work_dir: &Path,
+    target: &str,
+    clock: &crate::scheduler::Clock,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<RunLock, LockError> {
+    acquire_kind_waiting(work_dir, "retention", target, clock, cancel).await
+}
+
+async fn acquire_kind_waiting(
+    work_dir: &Path,
+    kind: &str,
+    target: &str,
+    clock: &crate::scheduler::Clock,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<RunLock, LockError> {
     let mut told = false;
     loop {
-        match acquire(work_dir, target, clock.now()) {
+        match acquire_named(work_dir, kind, target, clock.now()) {
             Err(LockError::Busy { holder, .. }) if !cancel.is_cancelled() => {
                 if !told {
                     tracing::info!(target, holder = %holder, "waiting for another run of the target to finish");

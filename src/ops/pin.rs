@@ -25,11 +25,18 @@ pub async fn pin(
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .unwrap_or("pinned");
-    if reason.chars().any(char::is_control) || reason.len() > REASON_MAX {
+    // Control characters, and the invisible ones that reorder or hide text, would let a
+    // reason disguise itself where it is shown.
+    let sneaky = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if reason.chars().any(sneaky) || reason.len() > REASON_MAX {
         return Err(RestoreError::Refused(format!(
-            "a pin's reason is one line of at most {REASON_MAX} bytes"
+            "a pin's reason is one line of at most {REASON_MAX} bytes, without control or invisible formatting characters"
         )));
     }
+    let _retention = retention_lock(ctx, target).await?;
     let holders = holders(ctx, target, id).await?;
     let body = serde_json::to_vec_pretty(&Pin {
         id,
@@ -37,17 +44,15 @@ pub async fn pin(
         pinned_at: Utc::now(),
     })
     .map_err(|e| RestoreError::Refused(format!("cannot write the pin: {e}")))?;
-    let file = catalog::pin_name(id);
     for s in &holders {
         let storage = ctx.storages.get(s).ok_or_else(|| gone(s))?;
-        match storage.put_bytes(&target.name, &file, body.clone()).await {
-            Ok(()) => {}
-            // Pinned already: the new reason replaces the old.
-            Err(StorageError::Exists { .. }) => {
-                storage.delete(&target.name, &file).await?;
-                storage.put_bytes(&target.name, &file, body.clone()).await?;
-            }
-            Err(e) => return Err(e.into()),
+        // The new pin first, then the old ones: the run is never without a pin between.
+        let before = pin_files(storage, &target.name, id).await?;
+        storage
+            .put_bytes(&target.name, &catalog::pin_name(id), body.clone())
+            .await?;
+        for old in before {
+            storage.delete(&target.name, &old).await?;
         }
         tracing::info!(target = %target.name, backup_id = %id, storage = s, reason, "backup pinned");
     }
@@ -60,27 +65,25 @@ pub async fn unpin(
     target: &Target,
     id: BackupId,
 ) -> Result<Vec<&'static str>, RestoreError> {
-    let all = list_everywhere(ctx, target).await?;
-    let pinned: Vec<&'static str> = {
-        let mut v: Vec<&'static str> = all
-            .iter()
-            .filter(|(_, b)| b.id == id && b.pinned.is_some())
-            .map(|(s, _)| *s)
-            .collect();
-        v.dedup();
-        v
-    };
+    let _retention = retention_lock(ctx, target).await?;
+    // Every pin file of the run goes, on every storage, also one without its backup.
+    let mut pinned = Vec::new();
+    for storage in ctx.storages.iter() {
+        let files = pin_files(storage, &target.name, id).await?;
+        if files.is_empty() {
+            continue;
+        }
+        for f in &files {
+            storage.delete(&target.name, f).await?;
+        }
+        tracing::info!(target = %target.name, backup_id = %id, storage = storage.name(), "backup unpinned");
+        pinned.push(storage.name());
+    }
     if pinned.is_empty() {
         return Err(RestoreError::NotFound(format!(
             "backup {id} of target {} is not pinned (`dbkeep list {}` shows the pins)",
             target.name, target.name
         )));
-    }
-    let file = catalog::pin_name(id);
-    for s in &pinned {
-        let storage = ctx.storages.get(s).ok_or_else(|| gone(s))?;
-        storage.delete(&target.name, &file).await?;
-        tracing::info!(target = %target.name, backup_id = %id, storage = s, "backup unpinned");
     }
     Ok(pinned)
 }
@@ -105,6 +108,30 @@ async fn holders(
         )));
     }
     Ok(holders)
+}
+
+/// The pin files of run `id` on one storage.
+async fn pin_files(
+    storage: &dyn crate::storage::Storage,
+    target: &str,
+    id: BackupId,
+) -> Result<Vec<String>, StorageError> {
+    Ok(storage
+        .list(target)
+        .await?
+        .into_iter()
+        .filter(|o| catalog::pin_id(&o.file) == Some(id))
+        .map(|o| o.file)
+        .collect())
+}
+
+async fn retention_lock(
+    ctx: &Context,
+    target: &Target,
+) -> Result<super::lock::RunLock, RestoreError> {
+    super::lock::acquire_retention(ctx.state.work_dir(), &target.name, &ctx.clock, &ctx.cancel)
+        .await
+        .map_err(|e| RestoreError::Refused(e.to_string()))
 }
 
 fn gone(s: &str) -> RestoreError {

@@ -55,26 +55,32 @@ pub async fn diff(
     session.close().await;
     let live_models = lived?;
 
-    let (reference, refs): (String, BTreeMap<String, SchemaModel>) = match against {
-        None => {
-            let declared = declared_model(ctx, target).await?;
-            let refs = live_models
-                .iter()
-                .map(|(s, _)| (s.clone(), declared.clone()))
-                .collect();
-            ("declared".into(), refs)
-        }
-        Some(sel) => {
-            let (id, refs) = backup_models(ctx, target, sel, &live_models).await?;
-            (format!("backup {id}"), refs)
-        }
-    };
+    // Tables the backup left out on purpose (`exclude_tables`) are no difference.
+    let (reference, refs, excluded): (String, BTreeMap<String, SchemaModel>, Vec<String>) =
+        match against {
+            None => {
+                let declared = declared_model(ctx, target).await?;
+                let refs = live_models
+                    .iter()
+                    .map(|(s, _)| (s.clone(), declared.clone()))
+                    .collect();
+                ("declared".into(), refs, Vec::new())
+            }
+            Some(sel) => {
+                let (id, refs, excluded) = backup_models(ctx, target, sel, &live_models).await?;
+                (format!("backup {id}"), refs, excluded)
+            }
+        };
     let schemas = live_models
         .iter()
         .map(|(schema, model)| {
             let empty = SchemaModel::default();
             let r = refs.get(schema).unwrap_or(&empty);
-            let differences = pure::diff(r, model, &reference);
+            let mut differences = pure::diff(r, model, &reference);
+            differences.retain(|d| {
+                let full = format!("{schema}.{}", d.table);
+                !excluded.iter().any(|p| engine::glob_match(p, &full))
+            });
             let sql = pure::proposal(r, &differences, dialect);
             SchemaDiff {
                 schema: schema.clone(),
@@ -95,8 +101,9 @@ async fn backup_models(
     target: &Target,
     sel: &Selector,
     live_models: &[(String, SchemaModel)],
-) -> Result<(BackupId, BTreeMap<String, SchemaModel>), SchemaError> {
+) -> Result<(BackupId, BTreeMap<String, SchemaModel>, Vec<String>), SchemaError> {
     let chosen = choose(ctx, target, sel, false).await?;
+    let excluded = chosen.backup.manifest.excluded_tables.clone();
     let archive = chosen.archive(ctx)?;
     verify_checksum(archive.storage, archive.backup).await?;
     let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
@@ -128,5 +135,5 @@ async fn backup_models(
     let dropped = scratch.discard().await.map_err(on(target));
     let out = read?;
     dropped?;
-    Ok((chosen.backup.id, out))
+    Ok((chosen.backup.id, out, excluded))
 }

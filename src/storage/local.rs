@@ -411,9 +411,10 @@ impl Storage for LocalStorage {
                 {
                     continue;
                 }
-                // symlink_metadata: a symlink planted in the folder is not a backup.
+                // symlink_metadata: a symlink planted in the folder is not a backup. (A pin
+                // that is not a plain file is listed all the same: it still pins.)
                 let meta = match entry.path().symlink_metadata() {
-                    Ok(m) if m.is_file() => m,
+                    Ok(m) if m.is_file() || name.starts_with(super::PIN_PREFIX) => m,
                     _ => continue,
                 };
                 let modified = meta

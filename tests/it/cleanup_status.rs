@@ -254,7 +254,13 @@ fn a_pinned_backup_outlives_retention_until_unpinned() {
     )
     .ok();
     assert!(run.stdout.contains("pinned on local"), "{}", run.stdout);
-    assert!(dir.join(format!(".dbkeep-pin.{oldest}.json")).exists());
+    let pins_of = |id: &str| -> Vec<String> {
+        sb.files("app")
+            .into_iter()
+            .filter(|f| f.starts_with(&format!(".dbkeep-pin.{id}.")))
+            .collect()
+    };
+    assert_eq!(pins_of(&oldest).len(), 1, "{:?}", sb.files("app"));
     let dry = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
     assert!(
         dry.stdout.contains("pinned: legal hold: case 42"),
@@ -297,6 +303,14 @@ fn a_pinned_backup_outlives_retention_until_unpinned() {
         "{}",
         json.stdout
     );
+    assert_eq!(pins_of(&oldest).len(), 1, "{:?}", sb.files("app"));
+    // Invisible text-reordering characters are refused like control characters.
+    let run = dbkeep(
+        Some(&cfg),
+        &["pin", "app", &oldest, "--reason", "ok\u{202e}kcah"],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
 
     // Unpinned, retention takes it; but a pin file that cannot be read still pins.
     dbkeep(Some(&cfg), &["unpin", "app", &oldest], &[]).ok();
@@ -340,4 +354,103 @@ fn probe_objects_of_an_interrupted_doctor_are_cleaned_up() {
     );
     assert!(!old.exists());
     assert!(fresh.exists(), "a doctor may still be using it");
+}
+
+/// Pins that cannot be read (too large, a symlink) and one whose reason would forge a
+/// line still pin, stop nothing else, and print escaped.
+#[test]
+fn odd_pin_files_still_pin_and_stop_nothing() {
+    let (sb, cfg) = with_history(&[40, 41, 42], "");
+    let dir = sb.backups().join("app");
+    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    let mut ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    // 5 MB of zeros, a symlink to a valid pin, and a reason that would forge a line.
+    std::fs::write(
+        dir.join(format!(".dbkeep-pin.{}.json", ids[0])),
+        vec![0u8; 5_000_000],
+    )
+    .unwrap();
+    let valid = sb.path().join("valid.json");
+    std::fs::write(
+        &valid,
+        format!(
+            r#"{{"id":"{}","reason":"linked","pinned_at":"2026-11-21T00:00:00Z"}}"#,
+            ids[1]
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&valid, dir.join(format!(".dbkeep-pin.{}.json", ids[1]))).unwrap();
+    std::fs::write(
+        dir.join(format!(".dbkeep-pin.{}.json", ids[2])),
+        format!(
+            r#"{{"id":"{}","reason":"ok\n  20261122_000000        1s  delete  FORGED\u001b[2J","pinned_at":"2026-11-21T00:00:00Z"}}"#,
+            ids[2]
+        ),
+    )
+    .unwrap();
+    // A new backup still works, and cleanup keeps all three.
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let run = dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    for id in &ids[..3] {
+        assert!(
+            sb.files("app")
+                .iter()
+                .any(|f| f.starts_with(&format!("app_{id}"))),
+            "{id}: {}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("is unreadable"), "{}", run.stdout);
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("20261122_000000")),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+}
+
+/// A pin taken while a cleanup runs is never lost to it: the pin waits for the cleanup
+/// (both hold the target's retention lock), and once `pin` says so, the backup is kept.
+#[test]
+fn a_pin_taken_during_a_cleanup_is_never_deleted_by_it() {
+    use std::time::Duration;
+    let days: Vec<i64> = (40..190).collect();
+    let (sb, cfg) = with_history(&days, "");
+    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
+    let mut ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    // Each round pins the newest of the old backups while a cleanup deletes them all.
+    let newest_old = ids[ids.len() - 2].clone();
+    let cleanup = crate::common::spawn_dbkeep(&cfg, &["cleanup"]);
+    std::thread::sleep(Duration::from_millis(30));
+    let pin = dbkeep(
+        Some(&cfg),
+        &["pin", "app", &newest_old, "--reason", "hold"],
+        &[],
+    );
+    cleanup.finish(Duration::from_secs(60));
+    let kept = sb
+        .files("app")
+        .iter()
+        .any(|f| f.starts_with(&format!("app_{newest_old}")));
+    match pin.code {
+        0 => assert!(kept, "pin said yes and the cleanup deleted {newest_old}"),
+        // The cleanup came first and took it: pin says there is no such backup.
+        _ => assert!(
+            !kept && pin.stderr.contains("no complete backup"),
+            "{}",
+            pin.stderr
+        ),
+    }
 }

@@ -466,8 +466,16 @@ fn a_pin_is_an_object_on_s3_too_and_the_s3_listing_reads_it() {
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let run = dbkeep(Some(&cfg), &["pin", "app", &first, "--reason", "keep"], &[]).ok();
     assert!(run.stdout.contains("pinned on local, s3"), "{}", run.stdout);
-    let pin_key = format!("pins/app/.dbkeep-pin.{first}.json");
-    assert!(s3.object_path(BUCKET, &pin_key).exists(), "{pin_key}");
+    let pin_dir = s3.object_path(BUCKET, "pins/app");
+    let pin_files = || -> Vec<String> {
+        std::fs::read_dir(&pin_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".dbkeep-pin.{first}.")))
+            .collect()
+    };
+    assert_eq!(pin_files().len(), 1, "{:?}", pin_files());
     let pinned = list(&cfg, "s3");
     assert!(
         pinned
@@ -476,5 +484,5 @@ fn a_pin_is_an_object_on_s3_too_and_the_s3_listing_reads_it() {
         "{pinned:?}"
     );
     dbkeep(Some(&cfg), &["unpin", "app", &first], &[]).ok();
-    assert!(!s3.object_path(BUCKET, &pin_key).exists());
+    assert!(pin_files().is_empty(), "{:?}", pin_files());
 }

@@ -182,12 +182,22 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     .fetch_all(&mut conn)
     .await
     .map_err(EngineError::db(what.clone()))?;
+    // What the archive will not hold is not expected back by a drill: excluded tables are
+    // not listed, and tables whose data is excluded are expected empty.
+    let matches = |list: &[String], schema: &str, name: &str| {
+        let full = format!("{schema}.{name}");
+        list.iter().any(|p| crate::engine::glob_match(p, &full))
+    };
     let tables = rows
         .into_iter()
+        .filter(|(schema, name, _)| !matches(&e.cfg.exclude_tables, schema, name))
         .map(|(schema, name, rows)| TableInfo {
+            rows: match matches(&e.cfg.exclude_table_data, &schema, &name) {
+                true => Some(0),
+                false => (rows >= 0).then_some(rows),
+            },
             schema: Some(schema),
             name,
-            rows: (rows >= 0).then_some(rows),
         })
         .collect();
     if snapshot.is_none() && parts.len() > 1 {
@@ -280,6 +290,12 @@ pub fn open(
             }
             if let Some(snapshot) = &prepared.snapshot {
                 spec = spec.arg(format!("--snapshot={snapshot}"));
+            }
+            for p in &e.cfg.exclude_tables {
+                spec = spec.arg(format!("--exclude-table={p}"));
+            }
+            for p in &e.cfg.exclude_table_data {
+                spec = spec.arg(format!("--exclude-table-data={p}"));
             }
             spec
         }
