@@ -63,6 +63,9 @@ pub async fn doctor(e: &PostgresEngine, wants: Wants) -> Vec<Check> {
         );
     }
     out.push(dump_rights(&mut conn, &facts, &role, &e.cfg.schemas).await);
+    if !e.cfg.exclude_tables.is_empty() || !e.cfg.exclude_table_data.is_empty() {
+        out.push(exclusions(&mut conn, e).await);
+    }
     if wants.globals {
         out.push(if facts.superuser {
             Check::new(
@@ -220,6 +223,44 @@ async fn dump_rights(
         );
     }
     Check::new("dump", Verdict::Cannot, problems.join("; "))
+}
+
+/// Every exclusion pattern matches some table; one that matches nothing is likely a typo
+/// (the table it meant is backed up in full).
+async fn exclusions(conn: &mut sqlx::PgConnection, e: &PostgresEngine) -> Check {
+    let tables = match relations(conn, "c.relkind IN ('r', 'p')").await {
+        Ok(t) => t,
+        Err(why) => return Check::new("exclusions", Verdict::Cannot, why),
+    };
+    let unmatched: Vec<String> = e
+        .cfg
+        .exclude_tables
+        .iter()
+        .map(|p| ("exclude_tables", p))
+        .chain(
+            e.cfg
+                .exclude_table_data
+                .iter()
+                .map(|p| ("exclude_table_data", p)),
+        )
+        .filter(|(_, p)| {
+            !tables
+                .iter()
+                .any(|(s, t)| crate::engine::glob_match(p, &format!("{s}.{t}")))
+        })
+        .map(|(k, p)| format!("{k} {p:?}"))
+        .collect();
+    match unmatched.is_empty() {
+        true => Check::new("exclusions", Verdict::Ok, "every pattern matches a table"),
+        false => Check::new(
+            "exclusions",
+            Verdict::Limited,
+            format!(
+                "{} match no table, so nothing is left out for them: check the spelling (schema.table, lower case)",
+                unmatched.join(", ")
+            ),
+        ),
+    }
 }
 
 /// (schema, name) of the user relations matching `condition` (on `c` and `n`), sorted.

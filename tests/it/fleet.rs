@@ -1,0 +1,118 @@
+//! Fleet coverage (issue 19): table filters against a real PostgreSQL.
+
+use crate::common::{dbkeep, pg_config, Sandbox, TestPostgres};
+
+/// `exclude_tables` leaves tables out entirely, `exclude_table_data` keeps their
+/// definition without rows; the manifest records both, a drill expects neither, a restore
+/// brings back the rest, and doctor warns about a pattern that matches nothing.
+#[test]
+fn excluded_tables_and_table_data_stay_out_and_drills_know_it() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE keep AS SELECT g AS id FROM generate_series(1, 500) g; \
+         CREATE TABLE audit_log AS SELECT g AS id FROM generate_series(1, 500) g; \
+         CREATE TABLE big_data AS SELECT g AS id FROM generate_series(1, 500) g; \
+         CREATE SCHEMA logs; CREATE TABLE logs.events AS SELECT 1 AS id; ANALYZE;",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        "exclude_tables = [\"public.audit_log\", \"logs.*\"]\nexclude_table_data = [\"public.big_data\"]",
+    );
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let manifest_file = sb
+        .files("app")
+        .into_iter()
+        .find(|f| f.ends_with(".manifest.json"))
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.backups().join("app").join(manifest_file)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["excluded_tables"],
+        serde_json::json!(["public.audit_log", "logs.*"])
+    );
+    assert_eq!(
+        manifest["excluded_table_data"],
+        serde_json::json!(["public.big_data"])
+    );
+    let tables = manifest["tables"].to_string();
+    assert!(
+        !tables.contains("audit_log") && !tables.contains("events"),
+        "{tables}"
+    );
+    // The drill restores the archive and finds what it expects.
+    dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]).ok();
+    let into = format!("{}", pg.url("copy"));
+    dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("copy", "SELECT count(*) FROM keep"), "500");
+    assert_eq!(pg.psql("copy", "SELECT count(*) FROM big_data"), "0");
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('audit_log', 'events')"
+        ),
+        "0"
+    );
+    // A pattern that matches nothing is a doctor warning (the table meant is backed up whole).
+    let typo = pg_config(&sb, &pg, "app", "exclude_tables = [\"public.audit_logs\"]");
+    let run = dbkeep(Some(&typo), &["doctor", "app"], &[]);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("exclusions"))
+        .unwrap_or_else(|| panic!("{}", run.stdout))
+        .to_string();
+    assert!(
+        line.contains("LIMITED") && line.contains("public.audit_logs"),
+        "{line}"
+    );
+}
+
+/// Filters need a schema-qualified pattern, and SQLite targets refuse them.
+#[test]
+fn table_filter_mistakes_are_config_errors() {
+    let sb = Sandbox::new();
+    let pg_target = |extra: &str| {
+        sb.write_config(&format!(
+            "[storage.local]\npath = \"{}\"\n[targets.app]\nkind = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/app\"\n{extra}\n",
+            sb.backups().display()
+        ))
+    };
+    for (extra, key) in [
+        (
+            "exclude_tables = [\"audit_log\"]",
+            "targets.app.exclude_tables",
+        ),
+        (
+            "exclude_table_data = [\"public. x\"]",
+            "targets.app.exclude_table_data",
+        ),
+    ] {
+        let run = dbkeep(Some(&pg_target(extra)), &["config", "check"], &[]);
+        assert_eq!(run.code, 2, "{extra}: {}", run.stderr);
+        assert!(run.stderr.contains(key), "{extra}: {}", run.stderr);
+        assert!(run.stderr.contains("schema-qualified"), "{}", run.stderr);
+    }
+    let sqlite = sb.write_config(&format!(
+        "[storage.local]\npath = \"{}\"\n[targets.c]\nkind = \"sqlite\"\npath = \"/x.db\"\nexclude_tables = [\"main.t\"]\n",
+        sb.backups().display()
+    ));
+    let run = dbkeep(Some(&sqlite), &["config", "check"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("targets.c.exclude_tables"),
+        "{}",
+        run.stderr
+    );
+}
