@@ -48,7 +48,7 @@ fn excluded_tables_and_table_data_stay_out_and_drills_know_it() {
     );
     // The drill restores the archive and finds what it expects.
     dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]).ok();
-    let into = format!("{}", pg.url("copy"));
+    let into = pg.url("copy");
     dbkeep(
         Some(&cfg),
         &["restore", "app", "latest", "--into", &into],
