@@ -406,14 +406,19 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
              -> Result<Vec<String>, ConfigError> {
                 let list = list.unwrap_or_default();
                 for p in &list {
+                    // Globs on the real names (`*`, `?`), not pg_dump's patterns: no quotes,
+                    // brackets or regex, and short enough to match quickly.
                     let ok = p
                         .split_once('.')
                         .is_some_and(|(s, t)| !s.is_empty() && !t.is_empty())
-                        && !p.chars().any(|c| c.is_control() || c.is_whitespace());
+                        && p.len() <= 200
+                        && !p.chars().any(|c| {
+                            c.is_control() || c.is_whitespace() || "\"[]|()+{}\\^$".contains(c)
+                        });
                     if !ok {
                         return Err(key_err(
                             k(key),
-                            format!("{p:?} is not a schema-qualified table pattern: write e.g. \"public.audit_log\" or \"logs.*\""),
+                            format!("{p:?} is not a schema-qualified table pattern: write the real (case-sensitive) names with * and ? as wildcards, e.g. \"public.audit_log\" or \"logs.*\" (no quotes or regex, at most 200 characters)"),
                         ));
                     }
                 }

@@ -54,6 +54,10 @@ pub struct Prepared {
     pub fingerprints: Option<Fingerprints>,
     /// Keeps the snapshot alive (its transaction's connection) until the run is done.
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Tables left out of the dump, and tables dumped without rows, as `schema.table`,
+    /// resolved from the configured patterns in the run's snapshot (PostgreSQL).
+    pub excluded: Vec<(String, String)>,
+    pub data_excluded: Vec<(String, String)>,
 }
 
 impl Prepared {

@@ -14,14 +14,19 @@ fn excluded_tables_and_table_data_stay_out_and_drills_know_it() {
         "CREATE TABLE keep AS SELECT g AS id FROM generate_series(1, 500) g; \
          CREATE TABLE audit_log AS SELECT g AS id FROM generate_series(1, 500) g; \
          CREATE TABLE big_data AS SELECT g AS id FROM generate_series(1, 500) g; \
-         CREATE SCHEMA logs; CREATE TABLE logs.events AS SELECT 1 AS id; ANALYZE;",
+         CREATE SCHEMA logs; CREATE TABLE logs.events AS SELECT 1 AS id; \
+         CREATE TABLE \"AuditLog\" AS SELECT 1 AS id; \
+         CREATE TABLE m (k int) PARTITION BY RANGE (k); \
+         CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (100); INSERT INTO m VALUES (1); \
+         ANALYZE;",
     );
     let sb = Sandbox::new();
     let cfg = pg_config(
         &sb,
         &pg,
         "app",
-        "exclude_tables = [\"public.audit_log\", \"logs.*\"]\nexclude_table_data = [\"public.big_data\"]",
+        "exclude_tables = [\"public.audit_log\", \"logs.*\", \"public.AuditLog\", \"public.m\"]\n\
+         exclude_table_data = [\"public.big_data\"]",
     );
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let manifest_file = sb
@@ -35,7 +40,7 @@ fn excluded_tables_and_table_data_stay_out_and_drills_know_it() {
     .unwrap();
     assert_eq!(
         manifest["excluded_tables"],
-        serde_json::json!(["public.audit_log", "logs.*"])
+        serde_json::json!(["public.audit_log", "logs.*", "public.AuditLog", "public.m"])
     );
     assert_eq!(
         manifest["excluded_table_data"],
@@ -98,6 +103,14 @@ fn table_filter_mistakes_are_config_errors() {
             "exclude_table_data = [\"public. x\"]",
             "targets.app.exclude_table_data",
         ),
+        (
+            "exclude_tables = ['public.\"Users\"']",
+            "targets.app.exclude_tables",
+        ),
+        (
+            "exclude_tables = [\"public.[ab]\"]",
+            "targets.app.exclude_tables",
+        ),
     ] {
         let run = dbkeep(Some(&pg_target(extra)), &["config", "check"], &[]);
         assert_eq!(run.code, 2, "{extra}: {}", run.stderr);
@@ -114,5 +127,62 @@ fn table_filter_mistakes_are_config_errors() {
         run.stderr.contains("targets.c.exclude_tables"),
         "{}",
         run.stderr
+    );
+}
+
+/// A filter that would make an unrestorable backup is refused before anything is dumped:
+/// a kept table referencing an excluded one, or rows referencing rows left out. Doctor
+/// says so too. Patterns are case-sensitive globs on the real names.
+#[test]
+fn filters_that_break_foreign_keys_are_refused_and_names_are_exact() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE customers (id int PRIMARY KEY); INSERT INTO customers VALUES (1); \
+         CREATE TABLE orders (cid int REFERENCES customers(id)); INSERT INTO orders VALUES (1); \
+         CREATE TABLE \"Users\" AS SELECT 1 AS id; CREATE TABLE users AS SELECT 1 AS id;",
+    );
+    let sb = Sandbox::new();
+    for filter in [
+        "exclude_tables = [\"public.customers\"]",
+        "exclude_table_data = [\"public.customers\"]",
+    ] {
+        let cfg = pg_config(&sb, &pg, "app", filter);
+        let run = dbkeep(Some(&cfg), &["backup"], &[]);
+        assert_eq!(run.code, 2, "{filter}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("public.orders references public.customers (orders_cid_fkey)"),
+            "{}",
+            run.stderr
+        );
+        assert!(sb.files("app").iter().all(|f| !f.ends_with(".dump.zst")));
+        let doctor = dbkeep(Some(&cfg), &["doctor", "app"], &[]);
+        assert!(
+            doctor.stdout.contains("could not be restored"),
+            "{}",
+            doctor.stdout
+        );
+    }
+    // Excluding both sides works; "public.Users" is the table "Users", not "users".
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        "exclude_tables = [\"public.customers\", \"public.orders\", \"public.Users\"]",
+    );
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    dbkeep(Some(&cfg), &["verify", "app", "--drill"], &[]).ok();
+    let into = pg.url("copy");
+    dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        pg.psql("copy", "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"),
+        "users"
     );
 }

@@ -250,6 +250,32 @@ async fn exclusions(conn: &mut sqlx::PgConnection, e: &PostgresEngine) -> Check 
         })
         .map(|(k, p)| format!("{k} {p:?}"))
         .collect();
+    let hit = |list: &[String]| -> Vec<(String, String)> {
+        tables
+            .iter()
+            .filter(|(s, t)| {
+                list.iter()
+                    .any(|p| crate::engine::glob_match(p, &format!("{s}.{t}")))
+            })
+            .cloned()
+            .collect()
+    };
+    let excluded = hit(&e.cfg.exclude_tables);
+    let data_excluded = hit(&e.cfg.exclude_table_data);
+    match super::dump::fk_conflicts(conn, &excluded, &data_excluded).await {
+        Err(err) => return Check::new("exclusions", Verdict::Cannot, crate::engine::sql_message(&err)),
+        Ok(c) if !c.is_empty() => {
+            return Check::new(
+                "exclusions",
+                Verdict::Cannot,
+                format!(
+                    "the backup could not be restored: {}; exclude the referencing tables too (or their data), or keep the referenced ones",
+                    c.join("; ")
+                ),
+            )
+        }
+        Ok(_) => {}
+    }
     match unmatched.is_empty() {
         true => Check::new("exclusions", Verdict::Ok, "every pattern matches a table"),
         false => Check::new(

@@ -182,24 +182,70 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     .fetch_all(&mut conn)
     .await
     .map_err(EngineError::db(what.clone()))?;
-    // What the archive will not hold is not expected back by a drill: excluded tables are
-    // not listed, and tables whose data is excluded are expected empty.
+    // The patterns are resolved here, with dbkeep's own glob rules on the real names, and
+    // pg_dump gets the exact names: pg_dump's pattern rules (case folding, quotes) can
+    // then never pick other tables than the manifest and the drill expect. What the archive
+    // will not hold is not expected back: excluded tables are not listed, tables whose
+    // data is excluded are expected empty.
     let matches = |list: &[String], schema: &str, name: &str| {
         let full = format!("{schema}.{name}");
         list.iter().any(|p| crate::engine::glob_match(p, &full))
     };
-    let tables = rows
-        .into_iter()
-        .filter(|(schema, name, _)| !matches(&e.cfg.exclude_tables, schema, name))
-        .map(|(schema, name, rows)| TableInfo {
-            rows: match matches(&e.cfg.exclude_table_data, &schema, &name) {
+    // A partitioned table's partitions go with it (pg_dump would otherwise dump a
+    // partition whose parent it left out, which cannot be restored).
+    let filtering = !e.cfg.exclude_tables.is_empty() || !e.cfg.exclude_table_data.is_empty();
+    let partitions: Vec<(String, String, String, String)> = match filtering {
+        false => Vec::new(),
+        true => sqlx::query_as(
+            "SELECT pn.nspname::text, p.relname::text, cn.nspname::text, c.relname::text \
+         FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace, \
+              LATERAL pg_partition_tree(p.oid) t JOIN pg_class c ON c.oid = t.relid \
+              JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+         WHERE p.relkind = 'p' AND t.level > 0",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .map_err(EngineError::db(what.clone()))?,
+    };
+    let matches = |list: &[String], schema: &str, name: &str| {
+        matches(list, schema, name)
+            || partitions
+                .iter()
+                .any(|(ps, pt, cs, ct)| cs == schema && ct == name && matches(list, ps, pt))
+    };
+    let mut excluded = Vec::new();
+    let mut data_excluded = Vec::new();
+    let mut tables = Vec::new();
+    for (schema, name, rows) in rows {
+        if matches(&e.cfg.exclude_tables, &schema, &name) {
+            excluded.push((schema, name));
+            continue;
+        }
+        let no_data = matches(&e.cfg.exclude_table_data, &schema, &name);
+        if no_data {
+            data_excluded.push((schema.clone(), name.clone()));
+        }
+        tables.push(TableInfo {
+            rows: match no_data {
                 true => Some(0),
                 false => (rows >= 0).then_some(rows),
             },
             schema: Some(schema),
             name,
-        })
-        .collect();
+        });
+    }
+    if filtering {
+        let conflicts = fk_conflicts(&mut conn, &excluded, &data_excluded)
+            .await
+            .map_err(EngineError::db(what.clone()))?;
+        if !conflicts.is_empty() {
+            return Err(EngineError::Refused(format!(
+                "the table filters of target {} would make a backup that cannot be restored: {}; exclude the referencing tables too (or their data), or keep the referenced ones",
+                e.target,
+                conflicts.join("; ")
+            )));
+        }
+    }
     if snapshot.is_none() && parts.len() > 1 {
         return Err(EngineError::Unsupported(format!(
             "the server cannot export a snapshot, so the {} archives of a run of {} could not be consistent with each other; back up the whole database (no `schemas`), or connect to the server directly rather than through a pooler",
@@ -251,6 +297,8 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         snapshot,
         fingerprints,
         hold: Some(Box::new(std::sync::Mutex::new(conn))),
+        excluded,
+        data_excluded,
     })
 }
 
@@ -291,11 +339,13 @@ pub fn open(
             if let Some(snapshot) = &prepared.snapshot {
                 spec = spec.arg(format!("--snapshot={snapshot}"));
             }
-            for p in &e.cfg.exclude_tables {
-                spec = spec.arg(format!("--exclude-table={p}"));
+            let exact =
+                |(s, t): &(String, String)| format!("{}.{}", exact_pattern(s), exact_pattern(t));
+            for t in &prepared.excluded {
+                spec = spec.arg(format!("--exclude-table={}", exact(t)));
             }
-            for p in &e.cfg.exclude_table_data {
-                spec = spec.arg(format!("--exclude-table-data={p}"));
+            for t in &prepared.data_excluded {
+                spec = spec.arg(format!("--exclude-table-data={}", exact(t)));
             }
             spec
         }
@@ -325,4 +375,40 @@ mod tests {
         assert_eq!(exact_pattern("tenant_1"), "\"tenant_1\"");
         assert_eq!(exact_pattern("we\"ird"), "\"we\"\"ird\"");
     }
+}
+
+/// Foreign keys a filtered dump could not restore: one from a kept table to an excluded
+/// table (the constraint fails), or from a table that keeps its rows to one whose rows
+/// are left out (the rows fail it). Each as "a.b references c.d (constraint)".
+pub(super) async fn fk_conflicts(
+    conn: &mut PgConnection,
+    excluded: &[(String, String)],
+    data_excluded: &[(String, String)],
+) -> Result<Vec<String>, sqlx::Error> {
+    let fks: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT cn.nspname::text, c.relname::text, con.conname::text, rn.nspname::text, r.relname::text \
+         FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
+         JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+         JOIN pg_class r ON r.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+         WHERE con.contype = 'f' ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let has =
+        |list: &[(String, String)], s: &str, t: &str| list.iter().any(|(a, b)| a == s && b == t);
+    let mut out = Vec::new();
+    for (cs, ct, con, rs, rt) in fks {
+        if has(excluded, &cs, &ct) {
+            continue;
+        }
+        let why = if has(excluded, &rs, &rt) {
+            "which is excluded"
+        } else if has(data_excluded, &rs, &rt) && !has(data_excluded, &cs, &ct) {
+            "whose rows are excluded"
+        } else {
+            continue;
+        };
+        out.push(format!("{cs}.{ct} references {rs}.{rt} ({con}), {why}"));
+    }
+    Ok(out)
 }

@@ -88,6 +88,8 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
     };
     let _ = conn.close().await;
     Ok(Prepared {
+        excluded: Vec::new(),
+        data_excluded: Vec::new(),
         parts: vec![Part {
             schema: None,
             contents: Contents::Database,
