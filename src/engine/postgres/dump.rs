@@ -366,17 +366,6 @@ pub fn open(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_names_are_quoted_exactly() {
-        assert_eq!(exact_pattern("tenant_1"), "\"tenant_1\"");
-        assert_eq!(exact_pattern("we\"ird"), "\"we\"\"ird\"");
-    }
-}
-
 /// Foreign keys a filtered dump could not restore: one from a kept table to an excluded
 /// table (the constraint fails), or from a table that keeps its rows to one whose rows
 /// are left out (the rows fail it). Each as "a.b references c.d (constraint)".
@@ -411,4 +400,15 @@ pub(super) async fn fk_conflicts(
         out.push(format!("{cs}.{ct} references {rs}.{rt} ({con}), {why}"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_quoted_exactly() {
+        assert_eq!(exact_pattern("tenant_1"), "\"tenant_1\"");
+        assert_eq!(exact_pattern("we\"ird"), "\"we\"\"ird\"");
+    }
 }
