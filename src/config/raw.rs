@@ -119,6 +119,8 @@ pub(super) struct RawPolicy {
     pub(super) timezone: Option<String>,
     pub(super) retries: Option<i64>,
     pub(super) retry_delay: Option<String>,
+    /// Archives of one run dumped at once.
+    pub(super) jobs: Option<i64>,
     pub(super) hooks: Option<RawHooks>,
 }
 
@@ -178,6 +180,8 @@ pub(super) struct RawTarget {
     pub(super) timezone: Option<String>,
     pub(super) retries: Option<i64>,
     pub(super) retry_delay: Option<String>,
+    /// Archives of one run dumped at once.
+    pub(super) jobs: Option<i64>,
     pub(super) hooks: Option<RawHooks>,
     pub(super) schema: Option<RawSchema>,
 }

@@ -223,6 +223,8 @@ pub struct Target {
     /// The declared schema, when the target manages one.
     pub schema: Option<SchemaConfig>,
     pub hooks: Hooks,
+    /// Archives of one run (per-schema archives) dumped at once.
+    pub jobs: usize,
     /// A failed scheduled backup is tried again this many times...
     pub retries: u32,
     /// ... after this delay, doubled each time.

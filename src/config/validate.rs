@@ -291,6 +291,17 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         Some(n) if (0..=10).contains(&n) => n as u32,
         Some(n) => return Err(key_err(retries_key, format!("{n}: use 0 (no retry) to 10"))),
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    let jobs = match pick_int(o.jobs, defaults.jobs) {
+        None => 2.min(cores) as usize,
+        Some(n) if (1..=cores).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(key_err(
+                key_of(o.jobs.is_some(), "jobs"),
+                format!("{n}: use 1 to {cores} (the cores of this machine)"),
+            ))
+        }
+    };
     let retry_delay = parse_duration(
         &key_of(o.retry_delay.is_some(), "retry_delay"),
         pick_str(&o.retry_delay, &defaults.retry_delay).as_deref(),
@@ -500,6 +511,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         .transpose()?;
 
     Ok(Target {
+        jobs,
         retries,
         retry_delay,
         hooks,

@@ -409,14 +409,43 @@ async fn backup_inner(
     };
     let mut done: Vec<Stored> = Vec::new();
     let mut result = Ok(());
-    for part in &prepared.parts {
-        if ctx.cancel.is_cancelled() {
+    // Up to `jobs` archives stream at once, each its own pg_dump and compressor, all from
+    // the run's one snapshot; results are taken in order. After a failure no new archive
+    // starts, and those already going are awaited, so every committed one is known and
+    // removed with the run (none is left without its manifest).
+    let mut late: Vec<String> = Vec::new();
+    let mut going = futures_util::stream::FuturesOrdered::new();
+    let mut next = prepared.parts.iter();
+    let run = &run;
+    let mut launch = |going: &mut futures_util::stream::FuturesOrdered<_>| match next.next() {
+        Some(part) => {
+            going.push_back(async move { (part, stream_part(run, part).await) });
+            true
+        }
+        None => false,
+    };
+    for _ in 0..target.jobs.max(1) {
+        if !launch(&mut going) {
+            break;
+        }
+    }
+    while let Some((part, streamed)) = futures_util::StreamExt::next(&mut going).await {
+        if result.is_ok() && !ctx.cancel.is_cancelled() {
+            launch(&mut going);
+        }
+        if result.is_err() {
+            // Finished after the run failed: only to be removed with it.
+            if let Ok(s) = streamed {
+                late.push(s.file);
+            }
+            continue;
+        }
+        if ctx.cancel.is_cancelled() && streamed.is_ok() {
             result = Err(BackupError::Cancelled {
                 target: name.to_string(),
             });
-            break;
         }
-        match stream_part(&run, part).await {
+        match streamed {
             Ok(streamed) => {
                 let finished = ctx.now();
                 let file = streamed.file;
@@ -475,7 +504,6 @@ async fn backup_inner(
                 } else {
                     e
                 });
-                break;
             }
         }
     }
@@ -490,6 +518,13 @@ async fn backup_inner(
     }
     if let Err(e) = result {
         remove_run(name, storages, &done, &written).await;
+        for file in &late {
+            for s in storages.iter() {
+                if let Err(err) = s.delete(name, file).await {
+                    tracing::error!(target = name, storage = s.name(), file = %file, error = %err, "could not remove an archive of the failed run; the next cleanup removes it");
+                }
+            }
+        }
         return Err(e);
     }
     let mut pending = Vec::new();

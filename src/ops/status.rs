@@ -356,6 +356,7 @@ mod tests {
             timezone: crate::config::Tz::UTC,
             hooks: Default::default(),
             retries: 0,
+            jobs: 1,
             retry_delay: Duration::from_secs(60),
             schema: None,
             name: "t".into(),

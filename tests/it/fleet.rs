@@ -186,3 +186,72 @@ fn filters_that_break_foreign_keys_are_refused_and_names_are_exact() {
         "users"
     );
 }
+
+/// `jobs = 2`: the archives of one run stream two at a time from the run's one snapshot.
+/// When one fails, no new one starts, those going are awaited, and nothing of the run is
+/// kept (no archive without its manifest).
+#[test]
+fn archives_of_a_run_stream_in_parallel_and_a_failure_keeps_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    for s in ["s1", "s2", "s3", "s4"] {
+        pg.psql(
+            "app",
+            &format!("CREATE SCHEMA {s}; CREATE TABLE {s}.t AS SELECT g FROM generate_series(1, 20000) g"),
+        );
+    }
+    let sb = Sandbox::new();
+    // A pg_dump that takes a second per archive: two at once show as overlapping times.
+    let bin = sb.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = pg.bin.join("pg_dump");
+    std::fs::write(
+        bin.join("pg_dump"),
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec {r} --version;; esac\n\
+             if [ -e {m} ]; then case \"$*\" in *s3*) sleep 1; echo broken; exit 3;; esac; fi\n\
+             sleep 1\nexec {r} \"$@\"\n",
+            r = real.display(),
+            m = sb.path().join("fail-s3").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = pg_config(
+        &sb,
+        &pg,
+        "app",
+        &format!(
+            "schemas = [\"s*\"]\njobs = 2\npg_bin_dir = \"{}\"",
+            bin.display()
+        ),
+    );
+    let t0 = std::time::Instant::now();
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let took = t0.elapsed();
+    let manifests: Vec<serde_json::Value> = sb
+        .files("app")
+        .into_iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .map(|f| {
+            serde_json::from_slice(&std::fs::read(sb.backups().join("app").join(f)).unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(manifests.len(), 4);
+    // Four archives of at least a second each: two at a time is about 2 s, not 4.
+    let overlaps = manifests.iter().enumerate().any(|(i, a)| {
+        manifests.iter().skip(i + 1).any(|b| {
+            a["started"].as_str() < b["finished"].as_str()
+                && b["started"].as_str() < a["finished"].as_str()
+        })
+    });
+    assert!(overlaps, "no two archives overlapped in {took:?}");
+    // The dump of s3 fails while others stream: the run fails and keeps nothing of itself.
+    std::fs::write(sb.path().join("fail-s3"), b"").unwrap();
+    let before = sb.files("app");
+    let run = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(sb.files("app"), before, "{}", run.stderr);
+}
