@@ -251,12 +251,7 @@ pub(super) async fn pin(
     reason: Option<&str>,
     on: bool,
 ) -> Result<(), Failure> {
-    let target = cfg.target(name).ok_or_else(|| {
-        usage(format!(
-            "unknown target `{name}`: the config defines {}",
-            cfg.target_names().join(", ")
-        ))
-    })?;
+    let target = super::target(cfg, name)?;
     let id: crate::catalog::BackupId = id.parse().map_err(|_| {
         usage(format!(
             "{id:?} is not a backup id: write it as `list` shows it (YYYYMMDD_HHMMSS)"

@@ -475,19 +475,27 @@ async fn context(cfg: &Config) -> Result<Context, Failure> {
     .with_notifiers(crate::notify::Notifiers::new(&cfg.notify)))
 }
 
+/// The configured target `name`, or a usage error listing the configured ones.
+pub(super) fn target<'a>(
+    cfg: &'a Config,
+    name: &str,
+) -> Result<&'a crate::config::Target, Failure> {
+    cfg.target(name).ok_or_else(|| {
+        usage(format!(
+            "unknown target `{name}`: the config defines {}",
+            cfg.target_names().join(", ")
+        ))
+    })
+}
+
 fn select_targets(cfg: &Config, names: &[String]) -> Result<Vec<String>, Failure> {
-    if names.is_empty() {
-        return Ok(cfg.targets.iter().map(|t| t.name.clone()).collect());
-    }
     for n in names {
-        if cfg.target(n).is_none() {
-            return Err(usage(format!(
-                "unknown target `{n}`: the config defines {}",
-                cfg.target_names().join(", ")
-            )));
-        }
+        target(cfg, n)?;
     }
-    Ok(names.to_vec())
+    Ok(match names.is_empty() {
+        true => cfg.targets.iter().map(|t| t.name.clone()).collect(),
+        false => names.to_vec(),
+    })
 }
 
 /// From now on, SIGTERM and SIGINT (Ctrl-C, `systemctl stop`, a stopped container or

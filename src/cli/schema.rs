@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{confirm_by_name, interruptible, print_json, usage, Failure};
-use crate::config::{Config, Target};
+use crate::config::Config;
 use crate::error::ErrorKind;
 use crate::ops::restore::Selector;
 use crate::ops::Context;
@@ -69,14 +69,7 @@ pub enum MigrateCmd {
     },
 }
 
-fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, Failure> {
-    cfg.target(name).ok_or_else(|| {
-        usage(format!(
-            "unknown target `{name}`: the config defines {}",
-            cfg.target_names().join(", ")
-        ))
-    })
-}
+use super::target;
 
 pub(super) async fn schema(ctx: &Context, cfg: &Config, cmd: SchemaCmd) -> Result<(), Failure> {
     match cmd {

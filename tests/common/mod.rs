@@ -193,6 +193,21 @@ impl TestPostgres {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// A psql session running `sql` in the background as application `app` (a session
+    /// that holds a lock while the test acts); the test kills it when done.
+    pub fn session(&self, db: &str, app: &str, sql: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .env("PGPASSWORD", PG_PASSWORD)
+            .env("PGAPPNAME", app)
+            .args(["-X", "-q", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", db, "-c", sql])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql")
+    }
+
     pub fn create_db(&self, name: &str) {
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
     }

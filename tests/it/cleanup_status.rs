@@ -47,6 +47,18 @@ fn with_history(days_ago: &[i64], extra: &str) -> (Sandbox, std::path::PathBuf) 
     (sb, cfg)
 }
 
+/// The ids `list --json` shows, oldest first.
+fn sorted_ids(cfg: &std::path::Path) -> Vec<String> {
+    let all = dbkeep(Some(cfg), &["list", "--json"], &[]).ok();
+    let mut ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn ids(cfg: &std::path::Path) -> usize {
     let run = dbkeep(Some(cfg), &["list", "--json"], &[]).ok();
     serde_json::from_str::<Vec<serde_json::Value>>(&run.stdout)
@@ -216,13 +228,7 @@ fn status_reports_each_target_without_a_daemon() {
 fn a_pinned_backup_outlives_retention_until_unpinned() {
     let (sb, cfg) = with_history(&[40, 35, 20], "");
     let dir = sb.backups().join("app");
-    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
-    let mut listed: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    listed.sort();
+    let listed = sorted_ids(&cfg);
     let (oldest, second) = (listed[0].clone(), listed[1].clone());
 
     // Mistakes are refused and change nothing.
@@ -362,13 +368,7 @@ fn probe_objects_of_an_interrupted_doctor_are_cleaned_up() {
 fn odd_pin_files_still_pin_and_stop_nothing() {
     let (sb, cfg) = with_history(&[40, 41, 42], "");
     let dir = sb.backups().join("app");
-    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
-    let mut ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
+    let ids = sorted_ids(&cfg);
     // 5 MB of zeros, a symlink to a valid pin, and a reason that would forge a line.
     std::fs::write(
         dir.join(format!(".dbkeep-pin.{}.json", ids[0])),
@@ -423,13 +423,7 @@ fn a_pin_taken_during_a_cleanup_is_never_deleted_by_it() {
     use std::time::Duration;
     let days: Vec<i64> = (40..190).collect();
     let (sb, cfg) = with_history(&days, "");
-    let all = dbkeep(Some(&cfg), &["list", "--json"], &[]).ok();
-    let mut ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&all.stdout)
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
+    let ids = sorted_ids(&cfg);
     // Each round pins the newest of the old backups while a cleanup deletes them all.
     let newest_old = ids[ids.len() - 2].clone();
     let cleanup = crate::common::spawn_dbkeep(&cfg, &["cleanup"]);

@@ -316,7 +316,7 @@ fn globals_with_a_role_that_cannot_read_passwords_leave_them_out_and_keep_the_ru
 
 #[test]
 fn a_restore_blocked_by_another_sessions_lock_stops_and_names_it() {
-    use crate::common::{pg_config, wait_for, TestPostgres, PG_PASSWORD};
+    use crate::common::{pg_config, wait_for, TestPostgres};
     use std::time::{Duration, Instant};
     let pg = TestPostgres::start();
     pg.create_db("app");
@@ -329,26 +329,11 @@ fn a_restore_blocked_by_another_sessions_lock_stops_and_names_it() {
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     pg.psql("app", "INSERT INTO s1.t VALUES (11)");
     // An application's open transaction holds a lock on the table.
-    let mut holder = std::process::Command::new(pg.bin.join("psql"))
-        .env("PGPASSWORD", PG_PASSWORD)
-        .env("PGAPPNAME", "the-app")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-        ])
-        .arg("-c")
-        .arg("BEGIN; LOCK TABLE s1.t IN ACCESS SHARE MODE; SELECT pg_sleep(60);")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = pg.session(
+        "app",
+        "the-app",
+        "BEGIN; LOCK TABLE s1.t IN ACCESS SHARE MODE; SELECT pg_sleep(60);",
+    );
     wait_for(Duration::from_secs(10), "the lock held", || {
         pg.psql(
             "app",

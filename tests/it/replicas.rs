@@ -150,27 +150,11 @@ fn a_manual_backup_on_another_host_waits_for_no_one_but_never_overlaps_a_run() {
         let d = sha2::Sha256::digest(b"dbkeep run app/app");
         i64::from_be_bytes(d[..8].try_into().unwrap())
     };
-    let mut holder = std::process::Command::new(pg.bin.join("psql"))
-        .env("PGPASSWORD", PG_PASSWORD)
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-        ])
-        .arg("-c")
-        .arg(format!(
-            "SELECT pg_advisory_lock({key}); SELECT pg_sleep(30);"
-        ))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = pg.session(
+        "app",
+        "psql",
+        &format!("SELECT pg_advisory_lock({key}); SELECT pg_sleep(30);"),
+    );
     wait_for(Duration::from_secs(10), "the lock held", || {
         pg.psql(
             "app",

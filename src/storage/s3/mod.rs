@@ -248,6 +248,25 @@ impl Inner {
         out.content_length().map(|l| l.max(0) as u64)
     }
 
+    /// Start a multipart upload of `key` with the configured storage class and encryption;
+    /// returns its upload id.
+    async fn start_upload(&self, key: &str) -> Result<String, StorageError> {
+        let cfg = &self.cfg;
+        let created = self
+            .retry("start multipart upload of", key, || {
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&cfg.bucket)
+                    .key(key)
+                    .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+                    .set_server_side_encryption(cfg.sse.as_deref().map(ServerSideEncryption::from))
+                    .set_ssekms_key_id(cfg.sse_kms_key_id.clone())
+                    .send()
+            })
+            .await?;
+        Ok(created.upload_id().unwrap_or_default().to_string())
+    }
+
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         self.retry("abort multipart upload of", key, || {
             self.client
@@ -385,25 +404,9 @@ impl Storage for S3Storage {
         // Large archives go up in parts: an upload is started, then aborted, as a run
         // that is stopped does.
         let key = self.inner.key(target, &format!("{name}.multipart"));
-        let cfg = &self.inner.cfg;
-        let started = self
-            .inner
-            .retry("start multipart upload of", &key, || {
-                self.inner
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&cfg.bucket)
-                    .key(&key)
-                    .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
-                    .set_server_side_encryption(cfg.sse.as_deref().map(ServerSideEncryption::from))
-                    .set_ssekms_key_id(cfg.sse_kms_key_id.clone())
-                    .send()
-            })
-            .await;
-        match started {
-            Ok(up) => {
+        match self.inner.start_upload(&key).await {
+            Ok(id) => {
                 out.push(("start multipart upload", Ok(())));
-                let id = up.upload_id().unwrap_or_default().to_string();
                 out.push((
                     "abort multipart upload",
                     self.inner.abort_upload(&key, &id).await,

@@ -7,9 +7,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -227,20 +225,7 @@ async fn upload_parts(
     abort: CancellationToken,
 ) -> Result<(), StorageError> {
     let cfg = &inner.cfg;
-    let created = inner
-        .retry("start multipart upload of", &key, || {
-            inner
-                .client
-                .create_multipart_upload()
-                .bucket(&cfg.bucket)
-                .key(&key)
-                .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
-                .set_server_side_encryption(cfg.sse.as_deref().map(ServerSideEncryption::from))
-                .set_ssekms_key_id(cfg.sse_kms_key_id.clone())
-                .send()
-        })
-        .await?;
-    let upload_id = created.upload_id().unwrap_or_default().to_string();
+    let upload_id = inner.start_upload(&key).await?;
     let outcome: Result<(), StorageError> = async {
         let mut total = 0u64;
         let mut parts: Vec<CompletedPart> = Vec::new();
