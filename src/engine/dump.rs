@@ -58,6 +58,8 @@ pub struct Prepared {
     /// resolved from the configured patterns in the run's snapshot (PostgreSQL).
     pub excluded: Vec<(String, String)>,
     pub data_excluded: Vec<(String, String)>,
+    /// Roughly how many bytes the run dumps (the database's size), for progress.
+    pub size_estimate: Option<u64>,
 }
 
 impl Prepared {

@@ -391,13 +391,7 @@ async fn backup_inner(
     let scratch = storages.scratch_dir(name, ctx.state.work_dir());
     // The database's size is what the dump heads for, roughly (indexes are not dumped,
     // so a PostgreSQL dump is often smaller): an estimate, said to be one.
-    let estimate = engine
-        .info()
-        .await
-        .size_bytes
-        .and_then(|b| u64::try_from(b).ok())
-        .filter(|b| *b > 0);
-    let meter = super::meter(ctx, name, "backup", estimate, true);
+    let meter = super::meter(ctx, name, "backup", prepared.size_estimate, true);
     let run = RunContext {
         ctx,
         target,

@@ -116,8 +116,9 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let mut conn = e.dsn.connect().await?;
     let what = format!("reading the catalog of {}", e.dsn.location());
     let snapshot = open_snapshot(&mut conn, &what).await?;
-    let (version_num, version): (String, String) = sqlx::query_as(
-        "SELECT current_setting('server_version_num'), current_setting('server_version')",
+    let (version_num, version, size): (String, String, i64) = sqlx::query_as(
+        "SELECT current_setting('server_version_num'), current_setting('server_version'), \
+                pg_database_size(current_database())",
     )
     .fetch_one(&mut conn)
     .await
@@ -299,6 +300,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         hold: Some(Box::new(std::sync::Mutex::new(conn))),
         excluded,
         data_excluded,
+        size_estimate: u64::try_from(size).ok().filter(|n| *n > 0),
     })
 }
 

@@ -90,6 +90,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
     Ok(Prepared {
         excluded: Vec::new(),
         data_excluded: Vec::new(),
+        size_estimate: Some(meta.len()).filter(|n| *n > 0),
         parts: vec![Part {
             schema: None,
             contents: Contents::Database,
