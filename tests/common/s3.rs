@@ -102,6 +102,16 @@ impl TestS3 {
             .collect()
     }
 
+    /// Parts the server holds of multipart uploads still open (s3s-fs keeps
+    /// `.upload_id-<id>.part-<n>`): a client that sent one knew the upload's id.
+    pub fn uploaded_parts(&self) -> usize {
+        std::fs::read_dir(self.root.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+            .count()
+    }
+
     /// The `[storage.s3]` section for a config pointing at this server.
     pub fn config_section(&self, bucket: &str, prefix: &str, extra: &str) -> String {
         format!(
