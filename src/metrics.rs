@@ -202,8 +202,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         uploads_pending: int_gauge(
             &r,
             UPLOADS_PENDING,
-            "Archives stored locally but not yet uploaded",
-            &["target"],
+            "Archives on the primary storage not yet uploaded to this mirror",
+            &["target", "storage"],
         ),
         storage_up: int_gauge(
             &r,
@@ -333,7 +333,8 @@ pub struct Known {
     pub last_run_failed: bool,
     pub last_verify_success: Option<chrono::DateTime<chrono::Utc>>,
     pub last_verify_failed: bool,
-    pub uploads_pending: usize,
+    /// Archives waiting for each mirror, by the mirror's name.
+    pub uploads_pending: std::collections::BTreeMap<String, usize>,
     pub has_schema: bool,
     /// The hooks the target has (`before`, `after`, `on_failure`).
     pub hooks: Vec<&'static str>,
@@ -373,9 +374,6 @@ pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], know
     m.verify_last_run_failed
         .with_label_values(&[target])
         .set(i64::from(known.last_verify_failed));
-    m.uploads_pending
-        .with_label_values(&[target])
-        .set(known.uploads_pending as i64);
     if known.has_schema {
         m.schema_drift.with_label_values(&[target]);
     }
@@ -396,6 +394,9 @@ pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], know
     }
     for s in mirrors {
         m.upload_duration.with_label_values(&[target, s]);
+        m.uploads_pending
+            .with_label_values(&[target, s])
+            .set(known.uploads_pending.get(*s).copied().unwrap_or(0) as i64);
     }
 }
 
@@ -438,10 +439,19 @@ pub fn upload_pending(target: &str, storage: &str, file: &str, error: &str) {
     );
 }
 
-pub fn uploads_pending(target: &str, count: usize) {
-    m().uploads_pending
-        .with_label_values(&[target])
-        .set(count as i64);
+/// How many archives wait for each mirror: `pending` holds the storage name of each
+/// waiting archive; a mirror with none is 0.
+pub fn uploads_pending<'a>(
+    target: &str,
+    mirrors: impl Iterator<Item = &'a str>,
+    pending: impl Iterator<Item = &'a str> + Clone,
+) {
+    for s in mirrors {
+        let n = pending.clone().filter(|p| *p == s).count();
+        m().uploads_pending
+            .with_label_values(&[target, s])
+            .set(n as i64);
+    }
 }
 
 pub fn drill_succeeded(target: &str, backup_id: &str, duration: std::time::Duration) {
@@ -683,7 +693,7 @@ pub fn config_reloaded(ok: bool, error: Option<&dyn std::fmt::Display>) {
 }
 
 /// Forget a target that a reload removed.
-pub fn target_removed(target: &str) {
+pub fn target_removed(target: &str, mirrors: &[&str]) {
     let m = m();
     let _ = m.last_success.remove_label_values(&[target]);
     let _ = m.last_attempt.remove_label_values(&[target]);
@@ -693,7 +703,9 @@ pub fn target_removed(target: &str) {
     let _ = m.verify_stale_after.remove_label_values(&[target]);
     let _ = m.verify_last_success.remove_label_values(&[target]);
     let _ = m.verify_last_run_failed.remove_label_values(&[target]);
-    let _ = m.uploads_pending.remove_label_values(&[target]);
+    for s in mirrors {
+        let _ = m.uploads_pending.remove_label_values(&[target, s]);
+    }
     let _ = m.schema_drift.remove_label_values(&[target]);
     let _ = m.last_run_failed.remove_label_values(&[target]);
 }

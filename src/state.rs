@@ -53,6 +53,17 @@ pub struct TargetState {
     pub running: Option<crate::progress::RunProgress>,
 }
 
+impl TargetState {
+    /// How many archives wait for each mirror.
+    pub fn pending_by_storage(&self) -> BTreeMap<String, usize> {
+        let mut by = BTreeMap::new();
+        for p in &self.pending_uploads {
+            *by.entry(p.storage.clone()).or_default() += 1;
+        }
+        by
+    }
+}
+
 /// The key of one stored archive in [`TargetState::corrupt`].
 pub fn corrupt_key(storage: &str, file: &str) -> String {
     format!("{storage}/{file}")
@@ -64,6 +75,10 @@ pub struct PendingUpload {
     pub storage: String,
     pub since: DateTime<Utc>,
     pub error: String,
+    /// Not a failure: the archive was left out of the stream to this rate-limited mirror
+    /// and is copied from the primary's archive after the run.
+    #[serde(default)]
+    pub deferred: bool,
 }
 
 pub struct StateFile {

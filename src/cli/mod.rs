@@ -113,6 +113,10 @@ enum Cmd {
         /// listed first; without this flag the restore refuses)
         #[arg(long)]
         drop_dependents: bool,
+        /// Read the archive only from this storage (`local`, `s3` or a mirror's name);
+        /// by default the first that has it, then the next if it fails
+        #[arg(long, value_name = "NAME")]
+        storage: Option<String>,
     },
     /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
     Verify {
@@ -393,6 +397,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             no_safety_backup,
             globals,
             drop_dependents,
+            storage,
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
@@ -416,6 +421,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 into: into.as_deref(),
                 into_password,
                 globals,
+                storage,
                 opts: crate::ops::restore::Options {
                     yes,
                     safety_backup: !no_safety_backup,

@@ -12,6 +12,8 @@ pub(super) struct RestoreArgs<'a> {
     pub into: Option<&'a str>,
     pub into_password: Option<crate::config::Secret>,
     pub globals: bool,
+    /// Only from this storage.
+    pub storage: Option<String>,
     pub opts: Options,
 }
 
@@ -25,8 +27,9 @@ pub(super) async fn restore(
     let target = cfg
         .target(name)
         .ok_or_else(|| usage(format!("unknown target `{name}`")))?;
-    let selector: Selector = args.backup.parse().map_err(usage)?;
-    let plan = ops_restore::plan(
+    let mut selector: Selector = args.backup.parse().map_err(usage)?;
+    selector.from = args.storage.clone();
+    let mut plan = ops_restore::plan(
         ctx,
         target,
         &selector,
@@ -36,10 +39,14 @@ pub(super) async fn restore(
     )
     .await?;
     eprintln!("{}", plan.description);
-    // The archive is proven intact before anything is asked or touched.
-    let archive = plan.chosen.archive(ctx)?;
-    ops_restore::verify_checksum(archive.storage, archive.backup).await?;
-    eprintln!("checksum OK (sha256 {})", &plan.chosen.backup.sha256[..16]);
+    // The archive is proven intact before anything is asked or touched (the next
+    // storage's copy is used when the chosen one cannot be read or does not match).
+    plan.chosen.prove(ctx).await?;
+    eprintln!(
+        "checksum OK (sha256 {}, read from {})",
+        &plan.chosen.backup.sha256[..16],
+        plan.chosen.storage
+    );
     if plan.dest.is_own() && !args.opts.yes {
         confirm_by_name(
             name,

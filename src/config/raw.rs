@@ -64,6 +64,9 @@ pub(super) struct RawDaemon {
 pub(super) struct RawStorage {
     pub(super) local: Option<RawLocalStorage>,
     pub(super) s3: Option<RawS3>,
+    /// `[storage.mirrors.NAME]`: further S3 destinations, with the keys of `[storage.s3]`.
+    #[serde(default)]
+    pub(super) mirrors: BTreeMap<String, RawS3>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +92,11 @@ pub(super) struct RawS3 {
     pub(super) max_attempts: Option<i64>,
     pub(super) retry_base_delay: Option<String>,
     pub(super) read_timeout: Option<String>,
+    /// This destination's own retention (the target's when unset).
+    pub(super) keep_days: Option<i64>,
+    pub(super) min_keep: Option<i64>,
+    /// Bytes per second uploads to this destination may take (e.g. "50MiB").
+    pub(super) max_upload_rate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +271,11 @@ pub fn env_keys() -> Vec<String> {
         &mut out,
     );
     section("DBKEEP_STORAGE__S3__", fields_of::<RawS3>(), &mut out);
+    section(
+        "DBKEEP_STORAGE__MIRRORS__<NAME>__",
+        fields_of::<RawS3>(),
+        &mut out,
+    );
     section("DBKEEP_DEFAULTS__", fields_of::<RawPolicy>(), &mut out);
     section(
         "DBKEEP_DEFAULTS__HOOKS__",

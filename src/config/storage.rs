@@ -7,8 +7,33 @@ use super::raw::{RawLocalStorage, RawS3};
 use super::types::{LocalStorageConfig, S3Config, Secret};
 use super::{key_err, ConfigError};
 
-pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
-    let k = |f: &str| format!("storage.s3.{f}");
+/// `[storage.mirrors.NAME]`: a name fit for metrics labels and file names, not one of
+/// the built-in storages', then the keys of `[storage.s3]`.
+pub(super) fn validate_mirror(name: &str, raw: RawS3) -> Result<S3Config, ConfigError> {
+    let section = format!("storage.mirrors.{name}");
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(key_err(
+            section,
+            "a mirror's name is 1 to 32 characters: lowercase letters, digits, `_` or `-`, starting with a letter (it names the destination in `list`, logs and metrics)",
+        ));
+    }
+    if matches!(name, "local" | "s3" | "copy" | "config") {
+        return Err(key_err(
+            section,
+            format!("`{name}` is the name of a built-in storage: call the mirror after its provider or site, e.g. `offsite`"),
+        ));
+    }
+    validate_s3(name, &section, raw)
+}
+
+pub(super) fn validate_s3(name: &str, section: &str, raw: RawS3) -> Result<S3Config, ConfigError> {
+    let k = |f: &str| format!("{section}.{f}");
     let bucket = raw
         .bucket
         .map(|b| b.trim().to_string())
@@ -163,7 +188,44 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
             "0 would fail every request: use e.g. \"30s\"",
         ));
     }
+    let count = |key: &str, v: Option<i64>| -> Result<Option<u32>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(n) if (0..=u32::MAX as i64).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(key_err(
+                k(key),
+                format!("{n} is not allowed: use 0 or a positive whole number"),
+            )),
+        }
+    };
+    let keep_days = count("keep_days", raw.keep_days)?;
+    let min_keep = count("min_keep", raw.min_keep)?;
+    let max_upload_rate = match raw.max_upload_rate.as_deref().map(str::trim) {
+        None | Some("") | Some("off") => None,
+        Some(r) => {
+            let per_second = r.strip_suffix("/s").unwrap_or(r);
+            match parse_size(per_second) {
+                Some(n) if n >= 64 * 1024 => Some(n as u64),
+                Some(_) => {
+                    return Err(key_err(
+                        k("max_upload_rate"),
+                        "below 64KiB per second an upload would outlast any schedule: give e.g. \"50MiB\" (per second)",
+                    ))
+                }
+                None => {
+                    return Err(key_err(
+                        k("max_upload_rate"),
+                        format!(
+                            "{} is not a rate: write bytes per second, e.g. \"50MiB\" (or \"off\")",
+                            super::parse::shown(r)
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     Ok(S3Config {
+        name: name.to_string(),
         bucket,
         prefix,
         endpoint: raw.endpoint,
@@ -181,6 +243,9 @@ pub(super) fn validate_s3(raw: RawS3) -> Result<S3Config, ConfigError> {
         max_attempts,
         retry_base_delay,
         read_timeout,
+        keep_days,
+        min_keep,
+        max_upload_rate,
     })
 }
 pub(super) fn validate_local(l: RawLocalStorage) -> Result<LocalStorageConfig, ConfigError> {

@@ -148,10 +148,15 @@ pub struct DaemonConfig {
 pub struct StorageConfig {
     pub local: Option<LocalStorageConfig>,
     pub s3: Option<S3Config>,
+    /// `[storage.mirrors.NAME]`, by name.
+    pub mirrors: Vec<S3Config>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct S3Config {
+    /// The destination's name in listings, logs and metrics: `s3` for `[storage.s3]`, NAME
+    /// for `[storage.mirrors.NAME]`.
+    pub name: String,
     pub bucket: String,
     /// Key prefix without leading or trailing '/', never empty.
     pub prefix: String,
@@ -176,6 +181,11 @@ pub struct S3Config {
     /// How long one read from the endpoint may wait for data.
     #[serde(serialize_with = "ser_duration")]
     pub read_timeout: Duration,
+    /// This destination's own `keep_days` / `min_keep`, replacing the target's there.
+    pub keep_days: Option<u32>,
+    pub min_keep: Option<u32>,
+    /// Upload bytes per second to this destination at most.
+    pub max_upload_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

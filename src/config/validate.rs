@@ -16,7 +16,21 @@ use super::{key_err, ConfigError};
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let local = raw.storage.local.map(validate_local).transpose()?;
-    let s3 = raw.storage.s3.map(validate_s3).transpose()?;
+    let s3 = raw
+        .storage
+        .s3
+        .map(|s| validate_s3("s3", "storage.s3", s))
+        .transpose()?;
+    let mut mirrors = Vec::new();
+    for (name, m) in raw.storage.mirrors {
+        mirrors.push(super::storage::validate_mirror(&name, m)?);
+    }
+    if !mirrors.is_empty() && local.is_none() && s3.is_none() {
+        return Err(key_err(
+            "storage.mirrors",
+            "mirrors copy what the primary storage holds: add [storage.local] (or [storage.s3]) as the primary",
+        ));
+    }
     if local.is_none() && s3.is_none() {
         return Err(key_err(
             "storage.local.path",
@@ -109,7 +123,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         source_file: None,
         daemon,
-        storage: StorageConfig { local, s3 },
+        storage: StorageConfig { local, s3, mirrors },
         targets,
         notify,
     })

@@ -387,7 +387,8 @@ impl Daemon {
         let old = self.config();
         for t in &old.targets {
             if new.target(&t.name).is_none() {
-                metrics::target_removed(&t.name);
+                let mirrors: Vec<&str> = self.storages().mirrors().map(|m| m.name()).collect();
+                metrics::target_removed(&t.name, &mirrors);
             }
         }
         if new.daemon.listen != old.daemon.listen {

@@ -79,7 +79,7 @@ impl Daemon {
                         .then_some(st.last_verify)
                         .flatten(),
                     last_verify_failed: st.last_verify_status == Some(RunStatus::Failure),
-                    uploads_pending: st.pending_uploads.len(),
+                    uploads_pending: st.pending_by_storage(),
                     has_schema: t.schema.is_some(),
                     hooks: [HookKind::Before, HookKind::After, HookKind::OnFailure]
                         .into_iter()

@@ -3,7 +3,7 @@
 //! of the run is stored, and a failure removes what the run wrote. A mirror that fails
 //! while the primary succeeds makes the archive pending upload instead of failing the run.
 
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -521,8 +521,31 @@ async fn backup_inner(
         }
         return Err(e);
     }
+    tracing::info!(
+        target = name,
+        backup_id = %id,
+        archives = done.len(),
+        "backup stored: every manifest written"
+    );
     let mut pending = Vec::new();
+    // Rate-limited mirrors were left out of the stream: they catch up from the primary's
+    // archive now, at their own pace, the dump already finished.
+    let slow: Vec<&'static str> = storages
+        .mirrors()
+        .filter(|m| m.max_upload_rate().is_some())
+        .map(|m| m.name())
+        .collect();
     for d in &done {
+        for storage in &slow {
+            let record = PendingUpload {
+                file: d.manifest.file.clone(),
+                storage: storage.to_string(),
+                since: ctx.now(),
+                error: "rate-limited: copied from the primary after the run".into(),
+                deferred: true,
+            };
+            ctx.state.update(name, |s| s.pending_uploads.push(record));
+        }
         for f in &d.failed {
             let error = crate::error::chain(&f.error);
             metrics::upload_pending(name, f.storage, &d.manifest.file, &error);
@@ -532,16 +555,39 @@ async fn backup_inner(
                 storage: f.storage.to_string(),
                 since: ctx.now(),
                 error,
+                deferred: false,
             };
             ctx.state.update(name, |s| s.pending_uploads.push(record));
         }
     }
-    metrics::uploads_pending(name, ctx.state.get(name).pending_uploads.len());
+    count_pending(ctx, name);
+    let duration = t0.elapsed();
+    if !slow.is_empty() && !done.is_empty() {
+        match upload_pending(ctx, target).await {
+            Ok(n) => tracing::info!(
+                target = name,
+                uploaded = n,
+                "rate-limited mirrors caught up"
+            ),
+            Err(e) => {
+                tracing::warn!(target = name, error = %crate::error::chain(&e), "a mirror did not catch up; the next run retries");
+                for p in ctx.state.get(name).pending_uploads {
+                    if slow.contains(&p.storage.as_str())
+                        && done.iter().any(|d| d.manifest.file == p.file)
+                        && !p.deferred
+                    {
+                        let storage = slow.iter().find(|s| **s == p.storage).copied();
+                        pending.extend(storage.map(|s| (p.file.clone(), s)));
+                    }
+                }
+            }
+        }
+    }
     Ok(Outcome {
         target: name.to_string(),
         id,
         manifests: done.into_iter().map(|d| d.manifest).collect(),
-        duration: t0.elapsed(),
+        duration,
         leftovers_removed,
         pending,
     })
@@ -859,73 +905,97 @@ async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written:
 }
 
 /// The state file is a record, not the truth: a complete backup on the primary whose
-/// manifest a mirror lacks is pending there, whether or not the state file (which may
-/// have been lost) says so. One listing per mirror, no manifest reads.
-async fn rediscover_pending(ctx: &Context, name: &str) -> Result<(), StorageError> {
-    let storages = ctx.storages.as_ref();
-    if storages.mirrors().next().is_none() {
-        return Ok(());
-    }
+/// manifest a mirror lacks (and its own retention would keep) is pending there, whether
+/// or not the state file (which may have been lost) says so. One listing per mirror, no
+/// manifest reads.
+async fn rediscover_pending(
+    ctx: &Context,
+    target: &Target,
+    mirror: &dyn Storage,
+    on_primary: &[catalog::Backup],
+) -> Result<(), StorageError> {
+    let name = target.name.as_str();
     let now = ctx.now();
-    let on_primary = catalog::list(storages.primary(), name, now)
-        .await
-        .map_err(|catalog::CatalogError::Storage(e)| e)?
-        .complete;
-    for mirror in storages.mirrors() {
-        let there: std::collections::HashSet<String> = mirror
-            .list(name)
-            .await?
-            .into_iter()
-            .map(|o| o.file)
-            .collect();
-        let known = ctx.state.get(name).pending_uploads;
-        let missing: Vec<PendingUpload> = on_primary
-            .iter()
-            .filter(|b| !there.contains(&catalog::manifest_name(&b.file)))
-            .filter(|b| {
-                !known
-                    .iter()
-                    .any(|p| p.file == b.file && p.storage == mirror.name())
-            })
-            .map(|b| PendingUpload {
-                file: b.file.clone(),
-                storage: mirror.name().to_string(),
-                since: now,
-                error: "missing from this storage (found by comparing listings)".into(),
-            })
-            .collect();
-        if !missing.is_empty() {
-            tracing::warn!(
-                target = name,
-                storage = mirror.name(),
-                count = missing.len(),
-                "complete local backups are missing from a mirror; uploading them"
-            );
-            ctx.state
-                .update(name, |s| s.pending_uploads.extend(missing.iter().cloned()));
-        }
+    let there: std::collections::HashSet<String> = mirror
+        .list(name)
+        .await?
+        .into_iter()
+        .map(|o| o.file)
+        .collect();
+    let known = ctx.state.get(name).pending_uploads;
+    // A backup the mirror's own retention would not keep is not sent there.
+    let wanted = super::wanted_on(target, mirror, on_primary, now);
+    let missing: Vec<PendingUpload> = on_primary
+        .iter()
+        .filter(|b| !there.contains(&catalog::manifest_name(&b.file)))
+        .filter(|b| wanted.as_ref().is_none_or(|w| w.contains(&b.file)))
+        .filter(|b| {
+            !known
+                .iter()
+                .any(|p| p.file == b.file && p.storage == mirror.name())
+        })
+        .map(|b| PendingUpload {
+            file: b.file.clone(),
+            storage: mirror.name().to_string(),
+            since: now,
+            error: "missing from this storage (found by comparing listings)".into(),
+            deferred: false,
+        })
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            target = name,
+            storage = mirror.name(),
+            count = missing.len(),
+            "complete local backups are missing from a mirror; uploading them"
+        );
+        ctx.state
+            .update(name, |s| s.pending_uploads.extend(missing.iter().cloned()));
     }
     Ok(())
 }
 
-/// Upload the archives a mirror missed, from the primary's copy, checking the sha256
-/// against the manifest on the way. Returns how many went up; stops at the first failure
-/// (the mirror is likely still down) and records its error.
+/// Upload the archives the mirrors missed (or were left to catch up with: a rate-limited
+/// mirror), from the primary's copy, checking the sha256 against the manifest on the way.
+/// Each mirror on its own: one that fails (likely still down) is given up on for this
+/// call, its error recorded, and the others go on. Returns how many went up, or the first
+/// mirror's error when one failed.
 pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, StorageError> {
     let name = target.name.as_str();
     let storages = ctx.storages.as_ref();
     let primary = storages.primary();
-    // Multipart uploads abandoned by the failure that made these pending go first.
+    if storages.mirrors().next().is_none() && ctx.state.get(name).pending_uploads.is_empty() {
+        return Ok(0);
+    }
+    let mut down: Vec<(&'static str, StorageError)> = Vec::new();
+    let on_primary = match storages.mirrors().next() {
+        None => Vec::new(),
+        Some(_) => {
+            catalog::list(primary, name, ctx.now())
+                .await
+                .map_err(|catalog::CatalogError::Storage(e)| e)?
+                .complete
+        }
+    };
     for mirror in storages.mirrors() {
-        for gone in mirror.remove_temp_files(name).await? {
-            metrics::leftover_removed(name, mirror.name(), &gone, "abandoned multipart upload");
+        // Multipart uploads abandoned by the failure that made these pending go first.
+        let prepared = async {
+            for gone in mirror.remove_temp_files(name).await? {
+                metrics::leftover_removed(name, mirror.name(), &gone, "abandoned multipart upload");
+            }
+            rediscover_pending(ctx, target, mirror, &on_primary).await
+        };
+        if let Err(e) = prepared.await {
+            tracing::warn!(target = name, storage = mirror.name(), error = %crate::error::chain(&e), "mirror unavailable; its pending uploads wait for the next run");
+            down.push((mirror.name(), e));
         }
     }
-    rediscover_pending(ctx, name).await?;
     let pending = ctx.state.get(name).pending_uploads;
     let mut uploaded = 0;
-    let mut result = Ok(());
     for p in pending {
+        if down.iter().any(|(s, _)| *s == p.storage) {
+            continue;
+        }
         let forget = || {
             ctx.state
                 .update(name, |s| s.pending_uploads.retain(|x| x != &p))
@@ -943,12 +1013,15 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
                 forget();
                 continue;
             }
+            // The primary does not answer: nothing can be copied from it now.
             Err(e) => {
-                result = Err(e);
-                break;
+                count_pending(ctx, name);
+                return Err(e);
             }
         };
-        let copied = match copy_archive(name, primary, mirror, &p.file, &manifest_bytes).await {
+        let t0 = Instant::now();
+        let copy = copy_archive(name, primary, mirror, &p.file, &manifest_bytes, &ctx.cancel);
+        let copied = match copy.await {
             // Copied by an earlier try whose manifest did not follow: the same size is
             // the same archive (its sha256 was checked on the way up).
             Err(StorageError::Exists { .. }) => {
@@ -963,29 +1036,44 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
             }
             other => other,
         };
+        let copied = match copied {
+            Ok(()) => mirror.put_bytes(name, &manifest_file, manifest_bytes).await,
+            Err(e) => Err(e),
+        };
         match copied {
             Ok(()) => {
-                mirror
-                    .put_bytes(name, &manifest_file, manifest_bytes)
-                    .await?;
                 forget();
                 uploaded += 1;
-                tracing::info!(target = name, storage = mirror.name(), file = %p.file, "pending upload done");
+                tracing::info!(target = name, storage = mirror.name(), file = %p.file, seconds = t0.elapsed().as_secs_f64(), deferred = p.deferred, "pending upload done");
             }
             Err(e) => {
                 let msg = crate::error::chain(&e);
+                tracing::warn!(target = name, storage = mirror.name(), file = %p.file, error = %msg, "pending upload failed; this mirror's others wait for the next run");
                 ctx.state.update(name, |s| {
                     if let Some(x) = s.pending_uploads.iter_mut().find(|x| **x == p) {
                         x.error = msg.clone();
+                        x.deferred = false;
                     }
                 });
-                result = Err(e);
-                break;
+                down.push((mirror.name(), e));
             }
         }
     }
-    metrics::uploads_pending(name, ctx.state.get(name).pending_uploads.len());
-    result.map(|()| uploaded)
+    count_pending(ctx, name);
+    match down.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(uploaded),
+    }
+}
+
+/// Export how many archives wait for each mirror.
+fn count_pending(ctx: &Context, name: &str) {
+    let pending = ctx.state.get(name).pending_uploads;
+    metrics::uploads_pending(
+        name,
+        ctx.storages.mirrors().map(|m| m.name()),
+        pending.iter().map(|p| p.storage.as_str()),
+    );
 }
 
 /// Whether `file` is on `storage` already with the size its manifest says.
@@ -1013,6 +1101,7 @@ async fn copy_archive(
     to: &dyn Storage,
     file: &str,
     manifest_bytes: &[u8],
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), StorageError> {
     let task = |message: String| StorageError::Task {
         storage: "copy",
@@ -1027,9 +1116,26 @@ async fn copy_archive(
     let file = file.to_string();
     let storage = to.name();
     let from_name = from.name();
+    let cancel = cancel.clone();
     tokio::task::spawn_blocking(move || {
         let mut hw = HashingWriter::new(writer);
-        let copied = io::copy(&mut reader, &mut hw);
+        // In 64 KiB steps, so a stop request is seen within one step even when the
+        // destination paces the copy (at its slowest rate, about a second).
+        let copied = (|| -> io::Result<()> {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(io::Error::other(
+                        "stopped: the copy is resumed at the next run",
+                    ));
+                }
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hw.write_all(&buf[..n])?;
+            }
+        })();
         let (writer, _, sha) = hw.finish();
         match copied {
             Err(source) => {

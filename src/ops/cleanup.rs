@@ -94,25 +94,41 @@ pub async fn run(
         .map(|p| p.file)
         .collect();
     // What each mirror holds, from its own listing: a primary archive that a mirror lacks
-    // is still to be uploaded, whether or not the state file (which may be lost) says so.
-    // A mirror that cannot be listed holds nothing as far as cleanup knows.
-    let mut on_every_mirror: Option<std::collections::HashSet<String>> = None;
-    for m in ctx.storages.mirrors() {
-        let has: std::collections::HashSet<String> = match catalog::list(m, name, now).await {
-            Ok(l) => l.complete.into_iter().map(|b| b.file).collect(),
-            Err(e) => {
-                tracing::warn!(target = name, storage = m.name(), error = %crate::error::chain(&e), "cannot list a mirror; no local backup is deleted that it may lack");
-                Default::default()
-            }
-        };
-        on_every_mirror = Some(match on_every_mirror {
-            None => has,
-            Some(prev) => prev.intersection(&has).cloned().collect(),
-        });
+    // (and should hold, by its own retention) is still to be uploaded, whether or not the
+    // state file (which may be lost) says so. A mirror that cannot be listed holds
+    // nothing as far as cleanup knows.
+    let mut lacking: std::collections::HashSet<String> = Default::default();
+    if ctx.storages.mirrors().next().is_some() {
+        let primary = ctx.storages.primary();
+        let on_primary = catalog::list(primary, name, now)
+            .await
+            .map_err(
+                |catalog::CatalogError::Storage(source)| CleanupError::Storage {
+                    target: name.to_string(),
+                    storage: primary.name(),
+                    source,
+                },
+            )?
+            .complete;
+        for m in ctx.storages.mirrors() {
+            let wanted = super::wanted_on(target, m, &on_primary, now);
+            let has: std::collections::HashSet<String> = match catalog::list(m, name, now).await {
+                Ok(l) => l.complete.into_iter().map(|b| b.file).collect(),
+                Err(e) => {
+                    tracing::warn!(target = name, storage = m.name(), error = %crate::error::chain(&e), "cannot list a mirror; no local backup is deleted that it may lack");
+                    Default::default()
+                }
+            };
+            lacking.extend(
+                on_primary
+                    .iter()
+                    .filter(|b| !has.contains(&b.file))
+                    .filter(|b| wanted.as_ref().is_none_or(|w| w.contains(&b.file)))
+                    .map(|b| b.file.clone()),
+            );
+        }
     }
-    let not_uploaded = |file: &String| {
-        pending.contains(file) || on_every_mirror.as_ref().is_some_and(|m| !m.contains(file))
-    };
+    let not_uploaded = |file: &String| pending.contains(file) || lacking.contains(file);
     let mut reports = Vec::new();
     for s in ctx.storages.iter() {
         let is_primary = s.name() == ctx.storages.primary().name();
@@ -325,7 +341,7 @@ async fn plan_on_good_copies(
                 pinned: bs.iter().find_map(|b| b.pinned.clone()),
             })
             .collect();
-        let plan = retention::plan(&candidates, &target.policy(), now);
+        let plan = retention::plan(&candidates, &super::policy_on(target, s), now);
         let deletes = plan.iter().any(|d| d.action == Action::Delete);
         let newest_kept = plan
             .iter()

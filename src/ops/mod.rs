@@ -23,6 +23,58 @@ use crate::scheduler::Clock;
 use crate::state::StateFile;
 use crate::storage::Storages;
 
+/// The retention policy of `target` on `s`: the target's, with the destination's own
+/// `keep_days` / `min_keep` where it sets them.
+pub fn policy_on(
+    target: &crate::config::Target,
+    s: &dyn crate::storage::Storage,
+) -> crate::config::Policy {
+    let mut p = target.policy();
+    let (keep_days, min_keep) = s.retention();
+    if let Some(d) = keep_days {
+        p.keep_days = d;
+    }
+    if let Some(m) = min_keep {
+        p.min_keep = m;
+    }
+    p
+}
+
+/// The archives among `complete` (the primary's complete backups) that `mirror` should
+/// hold: those of the runs its own retention keeps. `None` when the mirror has no
+/// retention of its own, so it should hold all of them (until the primary's cleanup).
+pub fn wanted_on(
+    target: &crate::config::Target,
+    mirror: &dyn crate::storage::Storage,
+    complete: &[crate::catalog::Backup],
+    now: DateTime<Utc>,
+) -> Option<std::collections::HashSet<String>> {
+    if mirror.retention() == (None, None) {
+        return None;
+    }
+    let candidates: Vec<crate::retention::Candidate> = complete
+        .iter()
+        .map(|b| crate::retention::Candidate {
+            id: b.id,
+            pending_upload: false,
+            pinned: b.pinned.clone(),
+        })
+        .collect();
+    let keep: std::collections::HashSet<crate::catalog::BackupId> =
+        crate::retention::plan(&candidates, &policy_on(target, mirror), now)
+            .into_iter()
+            .filter(|d| d.action == crate::retention::Action::Keep)
+            .map(|d| d.id)
+            .collect();
+    Some(
+        complete
+            .iter()
+            .filter(|b| keep.contains(&b.id))
+            .map(|b| b.file.clone())
+            .collect(),
+    )
+}
+
 /// What every use case works with.
 #[derive(Clone)]
 pub struct Context {

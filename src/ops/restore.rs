@@ -86,6 +86,9 @@ impl From<catalog::CatalogError> for RestoreError {
 pub struct Selector {
     pub id: Option<BackupId>,
     pub schema: Option<String>,
+    /// Only from this storage (`--storage`); else the first that has it, falling back to
+    /// the next when it fails.
+    pub from: Option<String>,
 }
 
 impl FromStr for Selector {
@@ -104,7 +107,11 @@ impl FromStr for Selector {
             "latest" | "" => None,
             other => Some(other.parse()?),
         };
-        Ok(Selector { id, schema })
+        Ok(Selector {
+            id,
+            schema,
+            from: None,
+        })
     }
 }
 
@@ -115,9 +122,40 @@ pub struct Chosen {
     pub storage: &'static str,
     /// Restore only this schema out of a whole-database archive (`pg_restore -n`).
     pub schema_from_full: Option<String>,
+    /// The same archive on the other storages that have it, in preference order: where
+    /// [`Chosen::prove`] turns when the chosen copy cannot be read or is corrupt.
+    pub fallbacks: Vec<(&'static str, Backup)>,
 }
 
 impl Chosen {
+    /// Prove the archive's sha256 before anything is touched, reading the chosen copy;
+    /// when it cannot be read (its storage is down) or does not match, the next storage's
+    /// copy is tried, and becomes the chosen one. The error is the last copy's.
+    pub async fn prove(&mut self, ctx: &Context) -> Result<(), RestoreError> {
+        loop {
+            let result = match self.archive(ctx) {
+                Ok(a) => verify_checksum(a.storage, a.backup).await,
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(e) if self.fallbacks.is_empty() => return Err(e),
+                Err(e) => e,
+            };
+            let (storage, backup) = self.fallbacks.remove(0);
+            tracing::warn!(
+                target = %self.backup.target,
+                file = %self.backup.file,
+                failed = self.storage,
+                next = storage,
+                error = %crate::error::chain(&err),
+                "cannot restore from this storage; using the copy on the next one"
+            );
+            self.storage = storage;
+            self.backup = backup;
+        }
+    }
+
     pub fn archive<'a>(&'a self, ctx: &'a Context) -> Result<Archive<'a>, RestoreError> {
         let storage = ctx.storages.get(self.storage).ok_or_else(|| {
             RestoreError::NotFound(format!("storage {} is no longer configured", self.storage))
@@ -170,9 +208,18 @@ pub async fn choose(
     // Copies known to no longer match their manifest (found by verify, a drill or
     // cleanup) are never chosen: another storage's copy, or an older backup, is.
     let corrupt = ctx.state.get(&target.name).corrupt;
+    if let Some(from) = &selector.from {
+        if ctx.storages.get(from).is_none() {
+            return Err(RestoreError::NotFound(format!(
+                "no storage named {from:?}: the configured ones are {}",
+                ctx.storages.names().join(", ")
+            )));
+        }
+    }
     let (all, bad): (Vec<_>, Vec<_>) = list_everywhere(ctx, target)
         .await?
         .into_iter()
+        .filter(|(s, _)| selector.from.as_deref().is_none_or(|f| f == *s))
         .partition(|(s, b)| !corrupt.contains_key(&crate::state::corrupt_key(s, &b.file)));
     if let (Some(id), false) = (selector.id, bad.is_empty()) {
         if bad.iter().any(|(_, b)| b.id == id) && !all.iter().any(|(_, b)| b.id == id) {
@@ -212,6 +259,16 @@ pub async fn choose(
             .find(|(_, b)| want(b))
             .map(|(i, b)| (*i, b.clone()))
     };
+    // The same file on the storages after the chosen one.
+    let fallbacks = |storage: &str, backup: &Backup| -> Vec<(&'static str, Backup)> {
+        of_id
+            .iter()
+            .skip_while(|(s, _)| *s != storage)
+            .skip(1)
+            .filter(|(_, b)| b.file == backup.file)
+            .map(|(s, b)| (*s, b.clone()))
+            .collect()
+    };
     if globals {
         let (storage, backup) = pick(&|b| b.contents == Contents::Globals).ok_or_else(|| {
             RestoreError::NotFound(format!(
@@ -219,6 +276,7 @@ pub async fn choose(
             ))
         })?;
         return Ok(Chosen {
+            fallbacks: fallbacks(storage, &backup),
             backup,
             storage,
             schema_from_full: None,
@@ -229,6 +287,7 @@ pub async fn choose(
             pick(&|b| b.contents == Contents::Schema && b.schema.as_deref() == Some(schema))
         {
             return Ok(Chosen {
+                fallbacks: fallbacks(storage, &backup),
                 backup,
                 storage,
                 schema_from_full: None,
@@ -236,6 +295,7 @@ pub async fn choose(
         }
         if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
             return Ok(Chosen {
+                fallbacks: fallbacks(storage, &backup),
                 backup,
                 storage,
                 schema_from_full: Some(schema.clone()),
@@ -247,6 +307,7 @@ pub async fn choose(
     }
     if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
         return Ok(Chosen {
+            fallbacks: fallbacks(storage, &backup),
             backup,
             storage,
             schema_from_full: None,
@@ -445,7 +506,8 @@ mod tests {
             "latest".parse::<Selector>().unwrap(),
             Selector {
                 id: None,
-                schema: None
+                schema: None,
+                from: None,
             }
         );
         let s: Selector = "20261121_143022:tenant_42".parse().unwrap();

@@ -69,6 +69,8 @@ pub struct TargetHealth {
     /// Manifests not counted as backups (unreadable, not matching their archive).
     pub broken_manifests: usize,
     pub pending_uploads: usize,
+    /// Archives waiting, by mirror (rate-limited copies after a run included).
+    pub pending_by_storage: std::collections::BTreeMap<String, usize>,
     pub last_run: LastRun,
     pub next_run: Option<DateTime<Utc>>,
     pub last_drill: LastRun,
@@ -121,18 +123,25 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             ),
         });
     }
-    if let Some(first) = facts.state.pending_uploads.first() {
+    // One problem per mirror, each with its own oldest date and newest error. An archive
+    // left for a rate-limited mirror to copy after the run is not one, unless it has
+    // waited longer than the health grace.
+    let grace =
+        chrono::Duration::from_std(target.health_grace).unwrap_or(chrono::Duration::hours(1));
+    let mut by_storage: std::collections::BTreeMap<&str, Vec<&crate::state::PendingUpload>> =
+        Default::default();
+    for p in &facts.state.pending_uploads {
+        if !p.deferred || now - p.since > grace {
+            by_storage.entry(p.storage.as_str()).or_default().push(p);
+        }
+    }
+    for (storage, list) in by_storage {
+        let since = list.iter().map(|p| p.since).min().unwrap_or(now);
         problems.push(format!(
-            "{} archive(s) not uploaded to {} (pending since {}): {}",
-            facts.state.pending_uploads.len(),
-            first.storage,
-            first.since.format("%Y-%m-%dT%H:%M:%SZ"),
-            facts
-                .state
-                .pending_uploads
-                .last()
-                .map(|p| p.error.as_str())
-                .unwrap_or("")
+            "{} archive(s) not uploaded to {storage} (pending since {}): {}",
+            list.len(),
+            since.format("%Y-%m-%dT%H:%M:%SZ"),
+            list.last().map(|p| p.error.as_str()).unwrap_or("")
         ));
     }
     if facts.state.last_verify_status == Some(RunStatus::Failure) {
@@ -217,6 +226,7 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         pinned: facts.catalog.pinned.clone(),
         broken_manifests: facts.catalog.broken.len(),
         pending_uploads: facts.state.pending_uploads.len(),
+        pending_by_storage: facts.state.pending_by_storage(),
         last_run: LastRun {
             status: facts.state.last_status,
             started: facts.state.last_run,

@@ -44,7 +44,9 @@ impl FanOut {
             writer: Some(primary.create(target, file).await?),
             error: None,
         });
-        for m in storages.mirrors() {
+        // A rate-limited mirror is not written from the stream (it would hold the dump
+        // back to its rate): it copies the primary's archive after the run.
+        for m in storages.mirrors().filter(|m| m.max_upload_rate().is_none()) {
             let (writer, error) = match m.create(target, file).await {
                 Ok(w) => (Some(w), None),
                 Err(e) => (None, Some(e)),

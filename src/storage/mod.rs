@@ -200,12 +200,39 @@ pub trait Storage: Send + Sync {
     fn folder(&self, _target: &str) -> Option<PathBuf> {
         None
     }
+    /// This destination's own retention (`keep_days`, `min_keep`), replacing the target's
+    /// there; `None` for each the target's applies.
+    fn retention(&self) -> (Option<u32>, Option<u32>) {
+        (None, None)
+    }
+    /// Bytes per second uploads to this storage may take, when limited.
+    fn max_upload_rate(&self) -> Option<u64> {
+        None
+    }
     /// Try each operation backups need on a probe object in `target`'s folder, removed
     /// afterwards: write, list, read, delete (S3 adds starting and aborting a multipart
     /// upload). Each step with its outcome.
     async fn probe(&self, target: &str) -> Vec<(&'static str, Result<(), StorageError>)> {
         probe_basic(self, target, &probe_name()).await
     }
+}
+
+/// A destination name from the config as the `&'static str` storages are named by; each
+/// distinct name is allocated once per process, however often the config is loaded.
+pub fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(name) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 /// The name prefix of pin files (see `catalog::Pin`): hidden, yet listed, unlike other
@@ -309,6 +336,11 @@ pub async fn build(cfg: &Config) -> Result<Storages, StorageError> {
     if let Some(s) = &cfg.storage.s3 {
         all.push(Box::new(
             s3::S3Storage::new(s.clone(), cfg.daemon.work_dir.clone()).await,
+        ));
+    }
+    for m in &cfg.storage.mirrors {
+        all.push(Box::new(
+            s3::S3Storage::new(m.clone(), cfg.daemon.work_dir.clone()).await,
         ));
     }
     let mut all = all.into_iter();

@@ -15,6 +15,7 @@ mod hooks;
 mod hostile;
 mod listing;
 mod metrics_contract;
+mod mirrors;
 mod notify;
 mod operator;
 mod ops_in_process;

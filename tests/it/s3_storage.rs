@@ -9,18 +9,18 @@ use crate::common::{dbkeep, sha256_file, Sandbox, TestPostgres, PG_PASSWORD};
 
 const BUCKET: &str = "backups";
 
-fn pg_target(pg: &TestPostgres, db: &str, extra: &str) -> String {
+pub(crate) fn pg_target(pg: &TestPostgres, db: &str, extra: &str) -> String {
     format!(
         "[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n{extra}\n",
         pg.url(db)
     )
 }
 
-fn local(sb: &Sandbox) -> String {
+pub(crate) fn local(sb: &Sandbox) -> String {
     format!("[storage.local]\npath = \"{}\"\n", sb.backups().display())
 }
 
-fn list(cfg: &std::path::Path, storage: &str) -> Vec<serde_json::Value> {
+pub(crate) fn list(cfg: &std::path::Path, storage: &str) -> Vec<serde_json::Value> {
     let run = dbkeep(Some(cfg), &["list", "--storage", storage, "--json"], &[]).ok();
     serde_json::from_str(&run.stdout).unwrap()
 }
@@ -260,7 +260,7 @@ fn twelve_hundred_backups_are_listed_and_retention_deletes_exactly_the_planned_o
 
 /// A pg_bin_dir whose pg_dump streams the real dump, then keeps its stdout open until
 /// `gate` exists (at most 300 s, so a failed test does not leave it behind for long).
-fn gated_pg_dump(sb: &Sandbox, pg: &TestPostgres, gate: &Path) -> PathBuf {
+pub(crate) fn gated_pg_dump(sb: &Sandbox, pg: &TestPostgres, gate: &Path) -> PathBuf {
     let bin = sb.path().join("gated-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let real = pg.bin.join("pg_dump");
@@ -434,7 +434,10 @@ fn the_daemon_reports_the_remote_side_in_metrics_and_health() {
         d.metric(r#"dbkeep_upload_duration_seconds_count{storage="s3",target="m"}"#),
         Some(1.0)
     );
-    assert_eq!(d.metric(r#"dbkeep_uploads_pending{target="m"}"#), Some(0.0));
+    assert_eq!(
+        d.metric(r#"dbkeep_uploads_pending{storage="s3",target="m"}"#),
+        Some(0.0)
+    );
     assert_eq!(d.metric(r#"dbkeep_storage_up{storage="s3"}"#), Some(1.0));
     let (status, body) = d.get("/health");
     assert_eq!(status, 200, "{body}");

@@ -130,6 +130,8 @@ pub struct RestoreBody {
     pub confirm: Option<String>,
     /// Let replacing a schema drop the objects outside it that depend on it.
     pub drop_dependents: Option<bool>,
+    /// Read the archive only from this storage (`local`, `s3` or a mirror's name).
+    pub storage: Option<String>,
 }
 
 /// Restore a backup over the target's own database, as `dbkeep restore TARGET ID --yes`
@@ -169,8 +171,10 @@ pub(super) async fn start_restore(
         )
     })?;
     let drop_dependents = body.drop_dependents;
+    let mut selector = selector;
+    selector.from = body.storage.clone();
     let ctx = st.daemon.context();
-    let plan = restore::plan(&ctx, &target, &selector, None, None, false).await?;
+    let mut plan = restore::plan(&ctx, &target, &selector, None, None, false).await?;
     let run_id = st
         .daemon
         .runs
@@ -182,8 +186,7 @@ pub(super) async fn start_restore(
             step.backup_id = Some(plan.chosen.backup.id.to_string());
         });
         let result = async {
-            let archive = plan.chosen.archive(&ctx)?;
-            restore::verify_checksum(archive.storage, archive.backup).await?;
+            plan.chosen.prove(&ctx).await?;
             let opts = restore::Options {
                 yes: true,
                 safety_backup: true,

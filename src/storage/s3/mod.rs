@@ -28,10 +28,17 @@ use crate::config::S3Config;
 use crate::error::ErrorKind;
 use crate::metrics;
 
-const NAME: &str = "s3";
 /// Abandoned multipart uploads (the abort itself failed) are remembered here, in the work
 /// folder, and aborted at the next run.
 const ABANDONED_FILE: &str = ".dbkeep-s3-abandoned.json";
+
+/// The abandoned-uploads file of a destination: each remembers its own.
+fn abandoned_file(name: &str) -> String {
+    match name {
+        "s3" => ABANDONED_FILE.to_string(),
+        mirror => format!(".dbkeep-s3-{mirror}-abandoned.json"),
+    }
+}
 /// Multipart uploads older than this under a target's prefix are leftovers of a crash.
 const STALE_UPLOAD_AGE: chrono::Duration = chrono::Duration::hours(24);
 
@@ -40,6 +47,8 @@ pub struct S3Storage {
 }
 
 struct Inner {
+    /// `s3`, or the mirror's name.
+    name: &'static str,
     client: Client,
     cfg: S3Config,
     /// "bucket `x` at <endpoint>", for messages (never credentials).
@@ -99,9 +108,10 @@ impl S3Storage {
         S3Storage {
             inner: Arc::new(Inner {
                 client: Client::from_conf(b.build()),
+                name: super::intern(&cfg.name),
+                abandoned_path: work_dir.join(abandoned_file(&cfg.name)),
                 cfg,
                 place,
-                abandoned_path: work_dir.join(ABANDONED_FILE),
                 abandoned_lock: Mutex::new(()),
             }),
         }
@@ -126,18 +136,18 @@ impl Inner {
         let kind = classify(&e);
         if e.code() == Some("PreconditionFailed") {
             return StorageError::Exists {
-                storage: NAME,
+                storage: self.name,
                 path: PathBuf::from(key),
             };
         }
         if e.code() == Some("NoSuchKey") || e.code() == Some("NotFound") {
             return StorageError::NotFound {
-                storage: NAME,
+                storage: self.name,
                 path: PathBuf::from(key),
             };
         }
         StorageError::Remote {
-            storage: NAME,
+            storage: self.name,
             place: self.place.clone(),
             action: format!("{action} {key}"),
             message: describe(&e),
@@ -164,7 +174,7 @@ impl Inner {
         loop {
             match op().await {
                 Ok(v) => {
-                    metrics::storage_up(NAME, true);
+                    metrics::storage_up(self.name, true);
                     return Ok(v);
                 }
                 Err(e) => {
@@ -184,7 +194,7 @@ impl Inner {
                     };
                     if !transient || attempt >= limit {
                         if transient {
-                            metrics::storage_up(NAME, false);
+                            metrics::storage_up(self.name, false);
                         }
                         return Err(self.err(action, key, e));
                     }
@@ -197,7 +207,7 @@ impl Inner {
                             0..base.as_millis().max(1) as u64,
                         ));
                     tracing::warn!(
-                        storage = NAME,
+                        storage = self.name,
                         action,
                         key,
                         attempt,
@@ -418,7 +428,15 @@ impl Storage for S3Storage {
     }
 
     fn name(&self) -> &'static str {
-        NAME
+        self.inner.name
+    }
+
+    fn retention(&self) -> (Option<u32>, Option<u32>) {
+        (self.inner.cfg.keep_days, self.inner.cfg.min_keep)
+    }
+
+    fn max_upload_rate(&self) -> Option<u64> {
+        self.inner.cfg.max_upload_rate
     }
 
     fn object_key(&self, target: &str, file: &str) -> Option<String> {
@@ -474,14 +492,14 @@ impl Storage for S3Storage {
         let len = out.content_length().unwrap_or(0).max(0) as u64;
         if len > super::MAX_SMALL_OBJECT {
             return Err(StorageError::TooLarge {
-                storage: NAME,
+                storage: self.inner.name,
                 path: PathBuf::from(key),
                 bytes: len,
                 limit: super::MAX_SMALL_OBJECT,
             });
         }
         let body = out.body.collect().await.map_err(|e| StorageError::Remote {
-            storage: NAME,
+            storage: self.inner.name,
             place: self.inner.place.clone(),
             action: format!("download {key}"),
             message: e.to_string(),
@@ -590,7 +608,7 @@ impl Storage for S3Storage {
                     removed.push(format!("multipart upload {upload_id} of {key}"));
                 }
                 Err(e) => {
-                    tracing::warn!(storage = NAME, key = %key, error = %e, "abandoned multipart upload still cannot be aborted")
+                    tracing::warn!(storage = self.inner.name, key = %key, error = %e, "abandoned multipart upload still cannot be aborted")
                 }
             }
         }
@@ -620,7 +638,7 @@ impl Storage for S3Storage {
             }
             // Not every S3-compatible store implements ListMultipartUploads.
             Err(e) => {
-                tracing::debug!(storage = NAME, error = %describe(&e), "cannot list multipart uploads")
+                tracing::debug!(storage = self.inner.name, error = %describe(&e), "cannot list multipart uploads")
             }
         }
         Ok(removed)

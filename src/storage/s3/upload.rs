@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Inner, NAME};
+use super::Inner;
 use crate::metrics;
 use crate::storage::{ObjectWriter, StorageError};
 
@@ -32,10 +32,10 @@ pub async fn settle(limit: std::time::Duration) -> bool {
 }
 
 /// The storage error inside an io::Error from the writer, or the io::Error itself.
-fn storage_error(e: io::Error) -> StorageError {
+fn storage_error(name: &'static str, e: io::Error) -> StorageError {
     if !e.get_ref().is_some_and(|i| i.is::<StorageError>()) {
         return StorageError::Write {
-            storage: NAME,
+            storage: name,
             file: String::new(),
             source: e,
         };
@@ -43,7 +43,7 @@ fn storage_error(e: io::Error) -> StorageError {
     match e.into_inner().map(|i| i.downcast::<StorageError>()) {
         Some(Ok(se)) => *se,
         _ => StorageError::Task {
-            storage: NAME,
+            storage: name,
             what: "multipart upload",
             message: "the upload failed".into(),
         },
@@ -160,6 +160,14 @@ impl Write for S3Writer {
             }
         }
         self.bytes += data.len() as u64;
+        if let Some(rate) = self.inner.cfg.max_upload_rate {
+            // Paced: never ahead of `rate` bytes per second since the upload started. The
+            // writer runs on a blocking thread (the compressor's, or a copy's).
+            let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         Ok(data.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -169,8 +177,9 @@ impl Write for S3Writer {
 
 impl ObjectWriter for S3Writer {
     fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let name = self.inner.name;
         let task_err = |e: String| StorageError::Task {
-            storage: NAME,
+            storage: name,
             what: "multipart upload",
             message: e,
         };
@@ -183,7 +192,8 @@ impl ObjectWriter for S3Writer {
         } else {
             if !self.buf.is_empty() {
                 let last = Bytes::from(std::mem::take(&mut self.buf));
-                self.send_part(last).map_err(storage_error)?;
+                self.send_part(last)
+                    .map_err(|e| storage_error(self.inner.name, e))?;
             }
             let up = self
                 .uploader
@@ -196,7 +206,12 @@ impl ObjectWriter for S3Writer {
         };
         self.done = true;
         if result.is_ok() {
-            metrics::upload_finished(&self.target, NAME, self.bytes, self.started.elapsed());
+            metrics::upload_finished(
+                &self.target,
+                self.inner.name,
+                self.bytes,
+                self.started.elapsed(),
+            );
         }
         result
     }
@@ -232,7 +247,7 @@ async fn upload_parts(
         let mut inflight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         loop {
             let msg = tokio::select! {
-                _ = abort.cancelled() => return Err(StorageError::Task { storage: NAME, what: "upload", message: "cancelled".into() }),
+                _ = abort.cancelled() => return Err(StorageError::Task { storage: inner.name, what: "upload", message: "cancelled".into() }),
                 m = rx.recv() => m,
             };
             let Some((n, body, permit)) = msg else {
@@ -241,7 +256,7 @@ async fn upload_parts(
             total += body.len() as u64;
             // Collect finished parts as we go, so a failure stops the upload early.
             while let Some(r) = inflight.try_join_next() {
-                parts.push(joined(r)?);
+                parts.push(joined(inner.name, r)?);
             }
             let (inner, key, upload_id) = (inner.clone(), key.clone(), upload_id.clone());
             inflight.spawn(async move {
@@ -268,10 +283,10 @@ async fn upload_parts(
             });
         }
         while let Some(r) = inflight.join_next().await {
-            parts.push(joined(r)?);
+            parts.push(joined(inner.name, r)?);
         }
         if abort.is_cancelled() {
-            return Err(StorageError::Task { storage: NAME, what: "upload", message: "cancelled".into() });
+            return Err(StorageError::Task { storage: inner.name, what: "upload", message: "cancelled".into() });
         }
         parts.sort_by_key(|p| p.part_number());
         let count = parts.len();
@@ -298,18 +313,18 @@ async fn upload_parts(
             // in it is the proof.
             Err(e) => match inner.object_size(&key).await {
                 Some(size) if size == total => {
-                    tracing::warn!(storage = NAME, key = %key, error = %e, "the store's answer to completing the upload was unreadable, but the object is there with every byte");
+                    tracing::warn!(storage = inner.name, key = %key, error = %e, "the store's answer to completing the upload was unreadable, but the object is there with every byte");
                 }
                 _ => return Err(e),
             },
         }
-        tracing::info!(storage = NAME, key = %key, parts = count, "multipart upload completed");
+        tracing::info!(storage = inner.name, key = %key, parts = count, "multipart upload completed");
         Ok(())
     }
     .await;
     if outcome.is_err() {
         if let Err(e) = inner.abort_upload(&key, &upload_id).await {
-            tracing::error!(storage = NAME, key = %key, error = %e, "cannot abort the multipart upload now; it is remembered and aborted at the next run");
+            tracing::error!(storage = inner.name, key = %key, error = %e, "cannot abort the multipart upload now; it is remembered and aborted at the next run");
             inner.remember_abandoned(&key, &upload_id);
         }
     }
@@ -317,10 +332,11 @@ async fn upload_parts(
 }
 
 fn joined(
+    name: &'static str,
     r: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
 ) -> Result<CompletedPart, StorageError> {
     r.map_err(|e| StorageError::Task {
-        storage: NAME,
+        storage: name,
         what: "part upload",
         message: format!("part upload task failed: {e}"),
     })?
