@@ -29,6 +29,26 @@ pub(super) async fn restore(
         .ok_or_else(|| usage(format!("unknown target `{name}`")))?;
     let mut selector: Selector = args.backup.parse().map_err(usage)?;
     selector.from = args.storage.clone();
+    // A run of one archive per schema goes into another database whole, `jobs` at once.
+    if let (Some(into), false) = (args.into, args.globals) {
+        let run = ops_restore::plan_run(ctx, target, &selector, into, args.into_password.clone());
+        if let Some(mut run) = run.await? {
+            eprintln!("{}", run.description);
+            interruptible(ctx);
+            let t0 = std::time::Instant::now();
+            let notes = ops_restore::execute_run(ctx, target, &mut run, args.opts.yes).await?;
+            for note in &notes {
+                eprintln!("note: {note}");
+            }
+            println!(
+                "{name}: restored {} schema archive(s) of backup {} in {:.1}s",
+                run.archives.len(),
+                run.archives[0].backup.id,
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+    }
     let mut plan = ops_restore::plan(
         ctx,
         target,

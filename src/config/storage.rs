@@ -32,6 +32,41 @@ pub(super) fn validate_mirror(name: &str, raw: RawS3) -> Result<S3Config, Config
     validate_s3(name, &section, raw)
 }
 
+/// Two destinations must not share objects: each one's retention would delete the other's
+/// backups. The same endpoint and bucket with the same prefix, or one prefix inside the
+/// other, is refused.
+pub(super) fn no_overlap<'a>(all: impl Iterator<Item = &'a S3Config>) -> Result<(), ConfigError> {
+    let all: Vec<&S3Config> = all.collect();
+    let place = |c: &S3Config| {
+        c.endpoint
+            .as_deref()
+            .unwrap_or("aws")
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
+    let section = |c: &S3Config| match c.name.as_str() {
+        "s3" => "storage.s3".to_string(),
+        m => format!("storage.mirrors.{m}"),
+    };
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            let nested = a.prefix == b.prefix
+                || a.prefix.starts_with(&format!("{}/", b.prefix))
+                || b.prefix.starts_with(&format!("{}/", a.prefix));
+            if place(a) == place(b) && a.bucket == b.bucket && nested {
+                return Err(key_err(
+                    format!("{}.prefix", section(b)),
+                    format!(
+                        "{} and {} would keep their objects in the same place (bucket `{}`, prefixes `{}` and `{}`): each one's retention would delete the other's backups; give each destination a prefix (or bucket) of its own",
+                        section(a), section(b), b.bucket, a.prefix, b.prefix
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn validate_s3(name: &str, section: &str, raw: RawS3) -> Result<S3Config, ConfigError> {
     let k = |f: &str| format!("{section}.{f}");
     let bucket = raw

@@ -25,6 +25,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, m) in raw.storage.mirrors {
         mirrors.push(super::storage::validate_mirror(&name, m)?);
     }
+    super::storage::no_overlap(s3.iter().chain(mirrors.iter()))?;
     if !mirrors.is_empty() && local.is_none() && s3.is_none() {
         return Err(key_err(
             "storage.mirrors",

@@ -367,7 +367,8 @@ async fn backup_inner(
     }
     // Archives a mirror missed earlier go up first; a failure here is logged and
     // recorded, and does not stop today's backup.
-    if let Err(e) = upload_pending(ctx, target).await {
+    // Rate-limited mirrors catch up after the dump, not before it.
+    if let Err(e) = catch_up(ctx, target, false).await {
         tracing::warn!(target = name, error = %e, "pending uploads still failing");
     }
 
@@ -563,7 +564,7 @@ async fn backup_inner(
     count_pending(ctx, name);
     let duration = t0.elapsed();
     if !slow.is_empty() && !done.is_empty() {
-        match upload_pending(ctx, target).await {
+        match catch_up(ctx, target, true).await {
             Ok(n) => tracing::info!(
                 target = name,
                 uploaded = n,
@@ -814,7 +815,9 @@ async fn write_manifests(
             message: e.to_string(),
         })?;
         for s in storages.iter() {
-            if d.failed.iter().any(|f| f.storage == s.name()) {
+            // A rate-limited mirror gets its manifest after its archive, when it catches up.
+            let deferred = s.name() != storages.primary().name() && s.max_upload_rate().is_some();
+            if deferred || d.failed.iter().any(|f| f.storage == s.name()) {
                 continue;
             }
             let manifest = catalog::manifest_name(&d.manifest.file);
@@ -927,7 +930,8 @@ async fn rediscover_pending(
     let wanted = super::wanted_on(target, mirror, on_primary, now);
     let missing: Vec<PendingUpload> = on_primary
         .iter()
-        .filter(|b| !there.contains(&catalog::manifest_name(&b.file)))
+        // Missing unless both the archive and its manifest are there.
+        .filter(|b| !there.contains(&catalog::manifest_name(&b.file)) || !there.contains(&b.file))
         .filter(|b| wanted.as_ref().is_none_or(|w| w.contains(&b.file)))
         .filter(|b| {
             !known
@@ -960,7 +964,26 @@ async fn rediscover_pending(
 /// Each mirror on its own: one that fails (likely still down) is given up on for this
 /// call, its error recorded, and the others go on. Returns how many went up, or the first
 /// mirror's error when one failed.
-pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, StorageError> {
+pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, BackupError> {
+    let name = target.name.as_str();
+    // Under the run lock: a backup's own catch-up (and its uploads) is never raced.
+    let _lock = lock::acquire(ctx.state.work_dir(), name, ctx.now()).map_err(|source| {
+        BackupError::Locked {
+            target: name.to_string(),
+            source,
+        }
+    })?;
+    catch_up(ctx, target, true)
+        .await
+        .map_err(|source| BackupError::Storage {
+            target: name.to_string(),
+            source,
+        })
+}
+
+/// Copy what the mirrors lack from the primary (see [`upload_pending`]), the caller holding
+/// the run lock; rate-limited mirrors only when `slow`.
+async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, StorageError> {
     let name = target.name.as_str();
     let storages = ctx.storages.as_ref();
     let primary = storages.primary();
@@ -977,7 +1000,12 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
                 .complete
         }
     };
-    for mirror in storages.mirrors() {
+    let mirrors = || {
+        storages
+            .mirrors()
+            .filter(move |m| slow || m.max_upload_rate().is_none())
+    };
+    for mirror in mirrors() {
         // Multipart uploads abandoned by the failure that made these pending go first.
         let prepared = async {
             for gone in mirror.remove_temp_files(name).await? {
@@ -1005,6 +1033,17 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
             forget();
             continue;
         };
+        if !slow && mirror.max_upload_rate().is_some() {
+            continue;
+        }
+        // A backup the mirror's own retention lets go is not sent there.
+        if let Some(wanted) = super::wanted_on(target, mirror, &on_primary, ctx.now()) {
+            if on_primary.iter().any(|b| b.file == p.file) && !wanted.contains(&p.file) {
+                tracing::info!(target = name, storage = mirror.name(), file = %p.file, "pending upload dropped: this storage's own retention would not keep it");
+                forget();
+                continue;
+            }
+        }
         let manifest_file = catalog::manifest_name(&p.file);
         let manifest_bytes = match primary.get_bytes(name, &manifest_file).await {
             Ok(b) => b,
@@ -1037,7 +1076,20 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Sto
             other => other,
         };
         let copied = match copied {
-            Ok(()) => mirror.put_bytes(name, &manifest_file, manifest_bytes).await,
+            Ok(()) => match mirror
+                .put_bytes(name, &manifest_file, manifest_bytes.clone())
+                .await
+            {
+                // The manifest stayed when the archive went (deleted by hand, lost): the
+                // same manifest is the one this copy needs.
+                Err(StorageError::Exists { .. })
+                    if mirror.get_bytes(name, &manifest_file).await.ok().as_deref()
+                        == Some(&manifest_bytes[..]) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            },
             Err(e) => Err(e),
         };
         match copied {
@@ -1086,11 +1138,33 @@ async fn already_there(
     let Ok(m) = serde_json::from_slice::<Manifest>(manifest_bytes) else {
         return Ok(false);
     };
-    Ok(storage
+    let same_size = storage
         .list(target)
         .await?
         .iter()
-        .any(|o| o.file == file && o.bytes == m.stored_bytes))
+        .any(|o| o.file == file && o.bytes == m.stored_bytes);
+    if !same_size {
+        return Ok(false);
+    }
+    // The same size is not proof: the bytes there must be the archive's.
+    let mut reader = storage.open(target, file).await?;
+    let sha = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut hw = HashingWriter::new(io::sink());
+        io::copy(&mut reader, &mut hw)?;
+        Ok(hw.finish().2)
+    })
+    .await
+    .map_err(|e| StorageError::Task {
+        storage: storage.name(),
+        what: "checking an earlier copy",
+        message: e.to_string(),
+    })?
+    .map_err(|source| StorageError::Write {
+        storage: storage.name(),
+        file: file.to_string(),
+        source,
+    })?;
+    Ok(sha == m.sha256)
 }
 
 /// Stream `file` from one storage to another, committing only when its sha256 matches

@@ -86,18 +86,15 @@ pub async fn run(
                 target: name.to_string(),
                 source,
             })?;
-    let pending: Vec<String> = ctx
-        .state
-        .get(name)
-        .pending_uploads
-        .into_iter()
-        .map(|p| p.file)
-        .collect();
+    let pending = ctx.state.get(name).pending_uploads;
     // What each mirror holds, from its own listing: a primary archive that a mirror lacks
     // (and should hold, by its own retention) is still to be uploaded, whether or not the
     // state file (which may be lost) says so. A mirror that cannot be listed holds
     // nothing as far as cleanup knows.
     let mut lacking: std::collections::HashSet<String> = Default::default();
+    // Pending uploads count only where that mirror's own retention would keep the backup.
+    let mut wanted_by: std::collections::HashMap<&str, std::collections::HashSet<String>> =
+        Default::default();
     if ctx.storages.mirrors().next().is_some() {
         let primary = ctx.storages.primary();
         let on_primary = catalog::list(primary, name, now)
@@ -112,6 +109,9 @@ pub async fn run(
             .complete;
         for m in ctx.storages.mirrors() {
             let wanted = super::wanted_on(target, m, &on_primary, now);
+            if let Some(w) = &wanted {
+                wanted_by.insert(m.name(), w.clone());
+            }
             let has: std::collections::HashSet<String> = match catalog::list(m, name, now).await {
                 Ok(l) => l.complete.into_iter().map(|b| b.file).collect(),
                 Err(e) => {
@@ -128,7 +128,15 @@ pub async fn run(
             );
         }
     }
-    let not_uploaded = |file: &String| pending.contains(file) || lacking.contains(file);
+    let not_uploaded = |file: &String| {
+        lacking.contains(file)
+            || pending.iter().any(|p| {
+                &p.file == file
+                    && wanted_by
+                        .get(p.storage.as_str())
+                        .is_none_or(|w| w.contains(file))
+            })
+    };
     let mut reports = Vec::new();
     for s in ctx.storages.iter() {
         let is_primary = s.name() == ctx.storages.primary().name();

@@ -46,6 +46,9 @@ pub enum RestoreError {
     /// The role's rights do not allow it (found without trying; nothing was done).
     #[error("{0}")]
     NotPermitted(String),
+    /// Some archives of a run went in, another could not (a restore into another database).
+    #[error("{0}")]
+    Partial(String),
 }
 
 impl Classify for RestoreError {
@@ -60,6 +63,7 @@ impl Classify for RestoreError {
             RestoreError::Engine(e) => e.kind(),
             RestoreError::SafetyBackup(e) => e.kind(),
             RestoreError::NotPermitted(_) => ErrorKind::Auth,
+            RestoreError::Partial(_) => ErrorKind::Failed,
         }
     }
 
@@ -198,13 +202,13 @@ pub async fn list_everywhere(
 /// The reason of a safety copy taken before a restore.
 pub const PRE_RESTORE: &str = "pre-restore";
 
-/// Pick the archive for `selector`: the local copy when there is one, else a remote one.
-pub async fn choose(
+/// The backup `selector` names (its id resolved) and every good copy of its archives,
+/// storages in preference order.
+async fn resolve(
     ctx: &Context,
     target: &Target,
     selector: &Selector,
-    globals: bool,
-) -> Result<Chosen, RestoreError> {
+) -> Result<(BackupId, Vec<(&'static str, Backup)>), RestoreError> {
     // Copies known to no longer match their manifest (found by verify, a drill or
     // cleanup) are never chosen: another storage's copy, or an older backup, is.
     let corrupt = ctx.state.get(&target.name).corrupt;
@@ -245,13 +249,44 @@ pub async fn choose(
                 ))
             })?,
     };
-    let of_id: Vec<&(&'static str, Backup)> = all.iter().filter(|(_, b)| b.id == id).collect();
+    let of_id: Vec<(&'static str, Backup)> = all.into_iter().filter(|(_, b)| b.id == id).collect();
     if of_id.is_empty() {
-        return Err(RestoreError::NotFound(format!(
-            "no complete backup {id} of target {}; `dbkeep list {}` shows the ids",
-            target.name, target.name
-        )));
+        return Err(RestoreError::NotFound(match &selector.from {
+            Some(from) => format!(
+                "storage {from} holds no complete backup {id} of target {}; `dbkeep list {} --storage {from}` shows what it has, or leave out --storage to use any copy",
+                target.name, target.name
+            ),
+            None => format!(
+                "no complete backup {id} of target {}; `dbkeep list {}` shows the ids",
+                target.name, target.name
+            ),
+        }));
     }
+    Ok((id, of_id))
+}
+
+/// The copies of `backup`'s file on the storages other than `storage`, in preference
+/// order: where a restore turns when that copy fails.
+fn fallbacks_of(
+    of_id: &[(&'static str, Backup)],
+    storage: &str,
+    backup: &Backup,
+) -> Vec<(&'static str, Backup)> {
+    of_id
+        .iter()
+        .filter(|(s, b)| *s != storage && b.file == backup.file)
+        .cloned()
+        .collect()
+}
+
+/// Pick the archive for `selector`: the local copy when there is one, else a remote one.
+pub async fn choose(
+    ctx: &Context,
+    target: &Target,
+    selector: &Selector,
+    globals: bool,
+) -> Result<Chosen, RestoreError> {
+    let (id, of_id) = resolve(ctx, target, selector).await?;
     // Storages are in preference order (local first); keep the first copy of each file.
     let pick = |want: &dyn Fn(&Backup) -> bool| {
         of_id
@@ -259,16 +294,7 @@ pub async fn choose(
             .find(|(_, b)| want(b))
             .map(|(i, b)| (*i, b.clone()))
     };
-    // The same file on the storages after the chosen one.
-    let fallbacks = |storage: &str, backup: &Backup| -> Vec<(&'static str, Backup)> {
-        of_id
-            .iter()
-            .skip_while(|(s, _)| *s != storage)
-            .skip(1)
-            .filter(|(_, b)| b.file == backup.file)
-            .map(|(s, b)| (*s, b.clone()))
-            .collect()
-    };
+    let fallbacks = |storage: &str, backup: &Backup| fallbacks_of(&of_id, storage, backup);
     if globals {
         let (storage, backup) = pick(&|b| b.contents == Contents::Globals).ok_or_else(|| {
             RestoreError::NotFound(format!(
@@ -406,6 +432,176 @@ pub async fn plan(
         mode,
         description,
     })
+}
+
+/// A restore of every archive of a run that holds one archive per schema, into another
+/// database (`restore TARGET ID --into URL`).
+pub struct RunPlan {
+    pub archives: Vec<Chosen>,
+    pub dest: Destination,
+    /// What the operator sees before it starts.
+    pub description: String,
+}
+
+/// Plan the restore of a whole per-schema run into `into`; `None` when the backup is one
+/// database archive (or a schema is asked for), which [`plan`] handles.
+pub async fn plan_run(
+    ctx: &Context,
+    target: &Target,
+    selector: &Selector,
+    into: &str,
+    into_password: Option<crate::config::Secret>,
+) -> Result<Option<RunPlan>, RestoreError> {
+    if selector.schema.is_some() {
+        return Ok(None);
+    }
+    let engine = engine::build(target);
+    let dest = engine.destination(Some(into), into_password)?;
+    let (id, of_id) = resolve(ctx, target, selector).await?;
+    if of_id.iter().any(|(_, b)| b.contents == Contents::Database) {
+        return Ok(None);
+    }
+    let mut archives: Vec<Chosen> = Vec::new();
+    for (storage, b) in &of_id {
+        if b.contents != Contents::Schema || archives.iter().any(|c| c.backup.file == b.file) {
+            continue;
+        }
+        archives.push(Chosen {
+            fallbacks: fallbacks_of(&of_id, storage, b),
+            backup: b.clone(),
+            storage,
+            schema_from_full: None,
+        });
+    }
+    if archives.is_empty() {
+        return Ok(None);
+    }
+    engine.supports(&RestoreMode::Whole { clean: false })?;
+    let bytes: u64 = archives.iter().map(|c| c.backup.bytes).sum();
+    let schemas: Vec<&str> = archives
+        .iter()
+        .filter_map(|c| c.backup.schema.as_deref())
+        .collect();
+    let description = format!(
+        "restore backup {id} of target {} ({} schema archives: {}; {}), up to {} at once\ninto {}",
+        target.name,
+        archives.len(),
+        schemas.join(", "),
+        crate::storage::human_size(bytes),
+        target.jobs,
+        engine.describe(&dest)
+    );
+    Ok(Some(RunPlan {
+        archives,
+        dest,
+        description,
+    }))
+}
+
+/// Run a [`RunPlan`]: every archive's sha256 is proven first (falling back to another
+/// storage's copy), then the destination is made ready (created, or refused when not
+/// empty without `yes`), then the archives are restored up to the target's `jobs` at
+/// once, each in one transaction. An archive whose objects need another schema's (a
+/// foreign key across schemas) fails as a whole while that schema is missing and is
+/// tried again once the others are in: at most one round per archive.
+pub async fn execute_run(
+    ctx: &Context,
+    target: &Target,
+    plan: &mut RunPlan,
+    yes: bool,
+) -> Result<Vec<String>, RestoreError> {
+    use futures_util::StreamExt;
+    for c in plan.archives.iter_mut() {
+        c.prove(ctx).await?;
+    }
+    let engine = engine::build(target);
+    let mode = RestoreMode::Whole { clean: false };
+    let total: u64 = plan.archives.iter().map(|c| c.backup.bytes).sum();
+    let meter = super::meter(ctx, &target.name, "restore", Some(total), false);
+    let archives: Vec<Archive<'_>> = plan
+        .archives
+        .iter()
+        .map(|c| c.archive(ctx))
+        .collect::<Result<_, _>>()?;
+    // The first archive's checks get the destination ready, with the operator's `yes`;
+    // after that the destination is this restore's own.
+    let first = engine
+        .begin_restore(
+            &plan.dest,
+            archives[0],
+            &mode,
+            &RestoreOptions {
+                yes,
+                drop_dependents: false,
+            },
+        )
+        .await?;
+    let notes = first.notes();
+    let mut first = Some(first);
+    let one = |i: usize, restorer: Option<Box<dyn crate::engine::Restorer>>| {
+        let (engine, dest, mode, meter) = (&engine, &plan.dest, &mode, &meter);
+        let archive = Archive {
+            meter: Some(meter),
+            ..archives[i]
+        };
+        async move {
+            let restorer = match restorer {
+                Some(r) => r,
+                None => {
+                    let opts = RestoreOptions {
+                        yes: true,
+                        drop_dependents: false,
+                    };
+                    engine.begin_restore(dest, archive, mode, &opts).await?
+                }
+            };
+            restorer.restore(archive, mode, &ctx.cancel).await
+        }
+    };
+    let mut left: Vec<usize> = (0..archives.len()).collect();
+    let mut done: Vec<usize> = Vec::new();
+    for _round in 0..archives.len() {
+        let tried = left.len();
+        let results: Vec<(usize, Result<(), EngineError>)> =
+            futures_util::stream::iter(std::mem::take(&mut left))
+                .map(|i| {
+                    let restorer = if i == 0 { first.take() } else { None };
+                    let run = one(i, restorer);
+                    async move { (i, run.await) }
+                })
+                .buffer_unordered(target.jobs.max(1))
+                .collect()
+                .await;
+        let mut failed = Vec::new();
+        for (i, r) in results {
+            match r {
+                Ok(()) => done.push(i),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        if ctx.cancel.is_cancelled() {
+            return Err(EngineError::Cancelled.into());
+        }
+        if failed.is_empty() {
+            return Ok(notes);
+        }
+        // A round in which nothing went in: trying again cannot help.
+        if failed.len() == tried {
+            let name = |i: usize| plan.archives[i].backup.schema.clone().unwrap_or_default();
+            let restored: Vec<String> = done.iter().map(|i| name(*i)).collect();
+            let (i, e) = failed.swap_remove(0);
+            return Err(RestoreError::Partial(format!(
+                "schema {} could not be restored: {}; restored: {}; {} holds a partial restore: drop it before trying again",
+                name(i),
+                crate::error::chain(&e),
+                if restored.is_empty() { "none".to_string() } else { restored.join(", ") },
+                engine.describe(&plan.dest)
+            )));
+        }
+        tracing::info!(target = %target.name, retry = failed.len(), "archives that need another schema's objects are tried again");
+        left = failed.into_iter().map(|(i, _)| i).collect();
+    }
+    Ok(notes)
 }
 
 /// What the operator decided.

@@ -24,7 +24,21 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
     let now = ctx.now();
     let mut out = Vec::new();
     for s in ctx.storages.iter() {
-        let listing = catalog::list(s, &target.name, now).await?;
+        // A storage that does not answer is one problem; the others are still checked.
+        let listing = match catalog::list(s, &target.name, now).await {
+            Ok(l) => l,
+            Err(e) => {
+                out.push(Checked {
+                    storage: s.name(),
+                    file: "(every archive)".into(),
+                    problem: Some(format!(
+                        "storage unavailable, nothing on it checked: {}",
+                        crate::error::chain(&e)
+                    )),
+                });
+                continue;
+            }
+        };
         for (file, why) in listing.broken {
             out.push(Checked {
                 storage: s.name(),

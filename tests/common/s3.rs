@@ -127,7 +127,31 @@ impl TestS3 {
         let path = self.object_path(bucket, key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, body).unwrap();
+        // s3s-fs keeps the checksum of what it stored beside the root: a planted object
+        // replaces one without it, as a client's PUT would.
+        let sidecar = format!(
+            ".bucket-{}.object-{}.internal.json",
+            base64_url(bucket),
+            base64_url(key)
+        );
+        let _ = std::fs::remove_file(self.root.path().join(sidecar));
     }
+}
+
+/// Base64, URL-safe alphabet, no padding (how s3s-fs names its sidecar files).
+fn base64_url(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 impl Drop for TestS3 {

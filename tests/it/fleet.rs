@@ -255,3 +255,72 @@ fn archives_of_a_run_stream_in_parallel_and_a_failure_keeps_nothing() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(sb.files("app"), before, "{}", run.stderr);
 }
+
+/// A run of one archive per schema restores whole into another database with one
+/// command, `jobs` archives at once. Schema `a` has a foreign key into `c`: its archive
+/// cannot go in before `c`'s, fails as a whole, and goes in on the next round. Every row
+/// and the constraint come back; a non-empty destination is refused without --yes.
+#[test]
+fn a_per_schema_run_restores_whole_into_another_database_jobs_at_once() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA a; CREATE SCHEMA b; CREATE SCHEMA c; \
+         CREATE TABLE c.t AS SELECT g AS id FROM generate_series(1, 3000) g; \
+         ALTER TABLE c.t ADD PRIMARY KEY (id); \
+         CREATE TABLE b.t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 2000) g; \
+         CREATE TABLE a.t (id int PRIMARY KEY, c_id int REFERENCES c.t (id)); \
+         INSERT INTO a.t SELECT g, g FROM generate_series(1, 1000) g;",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "schemas = [\"a\", \"b\", \"c\"]\njobs = 2");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let into = pg.url("copy");
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stdout.contains("restored 3 schema archive(s)"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("tried again") && run.stderr.contains("up to 2 at once"),
+        "a's archive needs c's and goes in on a later round: {}",
+        run.stderr
+    );
+    for (table, rows) in [("a.t", "1000"), ("b.t", "2000"), ("c.t", "3000")] {
+        assert_eq!(
+            pg.psql("copy", &format!("SELECT count(*) FROM {table}")),
+            rows
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'a.t'::regclass"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM b.t"
+        ),
+        pg.psql("app", "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM b.t")
+    );
+    // Into it again: not empty, refused, nothing changed.
+    let again = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    );
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+    assert_eq!(pg.psql("copy", "SELECT count(*) FROM a.t"), "1000");
+}

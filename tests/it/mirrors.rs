@@ -121,6 +121,16 @@ fn a_destination_stopped_mid_run_blocks_neither_the_other_nor_the_local_copy() {
     );
     assert!(!p.iter().any(|p| p.contains("not uploaded to s3")), "{p:?}");
     assert!(!p.iter().any(|p| p.contains("not uploaded to local")));
+    // verify checks what answers and reports the destination that does not.
+    let verify = dbkeep(Some(&cfg), &["verify"], &[]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    assert!(verify.stdout.contains("app local  OK"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("app s3     OK"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("offsite") && verify.stdout.contains("storage unavailable"),
+        "{}",
+        verify.stdout
+    );
 
     // A second run while the destination is still down: pending there grows, the other
     // still gets everything, and the run does not fail.
@@ -275,6 +285,94 @@ fn a_destination_keeps_its_own_retention() {
     assert_healthy(&cfg);
 }
 
+/// A destination that is down collects pending uploads; the local folder holds back only
+/// the ones that destination's own retention would keep, and only those go up when it is
+/// back.
+#[test]
+fn a_down_destination_holds_back_only_what_its_retention_keeps() {
+    let mut second = TestS3::start("two");
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "keep_days = 0\nmin_keep = 1");
+    add_sections(
+        &cfg,
+        &mirror_section(&second, "offsite", "two", "keep_days = 0\nmin_keep = 2"),
+    );
+    second.stop();
+    for _ in 0..3 {
+        dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    }
+    let (_, v) = status_json(&cfg);
+    assert_eq!(v["pending_by_storage"], serde_json::json!({"offsite": 3}));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let ids = |cfg: &std::path::Path, s: &str| -> Vec<String> {
+        list(cfg, s)
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&cfg, "local");
+    let clean = dbkeep(Some(&cfg), &["cleanup"], &[]);
+    assert_eq!(
+        ids(&cfg, "local"),
+        before[..2].to_vec(),
+        "the newest two wait for the mirror, the oldest it would not keep goes: {}",
+        clean.stdout
+    );
+    second.restart();
+    let up = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]).ok();
+    assert!(
+        up.stdout.contains("uploaded 2 pending archive"),
+        "{}\n{}",
+        up.stdout,
+        up.stderr
+    );
+    assert_eq!(ids(&cfg, "offsite"), before[..2].to_vec());
+    assert_healthy(&cfg);
+}
+
+/// The state file is not the truth: an archive gone from a destination while its manifest
+/// stayed is found and sent again; an object of the right size but other bytes at the
+/// archive's name is not taken for the archive.
+#[test]
+fn a_destination_missing_an_archive_gets_it_again_and_a_lookalike_is_refused() {
+    let second = TestS3::start("two");
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "");
+    add_sections(&cfg, &mirror_section(&second, "offsite", "two", ""));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let archive = list(&cfg, "local")[0]["file"].as_str().unwrap().to_string();
+    let local_bytes = std::fs::read(sb.backups().join("app").join(&archive)).unwrap();
+    let key = format!("site2/app/{archive}");
+    std::fs::remove_file(second.object_path("two", &key)).unwrap();
+    let up = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]).ok();
+    assert!(
+        up.stdout.contains("uploaded 1 pending archive"),
+        "{}\n{}",
+        up.stdout,
+        up.stderr
+    );
+    assert_eq!(
+        std::fs::read(second.object_path("two", &key)).unwrap(),
+        local_bytes
+    );
+
+    // Archive and manifest gone, other bytes of the same size in the archive's place.
+    std::fs::remove_file(second.object_path("two", &format!("{key}.manifest.json"))).unwrap();
+    let lookalike: Vec<u8> = local_bytes.iter().map(|b| b ^ 0x5a).collect();
+    second.put("two", &key, &lookalike);
+    let up = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]);
+    assert_ne!(up.code, 0, "{}", up.stdout);
+    assert!(up.stderr.contains("exists already"), "{}", up.stderr);
+    assert!(
+        list(&cfg, "offsite").is_empty(),
+        "the lookalike is no backup"
+    );
+    assert_eq!(
+        std::fs::read(second.object_path("two", &key)).unwrap(),
+        lookalike
+    );
+}
+
 /// A rate-limited destination is left out of the dump's stream: the backup is complete
 /// locally and on the unlimited destination before the limited one has its copy, which
 /// follows from the local archive at no more than the rate, byte-identical. The pending
@@ -301,7 +399,49 @@ fn a_rate_limited_destination_catches_up_from_the_local_archive() {
         ),
     );
     let t0 = std::time::Instant::now();
-    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let cfg2 = cfg.clone();
+    let backup = std::thread::spawn(move || dbkeep(Some(&cfg2), &["backup"], &[]));
+    // While the copy goes: no manifest on the limited destination without its archive,
+    // the target healthy, and `--upload-pending` refused (the run holds the lock; it
+    // must not abort the run's own upload).
+    let (mut seen_copying, mut refused) = (false, false);
+    for _ in 0..1200 {
+        if backup.is_finished() {
+            break;
+        }
+        let keys = second.keys("two", "site2/");
+        for k in keys.iter().filter(|k| k.ends_with(".manifest.json")) {
+            let archive = k.trim_end_matches(".manifest.json");
+            assert!(
+                keys.iter().any(|a| a == archive),
+                "manifest before archive: {keys:?}"
+            );
+        }
+        let committed = sb
+            .files("app")
+            .iter()
+            .any(|f| f.ends_with(".manifest.json"));
+        if !seen_copying && committed && keys.is_empty() {
+            seen_copying = true;
+            let (code, v) = status_json(&cfg);
+            assert_eq!(
+                code, 0,
+                "a rate-limited copy under way is not a problem: {v}"
+            );
+            assert_eq!(v["pending_by_storage"], serde_json::json!({"slow": 1}));
+            let other = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]);
+            assert_ne!(other.code, 0, "{}\n{}", other.stdout, other.stderr);
+            assert!(
+                other.stderr.contains("another run of target app is going"),
+                "{}",
+                other.stderr
+            );
+            refused = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(seen_copying && refused, "the copy was never seen under way");
+    let run = backup.join().unwrap().ok();
     let took = t0.elapsed().as_secs_f64();
     let archive = list(&cfg, "local")[0]["file"].as_str().unwrap().to_string();
     let local_bytes = std::fs::read(sb.backups().join("app").join(&archive)).unwrap();
@@ -366,6 +506,16 @@ fn mirror_settings_are_checked() {
             "[storage.mirrors.offsite]\nprefix = \"p\"\n".to_string(),
             "storage.mirrors.offsite.bucket",
             "missing",
+        ),
+        (
+            format!(
+                "[storage.s3]\n{section}[storage.mirrors.offsite]\n{}",
+                section
+                    .replace("\"p\"", "\"p/sub/\"")
+                    .replace(":9\"", ":9/\"")
+            ),
+            "storage.mirrors.offsite.prefix",
+            "the other's backups",
         ),
     ] {
         std::fs::write(&cfg, format!("{base}\n{extra}")).unwrap();

@@ -288,6 +288,12 @@ impl Inner {
         })
         .await
         .map(|_| ())
+        .or_else(|e| match &e {
+            // Already gone (a late abort of ours went through, or the store expired it):
+            // what an abort is for is done.
+            StorageError::Remote { message, .. } if message.starts_with("NoSuchUpload") => Ok(()),
+            _ => Err(e),
+        })
     }
 
     fn load_abandoned(&self) -> BTreeMap<String, String> {
