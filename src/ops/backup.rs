@@ -1014,7 +1014,19 @@ async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, S
             rediscover_pending(ctx, target, mirror, &on_primary).await
         };
         if let Err(e) = prepared.await {
-            tracing::warn!(target = name, storage = mirror.name(), error = %crate::error::chain(&e), "mirror unavailable; its pending uploads wait for the next run");
+            let msg = crate::error::chain(&e);
+            tracing::warn!(target = name, storage = mirror.name(), error = %msg, "mirror unavailable; its pending uploads wait for the next run");
+            // What waits for it is now a failure, not a copy under way.
+            ctx.state.update(name, |s| {
+                for p in s
+                    .pending_uploads
+                    .iter_mut()
+                    .filter(|p| p.storage == mirror.name())
+                {
+                    p.error = msg.clone();
+                    p.deferred = false;
+                }
+            });
             down.push((mirror.name(), e));
         }
     }

@@ -474,6 +474,43 @@ fn a_rate_limited_destination_catches_up_from_the_local_archive() {
     assert_healthy(&cfg);
 }
 
+/// A rate-limited copy left over from an earlier run (its destination was down) is made
+/// after the next run's dump, not before it: the dump is never delayed by it.
+#[test]
+fn a_left_over_rate_limited_copy_waits_for_the_next_dump() {
+    let mut second = TestS3::start("two");
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_target(&sb, "app", "");
+    add_sections(
+        &cfg,
+        &mirror_section(&second, "slow", "two", "max_upload_rate = \"1MiB\""),
+    );
+    second.stop();
+    let first = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    assert!(
+        first.stdout.contains("NOT uploaded to slow"),
+        "{}",
+        first.stdout
+    );
+    second.restart();
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let stored = run
+        .stderr
+        .find("backup stored")
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let copied = run
+        .stderr
+        .find("pending upload done")
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(stored < copied, "{}", run.stderr);
+    assert_eq!(
+        list(&cfg, "slow").len(),
+        2,
+        "both copies made after the dump"
+    );
+    assert_healthy(&cfg);
+}
+
 /// Mirror names and rates are checked at load: each error names its key.
 #[test]
 fn mirror_settings_are_checked() {
