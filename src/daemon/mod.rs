@@ -133,7 +133,7 @@ impl Daemon {
             cancel: self.work_cancel.child_token(),
             clock: self.clock,
             notify: read(&self.notify),
-            final_attempt: true,
+            retry_after: None,
             trigger: "manual",
             declared: self.declared.clone(),
         }
@@ -170,7 +170,7 @@ impl Daemon {
                 let r = if run_trigger == "schedule" {
                     d.backup_with_retries(name).await
                 } else {
-                    d.backup_target(name, run_trigger == "api", true).await
+                    d.backup_target(name, run_trigger == "api", None).await
                 };
                 d.runs.step(&run_id, i, |step| match r {
                     Some(Ok(o)) => {
@@ -215,14 +215,11 @@ impl Daemon {
             let retry_at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
             let next_slot = crate::scheduler::next_run(&schedule, Some(now), now);
             let last = attempt >= retries || next_slot.is_some_and(|n| retry_at >= n);
-            let r = self.backup_target(name, false, last).await;
+            let r = self
+                .backup_target(name, false, (!last).then_some(wait))
+                .await;
             let retry = match &r {
-                Some(Err(e)) if !last => !matches!(
-                    crate::error::Classify::kind(e),
-                    crate::error::ErrorKind::Cancelled
-                        | crate::error::ErrorKind::Refused
-                        | crate::error::ErrorKind::Usage
-                ),
+                Some(Err(e)) if !last => crate::ops::backup::worth_retrying(e),
                 _ => false,
             };
             if !retry {
@@ -230,10 +227,9 @@ impl Daemon {
                 metrics::retry_pending(name, false);
                 return r;
             }
-            let at = self.clock.now()
-                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            // The run recorded its failure and the retry time together.
+            let at = self.state.get(name).retry_at.unwrap_or(retry_at);
             attempt += 1;
-            self.state.update(name, |s| s.retry_at = Some(at));
             metrics::retry_pending(name, true);
             metrics::backup_retry(name);
             tracing::warn!(target = name, attempt, of = retries, retry_at = %at.to_rfc3339(), "backup failed; trying again");
@@ -257,13 +253,13 @@ impl Daemon {
         self: &Arc<Self>,
         name: &str,
         queued: bool,
-        final_attempt: bool,
+        retry_after: Option<std::time::Duration>,
     ) -> Option<Result<Outcome, BackupError>> {
         let permit = self.acquire().await?;
         let cfg = self.config();
         let target = cfg.target(name)?;
         let mut ctx = self.context();
-        ctx.final_attempt = final_attempt;
+        ctx.retry_after = retry_after;
         if !queued {
             ctx.trigger = "scheduled";
         }

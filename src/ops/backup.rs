@@ -256,11 +256,30 @@ async fn run_with(
     if reason.is_none() {
         let error = result.as_ref().err().map(|e| crate::error::chain(e));
         let finished = ctx.now();
-        ctx.state
-            .update(name, |s| s.record_run(started, finished, error));
-        notify_outcome(ctx, name, &result, was_failing);
+        let retry_at = match (&result, ctx.retry_after) {
+            (Err(e), Some(wait)) if worth_retrying(e) => {
+                Some(finished + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+            }
+            _ => None,
+        };
+        ctx.state.update(name, |s| {
+            s.record_run(started, finished, error);
+            s.retry_at = retry_at;
+        });
+        notify_outcome(ctx, name, &result, was_failing, retry_at.is_some());
     }
     result
+}
+
+/// Whether a failed backup may succeed when tried again: not when it was stopped, refused
+/// (another run holds the target) or misconfigured.
+pub fn worth_retrying(e: &BackupError) -> bool {
+    !matches!(
+        crate::error::Classify::kind(e),
+        crate::error::ErrorKind::Cancelled
+            | crate::error::ErrorKind::Refused
+            | crate::error::ErrorKind::Usage
+    )
 }
 
 /// Tell the notifiers how a run went: succeeded or failed, an upload left pending, and
@@ -270,6 +289,7 @@ fn notify_outcome(
     name: &str,
     result: &Result<Outcome, BackupError>,
     was_failing: bool,
+    retry_due: bool,
 ) {
     use crate::config::Event;
     use crate::notify::Message;
@@ -303,7 +323,7 @@ fn notify_outcome(
             }
         }
         // A failure a retry follows is not news yet.
-        Err(_) if !ctx.final_attempt => {}
+        Err(_) if retry_due => {}
         Err(e) => ctx.notify.send(
             Event::Failed,
             Message::new(Event::Failed, name, now).with_error(crate::error::chain(e)),

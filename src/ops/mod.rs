@@ -85,8 +85,11 @@ pub struct Context {
     pub clock: Clock,
     /// Where events about runs are sent (none configured: nothing is sent).
     pub notify: Arc<Notifiers>,
-    /// False for an attempt that a retry follows when it fails: its failure is not news.
-    pub final_attempt: bool,
+    /// For an attempt that is tried again when it fails (the daemon's retries): how long
+    /// after the failure. Such a failure is recorded with its retry time in the same state
+    /// update, so `/health` never sees it without the retry, and it is not news yet.
+    /// `None`: the final attempt.
+    pub retry_after: Option<std::time::Duration>,
     /// What starts the runs of this context, recorded in their manifests: `manual` (a
     /// command, the admin API) or `scheduled`.
     pub trigger: &'static str,
@@ -130,7 +133,7 @@ impl Context {
             cancel,
             clock: Clock::System,
             notify: Notifiers::none(),
-            final_attempt: true,
+            retry_after: None,
             trigger: "manual",
             declared: Arc::default(),
         }
