@@ -553,7 +553,7 @@ async fn backup_inner(
     // archive now, at their own pace, the dump already finished.
     let slow: Vec<&'static str> = storages
         .mirrors()
-        .filter(|m| m.max_upload_rate().is_some())
+        .filter(|m| storages.deferred(*m))
         .map(|m| m.name())
         .collect();
     for d in &done {
@@ -836,8 +836,7 @@ async fn write_manifests(
         })?;
         for s in storages.iter() {
             // A rate-limited mirror gets its manifest after its archive, when it catches up.
-            let deferred = s.name() != storages.primary().name() && s.max_upload_rate().is_some();
-            if deferred || d.failed.iter().any(|f| f.storage == s.name()) {
+            if storages.deferred(s) || d.failed.iter().any(|f| f.storage == s.name()) {
                 continue;
             }
             let manifest = catalog::manifest_name(&d.manifest.file);
@@ -936,6 +935,7 @@ async fn rediscover_pending(
     target: &Target,
     mirror: &dyn Storage,
     on_primary: &[catalog::Backup],
+    wanted: Option<&std::collections::HashSet<String>>,
 ) -> Result<(), StorageError> {
     let name = target.name.as_str();
     let now = ctx.now();
@@ -947,12 +947,11 @@ async fn rediscover_pending(
         .collect();
     let known = ctx.state.get(name).pending_uploads;
     // A backup the mirror's own retention would not keep is not sent there.
-    let wanted = super::wanted_on(target, mirror, on_primary, now);
     let missing: Vec<PendingUpload> = on_primary
         .iter()
         // Missing unless both the archive and its manifest are there.
         .filter(|b| !there.contains(&catalog::manifest_name(&b.file)) || !there.contains(&b.file))
-        .filter(|b| wanted.as_ref().is_none_or(|w| w.contains(&b.file)))
+        .filter(|b| wanted.is_none_or(|w| w.contains(&b.file)))
         .filter(|b| {
             !known
                 .iter()
@@ -1023,15 +1022,18 @@ async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, S
     let mirrors = || {
         storages
             .mirrors()
-            .filter(move |m| slow || m.max_upload_rate().is_none())
+            .filter(move |m| slow || !storages.deferred(*m))
     };
+    // What each mirror should hold by its own retention (`None`: all of the primary's).
+    let mut wanted_by = std::collections::HashMap::new();
     for mirror in mirrors() {
+        let wanted = super::wanted_on(target, mirror, &on_primary, ctx.now());
         // Multipart uploads abandoned by the failure that made these pending go first.
         let prepared = async {
             for gone in mirror.remove_temp_files(name).await? {
                 metrics::leftover_removed(name, mirror.name(), &gone, "abandoned multipart upload");
             }
-            rediscover_pending(ctx, target, mirror, &on_primary).await
+            rediscover_pending(ctx, target, mirror, &on_primary, wanted.as_ref()).await
         };
         if let Err(e) = prepared.await {
             let msg = crate::error::chain(&e);
@@ -1049,6 +1051,7 @@ async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, S
             });
             down.push((mirror.name(), e));
         }
+        wanted_by.insert(mirror.name(), wanted);
     }
     let pending = ctx.state.get(name).pending_uploads;
     let mut uploaded = 0;
@@ -1065,11 +1068,11 @@ async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, S
             forget();
             continue;
         };
-        if !slow && mirror.max_upload_rate().is_some() {
+        if !slow && storages.deferred(mirror) {
             continue;
         }
         // A backup the mirror's own retention lets go is not sent there.
-        if let Some(wanted) = super::wanted_on(target, mirror, &on_primary, ctx.now()) {
+        if let Some(Some(wanted)) = wanted_by.get(mirror.name()) {
             if on_primary.iter().any(|b| b.file == p.file) && !wanted.contains(&p.file) {
                 tracing::info!(target = name, storage = mirror.name(), file = %p.file, "pending upload dropped: this storage's own retention would not keep it");
                 forget();

@@ -46,7 +46,7 @@ impl FanOut {
         });
         // A rate-limited mirror is not written from the stream (it would hold the dump
         // back to its rate): it copies the primary's archive after the run.
-        for m in storages.mirrors().filter(|m| m.max_upload_rate().is_none()) {
+        for m in storages.streamed_mirrors() {
             let (writer, error) = match m.create(target, file).await {
                 Ok(w) => (Some(w), None),
                 Err(e) => (None, Some(e)),

@@ -299,6 +299,17 @@ impl Storages {
         self.mirrors.iter().map(|m| m.as_ref())
     }
 
+    /// Whether `s` is a mirror left out of the dump's stream (rate-limited): it copies the
+    /// primary's archive after the run, and gets each manifest after its archive.
+    pub fn deferred(&self, s: &dyn Storage) -> bool {
+        s.name() != self.primary.name() && s.max_upload_rate().is_some()
+    }
+
+    /// The mirrors written from the dump's stream.
+    pub fn streamed_mirrors(&self) -> impl Iterator<Item = &dyn Storage> {
+        self.mirrors().filter(|m| !self.deferred(*m))
+    }
+
     /// Every storage, primary first (the order restores prefer).
     pub fn iter(&self) -> impl Iterator<Item = &dyn Storage> {
         std::iter::once(self.primary.as_ref()).chain(self.mirrors())

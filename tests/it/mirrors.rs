@@ -33,6 +33,17 @@ fn restore_into(
     dbkeep(Some(cfg), &args, &[])
 }
 
+/// A SQLite target `app` (with `extra` keys) and these storage `sections`.
+fn sqlite_with_sections(
+    sb: &Sandbox,
+    extra: &str,
+    sections: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (db, cfg) = sqlite_target(sb, "app", extra);
+    add_sections(&cfg, sections);
+    (db, cfg)
+}
+
 /// Append `sections` to the config file `cfg`.
 fn add_sections(cfg: &std::path::Path, sections: &str) {
     let toml = std::fs::read_to_string(cfg).unwrap();
@@ -174,9 +185,9 @@ fn a_restore_falls_back_to_the_next_destination_and_storage_picks_one() {
     let first = TestS3::start("one");
     let mut second = TestS3::start("two");
     let sb = Sandbox::new();
-    let (db, cfg) = sqlite_target(&sb, "app", "");
-    add_sections(
-        &cfg,
+    let (db, cfg) = sqlite_with_sections(
+        &sb,
+        "",
         &format!(
             "{}{}",
             first.config_section("one", "site1", ""),
@@ -256,9 +267,9 @@ fn a_restore_falls_back_to_the_next_destination_and_storage_picks_one() {
 fn a_destination_keeps_its_own_retention() {
     let second = TestS3::start("two");
     let sb = Sandbox::new();
-    let (_db, cfg) = sqlite_target(&sb, "app", "keep_days = 0\nmin_keep = 3");
-    add_sections(
-        &cfg,
+    let (_db, cfg) = sqlite_with_sections(
+        &sb,
+        "keep_days = 0\nmin_keep = 3",
         &mirror_section(&second, "offsite", "two", "keep_days = 0\nmin_keep = 1"),
     );
     for _ in 0..4 {
@@ -292,9 +303,9 @@ fn a_destination_keeps_its_own_retention() {
 fn a_down_destination_holds_back_only_what_its_retention_keeps() {
     let mut second = TestS3::start("two");
     let sb = Sandbox::new();
-    let (_db, cfg) = sqlite_target(&sb, "app", "keep_days = 0\nmin_keep = 1");
-    add_sections(
-        &cfg,
+    let (_db, cfg) = sqlite_with_sections(
+        &sb,
+        "keep_days = 0\nmin_keep = 1",
         &mirror_section(&second, "offsite", "two", "keep_days = 0\nmin_keep = 2"),
     );
     second.stop();
@@ -337,8 +348,7 @@ fn a_down_destination_holds_back_only_what_its_retention_keeps() {
 fn a_destination_missing_an_archive_gets_it_again_and_a_lookalike_is_refused() {
     let second = TestS3::start("two");
     let sb = Sandbox::new();
-    let (_db, cfg) = sqlite_target(&sb, "app", "");
-    add_sections(&cfg, &mirror_section(&second, "offsite", "two", ""));
+    let (_db, cfg) = sqlite_with_sections(&sb, "", &mirror_section(&second, "offsite", "two", ""));
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let archive = list(&cfg, "local")[0]["file"].as_str().unwrap().to_string();
     let local_bytes = std::fs::read(sb.backups().join("app").join(&archive)).unwrap();
@@ -480,9 +490,9 @@ fn a_rate_limited_destination_catches_up_from_the_local_archive() {
 fn a_left_over_rate_limited_copy_waits_for_the_next_dump() {
     let mut second = TestS3::start("two");
     let sb = Sandbox::new();
-    let (_db, cfg) = sqlite_target(&sb, "app", "");
-    add_sections(
-        &cfg,
+    let (_db, cfg) = sqlite_with_sections(
+        &sb,
+        "",
         &mirror_section(&second, "slow", "two", "max_upload_rate = \"1MiB\""),
     );
     second.stop();
