@@ -324,3 +324,43 @@ fn a_per_schema_run_restores_whole_into_another_database_jobs_at_once() {
     assert!(again.stderr.contains("not empty"), "{}", again.stderr);
     assert_eq!(pg.psql("copy", "SELECT count(*) FROM a.t"), "1000");
 }
+
+/// An archive that can never go in (it needs a schema the run does not hold) stops the
+/// restore after one round without progress, naming it and the schemas that went in.
+#[test]
+fn a_per_schema_restore_that_cannot_finish_names_what_went_in() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA x; CREATE TYPE x.mood AS ENUM ('ok', 'sad'); \
+         CREATE SCHEMA a; CREATE TABLE a.t (id int, m x.mood); INSERT INTO a.t VALUES (1, 'ok'); \
+         CREATE SCHEMA b; CREATE TABLE b.t AS SELECT g AS id FROM generate_series(1, 10) g;",
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "schemas = [\"a\", \"b\"]\njobs = 2");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let into = pg.url("copy");
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &into],
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("schema a could not be restored")
+            && run.stderr.contains("restored: b")
+            && run.stderr.contains("drop it before trying again"),
+        "{}",
+        run.stderr
+    );
+    // Nothing of a's archive went in (one transaction), all of b's did.
+    assert_eq!(pg.psql("copy", "SELECT count(*) FROM b.t"), "10");
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'a'"
+        ),
+        "0"
+    );
+}

@@ -593,3 +593,29 @@ fn mirror_settings_are_checked() {
     );
     assert!(run.stdout.contains("52428800"), "{}", run.stdout);
 }
+
+/// A multipart upload remembered as abandoned that the store no longer has (a late abort
+/// went through, or the store expired it) is done with: forgotten, not warned about at
+/// every run.
+#[test]
+fn an_abandoned_upload_the_store_no_longer_has_is_forgotten() {
+    // moto answers NoSuchUpload for an upload it does not have (s3s-fs: AccessDenied).
+    let store = crate::common::moto::TestMoto::start("one");
+    let sb = Sandbox::new();
+    let (_db, cfg) = sqlite_with_sections(&sb, "", &store.config_section("one", "site1", ""));
+    let record = sb.backups().join(".dbkeep-s3-abandoned.json");
+    std::fs::create_dir_all(sb.backups()).unwrap();
+    std::fs::write(
+        &record,
+        r#"{"6f1c2a4e-0b7d-4c39-9a51-3d2e8f0b7c11": "site1/app/gone.sqlite.zst"}"#,
+    )
+    .unwrap();
+    let run = dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    assert!(
+        !run.stderr.contains("still cannot be aborted"),
+        "{}",
+        run.stderr
+    );
+    let left = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(!left.contains("6f1c2a4e"), "{left}");
+}
