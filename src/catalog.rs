@@ -187,6 +187,9 @@ pub struct Manifest {
     pub kind: String,
     pub contents: Contents,
     pub schema: Option<String>,
+    /// The database of a server target's archive (`databases = [...]`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub database: Option<String>,
     pub file: String,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
@@ -236,6 +239,9 @@ pub struct Backup {
     pub id: BackupId,
     pub target: String,
     pub schema: Option<String>,
+    /// The database of a server target's archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     pub contents: Contents,
     pub storage: String,
     pub file: String,
@@ -359,6 +365,7 @@ fn validate(
         id: manifest.id,
         target: target.to_string(),
         schema: manifest.schema.clone(),
+        database: manifest.database.clone(),
         contents: manifest.contents,
         storage: storage.name().to_string(),
         file: archive.to_string(),
@@ -491,6 +498,56 @@ pub struct Pin {
     pub id: BackupId,
     pub reason: String,
     pub pinned_at: DateTime<Utc>,
+}
+
+/// One database of a server target, as its backups show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DatabaseSummary {
+    pub name: String,
+    /// Its newest complete backup: the run's id and when it finished.
+    pub newest: BackupId,
+    pub newest_created: DateTime<Utc>,
+    /// Stored bytes of that archive.
+    pub bytes: u64,
+    /// Runs that hold an archive of it.
+    pub backups: usize,
+    /// Not in the newest run of the target: dropped from the server (or excluded since).
+    /// Its backups stay under retention; it is not a failure.
+    pub gone: bool,
+}
+
+/// The databases `backups` (complete backups of one server target, any storages) hold,
+/// by name. A database is gone when the newest run that holds any database archive
+/// does not hold it: every run backs up every database it discovers, or fails whole.
+pub fn databases_of(backups: &[Backup]) -> Vec<DatabaseSummary> {
+    let newest_run = backups
+        .iter()
+        .filter(|b| b.database.is_some())
+        .map(|b| b.id)
+        .max();
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&Backup>> = Default::default();
+    for b in backups {
+        if let Some(db) = &b.database {
+            by_name.entry(db).or_default().push(b);
+        }
+    }
+    by_name
+        .into_iter()
+        .filter_map(|(name, list)| {
+            let newest = list.iter().max_by_key(|b| b.id)?;
+            let mut runs: Vec<BackupId> = list.iter().map(|b| b.id).collect();
+            runs.sort();
+            runs.dedup();
+            Some(DatabaseSummary {
+                name: name.to_string(),
+                newest: newest.id,
+                newest_created: newest.created,
+                bytes: newest.bytes,
+                backups: runs.len(),
+                gone: Some(newest.id) != newest_run,
+            })
+        })
+        .collect()
 }
 
 /// The newest complete backup of `target` on `storage`, reading manifests newest first

@@ -39,6 +39,9 @@ pub const NOTIFICATIONS: &str = "dbkeep_notifications_total";
 pub const TARGET_ACTIVE: &str = "dbkeep_target_active";
 pub const RETRIES: &str = "dbkeep_backup_retries_total";
 pub const RETRY_PENDING: &str = "dbkeep_backup_retry_pending";
+pub const DATABASE_LAST_SUCCESS: &str = "dbkeep_database_last_success_timestamp_seconds";
+pub const DATABASE_SIZE: &str = "dbkeep_database_backup_size_bytes";
+pub const DATABASE_GONE: &str = "dbkeep_database_gone";
 
 pub struct Metrics {
     registry: Registry,
@@ -72,6 +75,9 @@ pub struct Metrics {
     target_active: IntGaugeVec,
     retries: IntCounterVec,
     retry_pending: IntGaugeVec,
+    database_last_success: GaugeVec,
+    database_size: IntGaugeVec,
+    database_gone: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -301,6 +307,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             TARGET_UP,
             "1 when the target's database answers",
             &["target"],
+        ),
+        database_last_success: gauge(
+            &r,
+            DATABASE_LAST_SUCCESS,
+            "When the newest complete backup of each database of a server target was taken",
+            &["target", "database"],
+        ),
+        database_size: int_gauge(
+            &r,
+            DATABASE_SIZE,
+            "Stored bytes of each database's archive in the last successful run of a server target",
+            &["target", "database"],
+        ),
+        database_gone: int_gauge(
+            &r,
+            DATABASE_GONE,
+            "1 for a database of a server target that is no longer on the server (its backups are kept under retention)",
+            &["target", "database"],
         ),
         reloads: counter(
             &r,
@@ -708,6 +732,28 @@ pub fn target_removed(target: &str, mirrors: &[&str]) {
     }
     let _ = m.schema_drift.remove_label_values(&[target]);
     let _ = m.last_run_failed.remove_label_values(&[target]);
+}
+
+/// A database of a server target: its newest complete backup (when it has one), the
+/// stored bytes of that archive, and whether it is gone from the server.
+pub fn database_seen(
+    target: &str,
+    database: &str,
+    newest: Option<(chrono::DateTime<chrono::Utc>, u64)>,
+    gone: bool,
+) {
+    let m = m();
+    if let Some((at, bytes)) = newest {
+        m.database_last_success
+            .with_label_values(&[target, database])
+            .set(at.timestamp() as f64);
+        m.database_size
+            .with_label_values(&[target, database])
+            .set(bytes as i64);
+    }
+    m.database_gone
+        .with_label_values(&[target, database])
+        .set(i64::from(gone));
 }
 
 /// One hook run and how it ended.

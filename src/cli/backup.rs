@@ -112,13 +112,24 @@ pub(super) async fn list(
     if json {
         return print_json(&all);
     }
+    // A dropped database of a server target is listed as gone, not failing.
+    let gone: std::collections::HashSet<(String, String)> = names
+        .iter()
+        .flat_map(|t| {
+            let of: Vec<Backup> = all.iter().filter(|b| &b.target == t).cloned().collect();
+            catalog::databases_of(&of)
+                .into_iter()
+                .filter(|d| d.gone)
+                .map(move |d| (t.clone(), d.name))
+        })
+        .collect();
     if all.is_empty() {
         println!("no complete backups");
         return Ok(());
     }
     println!(
         "{:<15}  {:<12} {:<16} {:<7} {:>10}  {:<20}  {:<11}  {:<17}  {:<6}  FILE",
-        "ID", "TARGET", "SCHEMA", "STORAGE", "SIZE", "CREATED", "REASON", "VERIFIED", "PINNED"
+        "ID", "TARGET", "SCHEMA/DB", "STORAGE", "SIZE", "CREATED", "REASON", "VERIFIED", "PINNED"
     );
     for b in &all {
         let schema = match (b.contents, &b.schema) {
@@ -126,7 +137,13 @@ pub(super) async fn list(
             // Control characters in a name would break the table's lines.
             (_, Some(s)) if s.chars().any(char::is_control) => s.escape_debug().to_string(),
             (_, Some(s)) => s.clone(),
-            (_, None) => "-".to_string(),
+            (_, None) => match &b.database {
+                Some(db) if gone.contains(&(b.target.clone(), db.clone())) => {
+                    format!("db {} (gone)", db.escape_debug())
+                }
+                Some(db) => format!("db {}", db.escape_debug()),
+                None => "-".to_string(),
+            },
         };
         // When a drill last proved it restores; "-" when none has.
         let verified = b
@@ -210,7 +227,7 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
         r.target,
         r.storage,
         r.decisions.len(),
-        r.remaining,
+        r.decisions.len() - deleting,
         if dry_run {
             " (dry run: nothing deleted)"
         } else {

@@ -117,6 +117,9 @@ enum Cmd {
         /// by default the first that has it, then the next if it fails
         #[arg(long, value_name = "NAME")]
         storage: Option<String>,
+        /// The database to restore, of a target that backs up a server (`databases`)
+        #[arg(long, value_name = "NAME", conflicts_with = "globals")]
+        database: Option<String>,
     },
     /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
     Verify {
@@ -398,6 +401,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             globals,
             drop_dependents,
             storage,
+            database,
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
@@ -422,6 +426,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 into_password,
                 globals,
                 storage,
+                database,
                 opts: crate::ops::restore::Options {
                     yes,
                     safety_backup: !no_safety_backup,

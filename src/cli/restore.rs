@@ -14,6 +14,8 @@ pub(super) struct RestoreArgs<'a> {
     pub globals: bool,
     /// Only from this storage.
     pub storage: Option<String>,
+    /// The database of a server target.
+    pub database: Option<String>,
     pub opts: Options,
 }
 
@@ -29,6 +31,7 @@ pub(super) async fn restore(
         .ok_or_else(|| usage(format!("unknown target `{name}`")))?;
     let mut selector: Selector = args.backup.parse().map_err(usage)?;
     selector.from = args.storage.clone();
+    selector.database = args.database.clone();
     // A run of one archive per schema goes into another database whole, `jobs` at once.
     if let (Some(into), false) = (args.into, args.globals) {
         let run = ops_restore::plan_run(ctx, target, &selector, into, args.into_password.clone());

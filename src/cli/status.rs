@@ -77,6 +77,21 @@ fn print_status(all: &[TargetHealth]) {
         for (id, why) in &h.pinned {
             println!("{:<12} pinned {id}: {}", "", why.escape_debug());
         }
+        for d in &h.databases {
+            println!(
+                "{:<12} database {}: newest {} ({} old), {} backup(s){}",
+                "",
+                d.name.escape_debug(),
+                d.newest,
+                retention::fmt_age(chrono::Utc::now() - d.newest_created),
+                d.backups,
+                if d.gone {
+                    "; gone from the server (backups kept under retention)"
+                } else {
+                    ""
+                }
+            );
+        }
         for r in &h.running {
             println!("{:<12} running {}", "", r.line());
         }

@@ -162,6 +162,11 @@ pub(super) struct RawTarget {
     /// `schema.table` patterns whose rows are left out (the definition is kept).
     #[serde(default, deserialize_with = "list_or_csv")]
     pub(super) exclude_table_data: Option<Vec<String>>,
+    /// Database globs: the target is the server, each matching database its own archive.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) databases: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) exclude_databases: Option<Vec<String>>,
     pub(super) globals: Option<bool>,
     pub(super) drill_url: Option<String>,
     pub(super) restore_owner: Option<bool>,

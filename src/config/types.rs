@@ -274,7 +274,7 @@ impl Target {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
-    Postgres(PostgresConfig),
+    Postgres(Box<PostgresConfig>),
     Sqlite(SqliteConfig),
 }
 
@@ -303,6 +303,11 @@ pub struct PostgresConfig {
     /// `schema.table` globs left out of the dump entirely, and left out of its data only.
     pub exclude_tables: Vec<String>,
     pub exclude_table_data: Vec<String>,
+    /// Globs of the databases to back up (`["*"]`): the target is then the server, `url`
+    /// names the database discovery connects to, and each matching database (templates
+    /// and databases that refuse connections aside) is its own archive of the run.
+    pub databases: Vec<String>,
+    pub exclude_databases: Vec<String>,
     pub globals: bool,
     pub pg_bin_dir: Option<PathBuf>,
     /// How long a restore waits for locks other sessions hold on what it replaces, before
@@ -415,7 +420,7 @@ pub struct Policy {
 
 impl From<PostgresConfig> for SourceConfig {
     fn from(p: PostgresConfig) -> Self {
-        SourceConfig::Postgres(p)
+        SourceConfig::Postgres(Box::new(p))
     }
 }
 

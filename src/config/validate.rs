@@ -450,6 +450,39 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 }
                 Ok(list)
             };
+            let databases = t.databases.unwrap_or_default();
+            let exclude_databases = t.exclude_databases.unwrap_or_default();
+            for (key, list) in [
+                ("databases", &databases),
+                ("exclude_databases", &exclude_databases),
+            ] {
+                if let Some(bad) = list.iter().find(|p| {
+                    p.trim().is_empty() || p.len() > 200 || p.chars().any(char::is_control)
+                }) {
+                    return Err(key_err(
+                        k(key),
+                        format!("{bad:?} is not a database name or pattern: write real names with * and ? as wildcards, e.g. [\"*\"] or [\"app_*\"]"),
+                    ));
+                }
+            }
+            if !exclude_databases.is_empty() && databases.is_empty() {
+                return Err(key_err(
+                    k("exclude_databases"),
+                    "only means something with `databases` (e.g. databases = [\"*\"]); without it the target is the one database of `url`",
+                ));
+            }
+            if !databases.is_empty() && !schemas.is_empty() {
+                return Err(key_err(
+                    k("schemas"),
+                    "cannot be combined with `databases`: a server target makes one archive per database; split the schemas of one database in a target of its own",
+                ));
+            }
+            // A server target connects to `url`'s database only to discover the others:
+            // without one named, the maintenance database `postgres`.
+            let url = match databases.is_empty() {
+                true => url,
+                false => with_default_database(&url, "postgres"),
+            };
             let exclude_tables = pattern("exclude_tables", t.exclude_tables)?;
             let exclude_table_data = pattern("exclude_table_data", t.exclude_table_data)?;
             let drill_url = match t.drill_url.as_deref() {
@@ -468,6 +501,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 schemas,
                 exclude_tables,
                 exclude_table_data,
+                databases,
+                exclude_databases,
                 globals: t.globals.unwrap_or(false),
                 pg_bin_dir,
                 lock_timeout,
@@ -482,6 +517,8 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 ("schemas", t.schemas.is_some()),
                 ("exclude_tables", t.exclude_tables.is_some()),
                 ("exclude_table_data", t.exclude_table_data.is_some()),
+                ("databases", t.databases.is_some()),
+                ("exclude_databases", t.exclude_databases.is_some()),
                 ("globals", t.globals.is_some()),
                 ("drill_url", t.drill_url.is_some()),
                 ("restore_owner", t.restore_owner.is_some()),
@@ -551,6 +588,17 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
 
 /// The target's hooks: each key of `[targets.NAME.hooks]` replaces the same key of
 /// `[defaults.hooks]`.
+/// `url` with the path `/db` when it names no database (`postgres://u@h:5432` or `.../`).
+fn with_default_database(url: &str, db: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.path().trim_matches('/').is_empty() => {
+            u.set_path(&format!("/{db}"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn validate_hooks(
     name: &str,
     own: Option<&RawHooks>,

@@ -86,6 +86,9 @@ impl Daemon {
         if let Some((_, at)) = &summary.newest {
             metrics::newest_backup_seen(name, *at);
         }
+        for db in &summary.databases {
+            metrics::database_seen(name, &db.name, Some((db.newest_created, db.bytes)), db.gone);
+        }
         if let Some(target) = self.config().target(name) {
             let since = self.state.get(name).since;
             metrics::stale_after(

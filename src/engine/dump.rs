@@ -15,6 +15,8 @@ use crate::process::Stopper;
 #[derive(Debug, Clone)]
 pub struct Part {
     pub schema: Option<String>,
+    /// The database of a server target's archive (`databases = [...]`).
+    pub database: Option<String>,
     pub contents: Contents,
     /// Format word of the file name: `dump`, `sql`, `sqlite`.
     pub format: &'static str,
@@ -25,10 +27,10 @@ pub struct Part {
 }
 
 impl Part {
-    /// The qualifier in the file name (`.<schema>`, `.globals`).
+    /// The qualifier in the file name (`.<schema>`, `.<database>`, `.globals`).
     pub fn qualifier(&self) -> Option<&str> {
         match self.contents {
-            Contents::Database => None,
+            Contents::Database => self.database.as_deref(),
             Contents::Schema => self.schema.as_deref(),
             Contents::Globals => Some("globals"),
         }
@@ -60,11 +62,30 @@ pub struct Prepared {
     pub data_excluded: Vec<(String, String)>,
     /// Roughly how many bytes the run dumps (the database's size), for progress.
     pub size_estimate: Option<u64>,
+    /// A server target's databases, each prepared in its own snapshot (its tables,
+    /// fingerprints and filters, and the connection holding the snapshot).
+    pub databases: BTreeMap<String, Prepared>,
 }
 
 impl Prepared {
+    /// What `part` was prepared from: its database's own view on a server target, else
+    /// the run's.
+    pub fn view(&self, part: &Part) -> &Prepared {
+        part.database
+            .as_ref()
+            .and_then(|d| self.databases.get(d))
+            .unwrap_or(self)
+    }
+
     /// The tables one part holds.
     pub fn tables_of(&self, part: &Part) -> Vec<TableInfo> {
+        let view = self.view(part);
+        if !std::ptr::eq(view, self) {
+            return view.tables_of(&Part {
+                database: None,
+                ..part.clone()
+            });
+        }
         match part.contents {
             Contents::Database => self.tables.clone(),
             Contents::Schema => self

@@ -47,6 +47,8 @@ pub enum EngineError {
         pattern: String,
         available: String,
     },
+    #[error("no database on the server of target {target} matches `databases` (less `exclude_databases`); it has: {available}")]
+    NoDatabaseMatch { target: String, available: String },
     #[error(transparent)]
     Process(#[from] ProcessError),
     /// A statement or catalog query failed.
@@ -150,7 +152,9 @@ impl Classify for EngineError {
             EngineError::Connect { kind, .. } => *kind,
             EngineError::ToolMissing(_) | EngineError::Check(_) => ErrorKind::Failed,
             // Found at run time against the live database: the run failed (exit 1).
-            EngineError::NoSchemaMatch { .. } => ErrorKind::Failed,
+            EngineError::NoSchemaMatch { .. } | EngineError::NoDatabaseMatch { .. } => {
+                ErrorKind::Failed
+            }
             EngineError::NotInArchive(_) => ErrorKind::NotFound,
             EngineError::Cancelled => ErrorKind::Cancelled,
             EngineError::Process(e) => e.kind(),
@@ -318,8 +322,9 @@ pub trait Engine: Send + Sync {
         into: Option<&str>,
         password: Option<crate::config::Secret>,
     ) -> Result<Destination, EngineError>;
-    /// The destination in words, for the confirmation prompt (no credentials).
-    fn describe(&self, dest: &Destination) -> String;
+    /// The destination in words, for the confirmation prompt (no credentials); `database`
+    /// is the database of a server target's archive, which its own destination is.
+    fn describe(&self, dest: &Destination, database: Option<&str>) -> String;
     /// Whether this kind can restore that way at all (SQLite has no schemas or roles).
     fn supports(&self, mode: &RestoreMode) -> Result<(), EngineError>;
     /// Check everything that can be checked before anything changes (the archive holds
@@ -431,7 +436,7 @@ pub fn build(target: &Target) -> Box<dyn Engine> {
     match &target.source {
         SourceConfig::Postgres(pg) => Box::new(postgres::PostgresEngine::new(
             &target.name,
-            pg.clone(),
+            (**pg).clone(),
             target.timeout,
         )),
         SourceConfig::Sqlite(sq) => Box::new(sqlite::SqliteEngine::new(&target.name, sq.clone())),

@@ -404,7 +404,7 @@ async fn backup_inner(
     if let Some(found) = &prepared.fingerprints {
         log_schema_change(ctx, target, storages, found).await;
     }
-    let fingerprints = prepared.fingerprints.clone();
+    let gone = log_discovery(ctx, target, storages, &prepared).await;
     let id = next_id(ctx, target, storages).await.map_err(storage_err)?;
     metrics::backup_started(name, &id.to_string(), prepared.parts.len(), ctx.now());
 
@@ -462,6 +462,7 @@ async fn backup_inner(
         }
         match streamed {
             Ok(streamed) => {
+                let view = prepared.view(part);
                 let finished = ctx.now();
                 let file = streamed.file;
                 let object_key = storages.iter().find_map(|s| s.object_key(name, &file));
@@ -473,6 +474,7 @@ async fn backup_inner(
                     kind: engine.kind().to_string(),
                     contents: part.contents,
                     schema: part.schema.clone(),
+                    database: part.database.clone(),
                     file,
                     started: streamed.started,
                     finished,
@@ -496,13 +498,15 @@ async fn backup_inner(
                         crate::config::SourceConfig::Postgres(pg) => pg.exclude_table_data.clone(),
                         _ => Vec::new(),
                     },
-                    snapshot: prepared.snapshot.clone(),
-                    schema_fingerprint: fingerprints.as_ref().and_then(|(whole, each)| match part
-                        .contents
-                    {
-                        Contents::Database => Some(whole.clone()),
-                        Contents::Schema => part.schema.as_ref().and_then(|s| each.get(s).cloned()),
-                        Contents::Globals => None,
+                    snapshot: view.snapshot.clone(),
+                    schema_fingerprint: view.fingerprints.as_ref().and_then(|(whole, each)| {
+                        match part.contents {
+                            Contents::Database => Some(whole.clone()),
+                            Contents::Schema => {
+                                part.schema.as_ref().and_then(|s| each.get(s).cloned())
+                            }
+                            Contents::Globals => None,
+                        }
                     }),
                     note: part.note.clone(),
                 };
@@ -548,6 +552,19 @@ async fn backup_inner(
         archives = done.len(),
         "backup stored: every manifest written"
     );
+    for d in &done {
+        if let Some(db) = &d.manifest.database {
+            metrics::database_seen(
+                name,
+                db,
+                Some((d.manifest.finished, d.manifest.stored_bytes)),
+                false,
+            );
+        }
+    }
+    for db in &gone {
+        metrics::database_seen(name, db, None, true);
+    }
     let mut pending = Vec::new();
     // Rate-limited mirrors were left out of the stream: they catch up from the primary's
     // archive now, at their own pace, the dump already finished.
@@ -612,6 +629,42 @@ async fn backup_inner(
         leftovers_removed,
         pending,
     })
+}
+
+/// A server target's run: log the databases found on the server that no backup holds
+/// yet, and those the last run backed up that are gone (dropped, or excluded since);
+/// each is logged by the first run that sees the change. Returns the gone ones.
+async fn log_discovery(
+    ctx: &Context,
+    target: &Target,
+    storages: &Storages,
+    prepared: &engine::Prepared,
+) -> Vec<String> {
+    if prepared.databases.is_empty() {
+        return Vec::new();
+    }
+    let name = target.name.as_str();
+    let known = match catalog::list(storages.primary(), name, ctx.now()).await {
+        Ok(l) => catalog::databases_of(&l.complete),
+        Err(_) => return Vec::new(),
+    };
+    let found: Vec<&String> = prepared.databases.keys().collect();
+    for db in &found {
+        if !known.iter().any(|k| &&k.name == db && !k.gone) {
+            tracing::info!(target = name, database = %db, "database found on the server: backed up from this run on");
+        }
+    }
+    let mut gone = Vec::new();
+    for k in &known {
+        if found.contains(&&k.name) {
+            continue;
+        }
+        if !k.gone {
+            tracing::warn!(target = name, database = %k.name, newest_backup = %k.newest, "database no longer on the server (dropped, or excluded): its backups are kept under retention");
+        }
+        gone.push(k.name.clone());
+    }
+    gone
 }
 
 /// Log when the schema (as the run's snapshot saw it) differs from what the newest
@@ -800,6 +853,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         target = name,
         backup_id = %id,
         schema = %part.schema.as_deref().unwrap_or("-"),
+        database = %part.database.as_deref().unwrap_or("-"),
         file = %file,
         raw_bytes = summary.raw_bytes,
         bytes = summary.stored_bytes,

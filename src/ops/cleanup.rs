@@ -175,46 +175,59 @@ pub async fn run(
                 metrics::broken_manifest(name, s.name(), file, why);
             }
             let broken = listing.broken;
-            // All archives of one run are one backup.
-            let mut by_run: BTreeMap<BackupId, Vec<Backup>> = BTreeMap::new();
-            for b in listing.complete {
-                by_run.entry(b.id).or_default().push(b);
-            }
-            let runs: BTreeMap<BackupId, Vec<String>> = by_run
-                .iter()
-                .map(|(id, bs)| (*id, bs.iter().map(|b| b.file.clone()).collect()))
-                .collect();
-            let (plan, corrupt) =
-                plan_on_good_copies(ctx, target, s, &by_run, &not_uploaded, is_primary, now)
-                    .await
-                    .map_err(|e| match e {
-                        RestoreError::Storage(source) => err(source),
-                        other => err(StorageError::Task {
-                            storage: s.name(),
-                            what: "checking the newest backup before deleting older ones",
-                            message: crate::error::chain(&other),
-                        }),
-                    })?;
             let mut decisions = Vec::new();
-            let mut remaining: Vec<BackupId> = Vec::new();
-            for d in plan {
-                let archives: Vec<String> = runs.get(&d.id).cloned().unwrap_or_default();
-                if d.action == Action::Delete && !dry_run {
-                    if let Some(e) = cancelled() {
-                        return Err(e);
-                    }
-                    let mut files: Vec<String> =
-                        archives.iter().map(|a| catalog::manifest_name(a)).collect();
-                    files.extend(archives.iter().cloned());
-                    for f in &files {
-                        s.delete(name, f).await.map_err(err)?;
-                    }
-                    metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
+            let mut corrupt = Vec::new();
+            let mut remaining: std::collections::BTreeSet<BackupId> = Default::default();
+            // Each database of a server target is retained on its own (a dropped one keeps
+            // its newest backups); any other target is one group.
+            let groups = super::by_database(listing.complete);
+            let several = groups.len() > 1;
+            for (database, backups) in groups {
+                // All archives of one run are one backup.
+                let mut by_run: BTreeMap<BackupId, Vec<Backup>> = BTreeMap::new();
+                for b in backups {
+                    by_run.entry(b.id).or_default().push(b);
                 }
-                if d.action == Action::Keep {
-                    remaining.push(d.id);
+                let runs: BTreeMap<BackupId, Vec<String>> = by_run
+                    .iter()
+                    .map(|(id, bs)| (*id, bs.iter().map(|b| b.file.clone()).collect()))
+                    .collect();
+                let (plan, bad) =
+                    plan_on_good_copies(ctx, target, s, &by_run, &not_uploaded, is_primary, now)
+                        .await
+                        .map_err(|e| match e {
+                            RestoreError::Storage(source) => err(source),
+                            other => err(StorageError::Task {
+                                storage: s.name(),
+                                what: "checking the newest backup before deleting older ones",
+                                message: crate::error::chain(&other),
+                            }),
+                        })?;
+                corrupt.extend(bad);
+                for mut d in plan {
+                    match &database {
+                        Some(db) => d.reason = format!("database {db}: {}", d.reason),
+                        None if several => d.reason = format!("globals: {}", d.reason),
+                        None => {}
+                    }
+                    let archives: Vec<String> = runs.get(&d.id).cloned().unwrap_or_default();
+                    if d.action == Action::Delete && !dry_run {
+                        if let Some(e) = cancelled() {
+                            return Err(e);
+                        }
+                        let mut files: Vec<String> =
+                            archives.iter().map(|a| catalog::manifest_name(a)).collect();
+                        files.extend(archives.iter().cloned());
+                        for f in &files {
+                            s.delete(name, f).await.map_err(err)?;
+                        }
+                        metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
+                    }
+                    if d.action == Action::Keep {
+                        remaining.insert(d.id);
+                    }
+                    decisions.push((d, archives));
                 }
-                decisions.push((d, archives));
             }
             for file in scan.orphans {
                 if !dry_run {

@@ -52,27 +52,43 @@ pub fn wanted_on(
     if mirror.retention() == (None, None) {
         return None;
     }
-    let candidates: Vec<crate::retention::Candidate> = complete
-        .iter()
-        .map(|b| crate::retention::Candidate {
-            id: b.id,
-            pending_upload: false,
-            pinned: b.pinned.clone(),
-        })
-        .collect();
-    let keep: std::collections::HashSet<crate::catalog::BackupId> =
-        crate::retention::plan(&candidates, &policy_on(target, mirror), now)
-            .into_iter()
-            .filter(|d| d.action == crate::retention::Action::Keep)
-            .map(|d| d.id)
-            .collect();
-    Some(
-        complete
+    let mut wanted = std::collections::HashSet::new();
+    for (_, group) in by_database(complete.to_vec()) {
+        let candidates: Vec<crate::retention::Candidate> = group
             .iter()
-            .filter(|b| keep.contains(&b.id))
-            .map(|b| b.file.clone())
-            .collect(),
-    )
+            .map(|b| crate::retention::Candidate {
+                id: b.id,
+                pending_upload: false,
+                pinned: b.pinned.clone(),
+            })
+            .collect();
+        let keep: std::collections::HashSet<crate::catalog::BackupId> =
+            crate::retention::plan(&candidates, &policy_on(target, mirror), now)
+                .into_iter()
+                .filter(|d| d.action == crate::retention::Action::Keep)
+                .map(|d| d.id)
+                .collect();
+        wanted.extend(
+            group
+                .iter()
+                .filter(|b| keep.contains(&b.id))
+                .map(|b| b.file.clone()),
+        );
+    }
+    Some(wanted)
+}
+
+/// Backups grouped the way retention counts them: by database for a server target's
+/// archives (its globals are the `None` group), else all in one group.
+pub fn by_database(
+    backups: Vec<crate::catalog::Backup>,
+) -> std::collections::BTreeMap<Option<String>, Vec<crate::catalog::Backup>> {
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<crate::catalog::Backup>> =
+        Default::default();
+    for b in backups {
+        groups.entry(b.database.clone()).or_default().push(b);
+    }
+    groups
 }
 
 /// What every use case works with.

@@ -93,6 +93,8 @@ pub struct Selector {
     /// Only from this storage (`--storage`); else the first that has it, falling back to
     /// the next when it fails.
     pub from: Option<String>,
+    /// The database of a server target's run (`--database`).
+    pub database: Option<String>,
 }
 
 impl FromStr for Selector {
@@ -115,6 +117,7 @@ impl FromStr for Selector {
             id,
             schema,
             from: None,
+            database: None,
         })
     }
 }
@@ -225,6 +228,37 @@ async fn resolve(
         .into_iter()
         .filter(|(s, _)| selector.from.as_deref().is_none_or(|f| f == *s))
         .partition(|(s, b)| !corrupt.contains_key(&crate::state::corrupt_key(s, &b.file)));
+    // A server target's database: its own archives only, and `latest` is the newest run
+    // that holds it (a dropped database's last backup included).
+    let (all, bad) = match &selector.database {
+        None => (all, bad),
+        Some(db) => {
+            let of_db = |v: Vec<(&'static str, Backup)>| -> Vec<(&'static str, Backup)> {
+                v.into_iter()
+                    .filter(|(_, b)| b.database.as_deref() == Some(db.as_str()))
+                    .collect()
+            };
+            let mut known: Vec<String> =
+                all.iter().filter_map(|(_, b)| b.database.clone()).collect();
+            known.sort();
+            known.dedup();
+            let (all, bad) = (of_db(all), of_db(bad));
+            if all.is_empty() && bad.is_empty() {
+                return Err(RestoreError::NotFound(match known.is_empty() {
+                    true => format!(
+                        "target {} keeps no per-database backups (`databases` is not set), so there is no database {db:?} to pick; leave out --database",
+                        target.name
+                    ),
+                    false => format!(
+                        "target {} has no backup of database {db:?}; it has backups of: {}",
+                        target.name,
+                        known.join(", ")
+                    ),
+                }));
+            }
+            (all, bad)
+        }
+    };
     if let (Some(id), false) = (selector.id, bad.is_empty()) {
         if bad.iter().any(|(_, b)| b.id == id) && !all.iter().any(|(_, b)| b.id == id) {
             return Err(RestoreError::NotFound(format!(
@@ -319,7 +353,10 @@ pub async fn choose(
                 schema_from_full: None,
             });
         }
-        if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
+        if let Some((storage, backup)) = pick(&|b| {
+            b.contents == Contents::Database
+                && b.database.as_deref() == selector.database.as_deref()
+        }) {
             return Ok(Chosen {
                 fallbacks: fallbacks(storage, &backup),
                 backup,
@@ -331,13 +368,27 @@ pub async fn choose(
             "backup {id} has no archive of schema {schema:?}"
         )));
     }
-    if let Some((storage, backup)) = pick(&|b| b.contents == Contents::Database) {
+    if let Some((storage, backup)) = pick(&|b| {
+        b.contents == Contents::Database && b.database.as_deref() == selector.database.as_deref()
+    }) {
         return Ok(Chosen {
             fallbacks: fallbacks(storage, &backup),
             backup,
             storage,
             schema_from_full: None,
         });
+    }
+    let mut databases: Vec<&str> = of_id
+        .iter()
+        .filter_map(|(_, b)| b.database.as_deref())
+        .collect();
+    databases.dedup();
+    if !databases.is_empty() {
+        return Err(RestoreError::NotFound(format!(
+            "backup {id} of target {} holds one archive per database; restore one with --database NAME (databases: {})",
+            target.name,
+            databases.join(", ")
+        )));
     }
     let schemas: Vec<String> = of_id.iter().filter_map(|(_, b)| b.schema.clone()).collect();
     Err(RestoreError::NotFound(format!(
@@ -409,7 +460,10 @@ pub async fn plan(
     let what = match (&chosen.schema_from_full, &b.schema, b.contents) {
         (_, _, Contents::Globals) => "roles and tablespaces (globals)".to_string(),
         (Some(s), _, _) | (None, Some(s), _) => format!("schema {s}"),
-        _ => "the whole database".to_string(),
+        _ => match &b.database {
+            Some(db) => format!("database {db}"),
+            None => "the whole database".to_string(),
+        },
     };
     let why = match b.reason.as_deref() {
         Some("scheduled") => "scheduled".to_string(),
@@ -424,7 +478,7 @@ pub async fn plan(
         crate::storage::human_size(b.bytes),
         b.file,
         b.storage,
-        engine.describe(&dest)
+        engine.describe(&dest, chosen.backup.database.as_deref())
     );
     Ok(Plan {
         chosen,
@@ -458,7 +512,10 @@ pub async fn plan_run(
     let engine = engine::build(target);
     let dest = engine.destination(Some(into), into_password)?;
     let (id, of_id) = resolve(ctx, target, selector).await?;
-    if of_id.iter().any(|(_, b)| b.contents == Contents::Database) {
+    if of_id
+        .iter()
+        .any(|(_, b)| b.contents == Contents::Database || b.database.is_some())
+    {
         return Ok(None);
     }
     let mut archives: Vec<Chosen> = Vec::new();
@@ -489,7 +546,7 @@ pub async fn plan_run(
         schemas.join(", "),
         crate::storage::human_size(bytes),
         target.jobs,
-        engine.describe(&dest)
+        engine.describe(&dest, None)
     );
     Ok(Some(RunPlan {
         archives,
@@ -595,7 +652,7 @@ pub async fn execute_run(
                 name(i),
                 crate::error::chain(&e),
                 if restored.is_empty() { "none".to_string() } else { restored.join(", ") },
-                engine.describe(&plan.dest)
+                engine.describe(&plan.dest, None)
             )));
         }
         tracing::info!(target = %target.name, retry = failed.len(), "archives that need another schema's objects are tried again");
@@ -704,6 +761,7 @@ mod tests {
                 id: None,
                 schema: None,
                 from: None,
+                database: None,
             }
         );
         let s: Selector = "20261121_143022:tenant_42".parse().unwrap();

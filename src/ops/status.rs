@@ -77,6 +77,10 @@ pub struct TargetHealth {
     /// When the target turns stale if no new backup completes.
     pub stale_after: DateTime<Utc>,
     pub database: Option<DbStatus>,
+    /// A server target's databases: each one's newest backup; a dropped one is `gone`
+    /// (its backups kept under retention), which is not a problem.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<catalog::DatabaseSummary>,
 }
 
 /// What is known about one target, gathered by the caller.
@@ -242,6 +246,7 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         },
         stale_after,
         database: facts.database,
+        databases: facts.catalog.databases.clone(),
     }
 }
 
@@ -278,6 +283,8 @@ pub struct CatalogSummary {
     pub pinned: std::collections::BTreeMap<String, String>,
     /// Per storage: complete runs, the oldest's time, broken manifests.
     pub per_storage: Vec<(&'static str, usize, Option<DateTime<Utc>>, usize)>,
+    /// A server target's databases (`databases`): newest backup each, and which are gone.
+    pub databases: Vec<catalog::DatabaseSummary>,
 }
 
 /// List a target on every storage, reading its manifests: complete backups, broken
@@ -285,9 +292,17 @@ pub struct CatalogSummary {
 pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) -> CatalogSummary {
     let mut out = CatalogSummary::default();
     let mut ids = std::collections::BTreeSet::new();
+    let mut all = Vec::new();
     for s in storages.iter() {
         match catalog::list(s, target, now).await {
             Ok(listing) => {
+                all.extend(
+                    listing
+                        .complete
+                        .iter()
+                        .filter(|b| b.database.is_some())
+                        .cloned(),
+                );
                 let mine: std::collections::BTreeSet<_> =
                     listing.complete.iter().map(|b| b.id).collect();
                 out.per_storage.push((
@@ -315,6 +330,7 @@ pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) ->
     }
     out.newest = ids.last().map(|id| (id.to_string(), id.time()));
     out.backups = ids.len();
+    out.databases = catalog::databases_of(&all);
     out
 }
 

@@ -170,32 +170,51 @@ async fn drill_inner(
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
     let engine = engine::build(target);
     let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
-    let scratch = engine.scratch(Purpose::Drill, &dir).await?;
     let total: u64 = archives.iter().map(|a| a.backup.bytes).sum();
     let meter = super::meter(ctx, &target.name, "drill", Some(total), false);
-    let restored = async {
-        for a in &archives {
-            let a = Archive {
-                meter: Some(&meter),
-                ..*a
-            };
-            scratch
-                .restore(a, &RestoreMode::Whole { clean: false }, &ctx.cancel)
-                .await?;
+    // Each database of a server target goes into a scratch database of its own, as it
+    // would be restored; any other run is one group.
+    let mut groups: Vec<(Option<&str>, Vec<&Archive>)> = Vec::new();
+    for a in &archives {
+        let db = a.backup.database.as_deref();
+        match groups.iter_mut().find(|(d, _)| *d == db) {
+            Some((_, list)) => list.push(a),
+            None => groups.push((db, vec![a])),
         }
-        let mut session = scratch.connect().await?;
-        let all: Vec<_> = newest
-            .iter()
-            .flat_map(|(_, b)| b.manifest.tables.iter().cloned())
-            .collect();
-        let checked = session.verify_tables(&all).await;
-        session.close().await;
-        checked
     }
-    .await;
-    let dropped = scratch.discard().await;
-    restored?;
-    dropped?;
+    for (database, group) in groups {
+        let scratch = engine.scratch(Purpose::Drill, &dir).await?;
+        let restored = async {
+            for a in &group {
+                let a = Archive {
+                    meter: Some(&meter),
+                    ..**a
+                };
+                scratch
+                    .restore(a, &RestoreMode::Whole { clean: false }, &ctx.cancel)
+                    .await?;
+            }
+            let mut session = scratch.connect().await?;
+            let all: Vec<_> = group
+                .iter()
+                .flat_map(|a| a.backup.manifest.tables.iter().cloned())
+                .collect();
+            let checked = session.verify_tables(&all).await;
+            session.close().await;
+            checked
+        }
+        .await;
+        let dropped = scratch.discard().await;
+        let named = |e: crate::engine::EngineError| match (database, &e) {
+            (_, crate::engine::EngineError::Cancelled) | (None, _) => e,
+            (Some(db), _) => crate::engine::EngineError::Check(format!(
+                "database {db}: {}",
+                crate::error::chain(&e)
+            )),
+        };
+        restored.map_err(named)?;
+        dropped?;
+    }
     // Record the proof in the state file: manifests are never rewritten.
     let verified = ctx.now();
     ctx.state.update(&target.name, |s| {

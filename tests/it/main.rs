@@ -25,5 +25,6 @@ mod restore;
 mod restore_safety;
 mod s3_storage;
 mod schema;
+mod servers;
 mod sqlite_backup;
 mod storage_contract;

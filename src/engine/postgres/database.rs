@@ -13,6 +13,18 @@ fn maintenance(dsn: &Dsn) -> Result<(Dsn, String), EngineError> {
 }
 
 /// Create the database `dsn` names when missing; refuse a non-empty one without `yes`.
+/// Whether the server of `dsn` has a database named `db`.
+pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
+    let mut c = dsn.connect().await?;
+    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(db)
+        .fetch_optional(&mut c)
+        .await
+        .map_err(EngineError::db(format!("looking up database {db}")))?;
+    let _ = c.close().await;
+    Ok(found.is_some())
+}
+
 pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;
     let mut admin = admin_dsn.connect().await?;

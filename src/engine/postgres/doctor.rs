@@ -63,7 +63,9 @@ pub async fn doctor(e: &PostgresEngine, wants: Wants) -> Vec<Check> {
         );
     }
     out.push(dump_rights(&mut conn, &facts, &role, &e.cfg.schemas).await);
-    if !e.cfg.exclude_tables.is_empty() || !e.cfg.exclude_table_data.is_empty() {
+    if !e.cfg.databases.is_empty() {
+        out.push(databases(&mut conn, e, &role).await);
+    } else if !e.cfg.exclude_tables.is_empty() || !e.cfg.exclude_table_data.is_empty() {
         out.push(exclusions(&mut conn, e).await);
     }
     if wants.globals {
@@ -223,6 +225,40 @@ async fn dump_rights(
         );
     }
     Check::new("dump", Verdict::Cannot, problems.join("; "))
+}
+
+/// A server target: which databases a run would back up now, and whether the role may
+/// connect to each (one it may not fails the run).
+async fn databases(conn: &mut sqlx::PgConnection, e: &PostgresEngine, role: &str) -> Check {
+    let names = match super::dump::discover(e, conn).await {
+        Ok(n) => n,
+        Err(err) => return Check::new("databases", Verdict::Cannot, err.to_string()),
+    };
+    let mut denied = Vec::new();
+    for db in &names {
+        let ok: Result<(bool,), _> = sqlx::query_as("SELECT has_database_privilege($1, 'CONNECT')")
+            .bind(db)
+            .fetch_one(&mut *conn)
+            .await;
+        if !matches!(ok, Ok((true,))) {
+            denied.push(db.clone());
+        }
+    }
+    match denied.is_empty() {
+        true => Check::new(
+            "databases",
+            Verdict::Ok,
+            format!("{} database(s) to back up: {}", names.len(), names.join(", ")),
+        ),
+        false => Check::new(
+            "databases",
+            Verdict::Cannot,
+            format!(
+                "role {role} may not connect to {}: GRANT CONNECT ON DATABASE ... TO {role}, or add them to `exclude_databases`",
+                denied.join(", ")
+            ),
+        ),
+    }
 }
 
 /// Every exclusion pattern matches some table; one that matches nothing is likely a typo

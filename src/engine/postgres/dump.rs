@@ -9,6 +9,7 @@ use sqlx::postgres::PgConnection;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::Dsn;
 use super::introspect;
 use super::tools::find_tool_dir;
 use super::PostgresEngine;
@@ -113,8 +114,121 @@ pub async fn visible_data_dir(conn: &mut sqlx::PgConnection) -> Option<PathBuf> 
 pub const NO_ROLE_PASSWORDS: &str = "role passwords left out: the backup role cannot read pg_authid (only a superuser can); restored roles need their passwords set again";
 
 pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
+    match e.cfg.databases.is_empty() {
+        true => prepare_one(e, &e.dsn, None).await,
+        false => prepare_server(e).await,
+    }
+}
+
+/// The databases of the server a server target backs up: every one that allows
+/// connections and is not a template, matching `databases` and not `exclude_databases`.
+pub async fn discover(
+    e: &PostgresEngine,
+    conn: &mut PgConnection,
+) -> Result<Vec<String>, EngineError> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT datname::text FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(EngineError::db(format!(
+        "listing the databases of {}",
+        e.dsn.location()
+    )))?;
+    let names: Vec<String> = names.into_iter().map(|(n,)| n).collect();
+    let chosen: Vec<String> = names
+        .iter()
+        .filter(|n| e.cfg.databases.iter().any(|p| glob_match(p, n)))
+        .filter(|n| !e.cfg.exclude_databases.iter().any(|p| glob_match(p, n)))
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        return Err(EngineError::NoDatabaseMatch {
+            target: e.target.clone(),
+            available: names.join(", "),
+        });
+    }
+    Ok(chosen)
+}
+
+/// The major version in `server_version_num` (`150018` is 15).
+fn major_of(version_num: &str) -> Result<u32, EngineError> {
+    version_num.parse::<u32>().map(|n| n / 10000).map_err(|_| {
+        EngineError::Unsupported(format!(
+            "the server reported an unreadable version {version_num:?}"
+        ))
+    })
+}
+
+/// A server target: each discovered database prepared in its own exported snapshot, and
+/// the globals once for the server.
+async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let mut conn = e.dsn.connect().await?;
-    let what = format!("reading the catalog of {}", e.dsn.location());
+    let what = format!("reading the server of {}", e.dsn.location());
+    let (version_num,): (String,) = sqlx::query_as("SELECT current_setting('server_version_num')")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(EngineError::db(what.clone()))?;
+    let major = major_of(&version_num)?;
+    let names = discover(e, &mut conn).await?;
+    let mut databases = BTreeMap::new();
+    for db in &names {
+        let dsn = e.dsn.with_database(db)?;
+        match prepare_one(e, &dsn, Some(db)).await {
+            Ok(p) => {
+                databases.insert(db.clone(), p);
+            }
+            // Dropped between the listing and its snapshot: nothing left to back up.
+            Err(EngineError::Connect {
+                source: Some(ref s),
+                ..
+            }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {
+                tracing::info!(target = %e.target, database = %db, "database dropped while the run started; not backed up");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let Some(first) = databases.values().next() else {
+        return Err(EngineError::NoDatabaseMatch {
+            target: e.target.clone(),
+            available: String::new(),
+        });
+    };
+    let tools = first.tools.clone();
+    let tool_dir = first.tool_dir.clone();
+    let mut parts: Vec<Part> = databases.values().flat_map(|p| p.parts.clone()).collect();
+    if e.cfg.globals {
+        let dir = tool_dir.clone().unwrap_or_default();
+        parts.push(globals_part(e, &mut conn, &dir, major, &what).await?);
+    }
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(Prepared {
+        parts,
+        tools,
+        tool_dir,
+        tables: Vec::new(),
+        snapshot: None,
+        fingerprints: None,
+        hold: None,
+        excluded: Vec::new(),
+        data_excluded: Vec::new(),
+        size_estimate: databases
+            .values()
+            .map(|p| p.size_estimate)
+            .sum::<Option<u64>>(),
+        databases,
+    })
+}
+
+/// Prepare one database (`dsn`'s): its snapshot, catalog and filters; `database` is set
+/// for a database of a server target, whose globals the server run dumps once.
+async fn prepare_one(
+    e: &PostgresEngine,
+    dsn: &Dsn,
+    database: Option<&str>,
+) -> Result<Prepared, EngineError> {
+    let mut conn = dsn.connect().await?;
+    let what = format!("reading the catalog of {}", dsn.location());
     let snapshot = open_snapshot(&mut conn, &what).await?;
     let (version_num, version, size): (String, String, i64) = sqlx::query_as(
         "SELECT current_setting('server_version_num'), current_setting('server_version'), \
@@ -123,16 +237,13 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     .fetch_one(&mut conn)
     .await
     .map_err(EngineError::db(what.clone()))?;
-    let major: u32 = version_num.parse::<u32>().map(|n| n / 10000).map_err(|_| {
-        EngineError::Unsupported(format!(
-            "the server reported an unreadable version {version_num:?}"
-        ))
-    })?;
+    let major = major_of(&version_num)?;
 
     let mut parts = Vec::new();
     if e.cfg.schemas.is_empty() {
         parts.push(Part {
             schema: None,
+            database: database.map(str::to_string),
             contents: Contents::Database,
             format: "dump",
             magic: CUSTOM_FORMAT_MAGIC,
@@ -166,6 +277,7 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         chosen.sort();
         parts.extend(chosen.into_iter().map(|s| Part {
             schema: Some(s),
+            database: None,
             contents: Contents::Schema,
             format: "dump",
             magic: CUSTOM_FORMAT_MAGIC,
@@ -258,32 +370,8 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
 
     let (tool_dir, dump_version) =
         find_tool_dir("pg_dump", major, e.cfg.pg_bin_dir.as_deref(), &e.target).await?;
-    if e.cfg.globals {
-        if !tool_dir.join("pg_dumpall").is_file() {
-            return Err(EngineError::ToolMissing(format!(
-                "pg_dumpall is missing beside {}: install the full postgresql-client-{major} package",
-                tool_dir.join("pg_dump").display()
-            )));
-        }
-        // Role passwords live in pg_authid, which only superusers read: a role without
-        // that right gets the roles without their passwords, rather than a failed run that
-        // throws the good database archive away.
-        let (can_read_authid,): (bool,) =
-            sqlx::query_as("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(EngineError::db(what.clone()))?;
-        let note = (!can_read_authid).then(|| NO_ROLE_PASSWORDS.to_string());
-        if note.is_some() {
-            tracing::warn!(target = %e.target, "{NO_ROLE_PASSWORDS}");
-        }
-        parts.push(Part {
-            schema: None,
-            contents: Contents::Globals,
-            format: "sql",
-            magic: SQL_MAGIC,
-            note,
-        });
+    if e.cfg.globals && database.is_none() {
+        parts.push(globals_part(e, &mut conn, &tool_dir, major, &what).await?);
     }
     tracing::debug!(target = %e.target, server = %version, tool = %dump_version, dir = %tool_dir.display(), "postgres source prepared");
     Ok(Prepared {
@@ -301,7 +389,47 @@ pub async fn prepare(e: &PostgresEngine) -> Result<Prepared, EngineError> {
         excluded,
         data_excluded,
         size_estimate: u64::try_from(size).ok().filter(|n| *n > 0),
+        databases: BTreeMap::new(),
     })
+}
+
+/// The globals archive (`pg_dumpall --globals-only`), without role passwords when the
+/// role cannot read them.
+async fn globals_part(
+    e: &PostgresEngine,
+    conn: &mut PgConnection,
+    tool_dir: &std::path::Path,
+    major: u32,
+    what: &str,
+) -> Result<Part, EngineError> {
+    {
+        if !tool_dir.join("pg_dumpall").is_file() {
+            return Err(EngineError::ToolMissing(format!(
+                "pg_dumpall is missing beside {}: install the full postgresql-client-{major} package",
+                tool_dir.join("pg_dump").display()
+            )));
+        }
+        // Role passwords live in pg_authid, which only superusers read: a role without
+        // that right gets the roles without their passwords, rather than a failed run that
+        // throws the good database archive away.
+        let (can_read_authid,): (bool,) =
+            sqlx::query_as("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(EngineError::db(what.to_string()))?;
+        let note = (!can_read_authid).then(|| NO_ROLE_PASSWORDS.to_string());
+        if note.is_some() {
+            tracing::warn!(target = %e.target, "{NO_ROLE_PASSWORDS}");
+        }
+        Ok(Part {
+            schema: None,
+            database: None,
+            contents: Contents::Globals,
+            format: "sql",
+            magic: SQL_MAGIC,
+            note,
+        })
+    }
 }
 
 pub fn open(
@@ -314,7 +442,12 @@ pub fn open(
         .tool_dir
         .clone()
         .ok_or_else(|| EngineError::Unsupported("pg_dump was started before prepare".into()))?;
-    let dbname: OsString = format!("--dbname={}", e.dsn.url).into();
+    let view = prepared.view(part);
+    let url = match &part.database {
+        Some(db) => e.dsn.with_database(db)?.url,
+        None => e.dsn.url.clone(),
+    };
+    let dbname: OsString = format!("--dbname={url}").into();
     let spec = match part.contents {
         Contents::Globals => {
             let spec = e
@@ -338,15 +471,15 @@ pub fn open(
             if let Some(schema) = &part.schema {
                 spec = spec.arg(format!("--schema={}", exact_pattern(schema)));
             }
-            if let Some(snapshot) = &prepared.snapshot {
+            if let Some(snapshot) = &view.snapshot {
                 spec = spec.arg(format!("--snapshot={snapshot}"));
             }
             let exact =
                 |(s, t): &(String, String)| format!("{}.{}", exact_pattern(s), exact_pattern(t));
-            for t in &prepared.excluded {
+            for t in &view.excluded {
                 spec = spec.arg(format!("--exclude-table={}", exact(t)));
             }
-            for t in &prepared.data_excluded {
+            for t in &view.data_excluded {
                 spec = spec.arg(format!("--exclude-table-data={}", exact(t)));
             }
             spec

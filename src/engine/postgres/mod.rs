@@ -61,9 +61,14 @@ impl PostgresEngine {
             .secret_env("PGPASSWORD", self.dsn.password.as_ref())
     }
 
-    fn dsn_of(&self, dest: &Destination) -> Result<Dsn, EngineError> {
+    /// Where a restore goes: the target's own database (a server target's archive: its
+    /// own database on the server), or the URL given.
+    fn dsn_of(&self, dest: &Destination, database: Option<&str>) -> Result<Dsn, EngineError> {
         match dest {
-            Destination::Own => Ok(self.dsn.clone()),
+            Destination::Own => match database {
+                Some(db) => self.dsn.with_database(db),
+                None => Ok(self.dsn.clone()),
+            },
             Destination::Other { to, password } => {
                 let dsn = Dsn::parse(to, password.as_ref())?;
                 if dsn.password.is_some() {
@@ -234,12 +239,14 @@ impl Engine for PostgresEngine {
         }
     }
 
-    fn describe(&self, dest: &Destination) -> String {
+    fn describe(&self, dest: &Destination, database: Option<&str>) -> String {
         match dest {
             Destination::Own => format!(
                 "target {}'s own database {}",
                 self.target,
-                self.dsn.location()
+                self.dsn_of(dest, database)
+                    .map(|d| d.location())
+                    .unwrap_or_else(|_| self.dsn.location())
             ),
             Destination::Other { to, .. } => conn::redact(to),
         }
@@ -256,8 +263,16 @@ impl Engine for PostgresEngine {
         mode: &RestoreMode,
         opts: &RestoreOptions,
     ) -> Result<Box<dyn Restorer>, EngineError> {
-        let dsn = self.dsn_of(dest)?;
         let manifest = &archive.backup.manifest;
+        let dsn = self.dsn_of(dest, manifest.database.as_deref())?;
+        if let (Destination::Own, Some(db)) = (dest, &manifest.database) {
+            if !database::exists(&self.dsn, db).await? {
+                return Err(EngineError::Refused(format!(
+                    "database {db} is no longer on the server of target {}, so there is no own database to restore over; restore it with --into postgres://USER@HOST/{db} (a missing database is created)",
+                    self.target
+                )));
+            }
+        }
         // A pg_restore that reads the archive, for its table of contents; the one that
         // restores is chosen for the destination server below.
         let dump_major = manifest

@@ -93,6 +93,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         size_estimate: Some(meta.len()).filter(|n| *n > 0),
         parts: vec![Part {
             schema: None,
+            database: None,
             contents: Contents::Database,
             format: "sqlite",
             magic: SQLITE_MAGIC,
@@ -107,6 +108,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         tables,
         // One archive, from one VACUUM INTO: consistent in itself.
         snapshot: None,
+        databases: Default::default(),
         fingerprints,
         hold: None,
     })

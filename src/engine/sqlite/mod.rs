@@ -194,7 +194,7 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn describe(&self, dest: &Destination) -> String {
+    fn describe(&self, dest: &Destination, _database: Option<&str>) -> String {
         match dest {
             Destination::Own => format!(
                 "target {}'s own file {}",

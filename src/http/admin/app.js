@@ -121,7 +121,7 @@ async function loadBackups() {
     const tr = el("tr");
     tr.dataset.id = b.id;
     tr.dataset.target = b.target;
-    tr.append(el("td", b.id + (b.schema ? ":" + b.schema : "")), el("td", b.target), el("td", b.storage),
+    tr.append(el("td", b.id + (b.schema ? ":" + b.schema : "") + (b.database ? " db " + b.database : "")), el("td", b.target), el("td", b.storage),
       el("td", size(b.bytes)), el("td", age(b.created)),
       el("td", b.verified_at ? "verified " + age(b.verified_at) + " ago" : "not drilled", b.verified_at ? "ok" : "muted"),
       el("td", b.reason || "", "muted"));
@@ -205,7 +205,7 @@ async function syncSchema(target, button) {
 let restoring = null;
 function askRestore(b) {
   restoring = b;
-  $("restore-what").textContent = b.id + (b.schema ? ":" + b.schema : "");
+  $("restore-what").textContent = b.id + (b.schema ? ":" + b.schema : "") + (b.database ? " (database " + b.database + ")" : "");
   $("restore-target").textContent = b.target;
   $("restore-confirm").value = "";
   $("restore-dialog").showModal();
@@ -215,6 +215,7 @@ async function doRestore() {
   const b = restoring;
   const body = { target: b.target, id: b.id, confirm: $("restore-confirm").value };
   if (b.schema) body.schema = b.schema;
+  if (b.database) body.database = b.database;
   try {
     const { job_id } = await api("POST", "/restore", body);
     await follow(job_id, "restore");

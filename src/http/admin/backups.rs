@@ -23,6 +23,8 @@ pub struct BackupEntry {
     pub id: String,
     pub target: String,
     pub schema: Option<String>,
+    /// The database of a server target's archive (`databases`).
+    pub database: Option<String>,
     /// `database`, `schema` or `globals`.
     pub contents: String,
     pub storage: String,
@@ -46,6 +48,7 @@ fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
         id: b.id.to_string(),
         target: b.target.clone(),
         schema: b.schema.clone(),
+        database: b.database.clone(),
         contents: serde_json::to_value(b.contents)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))

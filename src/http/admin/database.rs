@@ -132,6 +132,8 @@ pub struct RestoreBody {
     pub drop_dependents: Option<bool>,
     /// Read the archive only from this storage (`local`, `s3` or a mirror's name).
     pub storage: Option<String>,
+    /// The database to restore, of a target that backs up a server (`databases`).
+    pub database: Option<String>,
 }
 
 /// Restore a backup over the target's own database, as `dbkeep restore TARGET ID --yes`
@@ -173,6 +175,7 @@ pub(super) async fn start_restore(
     let drop_dependents = body.drop_dependents;
     let mut selector = selector;
     selector.from = body.storage.clone();
+    selector.database = body.database.clone();
     let ctx = st.daemon.context();
     let mut plan = restore::plan(&ctx, &target, &selector, None, None, false).await?;
     let run_id = st

@@ -1,0 +1,334 @@
+//! Every database on a server (issue 19, part 1): a target with `databases = ["*"]`
+//! against a real PostgreSQL cluster, with databases created and dropped between runs.
+
+use std::path::PathBuf;
+
+use crate::common::{dbkeep, spawn_daemon, wait_for, Sandbox, TestPostgres, PG_PASSWORD};
+
+/// A server target `cluster` on `pg`, connecting as `user` (password: the test's).
+fn server_config(sb: &Sandbox, pg: &TestPostgres, user: &str, extra: &str) -> PathBuf {
+    let url = pg.url("postgres").replace("postgres@", &format!("{user}@"));
+    sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n\n[storage.local]\npath = \"{}\"\n\n\
+         [targets.cluster]\nkind = \"postgres\"\nurl = \"{url}\"\npassword = \"{PG_PASSWORD}\"\n{extra}\n",
+        sb.backups().display(),
+    ))
+}
+
+/// The archives (not manifests) of the cluster target on disk.
+fn archives(sb: &Sandbox) -> Vec<String> {
+    sb.files("cluster")
+        .into_iter()
+        .filter(|f| !f.ends_with(".manifest.json") && !f.starts_with('.'))
+        .collect()
+}
+
+/// Restore the latest backup of `db` into `into`; it must succeed.
+fn restore_into(cfg: &std::path::Path, db: &str, into: &str) {
+    let args = [
+        "restore",
+        "cluster",
+        "latest",
+        "--database",
+        db,
+        "--into",
+        into,
+    ];
+    dbkeep(Some(cfg), &args, &[]).ok();
+}
+
+/// The databases the status JSON reports for the cluster target: (name, gone).
+fn status_databases(cfg: &std::path::Path) -> Vec<(String, bool)> {
+    let out = dbkeep(Some(cfg), &["status", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!("status --json: {e}\n{}\n{}", out.stdout, out.stderr);
+    });
+    let t = v
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["target"] == "cluster"))
+        .cloned()
+        .unwrap_or_else(|| v["targets"][0].clone());
+    assert_eq!(
+        t["healthy"], true,
+        "a dropped database is not a failure: {t}"
+    );
+    t["databases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no databases in {t}"))
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap().to_string(), d["gone"] == true))
+        .collect()
+}
+
+/// Three databases on one server (one with a name that needs quoting), one created
+/// between two runs and one dropped: each is its own archive with its own retention, the
+/// new one is picked up and logged, the dropped one keeps its newest backup and is shown
+/// as gone (not failing), and one database restores by name, into another database or
+/// (dropped) back under its own name.
+#[test]
+fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
+    let pg = TestPostgres::start();
+    for (db, rows) in [("app", 300), ("billing", 200), ("\"we ird.x\"", 7)] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+        let name = db.trim_matches('"');
+        pg.psql(
+            name,
+            &format!("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {rows}) g; ANALYZE;"),
+        );
+    }
+    // Skipped: one that refuses connections, and one the config excludes.
+    pg.psql("postgres", "CREATE DATABASE locked");
+    pg.psql("postgres", "ALTER DATABASE locked ALLOW_CONNECTIONS false");
+    pg.psql("postgres", "CREATE DATABASE scratch_1");
+    let sb = Sandbox::new();
+    let cfg = server_config(
+        &sb,
+        &pg,
+        "postgres",
+        "databases = [\"*\"]\nexclude_databases = [\"scratch_*\"]\nglobals = true\nkeep_days = 0\nmin_keep = 1",
+    );
+
+    let first = dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let files = archives(&sb);
+    for want in [
+        ".app.dump",
+        ".billing.dump",
+        ".we%20ird%2Ex.dump",
+        ".postgres.dump",
+        ".globals.sql",
+    ] {
+        assert!(
+            files.iter().any(|f| f.contains(want)),
+            "no {want} archive in {files:?}"
+        );
+    }
+    for skipped in ["locked", "scratch_1", "template"] {
+        assert!(
+            !files.iter().any(|f| f.contains(skipped)),
+            "{skipped} was backed up: {files:?}"
+        );
+    }
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert!(
+        first.stderr.contains("database found on the server"),
+        "{}",
+        first.stderr
+    );
+
+    // Between runs: a database is created, another dropped.
+    pg.psql("postgres", "CREATE DATABASE newdb");
+    pg.psql("newdb", "CREATE TABLE n AS SELECT 1 AS id");
+    pg.psql("postgres", "DROP DATABASE billing");
+    let second = dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let new_line = second
+        .stderr
+        .lines()
+        .find(|l| l.contains("database found on the server"))
+        .unwrap_or_else(|| panic!("the new database is not logged:\n{}", second.stderr));
+    assert!(new_line.contains("newdb"), "{new_line}");
+    let gone_line = second
+        .stderr
+        .lines()
+        .find(|l| l.contains("no longer on the server"))
+        .unwrap_or_else(|| panic!("the dropped database is not logged:\n{}", second.stderr));
+    assert!(gone_line.contains("billing"), "{gone_line}");
+    assert!(archives(&sb).iter().any(|f| f.contains(".newdb.dump")));
+
+    // `list` and `status` show the dropped database as gone, and the target healthy.
+    let list = dbkeep(Some(&cfg), &["list", "cluster"], &[]).ok();
+    let billing: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter(|l| l.contains("billing"))
+        .collect();
+    assert_eq!(billing.len(), 1, "{}", list.stdout);
+    assert!(billing[0].contains("(gone)"), "{}", list.stdout);
+    assert!(!list
+        .stdout
+        .lines()
+        .any(|l| l.contains("db app") && l.contains("gone")));
+    let dbs = status_databases(&cfg);
+    assert!(dbs.contains(&("billing".into(), true)), "{dbs:?}");
+    assert!(dbs.contains(&("app".into(), false)), "{dbs:?}");
+    assert!(dbs.contains(&("newdb".into(), false)), "{dbs:?}");
+
+    // Retention per database: keep_days = 0, min_keep = 1 deletes app's first archive
+    // but keeps billing's, the newest (and only) backup of that database.
+    let dry = dbkeep(Some(&cfg), &["cleanup", "cluster", "--dry-run"], &[]).ok();
+    assert!(
+        dry.stdout
+            .contains("database billing: newest complete backup"),
+        "{}",
+        dry.stdout
+    );
+    dbkeep(Some(&cfg), &["cleanup", "cluster"], &[]).ok();
+    let left = archives(&sb);
+    assert_eq!(
+        left.iter().filter(|f| f.contains(".app.dump")).count(),
+        1,
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|f| f.contains(".billing.dump")).count(),
+        1,
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|f| f.contains(".globals.sql")).count(),
+        1,
+        "{left:?}"
+    );
+
+    // Restore addresses one database.
+    let no_db = dbkeep(
+        Some(&cfg),
+        &["restore", "cluster", "latest", "--into", &pg.url("x")],
+        &[],
+    );
+    assert_ne!(no_db.code, 0);
+    assert!(
+        no_db.stderr.contains("--database")
+            && no_db.stderr.contains("app")
+            && no_db.stderr.contains("newdb"),
+        "{}",
+        no_db.stderr
+    );
+    let unknown = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "cluster",
+            "--database",
+            "nosuch",
+            "--into",
+            &pg.url("x"),
+        ],
+        &[],
+    );
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown.stderr.contains("nosuch") && unknown.stderr.contains("billing"),
+        "{}",
+        unknown.stderr
+    );
+    restore_into(&cfg, "app", &pg.url("app_copy"));
+    assert_eq!(pg.table_checksums("app_copy"), pg.table_checksums("app"));
+    // A dropped database cannot be restored "over itself"; --into recreates it.
+    let own = dbkeep(
+        Some(&cfg),
+        &["restore", "cluster", "--database", "billing", "--yes"],
+        &[],
+    );
+    assert_eq!(own.code, 2, "{}", own.stderr);
+    assert!(
+        own.stderr.contains("no longer on the server") && own.stderr.contains("--into"),
+        "{}",
+        own.stderr
+    );
+    restore_into(&cfg, "billing", &pg.url("billing"));
+    assert_eq!(pg.psql("billing", "SELECT count(*) FROM t"), "200");
+    // Over its own live database: the restore goes to that database, not `url`'s.
+    pg.psql("app", "DELETE FROM t WHERE id > 100");
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "cluster",
+            "latest",
+            "--database",
+            "app",
+            "--yes",
+            "--no-safety-backup",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "300");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+        ),
+        "0"
+    );
+
+    // A drill restores each database of the newest run into its own scratch database.
+    let drill = dbkeep(Some(&cfg), &["verify", "cluster", "--drill"], &[]).ok();
+    assert!(drill.stdout.contains("cluster"), "{}", drill.stdout);
+
+    // The daemon publishes each database with its own labels.
+    let mut d = spawn_daemon(&cfg, &[]);
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "database metrics",
+        || {
+            d.metric("dbkeep_database_gone{database=\"billing\",target=\"cluster\"}") == Some(1.0)
+                && d.metric("dbkeep_database_gone{database=\"app\",target=\"cluster\"}")
+                    == Some(0.0)
+        },
+    );
+    assert!(d
+        .metric(
+            "dbkeep_database_last_success_timestamp_seconds{database=\"newdb\",target=\"cluster\"}"
+        )
+        .is_some_and(|t| t > 0.0));
+    d.signal(libc::SIGTERM);
+    d.wait_exit(std::time::Duration::from_secs(10));
+}
+
+/// What a server target refuses: a database the role may not connect to fails the run
+/// (naming it, with nothing kept), `databases` that match nothing fail naming what the
+/// server has, and `schemas` or `exclude_databases` alone are config errors.
+#[test]
+fn a_server_target_fails_loudly_and_keeps_nothing_half_done() {
+    let pg = TestPostgres::start();
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE backup LOGIN PASSWORD '{PG_PASSWORD}' IN ROLE pg_read_all_data"),
+    );
+    pg.create_db("app");
+    pg.psql("app", "CREATE TABLE t AS SELECT 1 AS id");
+    pg.create_db("secret");
+    pg.psql("postgres", "REVOKE CONNECT ON DATABASE secret FROM PUBLIC");
+    let sb = Sandbox::new();
+    let cfg = server_config(&sb, &pg, "backup", "databases = [\"*\"]");
+    let run = dbkeep(Some(&cfg), &["backup", "cluster"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("secret"), "{}", run.stderr);
+    assert!(archives(&sb).is_empty(), "{:?}", archives(&sb));
+    let doctor = dbkeep(Some(&cfg), &["doctor", "cluster"], &[]);
+    assert!(
+        doctor.stdout.contains("secret") && doctor.stdout.contains("GRANT CONNECT"),
+        "{}",
+        doctor.stdout
+    );
+    // Excluded, the rest backs up.
+    let cfg = server_config(
+        &sb,
+        &pg,
+        "backup",
+        "databases = [\"*\"]\nexclude_databases = [\"secret\"]",
+    );
+    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    assert!(archives(&sb).iter().any(|f| f.contains(".app.dump")));
+
+    let cfg = server_config(&sb, &pg, "postgres", "databases = [\"nomatch_*\"]");
+    let none = dbkeep(Some(&cfg), &["backup", "cluster"], &[]);
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    assert!(
+        none.stderr.contains("matches") && none.stderr.contains("app"),
+        "{}",
+        none.stderr
+    );
+
+    for (extra, key) in [
+        ("databases = [\"*\"]\nschemas = [\"public\"]", "schemas"),
+        ("exclude_databases = [\"x\"]", "exclude_databases"),
+        ("databases = [\"\"]", "databases"),
+    ] {
+        let cfg = server_config(&sb, &pg, "postgres", extra);
+        let r = dbkeep(Some(&cfg), &["config", "check"], &[]);
+        assert_eq!(r.code, 2, "{extra}: {}", r.stderr);
+        assert!(r.stderr.contains(key), "{extra}: {}", r.stderr);
+    }
+}
