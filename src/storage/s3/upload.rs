@@ -98,7 +98,13 @@ impl S3Writer {
         if self.uploader.is_none() {
             let (tx, rx) = mpsc::unbounded_channel();
             let task = UPLOADS.spawn_on(
-                upload_parts(self.inner.clone(), self.key.clone(), rx, self.abort.clone()),
+                upload_parts(
+                    self.inner.clone(),
+                    self.key.clone(),
+                    rx,
+                    self.abort.clone(),
+                    self.started,
+                ),
                 &self.handle,
             );
             let permits = Arc::new(Semaphore::new(self.inner.cfg.upload_concurrency));
@@ -238,6 +244,7 @@ async fn upload_parts(
     key: String,
     mut rx: mpsc::UnboundedReceiver<PartMsg>,
     abort: CancellationToken,
+    started: Instant,
 ) -> Result<(), StorageError> {
     let cfg = &inner.cfg;
     let upload_id = inner.start_upload(&key).await?;
@@ -285,6 +292,9 @@ async fn upload_parts(
         while let Some(r) = inflight.join_next().await {
             parts.push(joined(inner.name, r)?);
         }
+        // From the first byte written to the last part stored: the rate the limiter
+        // (`max_upload_rate`) is about; completing the upload comes after.
+        let transfer = started.elapsed();
         if abort.is_cancelled() {
             return Err(StorageError::Task { storage: inner.name, what: "upload", message: "cancelled".into() });
         }
@@ -318,7 +328,15 @@ async fn upload_parts(
                 _ => return Err(e),
             },
         }
-        tracing::info!(storage = inner.name, key = %key, parts = count, "multipart upload completed");
+        tracing::info!(
+            storage = inner.name,
+            key = %key,
+            parts = count,
+            bytes = total,
+            transfer_seconds = transfer.as_secs_f64(),
+            complete_seconds = (started.elapsed() - transfer).as_secs_f64(),
+            "multipart upload completed"
+        );
         Ok(())
     }
     .await;
