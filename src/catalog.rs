@@ -100,7 +100,7 @@ pub fn archive_name(
     let mut name = format!("{target}_{id}");
     if let Some(q) = qualifier {
         name.push('.');
-        name.push_str(&encode_name(q));
+        name.push_str(&short_name(q));
     }
     name.push('.');
     name.push_str(format);
@@ -125,6 +125,28 @@ pub fn encode_name(name: &str) -> String {
         }
     }
     out
+}
+
+/// The longest encoded qualifier kept whole in a file name: a 63-byte schema or database
+/// name of non-ASCII characters encodes to ~190 bytes, and with the target, id, format and
+/// the temporary-file suffix would pass the 255 bytes a file name may have.
+const MAX_QUALIFIER: usize = 96;
+
+/// [`encode_name`], or for a name that encodes too long, its encoded start and `~` with
+/// the first 16 hex digits of its sha256 (the manifest keeps the real name).
+pub fn short_name(name: &str) -> String {
+    use sha2::Digest;
+    let full = encode_name(name);
+    if full.len() <= MAX_QUALIFIER {
+        return full;
+    }
+    let mut cut = MAX_QUALIFIER - 17;
+    // Never inside a `%XX`.
+    while cut > 0 && full[..cut].rfind('%').is_some_and(|i| i + 3 > cut) {
+        cut -= 1;
+    }
+    let hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    format!("{}~{}", &full[..cut], &hash[..16])
 }
 
 /// The name [`encode_name`] encoded; `None` for text it cannot have produced.
@@ -259,6 +281,11 @@ pub struct Backup {
     /// Why the run is pinned (never deleted by retention), when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned: Option<String>,
+    /// A server target's database that the newest run no longer backs up (dropped, or
+    /// excluded since): its backups are kept under retention. Set by listings that
+    /// look at every run of the target.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub database_gone: bool,
     #[serde(skip)]
     pub manifest: Manifest,
 }
@@ -296,6 +323,9 @@ pub struct Scan {
     pub orphans: Vec<String>,
     /// Manifests whose archive is gone.
     pub dangling_manifests: Vec<String>,
+    /// Commit markers, by run id: that run was writing its manifests (or was interrupted
+    /// while it did), so none of its archives counts.
+    pub committing: Vec<(BackupId, String)>,
 }
 
 /// Classify `target`'s objects by name: cheap (one listing, no reads). Retention needs no
@@ -312,6 +342,10 @@ pub async fn scan(
     for o in &objects {
         if let Some(id) = pin_id(&o.file) {
             scan.pins.push((id, o.file.clone()));
+            continue;
+        }
+        if let Some(id) = commit_id(&o.file) {
+            scan.committing.push((id, o.file.clone()));
             continue;
         }
         if o.file.starts_with(crate::storage::PROBE_PREFIX) {
@@ -334,6 +368,12 @@ pub async fn scan(
             scan.orphans.push(o.file.clone());
         }
     }
+    // A run whose commit is not finished: neither a backup nor a leftover yet.
+    let open: Vec<BackupId> = scan.committing.iter().map(|(id, _)| *id).collect();
+    let of_open = |file: &str| id_of_file(target, file).is_some_and(|id| open.contains(&id));
+    scan.complete.retain(|(id, _, _)| !open.contains(id));
+    scan.dangling_manifests.retain(|m| !of_open(m));
+    scan.orphans.retain(|m| !of_open(m));
     scan.complete
         .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     Ok(scan)
@@ -375,6 +415,7 @@ fn validate(
         reason: manifest.reason.clone().or_else(|| manifest.trigger.clone()),
         verified_at: manifest.verified_at,
         pinned: None,
+        database_gone: false,
         manifest,
     })
 }
@@ -484,6 +525,20 @@ pub fn pin_name(id: BackupId) -> String {
     format!("{PIN_PREFIX}{id}.{:08x}.json", rand::random::<u32>())
 }
 
+/// The commit marker of run `id`: written before the run's first manifest, removed after
+/// its last; while it exists no archive of the run is listed as a backup.
+pub fn commit_name(id: BackupId) -> String {
+    format!("{}{id}.json", crate::storage::COMMIT_PREFIX)
+}
+
+/// The run a commit marker belongs to.
+pub fn commit_id(file: &str) -> Option<BackupId> {
+    file.strip_prefix(crate::storage::COMMIT_PREFIX)?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
 /// The run a pin file pins: `.dbkeep-pin.ID.json` or `.dbkeep-pin.ID.ANYTHING.json`.
 pub fn pin_id(file: &str) -> Option<BackupId> {
     let rest = file.strip_prefix(PIN_PREFIX)?.strip_suffix(".json")?;
@@ -569,6 +624,32 @@ pub async fn newest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_qualifiers_are_cut_with_a_hash_and_stay_distinct() {
+        let a = "😀".repeat(15);
+        let b = format!("{}x", "😀".repeat(14));
+        let (sa, sb) = (short_name(&a), short_name(&b));
+        assert!(
+            sa.len() <= MAX_QUALIFIER && sb.len() <= MAX_QUALIFIER,
+            "{sa} {sb}"
+        );
+        assert_ne!(sa, sb);
+        assert!(sa.contains('~'));
+        let prefix = sa.split('~').next().unwrap();
+        let pieces: Vec<&str> = prefix.split('%').skip(1).collect();
+        assert!(
+            pieces.iter().all(|p| p.len() >= 2),
+            "cut inside a %XX: {prefix}"
+        );
+        assert_eq!(short_name("tenant_1"), "tenant_1");
+        let id: BackupId = "20261121_143022".parse().unwrap();
+        let file = archive_name("t", id, Some(&a), "dump", Compression::Zstd { level: 3 });
+        assert!(
+            file.len() + ".manifest.json.tmp-XXXXXXXXXXXXXXXX".len() < 255,
+            "{file}"
+        );
+    }
 
     #[test]
     fn names_follow_the_contract() {

@@ -108,10 +108,7 @@ pub(super) async fn list(
             only.unwrap_or_default()
         )));
     }
-    let all: Vec<Backup> = inv.backups;
-    if json {
-        return print_json(&all);
-    }
+    let mut all: Vec<Backup> = inv.backups;
     // A dropped database of a server target is listed as gone, not failing.
     let gone: std::collections::HashSet<(String, String)> = names
         .iter()
@@ -123,6 +120,14 @@ pub(super) async fn list(
                 .map(move |d| (t.clone(), d.name))
         })
         .collect();
+    for b in &mut all {
+        if let Some(db) = &b.database {
+            b.database_gone = gone.contains(&(b.target.clone(), db.clone()));
+        }
+    }
+    if json {
+        return print_json(&all);
+    }
     if all.is_empty() {
         println!("no complete backups");
         return Ok(());
@@ -138,10 +143,8 @@ pub(super) async fn list(
             (_, Some(s)) if s.chars().any(char::is_control) => s.escape_debug().to_string(),
             (_, Some(s)) => s.clone(),
             (_, None) => match &b.database {
-                Some(db) if gone.contains(&(b.target.clone(), db.clone())) => {
-                    format!("db {} (gone)", db.escape_debug())
-                }
-                Some(db) => format!("db {}", db.escape_debug()),
+                Some(db) if b.database_gone => format!("db {} (gone)", super::printable(db)),
+                Some(db) => format!("db {}", super::printable(db)),
                 None => "-".to_string(),
             },
         };

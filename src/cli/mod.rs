@@ -583,6 +583,17 @@ fn all_done(mut failures: Vec<(String, Failure)>, what: &str) -> Result<(), Fail
     }
 }
 
+/// A name for a table or a line of output: control characters escaped (they would break
+/// the line), everything else as it is, so it can be copied back into a command.
+pub(super) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 fn human_bytes(n: u64) -> String {
     crate::storage::human_size(n)
 }

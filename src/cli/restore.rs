@@ -19,6 +19,17 @@ pub(super) struct RestoreArgs<'a> {
     pub opts: Options,
 }
 
+/// `s` as one shell word: as it is when it is plain, else in single quotes.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.,:/@%+=".contains(&b));
+    match plain {
+        true => s.to_string(),
+        false => format!("'{}'", s.replace('\'', "'\\''")),
+    }
+}
+
 /// Choose, prove the checksum, confirm, then restore.
 pub(super) async fn restore(
     ctx: &Context,
@@ -94,10 +105,13 @@ pub(super) async fn restore(
         t0.elapsed().as_secs_f64()
     );
     if let Some(id) = done.safety_backup {
-        let what = match &plan.mode {
+        let mut what = match &plan.mode {
             crate::engine::RestoreMode::Schema { name, .. } => format!("{id}:{name}"),
             _ => id.to_string(),
         };
+        if let Some(db) = &plan.chosen.backup.database {
+            what.push_str(&format!(" --database {}", shell_quote(db)));
+        }
         println!(
             "{name}: the state before this restore is backup {id} (pre-restore); to undo: dbkeep restore {name} {what} --yes"
         );

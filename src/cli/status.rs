@@ -81,12 +81,12 @@ fn print_status(all: &[TargetHealth]) {
             println!(
                 "{:<12} database {}: newest {} ({} old), {} backup(s){}",
                 "",
-                d.name.escape_debug(),
+                super::printable(&d.name),
                 d.newest,
                 retention::fmt_age(chrono::Utc::now() - d.newest_created),
                 d.backups,
                 if d.gone {
-                    "; gone from the server (backups kept under retention)"
+                    "; no longer backed up (dropped from the server, or excluded since): its backups are kept under retention"
                 } else {
                     ""
                 }

@@ -385,6 +385,8 @@ async fn backup_inner(
         }
         leftovers_removed.extend(removed);
     }
+    // A run interrupted while it committed (its marker left) is removed first.
+    roll_back_interrupted(name, storages).await;
     // Archives a mirror missed earlier go up first; a failure here is logged and
     // recorded, and does not stop today's backup.
     // Rate-limited mirrors catch up after the dump, not before it.
@@ -870,6 +872,8 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
 /// The manifests a run wrote, and the archive names another writer holds a manifest of.
 #[derive(Default)]
 struct Written {
+    /// Storages holding this run's commit marker.
+    markers: Vec<&'static str>,
     manifests: Vec<(&'static str, String)>,
     /// (storage, archive) pairs.
     contested: Vec<(&'static str, String)>,
@@ -882,6 +886,25 @@ async fn write_manifests(
     done: &[Stored],
     written: &mut Written,
 ) -> Result<(), StorageError> {
+    // The run's commit marker goes first on every storage that gets a manifest, and goes
+    // last: a run interrupted in between (killed, the host down) never lists as a backup
+    // with only some of its archives, and the next run removes what it left.
+    let Some(id) = done.first().map(|d| d.manifest.id) else {
+        return Ok(());
+    };
+    let files: Vec<&str> = done.iter().map(|d| d.manifest.file.as_str()).collect();
+    let marker = catalog::commit_name(id);
+    let body = serde_json::to_vec(&files).unwrap_or_default();
+    for s in storages.iter() {
+        let gets_one = done
+            .iter()
+            .any(|d| !d.failed.iter().any(|f| f.storage == s.name()));
+        if storages.deferred(s) || !gets_one {
+            continue;
+        }
+        s.put_bytes(target, &marker, body.clone()).await?;
+        written.markers.push(s.name());
+    }
     for d in done {
         let bytes = serde_json::to_vec_pretty(&d.manifest).map_err(|e| StorageError::Task {
             storage: "manifest",
@@ -907,7 +930,59 @@ async fn write_manifests(
             }
         }
     }
+    let marked = written.markers.clone();
+    for s in storages.iter().filter(|s| marked.contains(&s.name())) {
+        match s.delete(target, &marker).await {
+            Ok(()) => written.markers.retain(|m| *m != s.name()),
+            Err(e) if s.name() == storages.primary().name() => return Err(e),
+            // The run stays unlisted there: the next run removes it from that mirror, and
+            // it is uploaded again from the primary.
+            Err(e) => {
+                tracing::warn!(target, storage = s.name(), error = %crate::error::chain(&e), "cannot remove the commit marker on a mirror; the next run sends the backup there again")
+            }
+        }
+    }
     Ok(())
+}
+
+/// Remove what a run interrupted while it wrote its manifests left (its commit marker
+/// is still there): manifests first, then archives, then the marker. Called with the run
+/// lock held, so no run of the target is writing.
+async fn roll_back_interrupted(target: &str, storages: &Storages) {
+    for s in storages.iter() {
+        let Ok(objects) = s.list(target).await else {
+            continue;
+        };
+        for marker in objects
+            .iter()
+            .filter(|o| catalog::commit_id(&o.file).is_some())
+        {
+            let Some(id) = catalog::commit_id(&marker.file) else {
+                continue;
+            };
+            let mut files: Vec<&str> = objects
+                .iter()
+                .map(|o| o.file.as_str())
+                .filter(|f| catalog::id_of_file(target, f) == Some(id))
+                .collect();
+            // Manifests first: an interruption now leaves archives without one (leftovers
+            // cleanup removes), never a manifest without its archive.
+            files.sort_by_key(|f| !f.ends_with(catalog::MANIFEST_SUFFIX));
+            tracing::warn!(target, storage = s.name(), backup_id = %id, files = files.len(), "removing a run that was interrupted while it wrote its manifests");
+            let mut all_gone = true;
+            for f in files {
+                if let Err(e) = s.delete(target, f).await {
+                    all_gone = false;
+                    tracing::error!(target, storage = s.name(), file = %f, error = %e, "cannot remove a file of an interrupted run; the next run tries again");
+                }
+            }
+            if all_gone {
+                if let Err(e) = s.delete(target, &marker.file).await {
+                    tracing::error!(target, storage = s.name(), error = %e, "cannot remove the commit marker of an interrupted run");
+                }
+            }
+        }
+    }
 }
 
 /// A committed backup must list as complete on the primary (its manifest reads back and
@@ -949,6 +1024,7 @@ async fn check_listed(
 /// the name is left whole (its archive may be theirs), for the operator and
 /// `dbkeep verify` to look at.
 async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written: &Written) {
+    let marker = done.first().map(|d| catalog::commit_name(d.manifest.id));
     for d in done {
         let manifest = catalog::manifest_name(&d.manifest.file);
         for s in storages.iter() {
@@ -975,6 +1051,17 @@ async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written:
                 if let Err(e) = s.delete(target, &file).await {
                     tracing::error!(target, storage = s.name(), file = %file, error = %e, "could not remove an archive of the failed run; the next cleanup removes it");
                 }
+            }
+        }
+    }
+    // The marker goes last: until then the run's leftovers stay unlisted.
+    if let Some(marker) = marker {
+        for s in storages
+            .iter()
+            .filter(|s| written.markers.contains(&s.name()))
+        {
+            if let Err(e) = s.delete(target, &marker).await {
+                tracing::error!(target, storage = s.name(), error = %e, "could not remove the commit marker of the failed run; the next run removes the run");
             }
         }
     }

@@ -284,6 +284,12 @@ async fn resolve(
             })?,
     };
     let of_id: Vec<(&'static str, Backup)> = all.into_iter().filter(|(_, b)| b.id == id).collect();
+    if let (true, Some(db)) = (of_id.is_empty(), &selector.database) {
+        return Err(RestoreError::NotFound(format!(
+            "backup {id} of target {} holds no archive of database {db:?}; `dbkeep list {}` shows which backups do (or leave out the id for the newest that does)",
+            target.name, target.name
+        )));
+    }
     if of_id.is_empty() {
         return Err(RestoreError::NotFound(match &selector.from {
             Some(from) => format!(

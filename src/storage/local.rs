@@ -408,6 +408,7 @@ impl Storage for LocalStorage {
                 if name.starts_with('.')
                     && !name.starts_with(super::PIN_PREFIX)
                     && !name.starts_with(super::PROBE_PREFIX)
+                    && !name.starts_with(super::COMMIT_PREFIX)
                 {
                     continue;
                 }

@@ -239,6 +239,10 @@ pub fn intern(name: &str) -> &'static str {
 /// hidden files (temp files of running writers).
 pub const PIN_PREFIX: &str = ".dbkeep-pin.";
 
+/// The name prefix of a run's commit marker (see `catalog::commit_name`): listed, so a
+/// run interrupted while it wrote its manifests is never taken for a complete one.
+pub const COMMIT_PREFIX: &str = ".dbkeep-commit.";
+
 /// The name prefix of probe objects (`dbkeep doctor`); listed, so cleanup removes the
 /// ones an interrupted doctor left.
 pub const PROBE_PREFIX: &str = ".dbkeep-probe-";

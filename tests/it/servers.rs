@@ -23,17 +23,14 @@ fn archives(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-/// Restore the latest backup of `db` into `into`; it must succeed.
-fn restore_into(cfg: &std::path::Path, db: &str, into: &str) {
-    let args = [
-        "restore",
-        "cluster",
-        "latest",
-        "--database",
-        db,
-        "--into",
-        into,
-    ];
+/// Restore the latest backup of `db`: into `into`, or over its own live database. It
+/// must succeed.
+fn restore_db(cfg: &std::path::Path, db: &str, into: Option<&str>) {
+    let mut args = vec!["restore", "cluster", "latest", "--database", db];
+    match into {
+        Some(url) => args.extend(["--into", url]),
+        None => args.extend(["--yes", "--no-safety-backup"]),
+    }
     dbkeep(Some(cfg), &args, &[]).ok();
 }
 
@@ -211,7 +208,7 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
         "{}",
         unknown.stderr
     );
-    restore_into(&cfg, "app", &pg.url("app_copy"));
+    restore_db(&cfg, "app", Some(&pg.url("app_copy")));
     assert_eq!(pg.table_checksums("app_copy"), pg.table_checksums("app"));
     // A dropped database cannot be restored "over itself"; --into recreates it.
     let own = dbkeep(
@@ -225,24 +222,11 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
         "{}",
         own.stderr
     );
-    restore_into(&cfg, "billing", &pg.url("billing"));
+    restore_db(&cfg, "billing", Some(&pg.url("billing")));
     assert_eq!(pg.psql("billing", "SELECT count(*) FROM t"), "200");
     // Over its own live database: the restore goes to that database, not `url`'s.
     pg.psql("app", "DELETE FROM t WHERE id > 100");
-    dbkeep(
-        Some(&cfg),
-        &[
-            "restore",
-            "cluster",
-            "latest",
-            "--database",
-            "app",
-            "--yes",
-            "--no-safety-backup",
-        ],
-        &[],
-    )
-    .ok();
+    restore_db(&cfg, "app", None);
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "300");
     assert_eq!(
         pg.psql(
@@ -331,4 +315,122 @@ fn a_server_target_fails_loudly_and_keeps_nothing_half_done() {
         assert_eq!(r.code, 2, "{extra}: {}", r.stderr);
         assert!(r.stderr.contains(key), "{extra}: {}", r.stderr);
     }
+}
+
+/// Database names a URL would rewrite (`..`, `.`, `x/../app`, a tab), one too long to
+/// encode whole into a file name, and a name like dbkeep's own scratch databases: each
+/// name is backed up as itself and restores into itself, never into the database the
+/// URL parser would have made of it; the scratch lookalike is left out.
+#[test]
+fn database_names_a_url_would_rewrite_back_up_and_restore_as_themselves() {
+    let pg = TestPostgres::start();
+    let long = "😀".repeat(15);
+    let names = ["..", ".", "x/../app", "tab\there", long.as_str(), "app"];
+    for n in names {
+        let q = n.replace('"', "\"\"");
+        pg.psql("postgres", &format!("CREATE DATABASE \"{q}\""));
+        // Each holds its own name, so a restore into the wrong one shows.
+        pg.psql(
+            n,
+            &format!(
+                "CREATE TABLE who AS SELECT '{}'::text AS name",
+                n.replace('\'', "''")
+            ),
+        );
+    }
+    pg.psql("postgres", "CREATE DATABASE dbkeep_drill_other_0000abcd");
+    pg.psql(
+        "postgres",
+        "CREATE TABLE marker AS SELECT 'postgres'::text AS name",
+    );
+    let sb = Sandbox::new();
+    let cfg = server_config(&sb, &pg, "postgres", "databases = [\"*\"]");
+    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let files = archives(&sb);
+    // postgres and the six above; the scratch lookalike is not backed up.
+    assert_eq!(files.len(), 7, "{files:?}");
+    assert!(files.iter().all(|f| f.len() < 200), "{files:?}");
+    for (i, n) in names.iter().enumerate() {
+        let into = format!("copy_{i}");
+        restore_db(&cfg, n, Some(&pg.url(&into)));
+        assert_eq!(pg.psql(&into, "SELECT name FROM who"), *n, "restored {n:?}");
+    }
+    // Over its own database: `..` goes to `..`, and `postgres` is left alone.
+    pg.psql("..", "INSERT INTO who VALUES ('added')");
+    restore_db(&cfg, "..", None);
+    assert_eq!(pg.psql("..", "SELECT string_agg(name, ',') FROM who"), "..");
+    assert_eq!(pg.psql("postgres", "SELECT name FROM marker"), "postgres");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'who'"
+        ),
+        "0"
+    );
+}
+
+/// A run interrupted while it wrote its manifests (killed between two) leaves its commit
+/// marker: none of its archives lists as a backup, `status` and drills do not count it,
+/// and the next run removes what it left before it backs up again.
+#[test]
+fn a_run_interrupted_between_its_manifests_never_counts_and_the_next_run_removes_it() {
+    let pg = TestPostgres::start();
+    for db in ["a", "b", "c"] {
+        pg.create_db(db);
+        pg.psql(db, "CREATE TABLE t AS SELECT 1 AS id");
+    }
+    let sb = Sandbox::new();
+    let cfg = server_config(&sb, &pg, "postgres", "databases = [\"a\", \"b\", \"c\"]");
+    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let good: Vec<String> = sb.files("cluster");
+    let first_id = good[0]["cluster_".len().."cluster_".len() + 15].to_string();
+    // The state a kill between two manifests leaves: a second run's archives, the
+    // manifest of one of them, and its commit marker.
+    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let dir = sb.backups().join("cluster");
+    let second: Vec<String> = sb
+        .files("cluster")
+        .into_iter()
+        .filter(|f| !good.contains(f))
+        .collect();
+    let second_id = second[0]["cluster_".len().."cluster_".len() + 15].to_string();
+    let manifests: Vec<&String> = second
+        .iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 3, "{second:?}");
+    for m in &manifests[1..] {
+        std::fs::remove_file(dir.join(m)).unwrap();
+    }
+    std::fs::write(dir.join(format!(".dbkeep-commit.{second_id}.json")), b"[]").unwrap();
+    let list = dbkeep(Some(&cfg), &["list", "cluster", "--json"], &[]).ok();
+    assert!(!list.stdout.contains(&second_id), "{}", list.stdout);
+    assert!(list.stdout.contains(&first_id), "{}", list.stdout);
+    let status = dbkeep(Some(&cfg), &["status", "--json"], &[]).ok();
+    assert!(!status.stdout.contains(&second_id), "{}", status.stdout);
+    let drill = dbkeep(Some(&cfg), &["verify", "cluster", "--drill"], &[]).ok();
+    assert!(drill.stdout.contains(&first_id), "{}", drill.stdout);
+    // Cleanup leaves it alone (the run is neither a backup nor a leftover yet) ...
+    dbkeep(Some(&cfg), &["cleanup", "cluster"], &[]).ok();
+    assert!(dir.join(manifests[0]).exists());
+    // ... and the next run removes it, then backs up.
+    let next = dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    assert!(
+        next.stderr
+            .contains("interrupted while it wrote its manifests"),
+        "{}",
+        next.stderr
+    );
+    let left = sb.files("cluster");
+    assert!(!left.iter().any(|f| f.contains(&second_id)), "{left:?}");
+    assert!(!dir
+        .join(format!(".dbkeep-commit.{second_id}.json"))
+        .exists());
+    assert_eq!(
+        left.iter()
+            .filter(|f| f.ends_with(".manifest.json"))
+            .count(),
+        6,
+        "{left:?}"
+    );
 }

@@ -48,12 +48,32 @@ impl Dsn {
         })
     }
 
-    /// The same server with another database.
+    /// The same server with another database. The name goes in the query
+    /// (`?dbname=...`), every byte but letters, digits, `_`, `-` and `.` as `%XX`: in the
+    /// path, a URL parser would resolve `.` and `..` and drop tabs and newlines, and so
+    /// connect to another database than the one named (libpq and sqlx both take
+    /// `dbname` from the query and decode `%XX` alike).
     pub fn with_database(&self, db: &str) -> Result<Dsn, EngineError> {
         let mut u = url::Url::parse(&self.url)
             .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
-        // `%` first: the path is decoded again by libpq (and by `database`).
-        u.set_path(&format!("/{}", db.replace('%', "%25")));
+        u.set_path("/");
+        let mut query: Vec<String> = u
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|kv| !kv.is_empty() && !kv.to_ascii_lowercase().starts_with("dbname="))
+            .map(str::to_string)
+            .collect();
+        let mut encoded = String::from("dbname=");
+        for b in db.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        query.push(encoded);
+        u.set_query(Some(&query.join("&")));
         Ok(Dsn {
             url: u.to_string(),
             password: self.password.clone(),
@@ -64,6 +84,10 @@ impl Dsn {
     pub fn database(&self) -> Result<String, EngineError> {
         let u = url::Url::parse(&self.url)
             .map_err(|e| EngineError::Refused(format!("bad url: {e}")))?;
+        // Set by `with_database` (the user's URLs may not carry one: see `parse`).
+        if let Some((_, db)) = u.query_pairs().find(|(k, _)| k == "dbname") {
+            return Ok(db.into_owned());
+        }
         // libpq decodes %XX in the path: the name checked and created here must be the one
         // it connects to (`oth%65r` is `other`).
         let db =
@@ -92,6 +116,14 @@ impl Dsn {
     pub fn location(&self) -> String {
         url::Url::parse(&self.url)
             .map(|u| {
+                if let Some((_, db)) = u.query_pairs().find(|(k, _)| k == "dbname") {
+                    return format!(
+                        "{}:{}/{}",
+                        u.host_str().unwrap_or("localhost"),
+                        u.port().unwrap_or(5432),
+                        db.escape_debug()
+                    );
+                }
                 let path = u.path().trim_start_matches('/');
                 format!(
                     "{}:{}/{}",

@@ -12,7 +12,6 @@ fn maintenance(dsn: &Dsn) -> Result<(Dsn, String), EngineError> {
     Ok((dsn.with_database("postgres")?, db))
 }
 
-/// Create the database `dsn` names when missing; refuse a non-empty one without `yes`.
 /// Whether the server of `dsn` has a database named `db`.
 pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
     let mut c = dsn.connect().await?;
@@ -25,6 +24,7 @@ pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
     Ok(found.is_some())
 }
 
+/// Create the database `dsn` names when missing; refuse a non-empty one without `yes`.
 pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;
     let mut admin = admin_dsn.connect().await?;
@@ -94,9 +94,12 @@ pub async fn scratch_denied(
 }
 
 /// A new, empty database `dbkeep_<purpose>_<target>_<random>` on `server`'s server.
+/// What the names of scratch databases start with: a server target never backs them up.
+pub const SCRATCH_PREFIX: &str = "dbkeep_";
+
 pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result<Dsn, EngineError> {
     let name = format!(
-        "dbkeep_{purpose}_{}_{:08x}",
+        "{SCRATCH_PREFIX}{purpose}_{}_{:08x}",
         target.replace('-', "_"),
         rand::random::<u32>()
     );

@@ -254,8 +254,13 @@ async fn databases(conn: &mut sqlx::PgConnection, e: &PostgresEngine, role: &str
             "databases",
             Verdict::Cannot,
             format!(
-                "role {role} may not connect to {}: GRANT CONNECT ON DATABASE ... TO {role}, or add them to `exclude_databases`",
-                denied.join(", ")
+                "role {role} may not connect to {}: grant it ({}), or add them to `exclude_databases`",
+                denied.join(", "),
+                denied
+                    .iter()
+                    .map(|d| format!("GRANT CONNECT ON DATABASE {} TO {role}", crate::engine::model::sql_ident(d)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ),
     }

@@ -135,7 +135,20 @@ pub async fn discover(
         "listing the databases of {}",
         e.dsn.location()
     )))?;
-    let names: Vec<String> = names.into_iter().map(|(n,)| n).collect();
+    // dbkeep's own scratch databases (a drill or check going on) are never backed up.
+    let scratch = |n: &str| {
+        n.strip_prefix(super::database::SCRATCH_PREFIX)
+            .is_some_and(|rest| {
+                ["drill_", "diff_", "schema_"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+            })
+    };
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|(n,)| n)
+        .filter(|n| !scratch(n))
+        .collect();
     let chosen: Vec<String> = names
         .iter()
         .filter(|n| e.cfg.databases.iter().any(|p| glob_match(p, n)))
@@ -184,6 +197,22 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
                 ..
             }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {
                 tracing::info!(target = %e.target, database = %db, "database dropped while the run started; not backed up");
+            }
+            // The role may not connect: name the two ways out.
+            Err(EngineError::Connect {
+                what,
+                message,
+                kind,
+                source: Some(s),
+                ..
+            }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501") => {
+                return Err(EngineError::Connect {
+                    what,
+                    message,
+                    kind,
+                    hint: Some("grant the backup role CONNECT on that database, or add it to `exclude_databases`"),
+                    source: Some(s),
+                });
             }
             Err(err) => return Err(err),
         }

@@ -268,8 +268,9 @@ impl Engine for PostgresEngine {
         if let (Destination::Own, Some(db)) = (dest, &manifest.database) {
             if !database::exists(&self.dsn, db).await? {
                 return Err(EngineError::Refused(format!(
-                    "database {db} is no longer on the server of target {}, so there is no own database to restore over; restore it with --into postgres://USER@HOST/{db} (a missing database is created)",
-                    self.target
+                    "database {db:?} is no longer on the server of target {}, so there is no own database to restore over; restore it with --into postgres://USER@HOST/{} (a missing database is created)",
+                    self.target,
+                    crate::catalog::encode_name(db)
                 )));
             }
         }
