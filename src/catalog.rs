@@ -569,6 +569,23 @@ pub struct DatabaseSummary {
     /// Not in the newest run of the target: dropped from the server (or excluded since).
     /// Its backups stay under retention; it is not a failure.
     pub gone: bool,
+    /// Its backup failed in the last run (the others were stored), with why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+}
+
+/// Mark the databases whose backup failed in the last run (`failed`, by name): failing,
+/// and so not gone though the newest run lacks them.
+pub fn mark_failing(
+    dbs: &mut [DatabaseSummary],
+    failed: &std::collections::BTreeMap<String, String>,
+) {
+    for d in dbs {
+        if let Some(why) = failed.get(&d.name) {
+            d.failing = Some(why.clone());
+            d.gone = false;
+        }
+    }
 }
 
 /// The databases `backups` (complete backups of one server target, any storages) hold,
@@ -600,6 +617,7 @@ pub fn databases_of(backups: &[Backup]) -> Vec<DatabaseSummary> {
                 bytes: newest.bytes,
                 backups: runs.len(),
                 gone: Some(newest.id) != newest_run,
+                failing: None,
             })
         })
         .collect()

@@ -48,6 +48,10 @@ pub struct TargetState {
     /// shown by `status` and `/health` as warnings, which do not make a target unhealthy.
     #[serde(default)]
     pub warnings: BTreeMap<String, String>,
+    /// A server target's databases whose backup failed in the last run, with why (the
+    /// others were stored): each is a problem of its own, and none is taken for dropped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_databases: BTreeMap<String, String>,
     /// The run going on now, as its process last reported it (every few seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<crate::progress::RunProgress>,

@@ -114,8 +114,9 @@ pub(super) async fn list(
         .iter()
         .flat_map(|t| {
             let of: Vec<Backup> = all.iter().filter(|b| &b.target == t).cloned().collect();
-            catalog::databases_of(&of)
-                .into_iter()
+            let mut dbs = catalog::databases_of(&of);
+            catalog::mark_failing(&mut dbs, &ctx.state.get(t).failed_databases);
+            dbs.into_iter()
                 .filter(|d| d.gone)
                 .map(move |d| (t.clone(), d.name))
         })

@@ -85,10 +85,10 @@ fn print_status(all: &[TargetHealth]) {
                 d.newest,
                 retention::fmt_age(chrono::Utc::now() - d.newest_created),
                 d.backups,
-                if d.gone {
-                    "; no longer backed up (dropped from the server, or excluded since): its backups are kept under retention"
-                } else {
-                    ""
+                match (&d.failing, d.gone) {
+                    (Some(why), _) => format!("; FAILED in the last run: {why}"),
+                    (None, true) => "; no longer backed up (dropped from the server, or excluded since): its backups are kept under retention".to_string(),
+                    (None, false) => String::new(),
                 }
             );
         }

@@ -86,7 +86,9 @@ impl Daemon {
         if let Some((_, at)) = &summary.newest {
             metrics::newest_backup_seen(name, *at);
         }
-        for db in &summary.databases {
+        let mut dbs = summary.databases.clone();
+        crate::catalog::mark_failing(&mut dbs, &self.state.get(name).failed_databases);
+        for db in &dbs {
             metrics::database_seen(name, &db.name, Some((db.newest_created, db.bytes)), db.gone);
         }
         if let Some(target) = self.config().target(name) {

@@ -65,6 +65,9 @@ pub struct Prepared {
     /// A server target's databases, each prepared in its own snapshot (its tables,
     /// fingerprints and filters, and the connection holding the snapshot).
     pub databases: BTreeMap<String, Prepared>,
+    /// A server target's databases that could not be prepared, with why: they fail on
+    /// their own, the others are backed up.
+    pub failed: Vec<(String, String)>,
 }
 
 impl Prepared {

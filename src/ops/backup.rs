@@ -70,6 +70,16 @@ pub enum BackupError {
         folder: PathBuf,
         data_dir: PathBuf,
     },
+    /// A server target's run where some databases failed: the others are stored.
+    #[error("backup of {target}: {} database(s) failed: {}; {}", failed.len(), failed.iter().map(|(d, e)| format!("{d:?}: {e}")).collect::<Vec<_>>().join("; "), match stored.len() { 0 => "nothing was kept".to_string(), n => format!("the other {n} archive(s) of backup {id} are stored") })]
+    Databases {
+        target: String,
+        id: BackupId,
+        /// (database, error chain) of each database that failed.
+        failed: Vec<(String, String)>,
+        /// The archives that were stored.
+        stored: Vec<String>,
+    },
     #[error("backup of {target} failed: {file} does not list as a complete backup after it was written ({why}); nothing was kept")]
     NotListed {
         target: String,
@@ -89,7 +99,9 @@ impl Classify for BackupError {
                 .and_then(|i| i.downcast_ref::<StorageError>())
                 .map(|s| s.kind())
                 .unwrap_or_else(|| crate::error::io_kind(source)),
-            BackupError::BadDump { .. } | BackupError::NotListed { .. } => ErrorKind::Failed,
+            BackupError::BadDump { .. }
+            | BackupError::NotListed { .. }
+            | BackupError::Databases { .. } => ErrorKind::Failed,
             BackupError::InsideDataDir { .. } => ErrorKind::Refused,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
             BackupError::Locked { source, .. } => source.kind(),
@@ -120,6 +132,8 @@ pub struct Outcome {
     pub leftovers_removed: Vec<String>,
     /// (archive, storage) pairs that are stored on the primary but still to be uploaded.
     pub pending: Vec<(String, &'static str)>,
+    /// A server target's databases that failed, with why: the run failed for them only.
+    pub failed_databases: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -230,6 +244,26 @@ async fn run_with(
         }
         _ => backup_inner(ctx, target, reason, t0).await,
     };
+    // Some databases of a server target failed: the run failed (for them), and what the
+    // others stored stays.
+    let result = match result {
+        Ok(o) if !o.failed_databases.is_empty() => Err(BackupError::Databases {
+            target: o.target.clone(),
+            id: o.id,
+            failed: o.failed_databases.clone(),
+            stored: o.manifests.iter().map(|m| m.file.clone()).collect(),
+        }),
+        other => other,
+    };
+    let failed_databases: Vec<(String, String)> = match &result {
+        Err(BackupError::Databases { failed, .. }) => failed.clone(),
+        _ => Vec::new(),
+    };
+    if reason.is_none() || !failed_databases.is_empty() {
+        ctx.state.update(name, |s| {
+            s.failed_databases = failed_databases.iter().cloned().collect()
+        });
+    }
     let archives = match &result {
         Ok(o) if hooks::command(target, HookKind::After).is_some() => {
             archives_file(ctx, name, &o.manifests)
@@ -431,6 +465,8 @@ async fn backup_inner(
     // starts, and those already going are awaited, so every committed one is known and
     // removed with the run (none is left without its manifest).
     let mut late: Vec<String> = Vec::new();
+    // Databases that could not be prepared (their snapshot) fail on their own too.
+    let mut failed_databases: Vec<(String, String)> = prepared.failed.clone();
     let mut going = futures_util::stream::FuturesOrdered::new();
     let mut next = prepared.parts.iter();
     let run = &run;
@@ -517,6 +553,13 @@ async fn backup_inner(
                     failed: streamed.failed,
                 });
             }
+            // One database of a server target failing is that database's failure: the
+            // others go on.
+            Err(e) if part.database.is_some() && !ctx.cancel.is_cancelled() => {
+                let db = part.database.clone().unwrap_or_default();
+                tracing::error!(target = name, database = %db, error = %crate::error::chain(&e), "this database's backup failed; the others go on");
+                failed_databases.push((db, crate::error::chain(&e)));
+            }
             Err(e) => {
                 result = Err(if ctx.cancel.is_cancelled() {
                     BackupError::Cancelled {
@@ -527,6 +570,19 @@ async fn backup_inner(
                 });
             }
         }
+    }
+    // Every database failed: there is no backup of the server to keep (its globals alone
+    // are not one).
+    if result.is_ok()
+        && !failed_databases.is_empty()
+        && !done.iter().any(|d| d.manifest.database.is_some())
+    {
+        result = Err(BackupError::Databases {
+            target: name.to_string(),
+            id,
+            failed: failed_databases.clone(),
+            stored: Vec::new(),
+        });
     }
     let mut written = Written::default();
     if result.is_ok() {
@@ -630,6 +686,7 @@ async fn backup_inner(
         duration,
         leftovers_removed,
         pending,
+        failed_databases,
     })
 }
 

@@ -246,7 +246,11 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
         },
         stale_after,
         database: facts.database,
-        databases: facts.catalog.databases.clone(),
+        databases: {
+            let mut dbs = facts.catalog.databases.clone();
+            catalog::mark_failing(&mut dbs, &facts.state.failed_databases);
+            dbs
+        },
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::common::{dbkeep, spawn_daemon, wait_for, Sandbox, TestPostgres, PG_PASSWORD};
+use crate::common::{
+    dbkeep, spawn_daemon, wait_for, wrapped_pg_bin, Sandbox, TestPostgres, PG_PASSWORD,
+};
 
 /// A server target `cluster` on `pg`, connecting as `user` (password: the test's).
 fn server_config(sb: &Sandbox, pg: &TestPostgres, user: &str, extra: &str) -> PathBuf {
@@ -260,42 +262,121 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
     d.wait_exit(std::time::Duration::from_secs(10));
 }
 
-/// What a server target refuses: a database the role may not connect to fails the run
-/// (naming it, with nothing kept), `databases` that match nothing fail naming what the
-/// server has, and `schemas` or `exclude_databases` alone are config errors.
+/// One database failing is that database's failure: a database the role may not connect
+/// to, or whose pg_dump fails midway, is named (with what to do), the others are stored
+/// and stay the newest backups, and the failing one is shown failing, not dropped. Only
+/// when every database fails is nothing kept. Mistakes in the keys are config errors.
 #[test]
-fn a_server_target_fails_loudly_and_keeps_nothing_half_done() {
+fn one_failing_database_fails_alone_and_the_others_are_kept() {
     let pg = TestPostgres::start();
     pg.psql(
         "postgres",
         &format!("CREATE ROLE backup LOGIN PASSWORD '{PG_PASSWORD}' IN ROLE pg_read_all_data"),
     );
-    pg.create_db("app");
-    pg.psql("app", "CREATE TABLE t AS SELECT 1 AS id");
-    pg.create_db("secret");
+    for db in ["app", "broken", "secret"] {
+        pg.create_db(db);
+        pg.psql(db, "CREATE TABLE t AS SELECT 1 AS id");
+    }
     pg.psql("postgres", "REVOKE CONNECT ON DATABASE secret FROM PUBLIC");
     let sb = Sandbox::new();
-    let cfg = server_config(&sb, &pg, "backup", "databases = [\"*\"]");
-    let run = dbkeep(Some(&cfg), &["backup", "cluster"], &[]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("secret"), "{}", run.stderr);
-    assert!(archives(&sb).is_empty(), "{:?}", archives(&sb));
-    let doctor = dbkeep(Some(&cfg), &["doctor", "cluster"], &[]);
-    assert!(
-        doctor.stdout.contains("secret") && doctor.stdout.contains("GRANT CONNECT"),
-        "{}",
-        doctor.stdout
+    // pg_dump fails for `broken` only, midway through the run.
+    let bin = wrapped_pg_bin(
+        &sb,
+        &pg,
+        "pg_dump",
+        "case \"$*\" in *dbname=broken*) echo 'disk on fire' >&2; exit 1;; esac\nexec $REAL \"$@\"",
     );
-    // Excluded, the rest backs up.
+    let healthy = server_config(&sb, &pg, "backup", "databases = [\"app\", \"broken\"]");
+    dbkeep(Some(&healthy), &["backup", "cluster"], &[]).ok();
+    let first = archives(&sb);
+    assert_eq!(first.len(), 2, "{first:?}");
+
     let cfg = server_config(
         &sb,
         &pg,
         "backup",
-        "databases = [\"*\"]\nexclude_databases = [\"secret\"]",
+        &format!("databases = [\"*\"]\npg_bin_dir = \"{}\"", bin.display()),
     );
-    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
-    assert!(archives(&sb).iter().any(|f| f.contains(".app.dump")));
+    let run = dbkeep(Some(&cfg), &["backup", "cluster"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for want in [
+        "\"secret\"",
+        "CONNECT",
+        "exclude_databases",
+        "\"broken\"",
+        "disk on fire",
+    ] {
+        assert!(run.stderr.contains(want), "{want}: {}", run.stderr);
+    }
+    let now: Vec<String> = archives(&sb)
+        .into_iter()
+        .filter(|f| !first.contains(f))
+        .collect();
+    assert!(now.iter().any(|f| f.contains(".app.dump")), "{now:?}");
+    assert!(now.iter().any(|f| f.contains(".postgres.dump")), "{now:?}");
+    assert!(
+        !now.iter()
+            .any(|f| f.contains("broken") || f.contains("secret")),
+        "{now:?}"
+    );
+    assert!(
+        !sb.files("cluster").iter().any(|f| f.starts_with('.')),
+        "{:?}",
+        sb.files("cluster")
+    );
+    // `broken` is failing, not dropped: status says so, and list does not call it gone.
+    // Exit 1: a target is unhealthy.
+    let status = dbkeep(Some(&cfg), &["status", "--json"], &[]);
+    assert_eq!(status.code, 1, "{}", status.stderr);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let t = &v
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or_else(|| v["targets"][0].clone());
+    assert_eq!(t["healthy"], false, "{t}");
+    let broken = t["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "broken")
+        .cloned()
+        .unwrap_or_else(|| panic!("{t}"));
+    assert_eq!(broken["gone"], false, "{broken}");
+    assert!(
+        broken["failing"].as_str().unwrap().contains("disk on fire"),
+        "{broken}"
+    );
+    let list = dbkeep(Some(&cfg), &["list", "cluster"], &[]).ok();
+    assert!(!list.stdout.contains("(gone)"), "{}", list.stdout);
+    let doctor = dbkeep(Some(&cfg), &["doctor", "cluster"], &[]);
+    assert!(
+        doctor
+            .stdout
+            .contains("GRANT CONNECT ON DATABASE secret TO backup"),
+        "{}",
+        doctor.stdout
+    );
+    // Every database failing keeps nothing, not even the globals.
+    let all_bad = server_config(
+        &sb,
+        &pg,
+        "backup",
+        "databases = [\"secret\"]\nglobals = true",
+    );
+    let before = sb.files("cluster");
+    let none = dbkeep(Some(&all_bad), &["backup", "cluster"], &[]);
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    assert!(none.stderr.contains("no database"), "{}", none.stderr);
+    assert_eq!(sb.files("cluster"), before);
+}
 
+/// What a server target refuses: `databases` that match nothing fail naming what the
+/// server has, and `schemas` or `exclude_databases` alone are config errors.
+#[test]
+fn server_target_mistakes_are_named() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    let sb = Sandbox::new();
     let cfg = server_config(&sb, &pg, "postgres", "databases = [\"nomatch_*\"]");
     let none = dbkeep(Some(&cfg), &["backup", "cluster"], &[]);
     assert_eq!(none.code, 1, "{}", none.stderr);

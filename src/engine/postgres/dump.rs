@@ -185,6 +185,7 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let major = major_of(&version_num)?;
     let names = discover(e, &mut conn).await?;
     let mut databases = BTreeMap::new();
+    let mut failed = Vec::new();
     for db in &names {
         let dsn = e.dsn.with_database(db)?;
         match prepare_one(e, &dsn, Some(db)).await {
@@ -198,29 +199,33 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {
                 tracing::info!(target = %e.target, database = %db, "database dropped while the run started; not backed up");
             }
-            // The role may not connect: name the two ways out.
-            Err(EngineError::Connect {
-                what,
-                message,
-                kind,
-                source: Some(s),
-                ..
-            }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501") => {
-                return Err(EngineError::Connect {
-                    what,
-                    message,
-                    kind,
-                    hint: Some("grant the backup role CONNECT on that database, or add it to `exclude_databases`"),
-                    source: Some(s),
-                });
+            // One database that cannot be prepared fails on its own: the others are backed
+            // up. A role that may not connect is told the two ways out.
+            Err(err) => {
+                let denied = matches!(&err, EngineError::Connect { source: Some(s), .. }
+                    if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501"));
+                let mut why = crate::error::chain(&err);
+                if denied {
+                    why.push_str(
+                        ": grant the backup role CONNECT on it, or add it to `exclude_databases`",
+                    );
+                }
+                tracing::error!(target = %e.target, database = %db, error = %why, "cannot back up this database; the others go on");
+                failed.push((db.clone(), why));
             }
-            Err(err) => return Err(err),
         }
     }
     let Some(first) = databases.values().next() else {
-        return Err(EngineError::NoDatabaseMatch {
-            target: e.target.clone(),
-            available: String::new(),
+        return Err(match failed.first() {
+            Some((db, why)) => EngineError::Check(format!(
+                "no database of the server of target {} could be backed up ({} failed; the first, {db:?}: {why})",
+                e.target,
+                failed.len()
+            )),
+            None => EngineError::NoDatabaseMatch {
+                target: e.target.clone(),
+                available: String::new(),
+            },
         });
     };
     let tools = first.tools.clone();
@@ -246,6 +251,7 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             .map(|p| p.size_estimate)
             .sum::<Option<u64>>(),
         databases,
+        failed,
     })
 }
 
@@ -419,6 +425,7 @@ async fn prepare_one(
         data_excluded,
         size_estimate: u64::try_from(size).ok().filter(|n| *n > 0),
         databases: BTreeMap::new(),
+        failed: Vec::new(),
     })
 }
 

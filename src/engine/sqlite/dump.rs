@@ -109,6 +109,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         // One archive, from one VACUUM INTO: consistent in itself.
         snapshot: None,
         databases: Default::default(),
+        failed: Vec::new(),
         fingerprints,
         hold: None,
     })
