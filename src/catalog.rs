@@ -253,6 +253,10 @@ pub struct Manifest {
     /// `schema.table` patterns whose rows were left out (`exclude_table_data`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub excluded_table_data: Vec<String>,
+    /// How many archives the run committed: a run found with its commit marker still
+    /// there is whole when this many of its manifests check out.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run_archives: Option<u32>,
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.

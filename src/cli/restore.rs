@@ -110,7 +110,8 @@ pub(super) async fn restore(
             _ => id.to_string(),
         };
         if let Some(db) = &plan.chosen.backup.database {
-            what.push_str(&format!(" --database {}", shell_quote(db)));
+            // `--database=NAME`: a name that starts with `-` stays the option's value.
+            what.push_str(&format!(" --database={}", shell_quote(db)));
         }
         println!(
             "{name}: the state before this restore is backup {id} (pre-restore); to undo: dbkeep restore {name} {what} --yes"

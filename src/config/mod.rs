@@ -258,4 +258,30 @@ mod tests {
         assert_eq!(url, "postgres://u@h/db");
         assert_eq!(pw.unwrap().expose(), "p@ss");
     }
+
+    #[test]
+    fn the_query_is_kept_byte_for_byte_and_dot_paths_are_refused() {
+        let (url, pw) = split_url_password(
+            "postgres://u@h/db?options=-c%20statement_timeout%3D5000&password=a+b%20c&application_name=my%20app",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://u@h/db?options=-c%20statement_timeout%3D5000&application_name=my%20app"
+        );
+        // libpq decodes %XX only: `+` stays a plus.
+        assert_eq!(pw.unwrap().expose(), "a+b c");
+        for bad in [
+            "postgres://u@h/%2E%2E",
+            "postgres://u@h/x/../app",
+            "postgres://u@h/./db",
+            "postgres://u@h/%2e",
+        ] {
+            let e = split_url_password(bad).unwrap_err();
+            assert!(e.contains("plainly"), "{bad}: {e}");
+        }
+        assert!(split_url_password("postgres://u@h/app").is_ok());
+        assert!(split_url_password("postgres://u@h").is_ok());
+        assert!(split_url_password("postgres://u@h/").is_ok());
+    }
 }

@@ -203,27 +203,50 @@ pub fn split_url_password(url: &str) -> Result<(String, Option<Secret>), String>
             .set_password(None)
             .map_err(|()| "cannot remove the password from this URL".to_string())?;
     }
+    // The path must be one database name as written: a URL parser resolves `.` and `..`
+    // segments (also as `%2E`), so `/x/../app` or `/%2E%2E` would name another database
+    // than the one written.
+    let written = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .map(|p| p.split(['?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    if !written.is_empty() && written != parsed.path() {
+        return Err(format!(
+            "has the path {written:?}, which a URL reads as {:?} (`.` and `..` segments are resolved): write the database name plainly after the host",
+            parsed.path()
+        ));
+    }
     // libpq also takes the password as `?password=`: it is taken out the same way, so the
-    // URL dbkeep shows and passes on never carries it.
-    let mut rest: Vec<(String, String)> = Vec::new();
-    for (k, v) in parsed.query_pairs() {
-        match k.to_ascii_lowercase().as_str() {
+    // URL dbkeep shows and passes on never carries it. The rest of the query is kept
+    // byte for byte: re-encoding it would turn `%20` into `+`, which libpq reads as `+`.
+    let mut rest: Vec<String> = Vec::new();
+    for seg in parsed.query().unwrap_or_default().split('&') {
+        if seg.is_empty() {
+            continue;
+        }
+        let (k, v) = seg.split_once('=').unwrap_or((seg, ""));
+        let key = percent_decode(k).unwrap_or_default().to_ascii_lowercase();
+        match key.as_str() {
             "password" => {
                 if password.is_some() {
                     return Err("gives the password twice (before the host and as `password=`): keep one, or better use `password_file`".into());
                 }
-                password = Some(Secret::new(v.into_owned()));
+                password = Some(Secret::new(percent_decode(v).ok_or_else(|| {
+                    "has a `password=` that is not UTF-8 once its %XX are decoded: use `password_file`".to_string()
+                })?));
             }
             "sslpassword" => {
                 return Err("carries an `sslpassword=`, which would be shown and passed on command lines: use a client key without a passphrase, readable only by dbkeep's user".into());
             }
-            _ => rest.push((k.into_owned(), v.into_owned())),
+            _ => rest.push(seg.to_string()),
         }
     }
     if rest.is_empty() {
         parsed.set_query(None);
     } else {
-        parsed.query_pairs_mut().clear().extend_pairs(rest);
+        parsed.set_query(Some(&rest.join("&")));
     }
     Ok((parsed.to_string(), password))
 }

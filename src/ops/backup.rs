@@ -443,6 +443,20 @@ async fn backup_inner(
     let gone = log_discovery(ctx, target, storages, &prepared).await;
     let id = next_id(ctx, target, storages).await.map_err(storage_err)?;
     metrics::backup_started(name, &id.to_string(), prepared.parts.len(), ctx.now());
+    // The run's commit marker, from now until its last manifest: the archives it stores
+    // meanwhile are neither backups nor leftovers (cleanup leaves them, however long the
+    // run takes), and a run that dies leaves it for the next run to remove what it wrote.
+    let mut written = Written::default();
+    let marker = catalog::commit_name(id);
+    for s in storages.iter().filter(|s| !storages.deferred(*s)) {
+        match s.put_bytes(name, &marker, b"{}".to_vec()).await {
+            Ok(()) => written.markers.push(s.name()),
+            Err(e) if s.name() == storages.primary().name() => return Err(storage_err(e)),
+            Err(e) => {
+                tracing::warn!(target = name, storage = s.name(), error = %crate::error::chain(&e), "cannot write the run's commit marker on a mirror; it gets one when the run commits")
+            }
+        }
+    }
 
     // A SQLite snapshot goes beside the local backups, else into the work folder.
     let scratch = storages.scratch_dir(name, ctx.state.work_dir());
@@ -536,6 +550,7 @@ async fn backup_inner(
                         crate::config::SourceConfig::Postgres(pg) => pg.exclude_table_data.clone(),
                         _ => Vec::new(),
                     },
+                    run_archives: None,
                     snapshot: view.snapshot.clone(),
                     schema_fingerprint: view.fingerprints.as_ref().and_then(|(whole, each)| {
                         match part.contents {
@@ -584,7 +599,10 @@ async fn backup_inner(
             stored: Vec::new(),
         });
     }
-    let mut written = Written::default();
+    let count = u32::try_from(done.len()).unwrap_or(u32::MAX);
+    for d in &mut done {
+        d.manifest.run_archives = Some(count);
+    }
     if result.is_ok() {
         result = write_manifests(name, storages, &done, &mut written)
             .await
@@ -594,7 +612,7 @@ async fn backup_inner(
         result = check_listed(ctx, name, storages, &done).await;
     }
     if let Err(e) = result {
-        remove_run(name, storages, &done, &written).await;
+        remove_run(name, storages, id, &done, &written).await;
         for file in &late {
             for s in storages.iter() {
                 if let Err(err) = s.delete(name, file).await {
@@ -956,7 +974,7 @@ async fn write_manifests(
         let gets_one = done
             .iter()
             .any(|d| !d.failed.iter().any(|f| f.storage == s.name()));
-        if storages.deferred(s) || !gets_one {
+        if storages.deferred(s) || !gets_one || written.markers.contains(&s.name()) {
             continue;
         }
         s.put_bytes(target, &marker, body.clone()).await?;
@@ -1002,14 +1020,59 @@ async fn write_manifests(
     Ok(())
 }
 
+/// Whether run `id` on `s` is whole: every archive of it has a manifest that checks out,
+/// and they number what the run committed (`run_archives`).
+async fn whole_run(
+    target: &str,
+    s: &dyn Storage,
+    objects: &[crate::storage::ObjectInfo],
+    id: BackupId,
+) -> bool {
+    let archives: Vec<&crate::storage::ObjectInfo> = objects
+        .iter()
+        .filter(|o| catalog::id_of_file(target, &o.file) == Some(id))
+        .filter(|o| !o.file.ends_with(catalog::MANIFEST_SUFFIX))
+        .collect();
+    let mut want = None;
+    for a in &archives {
+        let Ok(raw) = s.get_bytes(target, &catalog::manifest_name(&a.file)).await else {
+            return false;
+        };
+        match catalog::check_manifest(target, &a.file, a.bytes, &raw) {
+            Ok(m) if m.run_archives.is_some() => want = m.run_archives,
+            _ => return false,
+        }
+    }
+    !archives.is_empty() && want == u32::try_from(archives.len()).ok()
+}
+
 /// Remove what a run interrupted while it wrote its manifests left (its commit marker
 /// is still there): manifests first, then archives, then the marker. Called with the run
 /// lock held, so no run of the target is writing.
 async fn roll_back_interrupted(target: &str, storages: &Storages) {
+    // What the primary committed: a mirror's marker for such a run is stale (the mirror
+    // was down when the run committed); its copies there are the catch-up's to finish.
+    let primary = storages.primary();
+    let committed: Vec<BackupId> = match primary.list(target).await {
+        Ok(objects) => {
+            let open: Vec<BackupId> = objects
+                .iter()
+                .filter_map(|o| catalog::commit_id(&o.file))
+                .collect();
+            objects
+                .iter()
+                .filter(|o| o.file.ends_with(catalog::MANIFEST_SUFFIX))
+                .filter_map(|o| catalog::id_of_file(target, &o.file))
+                .filter(|id| !open.contains(id))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
     for s in storages.iter() {
         let Ok(objects) = s.list(target).await else {
             continue;
         };
+        let is_mirror = s.name() != primary.name();
         for marker in objects
             .iter()
             .filter(|o| catalog::commit_id(&o.file).is_some())
@@ -1022,10 +1085,22 @@ async fn roll_back_interrupted(target: &str, storages: &Storages) {
                 .map(|o| o.file.as_str())
                 .filter(|f| catalog::id_of_file(target, f) == Some(id))
                 .collect();
+            // A pinned run was listed whole when it was pinned; a run whose manifests all
+            // check out and number what it committed was killed after its last manifest.
+            // Either is kept, and only the marker goes.
+            let pinned = objects.iter().any(|o| catalog::pin_id(&o.file) == Some(id));
+            let stale = is_mirror && committed.contains(&id);
+            if pinned || stale || whole_run(target, s, &objects, id).await {
+                tracing::info!(target, storage = s.name(), backup_id = %id, pinned, "a run's commit marker was left after the run was whole; the marker is removed, the run kept");
+                if let Err(e) = s.delete(target, &marker.file).await {
+                    tracing::error!(target, storage = s.name(), error = %e, "cannot remove a commit marker");
+                }
+                continue;
+            }
             // Manifests first: an interruption now leaves archives without one (leftovers
             // cleanup removes), never a manifest without its archive.
             files.sort_by_key(|f| !f.ends_with(catalog::MANIFEST_SUFFIX));
-            tracing::warn!(target, storage = s.name(), backup_id = %id, files = files.len(), "removing a run that was interrupted while it wrote its manifests");
+            tracing::warn!(target, storage = s.name(), backup_id = %id, files = files.len(), "removing what an interrupted run left (its commit marker is still there)");
             let mut all_gone = true;
             for f in files {
                 if let Err(e) = s.delete(target, f).await {
@@ -1080,8 +1155,14 @@ async fn check_listed(
 /// archives it wrote. On a storage where another writer's manifest was found at the name,
 /// the name is left whole (its archive may be theirs), for the operator and
 /// `dbkeep verify` to look at.
-async fn remove_run(target: &str, storages: &Storages, done: &[Stored], written: &Written) {
-    let marker = done.first().map(|d| catalog::commit_name(d.manifest.id));
+async fn remove_run(
+    target: &str,
+    storages: &Storages,
+    id: BackupId,
+    done: &[Stored],
+    written: &Written,
+) {
+    let marker = Some(catalog::commit_name(id));
     for d in done {
         let manifest = catalog::manifest_name(&d.manifest.file);
         for s in storages.iter() {
@@ -1190,6 +1271,7 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Bac
             source,
         }
     })?;
+    roll_back_interrupted(name, &ctx.storages).await;
     catch_up(ctx, target, true)
         .await
         .map_err(|source| BackupError::Storage {

@@ -276,8 +276,19 @@ fn a_destination_keeps_its_own_retention() {
         dbkeep(Some(&cfg), &["backup"], &[]).ok();
     }
     assert_eq!(list(&cfg, "offsite").len(), 4);
-    // Every backup older than keep_days = 0 (ages are whole seconds).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Every backup older than keep_days = 0 (ages are whole seconds). Runs within one
+    // second take the next seconds as ids, so the newest may be ahead of the clock: wait
+    // (at most 5 s) until it is a second in the past.
+    let newest = list(&cfg, "local")[0]["id"].as_str().unwrap().to_string();
+    let newest = chrono::NaiveDateTime::parse_from_str(&newest, "%Y%m%d_%H%M%S")
+        .unwrap()
+        .and_utc();
+    for _ in 0..50 {
+        if chrono::Utc::now() - newest > chrono::Duration::milliseconds(1100) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let dry = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
     dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
     assert_eq!(list(&cfg, "local").len(), 3, "{}", dry.stdout);

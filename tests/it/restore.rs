@@ -239,10 +239,13 @@ fn a_restore_that_fails_midway_leaves_the_database_exactly_as_it_was() {
     let sb = Sandbox::new();
     let cfg = pg_config(&sb, &pg, "app", "");
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
-    // A destination where the archive conflicts: billing.t exists with another shape;
-    // public.a (restored first) must not survive the rollback.
+    // A destination where the archive conflicts: billing.t exists with another shape, and
+    // a view outside the archive depends on it, so `--yes` (which drops what the archive
+    // holds first) fails at that drop; public.a (restored first) must not survive the
+    // rollback.
     pg.create_db("conflict");
-    pg.psql("conflict", "CREATE SCHEMA billing; CREATE TABLE billing.t (other text); INSERT INTO billing.t VALUES ('mine');");
+    pg.psql("conflict", "CREATE SCHEMA billing; CREATE TABLE billing.t (other text); INSERT INTO billing.t VALUES ('mine'); \
+         CREATE VIEW public.mine AS SELECT other FROM billing.t;");
     let before = pg.table_checksums("conflict");
     let into = format!("postgres://postgres@127.0.0.1:{}/conflict", pg.port);
     let run = dbkeep(

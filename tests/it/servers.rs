@@ -212,6 +212,26 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
     );
     restore_db(&cfg, "app", Some(&pg.url("app_copy")));
     assert_eq!(pg.table_checksums("app_copy"), pg.table_checksums("app"));
+    // Into that copy again, now not empty: refused without --yes, restored over with it.
+    pg.psql("app_copy", "DELETE FROM t WHERE id > 10");
+    let copy = pg.url("app_copy");
+    let again = [
+        "restore",
+        "cluster",
+        "latest",
+        "--database",
+        "app",
+        "--into",
+        &copy,
+    ];
+    let refused = dbkeep(Some(&cfg), &again, &[]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
+    assert_eq!(pg.psql("app_copy", "SELECT count(*) FROM t"), "10");
+    let mut with_yes = again.to_vec();
+    with_yes.push("--yes");
+    dbkeep(Some(&cfg), &with_yes, &[]).ok();
+    assert_eq!(pg.table_checksums("app_copy"), pg.table_checksums("app"));
     // A dropped database cannot be restored "over itself"; --into recreates it.
     let own = dbkeep(
         Some(&cfg),
@@ -452,7 +472,8 @@ fn database_names_a_url_would_rewrite_back_up_and_restore_as_themselves() {
 
 /// A run interrupted while it wrote its manifests (killed between two) leaves its commit
 /// marker: none of its archives lists as a backup, `status` and drills do not count it,
-/// and the next run removes what it left before it backs up again.
+/// cleanup does not take its old archives for leftovers, and the next run removes what it
+/// left before it backs up again; a marker left after a run was whole removes nothing.
 #[test]
 fn a_run_interrupted_between_its_manifests_never_counts_and_the_next_run_removes_it() {
     let pg = TestPostgres::start();
@@ -491,21 +512,41 @@ fn a_run_interrupted_between_its_manifests_never_counts_and_the_next_run_removes
     assert!(!status.stdout.contains(&second_id), "{}", status.stdout);
     let drill = dbkeep(Some(&cfg), &["verify", "cluster", "--drill"], &[]).ok();
     assert!(drill.stdout.contains(&first_id), "{}", drill.stdout);
-    // Cleanup leaves it alone (the run is neither a backup nor a leftover yet) ...
+    // Cleanup leaves it alone, however old its archives (a run that takes hours has
+    // archives without manifests that long) ...
+    for f in &second {
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(dir.join(f))
+            .status()
+            .unwrap();
+        assert!(touched.success());
+    }
     dbkeep(Some(&cfg), &["cleanup", "cluster"], &[]).ok();
-    assert!(dir.join(manifests[0]).exists());
+    for f in second
+        .iter()
+        .filter(|f| f.ends_with(".dump.zst"))
+        .chain([manifests[0]])
+    {
+        assert!(
+            dir.join(f).exists(),
+            "cleanup removed {f} of a run not finished"
+        );
+    }
+    // A marker left by a run killed after its last manifest: that run is whole and kept.
+    std::fs::write(dir.join(format!(".dbkeep-commit.{first_id}.json")), b"{}").unwrap();
     // ... and the next run removes it, then backs up.
     let next = dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
     assert!(
         next.stderr
-            .contains("interrupted while it wrote its manifests"),
+            .contains("removing what an interrupted run left"),
         "{}",
         next.stderr
     );
     let removal = next
         .stderr
         .lines()
-        .find(|l| l.contains("interrupted while it wrote its manifests"))
+        .find(|l| l.contains("removing what an interrupted run left"))
         .unwrap();
     assert!(removal.contains(&second_id), "{removal}");
     // The new run may take the freed id again (same second): every archive left has its
@@ -527,4 +568,8 @@ fn a_run_interrupted_between_its_manifests_never_counts_and_the_next_run_removes
         6,
         "{left:?}"
     );
+    for f in &good {
+        assert!(left.contains(f), "the whole run lost {f}: {left:?}");
+    }
+    assert!(!dir.join(format!(".dbkeep-commit.{first_id}.json")).exists());
 }

@@ -25,7 +25,8 @@ pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
 }
 
 /// Create the database `dsn` names when missing; refuse a non-empty one without `yes`.
-pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
+/// True when it exists and is not empty (and `yes` lets the restore go over it).
+pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;
     let mut admin = admin_dsn.connect().await?;
     let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
@@ -43,7 +44,7 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
         .map_err(EngineError::db(format!("cannot create database {db}")))?;
         let _ = admin.close().await;
         tracing::info!(database = %db, "created database");
-        return Ok(());
+        return Ok(false);
     }
     let _ = admin.close().await;
     let mut conn = dsn.connect().await?;
@@ -57,10 +58,10 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<(), EngineError> {
     let _ = conn.close().await;
     if tables > 0 && !yes {
         return Err(EngineError::Refused(format!(
-            "database {db} exists and is not empty ({tables} relations): pick a new name, or add --yes to restore over it"
+            "database {db} exists and is not empty ({tables} relations): pick a new name, or add --yes to restore over it (what the archive holds is dropped there first)"
         )));
     }
-    Ok(())
+    Ok(tables > 0)
 }
 
 /// Why the role of `dsn` may not make a scratch database for `purpose` (no CREATEDB, not
@@ -104,7 +105,7 @@ pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result
         rand::random::<u32>()
     );
     let dsn = server.with_database(&name)?;
-    prepare(&dsn, false).await?;
+    let _empty = prepare(&dsn, false).await?;
     Ok(dsn)
 }
 

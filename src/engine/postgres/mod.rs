@@ -268,9 +268,10 @@ impl Engine for PostgresEngine {
         if let (Destination::Own, Some(db)) = (dest, &manifest.database) {
             if !database::exists(&self.dsn, db).await? {
                 return Err(EngineError::Refused(format!(
-                    "database {db:?} is no longer on the server of target {}, so there is no own database to restore over; restore it with --into postgres://USER@HOST/{} (a missing database is created)",
+                    "database {db:?} is no longer on the server of target {}, so there is no own database to restore over; restore it with --into postgres://USER@HOST/{} (a missing database is created), or create it empty (CREATE DATABASE {}) and run this again",
                     self.target,
-                    crate::catalog::encode_name(db)
+                    crate::catalog::encode_name(db),
+                    crate::engine::model::quote_ident(db)
                 )));
             }
         }
@@ -312,8 +313,12 @@ impl Engine for PostgresEngine {
                 )));
             }
         }
+        // A whole database restored over a non-empty one (`--yes`) drops what the archive
+        // holds first, as a restore over the target's own database does.
+        let mut over = false;
         if let Destination::Other { .. } = dest {
-            database::prepare(&dsn, opts.yes).await?;
+            over = database::prepare(&dsn, opts.yes).await?
+                && archive.backup.contents == crate::catalog::Contents::Database;
         }
         let owners: Vec<String> = toc.owners.iter().cloned().collect();
         let (keep_owner, notes) = match self.cfg.restore_owner {
@@ -341,6 +346,7 @@ impl Engine for PostgresEngine {
                 lock_timeout: self.cfg.lock_timeout,
             },
             notes,
+            over,
         }))
     }
 
@@ -460,6 +466,8 @@ fn check_schema(
 struct PgRestorer {
     run: RestoreRun,
     notes: Vec<String>,
+    /// Goes over a non-empty database (`--into` one with `--yes`): cleaned first.
+    over: bool,
 }
 
 #[async_trait]
@@ -474,6 +482,11 @@ impl Restorer for PgRestorer {
         mode: &RestoreMode,
         cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
+        let clean = RestoreMode::Whole { clean: true };
+        let mode = match (self.over, mode) {
+            (true, RestoreMode::Whole { clean: false }) => &clean,
+            _ => mode,
+        };
         self.run.restore(archive, mode, cancel).await
     }
 }
