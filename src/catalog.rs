@@ -563,9 +563,10 @@ pub struct Pin {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DatabaseSummary {
     pub name: String,
-    /// Its newest complete backup: the run's id and when it finished.
-    pub newest: BackupId,
-    pub newest_created: DateTime<Utc>,
+    /// Its newest complete backup: the run's id and when it finished (none for a database
+    /// whose every run so far failed).
+    pub newest: Option<BackupId>,
+    pub newest_created: Option<DateTime<Utc>>,
     /// Stored bytes of that archive.
     pub bytes: u64,
     /// Runs that hold an archive of it.
@@ -579,26 +580,44 @@ pub struct DatabaseSummary {
 }
 
 /// Mark the databases whose backup failed in the last run (`failed`, by name): failing,
-/// and so not gone though the newest run lacks them.
+/// and so not gone though the newest run lacks them. One that never had a backup is
+/// added, so it is seen per database too.
 pub fn mark_failing(
-    dbs: &mut [DatabaseSummary],
+    dbs: &mut Vec<DatabaseSummary>,
     failed: &std::collections::BTreeMap<String, String>,
 ) {
-    for d in dbs {
+    for d in dbs.iter_mut() {
         if let Some(why) = failed.get(&d.name) {
             d.failing = Some(why.clone());
             d.gone = false;
         }
     }
+    for (name, why) in failed {
+        if !dbs.iter().any(|d| &d.name == name) {
+            dbs.push(DatabaseSummary {
+                name: name.clone(),
+                newest: None,
+                newest_created: None,
+                bytes: 0,
+                backups: 0,
+                gone: false,
+                failing: Some(why.clone()),
+            });
+        }
+    }
+    dbs.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// The databases `backups` (complete backups of one server target, any storages) hold,
-/// by name. A database is gone when the newest run that holds any database archive
-/// does not hold it: every run backs up every database it discovers, or fails whole.
+/// by name. A database is gone when the newest run that holds any database archive (a
+/// restore's safety copy aside) does not hold it and did not fail it (see
+/// [`mark_failing`]).
 pub fn databases_of(backups: &[Backup]) -> Vec<DatabaseSummary> {
+    // Safety copies of a restore hold one database: they say nothing about the others.
     let newest_run = backups
         .iter()
         .filter(|b| b.database.is_some())
+        .filter(|b| b.manifest.reason.as_deref() != Some("pre-restore"))
         .map(|b| b.id)
         .max();
     let mut by_name: std::collections::BTreeMap<&str, Vec<&Backup>> = Default::default();
@@ -616,11 +635,11 @@ pub fn databases_of(backups: &[Backup]) -> Vec<DatabaseSummary> {
             runs.dedup();
             Some(DatabaseSummary {
                 name: name.to_string(),
-                newest: newest.id,
-                newest_created: newest.created,
+                newest: Some(newest.id),
+                newest_created: Some(newest.created),
                 bytes: newest.bytes,
                 backups: runs.len(),
-                gone: Some(newest.id) != newest_run,
+                gone: !list.iter().any(|b| Some(b.id) == newest_run),
                 failing: None,
             })
         })

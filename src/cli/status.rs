@@ -79,11 +79,16 @@ fn print_status(all: &[TargetHealth]) {
         }
         for d in &h.databases {
             println!(
-                "{:<12} database {}: newest {} ({} old), {} backup(s){}",
+                "{:<12} database {}: {}, {} backup(s){}",
                 "",
                 super::printable(&d.name),
-                d.newest,
-                retention::fmt_age(chrono::Utc::now() - d.newest_created),
+                match (d.newest, d.newest_created) {
+                    (Some(id), Some(at)) => format!(
+                        "newest {id} ({} old)",
+                        retention::fmt_age(chrono::Utc::now() - at)
+                    ),
+                    _ => "no backup yet".to_string(),
+                },
                 d.backups,
                 match (&d.failing, d.gone) {
                     (Some(why), _) => format!("; FAILED in the last run: {why}"),

@@ -308,6 +308,10 @@ pub struct PostgresConfig {
     /// and databases that refuse connections aside) is its own archive of the run.
     pub databases: Vec<String>,
     pub exclude_databases: Vec<String>,
+    /// Set by dbkeep, never by the config: a run of a server target that backs up only
+    /// this database (the safety backup before that database is restored over).
+    #[serde(skip)]
+    pub only_database: Option<String>,
     pub globals: bool,
     pub pg_bin_dir: Option<PathBuf>,
     /// How long a restore waits for locks other sessions hold on what it replaces, before

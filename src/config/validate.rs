@@ -503,6 +503,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
                 exclude_table_data,
                 databases,
                 exclude_databases,
+                only_database: None,
                 globals: t.globals.unwrap_or(false),
                 pg_bin_dir,
                 lock_timeout,

@@ -89,7 +89,12 @@ impl Daemon {
         let mut dbs = summary.databases.clone();
         crate::catalog::mark_failing(&mut dbs, &self.state.get(name).failed_databases);
         for db in &dbs {
-            metrics::database_seen(name, &db.name, Some((db.newest_created, db.bytes)), db.gone);
+            metrics::database_seen(
+                name,
+                &db.name,
+                db.newest_created.map(|t| (t, db.bytes)),
+                db.gone,
+            );
         }
         if let Some(target) = self.config().target(name) {
             let since = self.state.get(name).since;

@@ -322,6 +322,12 @@ pub trait Engine: Send + Sync {
         into: Option<&str>,
         password: Option<crate::config::Secret>,
     ) -> Result<Destination, EngineError>;
+    /// Whether `dest`, given as another place, is the target's own database after all (the
+    /// same server and database, or the same file): such a restore is one over the live
+    /// database, with its confirmation and safety backup. `database` as in [`describe`].
+    async fn is_own_place(&self, _dest: &Destination, _database: Option<&str>) -> bool {
+        false
+    }
     /// The destination in words, for the confirmation prompt (no credentials); `database`
     /// is the database of a server target's archive, which its own destination is.
     fn describe(&self, dest: &Destination, database: Option<&str>) -> String;

@@ -420,7 +420,7 @@ async fn backup_inner(
         leftovers_removed.extend(removed);
     }
     // A run interrupted while it committed (its marker left) is removed first.
-    roll_back_interrupted(name, storages).await;
+    roll_back_interrupted(name, storages, true).await;
     // Archives a mirror missed earlier go up first; a failure here is logged and
     // recorded, and does not stop today's backup.
     // Rate-limited mirrors catch up after the dump, not before it.
@@ -440,7 +440,12 @@ async fn backup_inner(
     if let Some(found) = &prepared.fingerprints {
         log_schema_change(ctx, target, storages, found).await;
     }
-    let gone = log_discovery(ctx, target, storages, &prepared).await;
+    // A run for another operation (the safety copy of one database) says nothing about
+    // which databases the server has.
+    let gone = match reason {
+        None => log_discovery(ctx, target, storages, &prepared).await,
+        Some(_) => Vec::new(),
+    };
     let id = next_id(ctx, target, storages).await.map_err(storage_err)?;
     metrics::backup_started(name, &id.to_string(), prepared.parts.len(), ctx.now());
     // The run's commit marker, from now until its last manifest: the archives it stores
@@ -604,7 +609,7 @@ async fn backup_inner(
         d.manifest.run_archives = Some(count);
     }
     if result.is_ok() {
-        result = write_manifests(name, storages, &done, &mut written)
+        result = write_manifests(name, storages, &mut done, &mut written)
             .await
             .map_err(storage_err);
     }
@@ -737,7 +742,7 @@ async fn log_discovery(
             continue;
         }
         if !k.gone {
-            tracing::warn!(target = name, database = %k.name, newest_backup = %k.newest, "database no longer on the server (dropped, or excluded): its backups are kept under retention");
+            tracing::warn!(target = name, database = %k.name, newest_backup = %k.newest.map(|i| i.to_string()).unwrap_or_default(), "database no longer on the server (dropped, or excluded): its backups are kept under retention");
         }
         gone.push(k.name.clone());
     }
@@ -958,9 +963,27 @@ struct Written {
 async fn write_manifests(
     target: &str,
     storages: &Storages,
-    done: &[Stored],
+    done: &mut [Stored],
     written: &mut Written,
 ) -> Result<(), StorageError> {
+    // A mirror that fails now is that mirror's failure, as during the dump: its copies
+    // become pending uploads, and the run (and the primary's backup) goes on.
+    let primary = storages.primary().name();
+    let lose_mirror = |done: &mut [Stored], storage: &'static str, e: &StorageError| {
+        tracing::warn!(target, storage, error = %crate::error::chain(e), "a mirror failed while the run committed; its copies are uploaded later");
+        for d in done.iter_mut() {
+            if !d.failed.iter().any(|f| f.storage == storage) {
+                d.failed.push(MirrorFailure {
+                    storage,
+                    error: StorageError::Task {
+                        storage,
+                        what: "writing the run's manifests",
+                        message: crate::error::chain(e),
+                    },
+                });
+            }
+        }
+    };
     // The run's commit marker goes first on every storage that gets a manifest, and goes
     // last: a run interrupted in between (killed, the host down) never lists as a backup
     // with only some of its archives, and the next run removes what it left.
@@ -977,16 +1000,21 @@ async fn write_manifests(
         if storages.deferred(s) || !gets_one || written.markers.contains(&s.name()) {
             continue;
         }
-        s.put_bytes(target, &marker, body.clone()).await?;
-        written.markers.push(s.name());
+        match s.put_bytes(target, &marker, body.clone()).await {
+            Ok(()) => written.markers.push(s.name()),
+            Err(e) if s.name() == primary => return Err(e),
+            Err(e) => lose_mirror(done, s.name(), &e),
+        }
     }
-    for d in done {
-        let bytes = serde_json::to_vec_pretty(&d.manifest).map_err(|e| StorageError::Task {
-            storage: "manifest",
-            what: "serializing the manifest",
-            message: e.to_string(),
-        })?;
+    for i in 0..done.len() {
+        let bytes =
+            serde_json::to_vec_pretty(&done[i].manifest).map_err(|e| StorageError::Task {
+                storage: "manifest",
+                what: "serializing the manifest",
+                message: e.to_string(),
+            })?;
         for s in storages.iter() {
+            let d = &done[i];
             // A rate-limited mirror gets its manifest after its archive, when it catches up.
             if storages.deferred(s) || d.failed.iter().any(|f| f.storage == s.name()) {
                 continue;
@@ -994,14 +1022,14 @@ async fn write_manifests(
             let manifest = catalog::manifest_name(&d.manifest.file);
             match s.put_bytes(target, &manifest, bytes.clone()).await {
                 Ok(()) => written.manifests.push((s.name(), manifest)),
-                Err(e) => {
-                    if let StorageError::Exists { .. } = e {
-                        // Someone else's manifest sits at this name: that backup is theirs,
-                        // and nothing at this name may be removed by this run.
-                        written.contested.push((s.name(), d.manifest.file.clone()));
-                    }
+                Err(e @ StorageError::Exists { .. }) => {
+                    // Someone else's manifest sits at this name: that backup is theirs,
+                    // and nothing at this name may be removed by this run.
+                    written.contested.push((s.name(), d.manifest.file.clone()));
                     return Err(e);
                 }
+                Err(e) if s.name() == primary => return Err(e),
+                Err(e) => lose_mirror(done, s.name(), &e),
             }
         }
     }
@@ -1049,7 +1077,9 @@ async fn whole_run(
 /// Remove what a run interrupted while it wrote its manifests left (its commit marker
 /// is still there): manifests first, then archives, then the marker. Called with the run
 /// lock held, so no run of the target is writing.
-async fn roll_back_interrupted(target: &str, storages: &Storages) {
+/// With `full` false (`--upload-pending`, which another host's run does not exclude) only
+/// the stale markers of mirrors are removed, never a run's files.
+async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
     // What the primary committed: a mirror's marker for such a run is stale (the mirror
     // was down when the run committed); its copies there are the catch-up's to finish.
     let primary = storages.primary();
@@ -1090,6 +1120,9 @@ async fn roll_back_interrupted(target: &str, storages: &Storages) {
             // Either is kept, and only the marker goes.
             let pinned = objects.iter().any(|o| catalog::pin_id(&o.file) == Some(id));
             let stale = is_mirror && committed.contains(&id);
+            if !full && !stale {
+                continue;
+            }
             if pinned || stale || whole_run(target, s, &objects, id).await {
                 tracing::info!(target, storage = s.name(), backup_id = %id, pinned, "a run's commit marker was left after the run was whole; the marker is removed, the run kept");
                 if let Err(e) = s.delete(target, &marker.file).await {
@@ -1271,7 +1304,7 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Bac
             source,
         }
     })?;
-    roll_back_interrupted(name, &ctx.storages).await;
+    roll_back_interrupted(name, &ctx.storages, false).await;
     catch_up(ctx, target, true)
         .await
         .map_err(|source| BackupError::Storage {

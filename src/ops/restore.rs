@@ -456,8 +456,17 @@ pub async fn plan(
     globals: bool,
 ) -> Result<Plan, RestoreError> {
     let engine = engine::build(target);
-    let dest = engine.destination(into, into_password)?;
+    let mut dest = engine.destination(into, into_password)?;
     let chosen = choose(ctx, target, selector, globals).await?;
+    // `--into` the live database itself is a restore over it: asked for, with its safety
+    // backup, like one without `--into`.
+    if engine
+        .is_own_place(&dest, chosen.backup.database.as_deref())
+        .await
+    {
+        tracing::info!(target = %target.name, "--into names the target's own database: restoring over it, with its checks and safety backup");
+        dest = Destination::Own;
+    }
     let mode = mode_of(&chosen, &dest);
     // A way of restoring the kind cannot do is refused before anything is asked or read.
     engine.supports(&mode)?;
@@ -653,12 +662,22 @@ pub async fn execute_run(
             let name = |i: usize| plan.archives[i].backup.schema.clone().unwrap_or_default();
             let restored: Vec<String> = done.iter().map(|i| name(*i)).collect();
             let (i, e) = failed.swap_remove(0);
+            let state = match restored.is_empty() {
+                true => format!("nothing of this restore is in {}", engine.describe(&plan.dest, None)),
+                false => format!(
+                    "{} now holds the schemas restored above besides what it held before: remove them (or, if this restore created it, the database) before trying again",
+                    engine.describe(&plan.dest, None)
+                ),
+            };
             return Err(RestoreError::Partial(format!(
-                "schema {} could not be restored: {}; restored: {}; {} holds a partial restore: drop it before trying again",
+                "schema {} could not be restored: {}; restored: {}; {state}",
                 name(i),
                 crate::error::chain(&e),
-                if restored.is_empty() { "none".to_string() } else { restored.join(", ") },
-                engine.describe(&plan.dest, None)
+                if restored.is_empty() {
+                    "none".to_string()
+                } else {
+                    restored.join(", ")
+                },
             )));
         }
         tracing::info!(target = %target.name, retry = failed.len(), "archives that need another schema's objects are tried again");
@@ -734,7 +753,21 @@ pub async fn execute(
         tracing::warn!(target = %target.name, "{note}");
     }
     if plan.dest.is_own() && opts.safety_backup {
-        let outcome = backup::run_queued(ctx, target, Some(PRE_RESTORE))
+        // A server target's database: the safety copy is of that database alone.
+        let one;
+        let safety_target = match (&plan.chosen.backup.database, &target.source) {
+            (Some(db), crate::config::SourceConfig::Postgres(pg)) => {
+                let mut pg = pg.clone();
+                pg.only_database = Some(db.clone());
+                one = Target {
+                    source: crate::config::SourceConfig::Postgres(pg),
+                    ..target.clone()
+                };
+                &one
+            }
+            _ => target,
+        };
+        let outcome = backup::run_queued(ctx, safety_target, Some(PRE_RESTORE))
             .await
             .map_err(|e| RestoreError::SafetyBackup(Box::new(e)))?;
         tracing::info!(target = %target.name, backup_id = %outcome.id, "safety backup (pre-restore) taken");

@@ -350,7 +350,9 @@ fn a_per_schema_restore_that_cannot_finish_names_what_went_in() {
     assert!(
         run.stderr.contains("schema a could not be restored")
             && run.stderr.contains("restored: b")
-            && run.stderr.contains("drop it before trying again"),
+            && run.stderr.contains(
+                "remove them (or, if this restore created it, the database) before trying again"
+            ),
         "{}",
         run.stderr
     );

@@ -4,8 +4,23 @@
 //! Two real S3 servers on 127.0.0.1.
 
 use crate::common::s3::TestS3;
-use crate::common::{dbkeep, sqlite_target, Sandbox, TestPostgres};
+use crate::common::{dbkeep, sqlite_target, wrapped_pg_bin, Sandbox, TestPostgres};
 use crate::s3_storage::{gated_pg_dump, list, local, pg_target};
+
+/// Two archives wait for `offsite`; once the server is back, `--upload-pending` sends
+/// both.
+fn two_pending_then_uploaded(cfg: &std::path::Path, offsite: &mut TestS3) {
+    let (_, v) = status_json(cfg);
+    assert_eq!(v["pending_by_storage"], serde_json::json!({"offsite": 2}));
+    offsite.restart();
+    let up = dbkeep(Some(cfg), &["backup", "--upload-pending"], &[]).ok();
+    assert!(
+        up.stdout.contains("uploaded 2 pending archive"),
+        "{}\n{}",
+        up.stdout,
+        up.stderr
+    );
+}
 
 /// `[storage.mirrors.NAME]` for the test server `s3`, bucket `bucket`.
 fn mirror_section(s3: &TestS3, name: &str, bucket: &str, extra: &str) -> String {
@@ -152,18 +167,8 @@ fn a_destination_stopped_mid_run_blocks_neither_the_other_nor_the_local_copy() {
         run.stdout
     );
     assert_eq!(list(&cfg, "s3").len(), 2);
-    let (_, v) = status_json(&cfg);
-    assert_eq!(v["pending_by_storage"], serde_json::json!({"offsite": 2}));
-
     // Back up: both missed archives go there, from the local copies.
-    second.restart();
-    let up = dbkeep(Some(&cfg), &["backup", "--upload-pending"], &[]).ok();
-    assert!(
-        up.stdout.contains("uploaded 2 pending archive"),
-        "{}\n{}",
-        up.stdout,
-        up.stderr
-    );
+    two_pending_then_uploaded(&cfg, &mut second);
     assert_eq!(
         std::fs::read(second.object_path("two", &format!("site2/app/{archive}"))).unwrap(),
         local_bytes
@@ -258,6 +263,83 @@ fn a_restore_falls_back_to_the_next_destination_and_storage_picks_one() {
         run.stderr
     );
     second.stop();
+}
+
+/// A destination that dies after it stored one archive of a run, while the run still
+/// dumps the next: at commit its manifest cannot be written there. That is the
+/// destination's failure only: the run succeeds, the local backup is whole, both archives
+/// are pending there, and `--upload-pending` completes the copy after it is back.
+#[test]
+fn a_destination_lost_before_the_manifests_fails_only_itself() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE SCHEMA a; CREATE TABLE a.t AS SELECT g AS id FROM generate_series(1, 1000) g; \
+         CREATE SCHEMA b; CREATE TABLE b.t AS SELECT g AS id FROM generate_series(1, 1000) g;",
+    );
+    let mut second = TestS3::start("two");
+    let sb = Sandbox::new();
+    let gate = sb.path().join("release-b");
+    // Schema b's dump waits for the gate; a's runs through (and its upload completes).
+    let bin = wrapped_pg_bin(
+        &sb,
+        &pg,
+        "pg_dump",
+        &format!(
+            "case \"$*\" in *schema=*b*) $REAL \"$@\"; i=0; while [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 0;; esac\nexec $REAL \"$@\"",
+            gate.display()
+        ),
+    );
+    let cfg = sb.write_config(&format!(
+        "{}{}{}",
+        local(&sb),
+        mirror_section(&second, "offsite", "two", ""),
+        pg_target(
+            &pg,
+            "app",
+            &format!(
+                "schemas = [\"a\", \"b\"]\njobs = 1\npg_bin_dir = \"{}\"",
+                bin.display()
+            )
+        )
+    ));
+    let cfg2 = cfg.clone();
+    let backup = std::thread::spawn(move || dbkeep(Some(&cfg2), &["backup"], &[]));
+    crate::common::wait_for(
+        std::time::Duration::from_secs(60),
+        "schema a's archive stored on the destination",
+        || {
+            second
+                .keys("two", "site2/app/")
+                .iter()
+                .any(|k| k.contains(".a.dump"))
+        },
+    );
+    second.stop();
+    std::fs::write(&gate, b"").unwrap();
+    let run = backup.join().unwrap().ok();
+    assert!(
+        run.stdout.contains("NOT uploaded to offsite"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let local_backups = list(&cfg, "local");
+    assert_eq!(
+        local_backups.len(),
+        2,
+        "the local backup is whole: {local_backups:?}"
+    );
+    two_pending_then_uploaded(&cfg, &mut second);
+    assert_eq!(list(&cfg, "offsite").len(), 2);
+    for b in &local_backups {
+        let file = b["file"].as_str().unwrap();
+        assert_eq!(
+            std::fs::read(second.object_path("two", &format!("site2/app/{file}"))).unwrap(),
+            std::fs::read(sb.backups().join("app").join(file)).unwrap()
+        );
+    }
 }
 
 /// A destination with its own retention keeps fewer backups than the local folder: cleanup

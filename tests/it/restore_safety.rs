@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::common::s3::TestS3;
 use crate::common::{
-    dbkeep, pg_config, spawn_dbkeep, wait_for, wrapped_pg_bin, Sandbox, TestPostgres, PG_PASSWORD,
+    dbkeep, pg_config, spawn_dbkeep, sqlite_target, wait_for, wrapped_pg_bin, Sandbox,
+    TestPostgres, PG_PASSWORD,
 };
 
 fn listed(cfg: &std::path::Path) -> Vec<serde_json::Value> {
@@ -712,4 +713,32 @@ fn schemas_with_quotes_and_newlines_restore_from_a_whole_backup_and_are_told_apa
     // The plain list keeps one line per backup.
     let list = dbkeep(Some(&cfg), &["list"], &[]).ok();
     assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
+}
+
+/// `--into` the target's own SQLite file (a path that resolves to it) is a restore over
+/// the live file: the write-lock check and the safety backup apply, as without `--into`.
+#[test]
+fn into_the_targets_own_file_is_a_restore_over_it() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(&sb, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let same = sb.path().join(".").join("app.db");
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            same.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    )
+    .ok();
+    assert!(run.stderr.contains("own database"), "{}", run.stderr);
+    assert!(run.stdout.contains("pre-restore"), "{}", run.stdout);
+    let list = dbkeep(Some(&cfg), &["list", "app", "--json"], &[]).ok();
+    assert!(list.stdout.contains("\"pre-restore\""), "{}", list.stdout);
+    assert!(db.exists());
 }

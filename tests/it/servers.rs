@@ -257,6 +257,41 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
         ),
         "0"
     );
+    // With its safety backup: a copy of that database alone, which makes no other
+    // database look gone.
+    let before = archives(&sb);
+    let args = ["restore", "cluster", "latest", "--database", "app", "--yes"];
+    dbkeep(Some(&cfg), &args, &[]).ok();
+    let safety: Vec<String> = archives(&sb)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(safety.len(), 1, "{safety:?}");
+    assert!(safety[0].contains(".app.dump"), "{safety:?}");
+    let dbs = status_databases(&cfg);
+    assert!(dbs.contains(&("newdb".into(), false)), "{dbs:?}");
+    assert!(dbs.contains(&("postgres".into(), false)), "{dbs:?}");
+    assert!(dbs.contains(&("app".into(), false)), "{dbs:?}");
+    // `--into` the database's own URL is a restore over it: with its safety backup too.
+    let before = archives(&sb);
+    let own_url = pg.url("app");
+    let args = [
+        "restore",
+        "cluster",
+        "latest",
+        "--database",
+        "app",
+        "--into",
+        &own_url,
+        "--yes",
+    ];
+    let run = dbkeep(Some(&cfg), &args, &[]).ok();
+    assert!(run.stderr.contains("own database"), "{}", run.stderr);
+    let safety: Vec<String> = archives(&sb)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(safety.len(), 1, "no safety backup: {safety:?}");
 
     // A drill restores each database of the newest run into its own scratch database.
     let drill = dbkeep(Some(&cfg), &["verify", "cluster", "--drill"], &[]).ok();
@@ -365,6 +400,25 @@ fn one_failing_database_fails_alone_and_the_others_are_kept() {
     assert!(
         broken["failing"].as_str().unwrap().contains("disk on fire"),
         "{broken}"
+    );
+    // `secret` never had a backup: it is listed all the same, failing, with none.
+    let secret = t["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "secret")
+        .cloned()
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(secret["newest"].is_null(), "{secret}");
+    assert!(
+        secret["failing"].as_str().unwrap().contains("CONNECT"),
+        "{secret}"
+    );
+    let text = dbkeep(Some(&cfg), &["status"], &[]);
+    assert!(
+        text.stdout.contains("database secret: no backup yet"),
+        "{}",
+        text.stdout
     );
     let list = dbkeep(Some(&cfg), &["list", "cluster"], &[]).ok();
     assert!(!list.stdout.contains("(gone)"), "{}", list.stdout);

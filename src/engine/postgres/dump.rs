@@ -153,6 +153,7 @@ pub async fn discover(
         .iter()
         .filter(|n| e.cfg.databases.iter().any(|p| glob_match(p, n)))
         .filter(|n| !e.cfg.exclude_databases.iter().any(|p| glob_match(p, n)))
+        .filter(|n| e.cfg.only_database.as_ref().is_none_or(|o| o == *n))
         .cloned()
         .collect();
     if chosen.is_empty() {
@@ -231,7 +232,8 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
     let tools = first.tools.clone();
     let tool_dir = first.tool_dir.clone();
     let mut parts: Vec<Part> = databases.values().flat_map(|p| p.parts.clone()).collect();
-    if e.cfg.globals {
+    // A run of one database (a restore's safety copy) needs no globals.
+    if e.cfg.globals && e.cfg.only_database.is_none() {
         let dir = tool_dir.clone().unwrap_or_default();
         parts.push(globals_part(e, &mut conn, &dir, major, &what).await?);
     }

@@ -239,6 +239,28 @@ impl Engine for PostgresEngine {
         }
     }
 
+    async fn is_own_place(&self, dest: &Destination, database: Option<&str>) -> bool {
+        let Destination::Other { to, .. } = dest else {
+            return false;
+        };
+        let (Ok(other), Ok(own)) = (
+            Dsn::parse(to, None),
+            self.dsn_of(&Destination::Own, database),
+        ) else {
+            return false;
+        };
+        // host:port/database on both sides (`localhost` and `127.0.0.1` are not matched:
+        // this catches the target's own URL given again, not every alias). A database that
+        // is gone from the server is recreated `--into` it, not restored over.
+        if other.location() != own.location() {
+            return false;
+        }
+        match database {
+            Some(db) => database::exists(&self.dsn, db).await.unwrap_or(false),
+            None => true,
+        }
+    }
+
     fn describe(&self, dest: &Destination, database: Option<&str>) -> String {
         match dest {
             Destination::Own => format!(

@@ -194,6 +194,19 @@ impl Engine for SqliteEngine {
         })
     }
 
+    async fn is_own_place(&self, dest: &Destination, _database: Option<&str>) -> bool {
+        let Destination::Other { to, .. } = dest else {
+            return false;
+        };
+        match (
+            std::fs::canonicalize(to),
+            std::fs::canonicalize(&self.cfg.path),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+
     fn describe(&self, dest: &Destination, _database: Option<&str>) -> String {
         match dest {
             Destination::Own => format!(
