@@ -389,26 +389,23 @@ fn one_failing_database_fails_alone_and_the_others_are_kept() {
         .map(|a| a[0].clone())
         .unwrap_or_else(|| v["targets"][0].clone());
     assert_eq!(t["healthy"], false, "{t}");
-    let broken = t["databases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == "broken")
-        .cloned()
-        .unwrap_or_else(|| panic!("{t}"));
+    let entry = |name: &str| {
+        t["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {t}"))
+    };
+    let broken = entry("broken");
     assert_eq!(broken["gone"], false, "{broken}");
     assert!(
         broken["failing"].as_str().unwrap().contains("disk on fire"),
         "{broken}"
     );
     // `secret` never had a backup: it is listed all the same, failing, with none.
-    let secret = t["databases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == "secret")
-        .cloned()
-        .unwrap_or_else(|| panic!("{t}"));
+    let secret = entry("secret");
     assert!(secret["newest"].is_null(), "{secret}");
     assert!(
         secret["failing"].as_str().unwrap().contains("CONNECT"),
