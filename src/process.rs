@@ -58,6 +58,20 @@ impl crate::error::Classify for ProcessError {
             ProcessError::Failed { .. } => ErrorKind::Failed,
         }
     }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            // A restore over a database where objects outside the archive depend on ones
+            // it replaces (a view or foreign key on an archived table, a table created
+            // since in an archived schema): PostgreSQL names them in its message.
+            ProcessError::Failed { stderr, .. }
+                if stderr.contains("other objects depend on it") =>
+            {
+                Some("objects that are not in the backup depend on objects the restore replaces (PostgreSQL names them above); drop or move them first, or restore --into a new database. Nothing was changed".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 fn fmt_tail(tail: &str) -> String {

@@ -172,6 +172,7 @@ impl Classify for EngineError {
     fn hint(&self) -> Option<String> {
         match self {
             EngineError::Storage(e) => e.hint(),
+            EngineError::Process(e) if e.hint().is_some() => e.hint(),
             EngineError::Connect { hint: Some(h), .. } => Some((*h).to_string()),
             _ => match self.kind() {
                 ErrorKind::Auth => {

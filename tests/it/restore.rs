@@ -255,6 +255,13 @@ fn a_restore_that_fails_midway_leaves_the_database_exactly_as_it_was() {
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("pg_restore failed"), "{}", run.stderr);
+    // What stands in the way, and the ways out.
+    assert!(
+        run.stderr
+            .contains("hint: objects that are not in the backup depend on objects"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(pg.table_checksums("conflict"), before, "rolled back whole");
 }
 
