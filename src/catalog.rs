@@ -327,8 +327,8 @@ pub struct Scan {
     pub orphans: Vec<String>,
     /// Manifests whose archive is gone.
     pub dangling_manifests: Vec<String>,
-    /// Commit markers, by run id: that run was writing its manifests (or was interrupted
-    /// while it did), so none of its archives counts.
+    /// Commit markers, by run id: that run is going on (or died before it finished), so
+    /// none of its archives counts.
     pub committing: Vec<(BackupId, String)>,
 }
 
@@ -529,11 +529,14 @@ pub fn pin_name(id: BackupId) -> String {
     format!("{PIN_PREFIX}{id}.{:08x}.json", rand::random::<u32>())
 }
 
-/// The commit marker of run `id`: written before the run's first manifest, removed after
-/// its last; while it exists no archive of the run is listed as a backup.
+/// The commit marker of run `id`: written when the run starts, removed after its last
+/// manifest; while it exists no archive of the run is listed as a backup.
 pub fn commit_name(id: BackupId) -> String {
     format!("{}{id}.json", crate::storage::COMMIT_PREFIX)
 }
+
+/// What a commit marker holds: nothing is read from it, its name is the record.
+pub const COMMIT_BODY: &[u8] = b"{}";
 
 /// The run a commit marker belongs to.
 pub fn commit_id(file: &str) -> Option<BackupId> {

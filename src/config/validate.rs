@@ -587,8 +587,6 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
     })
 }
 
-/// The target's hooks: each key of `[targets.NAME.hooks]` replaces the same key of
-/// `[defaults.hooks]`.
 /// `url` with the path `/db` when it names no database (`postgres://u@h:5432` or `.../`).
 fn with_default_database(url: &str, db: &str) -> String {
     match url::Url::parse(url) {
@@ -600,6 +598,8 @@ fn with_default_database(url: &str, db: &str) -> String {
     }
 }
 
+/// The target's hooks: each key of `[targets.NAME.hooks]` replaces the same key of
+/// `[defaults.hooks]`.
 fn validate_hooks(
     name: &str,
     own: Option<&RawHooks>,

@@ -82,16 +82,11 @@ impl Prepared {
 
     /// The tables one part holds.
     pub fn tables_of(&self, part: &Part) -> Vec<TableInfo> {
+        // A server target's database part: the tables its own database's view read.
         let view = self.view(part);
-        if !std::ptr::eq(view, self) {
-            return view.tables_of(&Part {
-                database: None,
-                ..part.clone()
-            });
-        }
         match part.contents {
-            Contents::Database => self.tables.clone(),
-            Contents::Schema => self
+            Contents::Database => view.tables.clone(),
+            Contents::Schema => view
                 .tables
                 .iter()
                 .filter(|t| t.schema.as_deref() == part.schema.as_deref())

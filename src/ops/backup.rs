@@ -454,7 +454,10 @@ async fn backup_inner(
     let mut written = Written::default();
     let marker = catalog::commit_name(id);
     for s in storages.iter().filter(|s| !storages.deferred(*s)) {
-        match s.put_bytes(name, &marker, b"{}".to_vec()).await {
+        match s
+            .put_bytes(name, &marker, catalog::COMMIT_BODY.to_vec())
+            .await
+        {
             Ok(()) => written.markers.push(s.name()),
             Err(e) if s.name() == storages.primary().name() => return Err(storage_err(e)),
             Err(e) => {
@@ -609,7 +612,7 @@ async fn backup_inner(
         d.manifest.run_archives = Some(count);
     }
     if result.is_ok() {
-        result = write_manifests(name, storages, &mut done, &mut written)
+        result = write_manifests(name, storages, id, &mut done, &mut written)
             .await
             .map_err(storage_err);
     }
@@ -963,6 +966,7 @@ struct Written {
 async fn write_manifests(
     target: &str,
     storages: &Storages,
+    id: BackupId,
     done: &mut [Stored],
     written: &mut Written,
 ) -> Result<(), StorageError> {
@@ -984,15 +988,11 @@ async fn write_manifests(
             }
         }
     };
-    // The run's commit marker goes first on every storage that gets a manifest, and goes
-    // last: a run interrupted in between (killed, the host down) never lists as a backup
-    // with only some of its archives, and the next run removes what it left.
-    let Some(id) = done.first().map(|d| d.manifest.id) else {
-        return Ok(());
-    };
-    let files: Vec<&str> = done.iter().map(|d| d.manifest.file.as_str()).collect();
+    // Every storage that gets a manifest holds the run's commit marker (written when the
+    // run started; here on a mirror that missed it then), and it goes after the last
+    // manifest: a run interrupted in between never lists as a backup with only some of
+    // its archives, and the next run removes what it left.
     let marker = catalog::commit_name(id);
-    let body = serde_json::to_vec(&files).unwrap_or_default();
     for s in storages.iter() {
         let gets_one = done
             .iter()
@@ -1000,7 +1000,10 @@ async fn write_manifests(
         if storages.deferred(s) || !gets_one || written.markers.contains(&s.name()) {
             continue;
         }
-        match s.put_bytes(target, &marker, body.clone()).await {
+        match s
+            .put_bytes(target, &marker, catalog::COMMIT_BODY.to_vec())
+            .await
+        {
             Ok(()) => written.markers.push(s.name()),
             Err(e) if s.name() == primary => return Err(e),
             Err(e) => lose_mirror(done, s.name(), &e),
@@ -1074,9 +1077,9 @@ async fn whole_run(
     !archives.is_empty() && want == u32::try_from(archives.len()).ok()
 }
 
-/// Remove what a run interrupted while it wrote its manifests left (its commit marker
-/// is still there): manifests first, then archives, then the marker. Called with the run
-/// lock held, so no run of the target is writing.
+/// Remove what a run that did not finish left (its commit marker is still there):
+/// manifests first, then archives, then the marker. Called with the run lock held, so no
+/// run of the target is writing.
 /// With `full` false (`--upload-pending`, which another host's run does not exclude) only
 /// the stale markers of mirrors are removed, never a run's files.
 async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
@@ -1110,11 +1113,6 @@ async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
             let Some(id) = catalog::commit_id(&marker.file) else {
                 continue;
             };
-            let mut files: Vec<&str> = objects
-                .iter()
-                .map(|o| o.file.as_str())
-                .filter(|f| catalog::id_of_file(target, f) == Some(id))
-                .collect();
             // A pinned run was listed whole when it was pinned; a run whose manifests all
             // check out and number what it committed was killed after its last manifest.
             // Either is kept, and only the marker goes.
@@ -1124,12 +1122,17 @@ async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
                 continue;
             }
             if pinned || stale || whole_run(target, s, &objects, id).await {
-                tracing::info!(target, storage = s.name(), backup_id = %id, pinned, "a run's commit marker was left after the run was whole; the marker is removed, the run kept");
+                tracing::info!(target, storage = s.name(), backup_id = %id, pinned, committed_on_primary = stale, "a commit marker was left on a run that is whole (or pinned, or committed on the primary); the marker is removed, the run kept");
                 if let Err(e) = s.delete(target, &marker.file).await {
                     tracing::error!(target, storage = s.name(), error = %e, "cannot remove a commit marker");
                 }
                 continue;
             }
+            let mut files: Vec<&str> = objects
+                .iter()
+                .map(|o| o.file.as_str())
+                .filter(|f| catalog::id_of_file(target, f) == Some(id))
+                .collect();
             // Manifests first: an interruption now leaves archives without one (leftovers
             // cleanup removes), never a manifest without its archive.
             files.sort_by_key(|f| !f.ends_with(catalog::MANIFEST_SUFFIX));
@@ -1195,7 +1198,6 @@ async fn remove_run(
     done: &[Stored],
     written: &Written,
 ) {
-    let marker = Some(catalog::commit_name(id));
     for d in done {
         let manifest = catalog::manifest_name(&d.manifest.file);
         for s in storages.iter() {
@@ -1226,14 +1228,13 @@ async fn remove_run(
         }
     }
     // The marker goes last: until then the run's leftovers stay unlisted.
-    if let Some(marker) = marker {
-        for s in storages
-            .iter()
-            .filter(|s| written.markers.contains(&s.name()))
-        {
-            if let Err(e) = s.delete(target, &marker).await {
-                tracing::error!(target, storage = s.name(), error = %e, "could not remove the commit marker of the failed run; the next run removes the run");
-            }
+    let marker = catalog::commit_name(id);
+    for s in storages
+        .iter()
+        .filter(|s| written.markers.contains(&s.name()))
+    {
+        if let Err(e) = s.delete(target, &marker).await {
+            tracing::error!(target, storage = s.name(), error = %e, "could not remove the commit marker of the failed run; the next run removes the run");
         }
     }
 }

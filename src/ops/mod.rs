@@ -53,7 +53,7 @@ pub fn wanted_on(
         return None;
     }
     let mut wanted = std::collections::HashSet::new();
-    for (_, group) in by_database(complete.to_vec()) {
+    for (_, group) in by_database(complete) {
         let candidates: Vec<crate::retention::Candidate> = group
             .iter()
             .map(|b| crate::retention::Candidate {
@@ -80,13 +80,15 @@ pub fn wanted_on(
 
 /// Backups grouped the way retention counts them: by database for a server target's
 /// archives (its globals are the `None` group), else all in one group.
-pub fn by_database(
-    backups: Vec<crate::catalog::Backup>,
-) -> std::collections::BTreeMap<Option<String>, Vec<crate::catalog::Backup>> {
-    let mut groups: std::collections::BTreeMap<Option<String>, Vec<crate::catalog::Backup>> =
-        Default::default();
+pub fn by_database<B: std::borrow::Borrow<crate::catalog::Backup>>(
+    backups: impl IntoIterator<Item = B>,
+) -> std::collections::BTreeMap<Option<String>, Vec<B>> {
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<B>> = Default::default();
     for b in backups {
-        groups.entry(b.database.clone()).or_default().push(b);
+        groups
+            .entry(b.borrow().database.clone())
+            .or_default()
+            .push(b);
     }
     groups
 }

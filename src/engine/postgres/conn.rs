@@ -49,7 +49,7 @@ impl Dsn {
     }
 
     /// The same server with another database. The name goes in the query
-    /// (`?dbname=...`), every byte but letters, digits, `_`, `-` and `.` as `%XX`: in the
+    /// (`?dbname=...`), every byte but letters, digits, `_` and `-` as `%XX`: in the
     /// path, a URL parser would resolve `.` and `..` and drop tabs and newlines, and so
     /// connect to another database than the one named (libpq and sqlx both take
     /// `dbname` from the query and decode `%XX` alike).
@@ -64,15 +64,7 @@ impl Dsn {
             .filter(|kv| !kv.is_empty() && !kv.to_ascii_lowercase().starts_with("dbname="))
             .map(str::to_string)
             .collect();
-        let mut encoded = String::from("dbname=");
-        for b in db.bytes() {
-            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.' {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        query.push(encoded);
+        query.push(format!("dbname={}", crate::catalog::encode_name(db)));
         u.set_query(Some(&query.join("&")));
         Ok(Dsn {
             url: u.to_string(),

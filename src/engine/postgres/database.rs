@@ -28,13 +28,8 @@ pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
 /// True when it exists and is not empty (and `yes` lets the restore go over it).
 pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;
-    let mut admin = admin_dsn.connect().await?;
-    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&db)
-        .fetch_optional(&mut admin)
-        .await
-        .map_err(EngineError::db(format!("looking up database {db}")))?;
-    if exists.is_none() {
+    if !exists(&admin_dsn, &db).await? {
+        let mut admin = admin_dsn.connect().await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE DATABASE {}",
             quote_ident(&db)
@@ -46,7 +41,6 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
         tracing::info!(database = %db, "created database");
         return Ok(false);
     }
-    let _ = admin.close().await;
     let mut conn = dsn.connect().await?;
     let (tables,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -94,10 +88,21 @@ pub async fn scratch_denied(
     }))
 }
 
-/// A new, empty database `dbkeep_<purpose>_<target>_<random>` on `server`'s server.
-/// What the names of scratch databases start with: a server target never backs them up.
-pub const SCRATCH_PREFIX: &str = "dbkeep_";
+/// What the names of scratch databases start with.
+const SCRATCH_PREFIX: &str = "dbkeep_";
 
+/// Whether `name` is one of dbkeep's scratch databases (see [`create_scratch`]): a server
+/// target never backs them up.
+pub fn is_scratch(name: &str) -> bool {
+    use crate::engine::Purpose;
+    name.strip_prefix(SCRATCH_PREFIX).is_some_and(|rest| {
+        [Purpose::Drill, Purpose::Diff, Purpose::Declared]
+            .iter()
+            .any(|p| rest.starts_with(&format!("{}_", p.word())))
+    })
+}
+
+/// A new, empty database `dbkeep_<purpose>_<target>_<random>` on `server`'s server.
 pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result<Dsn, EngineError> {
     let name = format!(
         "{SCRATCH_PREFIX}{purpose}_{}_{:08x}",
@@ -105,7 +110,7 @@ pub async fn create_scratch(server: &Dsn, target: &str, purpose: &str) -> Result
         rand::random::<u32>()
     );
     let dsn = server.with_database(&name)?;
-    let _empty = prepare(&dsn, false).await?;
+    prepare(&dsn, false).await?;
     Ok(dsn)
 }
 

@@ -136,18 +136,10 @@ pub async fn discover(
         e.dsn.location()
     )))?;
     // dbkeep's own scratch databases (a drill or check going on) are never backed up.
-    let scratch = |n: &str| {
-        n.strip_prefix(super::database::SCRATCH_PREFIX)
-            .is_some_and(|rest| {
-                ["drill_", "diff_", "schema_"]
-                    .iter()
-                    .any(|p| rest.starts_with(p))
-            })
-    };
     let names: Vec<String> = names
         .into_iter()
         .map(|(n,)| n)
-        .filter(|n| !scratch(n))
+        .filter(|n| !super::database::is_scratch(n))
         .collect();
     let chosen: Vec<String> = names
         .iter()
@@ -174,6 +166,20 @@ fn major_of(version_num: &str) -> Result<u32, EngineError> {
     })
 }
 
+/// The SQLSTATE a connection was refused with (`3D000`: no such database, `42501`: no
+/// CONNECT right), when the server gave one.
+fn connect_code(err: &EngineError) -> Option<String> {
+    match err {
+        EngineError::Connect {
+            source: Some(s), ..
+        } => s
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
 /// A server target: each discovered database prepared in its own exported snapshot, and
 /// the globals once for the server.
 async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
@@ -194,19 +200,14 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
                 databases.insert(db.clone(), p);
             }
             // Dropped between the listing and its snapshot: nothing left to back up.
-            Err(EngineError::Connect {
-                source: Some(ref s),
-                ..
-            }) if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") => {
+            Err(ref err) if connect_code(err).as_deref() == Some("3D000") => {
                 tracing::info!(target = %e.target, database = %db, "database dropped while the run started; not backed up");
             }
             // One database that cannot be prepared fails on its own: the others are backed
             // up. A role that may not connect is told the two ways out.
             Err(err) => {
-                let denied = matches!(&err, EngineError::Connect { source: Some(s), .. }
-                    if s.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501"));
                 let mut why = crate::error::chain(&err);
-                if denied {
+                if connect_code(&err).as_deref() == Some("42501") {
                     why.push_str(
                         ": grant the backup role CONNECT on it, or add it to `exclude_databases`",
                     );
@@ -440,34 +441,32 @@ async fn globals_part(
     major: u32,
     what: &str,
 ) -> Result<Part, EngineError> {
-    {
-        if !tool_dir.join("pg_dumpall").is_file() {
-            return Err(EngineError::ToolMissing(format!(
-                "pg_dumpall is missing beside {}: install the full postgresql-client-{major} package",
-                tool_dir.join("pg_dump").display()
-            )));
-        }
-        // Role passwords live in pg_authid, which only superusers read: a role without
-        // that right gets the roles without their passwords, rather than a failed run that
-        // throws the good database archive away.
-        let (can_read_authid,): (bool,) =
-            sqlx::query_as("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(EngineError::db(what.to_string()))?;
-        let note = (!can_read_authid).then(|| NO_ROLE_PASSWORDS.to_string());
-        if note.is_some() {
-            tracing::warn!(target = %e.target, "{NO_ROLE_PASSWORDS}");
-        }
-        Ok(Part {
-            schema: None,
-            database: None,
-            contents: Contents::Globals,
-            format: "sql",
-            magic: SQL_MAGIC,
-            note,
-        })
+    if !tool_dir.join("pg_dumpall").is_file() {
+        return Err(EngineError::ToolMissing(format!(
+            "pg_dumpall is missing beside {}: install the full postgresql-client-{major} package",
+            tool_dir.join("pg_dump").display()
+        )));
     }
+    // Role passwords live in pg_authid, which only superusers read: a role without
+    // that right gets the roles without their passwords, rather than a failed run that
+    // throws the good database archive away.
+    let (can_read_authid,): (bool,) =
+        sqlx::query_as("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(EngineError::db(what.to_string()))?;
+    let note = (!can_read_authid).then(|| NO_ROLE_PASSWORDS.to_string());
+    if note.is_some() {
+        tracing::warn!(target = %e.target, "{NO_ROLE_PASSWORDS}");
+    }
+    Ok(Part {
+        schema: None,
+        database: None,
+        contents: Contents::Globals,
+        format: "sql",
+        magic: SQL_MAGIC,
+        note,
+    })
 }
 
 pub fn open(
