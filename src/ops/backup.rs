@@ -259,7 +259,9 @@ async fn run_with(
         Err(BackupError::Databases { failed, .. }) => failed.clone(),
         _ => Vec::new(),
     };
-    if reason.is_none() || !failed_databases.is_empty() {
+    // Only a plain run says which databases fail: a safety copy of one database would
+    // forget the others'.
+    if reason.is_none() {
         ctx.state.update(name, |s| {
             s.failed_databases = failed_databases.iter().cloned().collect()
         });

@@ -384,16 +384,16 @@ pub async fn choose(
             schema_from_full: None,
         });
     }
-    let mut databases: Vec<&str> = of_id
+    // Each database once, however many storages hold its archive.
+    let databases: std::collections::BTreeSet<&str> = of_id
         .iter()
         .filter_map(|(_, b)| b.database.as_deref())
         .collect();
-    databases.dedup();
     if !databases.is_empty() {
         return Err(RestoreError::NotFound(format!(
             "backup {id} of target {} holds one archive per database; restore one with --database NAME (databases: {})",
             target.name,
-            databases.join(", ")
+            databases.into_iter().collect::<Vec<_>>().join(", ")
         )));
     }
     let schemas: Vec<String> = of_id.iter().filter_map(|(_, b)| b.schema.clone()).collect();

@@ -113,6 +113,17 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
         "{}",
         first.stderr
     );
+    // doctor names what a run backs up (the no-connect and excluded ones not).
+    let doctor = dbkeep(Some(&cfg), &["doctor", "cluster"], &[]);
+    let line = doctor
+        .stdout
+        .lines()
+        .find(|l| l.contains("databases"))
+        .unwrap_or_else(|| panic!("{}", doctor.stdout));
+    assert!(
+        line.contains("4 database(s) to back up: app, billing, postgres, we ird.x"),
+        "{line}"
+    );
 
     // Between runs: a database is created, another dropped.
     pg.psql("postgres", "CREATE DATABASE newdb");
@@ -313,6 +324,9 @@ fn every_database_on_a_server_is_backed_up_and_kept_on_its_own() {
             "dbkeep_database_last_success_timestamp_seconds{database=\"newdb\",target=\"cluster\"}"
         )
         .is_some_and(|t| t > 0.0));
+    assert!(d
+        .metric("dbkeep_database_backup_size_bytes{database=\"app\",target=\"cluster\"}")
+        .is_some_and(|b| b > 0.0));
     d.signal(libc::SIGTERM);
     d.wait_exit(std::time::Duration::from_secs(10));
 }
@@ -623,4 +637,71 @@ fn a_run_interrupted_between_its_manifests_never_counts_and_the_next_run_removes
         assert!(left.contains(f), "the whole run lost {f}: {left:?}");
     }
     assert!(!dir.join(format!(".dbkeep-commit.{first_id}.json")).exists());
+}
+
+/// A server target with a remote copy: every database's archive goes to S3 as well, a
+/// restore of one database reads it from there, and the message that asks for
+/// `--database` names each database once, however many storages hold it.
+#[test]
+fn a_server_targets_databases_are_copied_and_restored_from_s3() {
+    let pg = TestPostgres::start();
+    for db in ["alpha", "beta"] {
+        pg.create_db(db);
+        pg.psql(
+            db,
+            &format!("CREATE TABLE who AS SELECT '{db}'::text AS name"),
+        );
+    }
+    let s3 = crate::common::s3::TestS3::start("bkt");
+    let sb = Sandbox::new();
+    let cfg = server_config(
+        &sb,
+        &pg,
+        "postgres",
+        &format!(
+            "databases = [\"alpha\", \"beta\"]\n{}",
+            s3.config_section("bkt", "srv", "")
+        ),
+    );
+    dbkeep(Some(&cfg), &["backup", "cluster"], &[]).ok();
+    let remote = dbkeep(
+        Some(&cfg),
+        &["list", "cluster", "--storage", "s3", "--json"],
+        &[],
+    )
+    .ok();
+    let remote: Vec<serde_json::Value> = serde_json::from_str(&remote.stdout).unwrap();
+    let mut dbs: Vec<&str> = remote
+        .iter()
+        .filter_map(|b| b["database"].as_str())
+        .collect();
+    dbs.sort();
+    assert_eq!(dbs, ["alpha", "beta"], "{remote:?}");
+
+    let ask = dbkeep(
+        Some(&cfg),
+        &["restore", "cluster", "latest", "--into", &pg.url("x")],
+        &[],
+    );
+    assert_ne!(ask.code, 0);
+    assert!(
+        ask.stderr.contains("(databases: alpha, beta)"),
+        "{}",
+        ask.stderr
+    );
+    let into = pg.url("beta_copy");
+    let args = [
+        "restore",
+        "cluster",
+        "latest",
+        "--database",
+        "beta",
+        "--storage",
+        "s3",
+        "--into",
+        &into,
+    ];
+    let run = dbkeep(Some(&cfg), &args, &[]).ok();
+    assert!(run.stderr.contains("read from s3"), "{}", run.stderr);
+    assert_eq!(pg.psql("beta_copy", "SELECT name FROM who"), "beta");
 }
