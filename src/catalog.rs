@@ -167,6 +167,9 @@ pub fn decode_name(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// What an encrypted archive's name ends in (after the codec's): it is an age file.
+pub const ENCRYPTED_SUFFIX: &str = ".age";
+
 pub fn manifest_name(archive: &str) -> String {
     format!("{archive}{MANIFEST_SUFFIX}")
 }
@@ -257,6 +260,68 @@ pub struct Manifest {
     /// there is whole when this many of its manifests check out.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub run_archives: Option<u32>,
+    /// The age recipients (public keys) the archive is encrypted to; empty: stored as
+    /// compressed. `sha256` and `stored_bytes` are of the encrypted bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub encrypted_to: Vec<String>,
+    /// The signature of every other field (see [`signed_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signature: Option<Signature>,
+}
+
+/// A manifest's signature: over the manifest as serialized without it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Signature {
+    /// `ed25519`.
+    pub alg: String,
+    /// The verify key that checks it (`dbkeep-verify-...`).
+    pub key: String,
+    /// Hex of the signature.
+    pub sig: String,
+}
+
+/// The bytes a manifest's signature covers: the manifest as this version of dbkeep reads
+/// it, serialized without its signature. What is checked is exactly what is used: a
+/// field this version does not know is not kept, and fails the check.
+pub fn signed_bytes(m: &Manifest) -> Vec<u8> {
+    let mut unsigned = m.clone();
+    unsigned.signature = None;
+    serde_json::to_vec(&unsigned).unwrap_or_default()
+}
+
+/// Sign `m` with `key`.
+pub fn sign(m: &mut Manifest, key: &crate::crypt::SigningKey) {
+    let sig = key.sign(&signed_bytes(m));
+    m.signature = Some(Signature {
+        alg: crate::crypt::SIGNATURE_ALG.to_string(),
+        key: key.verifying().text(),
+        sig,
+    });
+}
+
+/// Whether `m` carries a good signature by `key`; the error says what is wrong.
+pub fn check_signature(m: &Manifest, key: &crate::crypt::VerifyingKey) -> Result<(), String> {
+    let Some(s) = &m.signature else {
+        return Err(format!(
+            "manifest is not signed, and manifests must be signed by {} (`verify_key` / `signing_key_file`): not trusted",
+            key.text()
+        ));
+    };
+    if s.alg != crate::crypt::SIGNATURE_ALG || s.key != key.text() {
+        return Err(format!(
+            "manifest is signed by {} ({}), not by the configured key {}: not trusted",
+            s.key.chars().take(90).collect::<String>(),
+            s.alg.chars().take(20).collect::<String>(),
+            key.text()
+        ));
+    }
+    if !key.verify(&signed_bytes(m), &s.sig) {
+        return Err(
+            "manifest signature does not match its contents (altered, forged, or written by a newer dbkeep): not trusted"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// A complete backup archive: its manifest exists and its archive is present.
@@ -403,8 +468,9 @@ fn validate(
     archive: &str,
     bytes: u64,
     raw: &[u8],
+    verify: Option<&crate::crypt::VerifyingKey>,
 ) -> Result<Backup, String> {
-    let manifest = check_manifest(target, archive, bytes, raw)?;
+    let manifest = check_manifest(target, archive, bytes, raw, verify)?;
     Ok(Backup {
         id: manifest.id,
         target: target.to_string(),
@@ -425,13 +491,15 @@ fn validate(
 }
 
 /// Parse the manifest of `archive` (of `bytes` bytes) and check that it names this target
-/// and archive, carries the id of the archive's name, and matches its size. Any bytes give
-/// an answer, never a panic (the parser is fuzzed).
+/// and archive, carries the id of the archive's name, and matches its size; with a verify
+/// key, that it is signed by it. Any bytes give an answer, never a panic (the parser is
+/// fuzzed).
 pub fn check_manifest(
     target: &str,
     archive: &str,
     bytes: u64,
     raw: &[u8],
+    verify: Option<&crate::crypt::VerifyingKey>,
 ) -> Result<Manifest, String> {
     let manifest =
         serde_json::from_slice::<Manifest>(raw).map_err(|e| format!("unreadable manifest: {e}"))?;
@@ -450,6 +518,9 @@ pub fn check_manifest(
             manifest.stored_bytes
         ));
     }
+    if let Some(key) = verify {
+        check_signature(&manifest, key)?;
+    }
     Ok(manifest)
 }
 
@@ -460,20 +531,25 @@ async fn read_one(
     target: &str,
     archive: &str,
     bytes: u64,
+    verify: Option<&crate::crypt::VerifyingKey>,
 ) -> Result<Option<Result<Backup, String>>, CatalogError> {
     match storage.get_bytes(target, &manifest_name(archive)).await {
-        Ok(raw) => Ok(Some(validate(storage, target, archive, bytes, &raw))),
+        Ok(raw) => Ok(Some(validate(
+            storage, target, archive, bytes, &raw, verify,
+        ))),
         Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e @ StorageError::TooLarge { .. }) => Ok(Some(Err(e.to_string()))),
         Err(e) => Err(e.into()),
     }
 }
 
-/// List `target` on `storage`: archives with a manifest that parses and matches them.
-/// Everything else that looks like a backup is in `broken`, with why.
+/// List `target` on `storage`: archives with a manifest that parses and matches them
+/// (and, with a verify key, is signed by it). Everything else that looks like a backup is
+/// in `broken`, with why: not listed, not counted by retention, not restored.
 pub async fn list(
     storage: &dyn Storage,
     target: &str,
+    verify: Option<&crate::crypt::VerifyingKey>,
     now: DateTime<Utc>,
 ) -> Result<Listing, CatalogError> {
     use futures_util::StreamExt;
@@ -484,7 +560,7 @@ pub async fn list(
     }
     let fetches = futures_util::stream::iter(scan.complete.into_iter().map(
         |(_, archive, bytes)| async move {
-            let got = read_one(storage, target, &archive, bytes).await;
+            let got = read_one(storage, target, &archive, bytes, verify).await;
             (archive, got)
         },
     ))
@@ -654,11 +730,12 @@ pub fn databases_of(backups: &[Backup]) -> Vec<DatabaseSummary> {
 pub async fn newest(
     storage: &dyn Storage,
     target: &str,
+    verify: Option<&crate::crypt::VerifyingKey>,
     now: DateTime<Utc>,
 ) -> Result<Option<Backup>, CatalogError> {
     let scan = scan(storage, target, now).await?;
     for (_, archive, bytes) in scan.complete {
-        if let Some(Ok(b)) = read_one(storage, target, &archive, bytes).await? {
+        if let Some(Ok(b)) = read_one(storage, target, &archive, bytes, verify).await? {
             return Ok(Some(b));
         }
     }

@@ -72,15 +72,18 @@ pub enum StreamError {
     Write(io::Error),
 }
 
-/// Read `input` to its end, compress with `codec` into `out`; return the sizes and the
-/// sha256 of what `out` received. Blocking: call from a blocking thread.
+/// Read `input` to its end, compress with `codec`, encrypt to `recipients` when there are
+/// any, into `out`; return the sizes and the sha256 of what `out` received (the stored
+/// bytes). Blocking: call from a blocking thread.
 pub fn compress<R: Read, W: Write>(
     mut input: R,
     codec: Compression,
+    recipients: &[age::x25519::Recipient],
     out: W,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(W, Summary), StreamError> {
-    let sink = HashingWriter::new(out);
+    let sink = crate::crypt::Sealed::new(HashingWriter::new(out), recipients)
+        .map_err(StreamError::Write)?;
     let mut buf = vec![0u8; CHUNK];
     let mut head = Vec::with_capacity(HEAD_LEN);
     let mut raw_bytes = 0u64;
@@ -132,7 +135,7 @@ pub fn compress<R: Read, W: Write>(
             sink
         }
     };
-    let (mut out, stored_bytes, sha256) = sink.finish();
+    let (mut out, stored_bytes, sha256) = sink.finish().map_err(w)?.finish();
     out.flush().map_err(w)?;
     Ok((
         out,
@@ -318,6 +321,7 @@ mod tests {
             compress(
                 Endless,
                 Compression::Zstd { level: 19 },
+                &[],
                 io::sink(),
                 &cancel,
             )
@@ -333,7 +337,7 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let (stored, s) = compress(&data[..], codec, Vec::new(), &Default::default()).unwrap();
+        let (stored, s) = compress(&data[..], codec, &[], Vec::new(), &Default::default()).unwrap();
         assert_eq!(s.raw_bytes, data.len() as u64);
         assert_eq!(s.stored_bytes, stored.len() as u64);
         assert_eq!(s.sha256, hex::encode(Sha256::digest(&stored)));
@@ -383,11 +387,11 @@ mod tests {
         let data = vec![1u8; 4 * CHUNK];
         for codec in [Compression::None, Compression::Zstd { level: 3 }] {
             assert!(matches!(
-                compress(&data[..], codec, Failing, &Default::default()),
+                compress(&data[..], codec, &[], Failing, &Default::default()),
                 Err(StreamError::Write(e)) if e.raw_os_error() == Some(libc::ENOSPC)
             ));
             assert!(matches!(
-                compress(Broken, codec, Vec::new(), &Default::default()),
+                compress(Broken, codec, &[], Vec::new(), &Default::default()),
                 Err(StreamError::Read(_))
             ));
         }

@@ -12,7 +12,7 @@
 //! | [`engine`] | everything database-specific (`postgres/`, `sqlite/`); the only place a connection is opened |
 //! | [`storage`] | the `Storage` trait, local, S3, in-memory, the fan-out writer |
 //! | [`config`] | raw settings, validation, validated types |
-//! | leaves | [`catalog`] names and manifests, [`retention`] the pure plan, [`scheduler`] `next_run`, [`state`], [`compress`], [`process`] (the only place children are spawned), [`metrics`], [`telemetry`], [`error`] kinds, [`files`] (dbkeep's own files, written safely) |
+//! | leaves | [`catalog`] names and manifests, [`retention`] the pure plan, [`scheduler`] `next_run`, [`state`], [`compress`], [`crypt`] (age encryption, manifest signatures), [`process`] (the only place children are spawned), [`metrics`], [`telemetry`], [`error`] kinds, [`files`] (dbkeep's own files, written safely) |
 //!
 //! `schema` sits above `ops` (where the design's table put it below): its changes run
 //! behind a backup and its diffs read a restored backup, so it uses `ops`, and `ops`
@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod cli;
 pub mod compress;
 pub mod config;
+pub mod crypt;
 pub mod daemon;
 pub mod engine;
 pub mod error;

@@ -79,7 +79,7 @@ fn print_outcome(o: &Outcome) {
 
 pub(super) async fn list(
     ctx: &Context,
-    names: &[String],
+    targets: &[&crate::config::Target],
     only: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
@@ -92,7 +92,7 @@ pub(super) async fn list(
             )));
         }
     }
-    let inv = crate::ops::list::inventory(ctx, names, only).await;
+    let inv = crate::ops::list::inventory(ctx, targets, only).await;
     for b in &inv.broken {
         eprintln!(
             "warning: {} on {}: {} is not a complete backup: {}",
@@ -110,8 +110,9 @@ pub(super) async fn list(
     }
     let mut all: Vec<Backup> = inv.backups;
     // A dropped database of a server target is listed as gone, not failing.
-    let gone: std::collections::HashSet<(String, String)> = names
+    let gone: std::collections::HashSet<(String, String)> = targets
         .iter()
+        .map(|t| &t.name)
         .flat_map(|t| {
             let of: Vec<Backup> = all.iter().filter(|b| &b.target == t).cloned().collect();
             let mut dbs = catalog::databases_of(&of);

@@ -120,6 +120,10 @@ enum Cmd {
         /// The database to restore, of a target that backs up a server (`databases`)
         #[arg(long, value_name = "NAME", conflicts_with = "globals")]
         database: Option<String>,
+        /// The age identity file that decrypts encrypted archives (instead of the
+        /// target's `identity_file`)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
     Verify {
@@ -128,6 +132,10 @@ enum Cmd {
         /// Restore the newest complete backup into a scratch database and check it
         #[arg(long)]
         drill: bool,
+        /// The age identity file that decrypts encrypted archives (instead of the
+        /// target's `identity_file`)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Connect to every target and storage; per feature, whether the role, tools and
     /// space allow it and what to grant if not (exit 1 when something configured cannot work)
@@ -172,6 +180,11 @@ enum Cmd {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Key commands (encryption and manifest signing)
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
     /// The daemon on a built-in SQLite demo (no server needed) until Ctrl-C
     Demo {
         /// Folder for the demo database and its backups
@@ -193,6 +206,20 @@ enum ConfigCmd {
     },
     /// List every environment variable dbkeep reads
     Keys,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Write a new key to FILE (owner-only, never over an existing file) and print its
+    /// public half: an age identity (its recipient goes in `encrypt_to`), or with
+    /// --signing a manifest signing key (its verify key goes in `verify_key`)
+    New {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A manifest signing key (ed25519) instead of an encryption key
+        #[arg(long)]
+        signing: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -334,6 +361,31 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Healthcheck { url } => status::healthcheck(path, url).await,
+        Cmd::Key {
+            cmd: KeyCmd::New { out, signing },
+        } => {
+            let (text, public) = match signing {
+                true => crate::crypt::SigningKey::generate(),
+                false => crate::crypt::new_identity(),
+            };
+            crate::crypt::write_private(&out, &text)
+                .map_err(|m| Failure::new(ErrorKind::Refused, m))?;
+            let (what, key) = match signing {
+                true => ("signing key", "verify_key"),
+                false => ("age identity", "encrypt_to"),
+            };
+            eprintln!(
+                "wrote the {what} to {} (mode 0600); keep a copy where this host's disks are not: without it {}",
+                out.display(),
+                match signing {
+                    true => "new manifests cannot be signed",
+                    false => "no backup encrypted to it can be restored",
+                }
+            );
+            eprintln!("put the line below in `{key}`:");
+            println!("{public}");
+            Ok(())
+        }
         Cmd::Notify {
             cmd: NotifyCmd::Test { name },
         } => {
@@ -372,7 +424,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(path)?;
             let selected = select_targets(&cfg, target.as_slice())?;
             let ctx = context(&cfg).await?;
-            backup::list(&ctx, &selected, storage.as_deref(), json).await
+            let targets: Vec<&crate::config::Target> =
+                selected.iter().filter_map(|n| cfg.target(n)).collect();
+            backup::list(&ctx, &targets, storage.as_deref(), json).await
         }
         Cmd::Pin { target, id, reason } => {
             let cfg = load_config(path)?;
@@ -402,6 +456,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             drop_dependents,
             storage,
             database,
+            identity,
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
@@ -418,7 +473,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )),
                 None => None,
             };
-            let ctx = context(&cfg).await?;
+            let mut ctx = context(&cfg).await?;
+            ctx.identity = identity;
             let args = restore::RestoreArgs {
                 target: &target,
                 backup: &backup,
@@ -435,10 +491,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             restore::restore(&ctx, &cfg, args).await
         }
-        Cmd::Verify { target, drill } => {
+        Cmd::Verify {
+            target,
+            drill,
+            identity,
+        } => {
             let cfg = load_config(path)?;
             let selected = select_targets(&cfg, target.as_slice())?;
-            let ctx = context(&cfg).await?;
+            let mut ctx = context(&cfg).await?;
+            ctx.identity = identity;
             interruptible(&ctx);
             restore::verify(&ctx, &cfg, &selected, drill).await
         }
@@ -449,7 +510,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Schema { cmd } => {
             let cfg = load_config(path)?;
-            let ctx = context(&cfg).await?;
+            let mut ctx = context(&cfg).await?;
+            if let schema::SchemaCmd::Diff { identity, .. } = &cmd {
+                ctx.identity = identity.clone();
+            }
             schema::schema(&ctx, &cfg, cmd).await
         }
         Cmd::Migrate { target, cmd } => {

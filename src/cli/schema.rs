@@ -35,6 +35,10 @@ pub enum SchemaCmd {
         sql: bool,
         #[arg(long)]
         json: bool,
+        /// The age identity file that decrypts the backup (instead of the target's
+        /// `identity_file`)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
     },
 }
 
@@ -123,6 +127,7 @@ pub(super) async fn schema(ctx: &Context, cfg: &Config, cmd: SchemaCmd) -> Resul
             against,
             sql,
             json: as_json,
+            ..
         } => {
             let t = target(cfg, &name)?;
             let selector = against

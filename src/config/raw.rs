@@ -130,6 +130,17 @@ pub(super) struct RawPolicy {
     /// Archives of one run dumped at once.
     pub(super) jobs: Option<i64>,
     pub(super) hooks: Option<RawHooks>,
+    /// age recipients every archive is encrypted to.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) encrypt_to: Option<Vec<String>>,
+    /// A file of age recipients, one per line.
+    pub(super) encrypt_to_file: Option<String>,
+    /// The age identity file that decrypts archives (restore, drills).
+    pub(super) identity_file: Option<String>,
+    /// The ed25519 key manifests are signed with.
+    pub(super) signing_key_file: Option<String>,
+    /// The key manifests must be signed with (a host that restores but does not sign).
+    pub(super) verify_key: Option<String>,
 }
 
 /// `[defaults.hooks]` / `[targets.NAME.hooks]`: commands around each backup.
@@ -196,6 +207,17 @@ pub(super) struct RawTarget {
     /// Archives of one run dumped at once.
     pub(super) jobs: Option<i64>,
     pub(super) hooks: Option<RawHooks>,
+    /// age recipients every archive is encrypted to.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub(super) encrypt_to: Option<Vec<String>>,
+    /// A file of age recipients, one per line.
+    pub(super) encrypt_to_file: Option<String>,
+    /// The age identity file that decrypts archives (restore, drills).
+    pub(super) identity_file: Option<String>,
+    /// The ed25519 key manifests are signed with.
+    pub(super) signing_key_file: Option<String>,
+    /// The key manifests must be signed with (a host that restores but does not sign).
+    pub(super) verify_key: Option<String>,
     pub(super) schema: Option<RawSchema>,
 }
 

@@ -240,6 +240,55 @@ pub struct Target {
     /// ... after this delay, doubled each time.
     #[serde(serialize_with = "ser_duration")]
     pub retry_delay: Duration,
+    /// Encryption and manifest signatures.
+    pub crypto: Crypto,
+}
+
+/// A target's keys: what its archives are encrypted to, what decrypts them, what signs
+/// and checks its manifests.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Crypto {
+    /// age X25519 recipients (`age1...`, checked at load); empty: archives are stored as
+    /// compressed, not encrypted.
+    pub recipients: Vec<String>,
+    /// The age identity file, read when an archive is decrypted (so a lost key shows in
+    /// the next drill, and a host that only backs up needs no private key).
+    pub identity_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub signing: Option<std::sync::Arc<crate::crypt::SigningKey>>,
+    /// With a verify key, a manifest without a good signature by it is not trusted.
+    #[serde(serialize_with = "ser_verify")]
+    pub verify: Option<crate::crypt::VerifyingKey>,
+}
+
+fn ser_verify<S: serde::Serializer>(
+    v: &Option<crate::crypt::VerifyingKey>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(k) => s.serialize_some(&k.text()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Crypto {
+    /// The parsed recipients.
+    pub fn age_recipients(&self) -> Vec<age::x25519::Recipient> {
+        self.recipients
+            .iter()
+            .filter_map(|r| crate::crypt::parse_recipient(r).ok())
+            .collect()
+    }
+
+    /// Read the identity file: `path` given on the command line, else the configured one.
+    pub fn identities(
+        &self,
+        path: Option<&std::path::Path>,
+    ) -> Result<Option<crate::crypt::Identities>, String> {
+        path.or(self.identity_file.as_deref())
+            .map(crate::crypt::Identities::load)
+            .transpose()
+    }
 }
 
 /// Where a target's declared schema comes from.

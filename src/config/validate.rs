@@ -174,6 +174,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         o.timezone.as_deref().or(defaults.timezone.as_deref()),
     )?;
     let hooks = validate_hooks(name, o.hooks.as_ref(), defaults.hooks.as_ref())?;
+    let crypto = validate_crypto(name, o, defaults)?;
 
     // Schedule: the target's own choice replaces the default's; exactly one of the two keys.
     let (sched_key, schedule, every) = if o.schedule.is_some() || o.every.is_some() {
@@ -564,6 +565,7 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         .transpose()?;
 
     Ok(Target {
+        crypto,
         jobs,
         retries,
         retry_delay,
@@ -584,6 +586,78 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
         keep_weekly,
         keep_monthly,
         timeout,
+    })
+}
+
+/// The target's keys. `encrypt_to` and `encrypt_to_file` are taken together, from the
+/// target when it sets either, else from `[defaults]`; the other keys each on their own.
+fn validate_crypto(name: &str, o: &RawTarget, d: &RawPolicy) -> Result<Crypto, ConfigError> {
+    let own = o.encrypt_to.is_some() || o.encrypt_to_file.is_some();
+    let (section, list, file) = match own {
+        true => (format!("targets.{name}"), &o.encrypt_to, &o.encrypt_to_file),
+        false => ("defaults".to_string(), &d.encrypt_to, &d.encrypt_to_file),
+    };
+    let mut recipients = Vec::new();
+    for r in list.iter().flatten() {
+        let parsed = crate::crypt::parse_recipient(r)
+            .map_err(|m| key_err(format!("{section}.encrypt_to"), m))?;
+        recipients.push(parsed.to_string());
+    }
+    if let Some(f) = file {
+        let key = format!("{section}.encrypt_to_file");
+        let text = std::fs::read_to_string(f.trim())
+            .map_err(|e| key_err(&key, format!("cannot read {}: {e}", f.trim())))?;
+        let parsed = crate::crypt::parse_recipients_file(&text)
+            .map_err(|m| key_err(&key, format!("{}: {m}", f.trim())))?;
+        if parsed.is_empty() {
+            return Err(key_err(
+                key,
+                format!("{} holds no recipient: encryption would be off", f.trim()),
+            ));
+        }
+        recipients.extend(parsed.iter().map(|r| r.to_string()));
+    }
+    if list.as_ref().is_some_and(|l| l.is_empty()) && file.is_none() && own {
+        return Err(key_err(
+            format!("{section}.encrypt_to"),
+            "is empty: give at least one recipient (age1...), or remove the key to store archives unencrypted",
+        ));
+    }
+    recipients.dedup();
+    let pick = |own: &Option<String>, def: &Option<String>, field: &str| match own {
+        Some(v) => Some((format!("targets.{name}.{field}"), v.trim().to_string())),
+        None => def
+            .as_ref()
+            .map(|v| (format!("defaults.{field}"), v.trim().to_string())),
+    };
+    let identity_file =
+        pick(&o.identity_file, &d.identity_file, "identity_file").map(|(_, p)| PathBuf::from(p));
+    let signing = match pick(&o.signing_key_file, &d.signing_key_file, "signing_key_file") {
+        Some((key, path)) => {
+            let text = read_secret_file(&key, &path)?;
+            let k = crate::crypt::SigningKey::parse(text.expose())
+                .map_err(|m| key_err(key, format!("{path} {m}")))?;
+            Some(std::sync::Arc::new(k))
+        }
+        None => None,
+    };
+    let verify = match pick(&o.verify_key, &d.verify_key, "verify_key") {
+        Some((key, text)) => {
+            let v = crate::crypt::VerifyingKey::parse(&text).map_err(|m| key_err(&key, m))?;
+            if let Some(s) = &signing {
+                if s.verifying() != v {
+                    return Err(key_err(key, format!("is not the verify key of `signing_key_file` ({}): manifests this host signs would not be trusted; remove `verify_key` or fix it", s.verifying().text())));
+                }
+            }
+            Some(v)
+        }
+        None => signing.as_ref().map(|s| s.verifying()),
+    };
+    Ok(Crypto {
+        recipients,
+        identity_file,
+        signing,
+        verify,
     })
 }
 

@@ -75,7 +75,8 @@ impl Daemon {
     pub(super) async fn refresh_catalog(&self, name: &str) -> CatalogSummary {
         let now = self.clock.now();
         let storages = self.storages();
-        let summary = status::summarize(&storages, name, now).await;
+        let verify = self.verify_key(name);
+        let summary = status::summarize(&storages, name, verify.as_ref(), now).await;
         for (storage, count, oldest, broken) in &summary.per_storage {
             metrics::backups_counted(name, storage, *count, *oldest, *broken);
         }
@@ -120,9 +121,21 @@ impl Daemon {
             Some(super::Role::Standby) => STANDBY_CATALOG_TTL,
             _ => CATALOG_TTL,
         };
+        let verify = self.verify_key(name);
         self.catalog
-            .get_or(name, ttl, status::summarize(storages, name, now))
+            .get_or(
+                name,
+                ttl,
+                status::summarize(storages, name, verify.as_ref(), now),
+            )
             .await
+    }
+
+    /// The key the target's manifests must be signed with, when it has one.
+    fn verify_key(&self, name: &str) -> Option<crate::crypt::VerifyingKey> {
+        self.config()
+            .target(name)
+            .and_then(|t| t.crypto.verify.clone())
     }
 
     /// Does the target's database answer? At most one check at a time, reused for a few

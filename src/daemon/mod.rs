@@ -136,6 +136,7 @@ impl Daemon {
             retry_after: None,
             trigger: "manual",
             declared: self.declared.clone(),
+            identity: None,
         }
     }
 

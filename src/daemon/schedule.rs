@@ -134,11 +134,12 @@ impl Daemon {
         );
         let backups = run(Kind::Backup);
         let own_last = st.last_run;
+        let verify = t.crypto.verify.clone();
         tokio::spawn(async move {
             // The later of this daemon's last run and the newest backup in the storage:
             // without a state file, or after taking over from another replica, a run
             // missed meanwhile happens once, and one just taken is not taken again.
-            let newest = status::summarize(&d.storages(), &name, d.clock.now())
+            let newest = status::summarize(&d.storages(), &name, verify.as_ref(), d.clock.now())
                 .await
                 .newest
                 .map(|(_, t)| t);

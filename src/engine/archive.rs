@@ -14,15 +14,19 @@ use super::{Archive, EngineError};
 /// of psql); its error refuses the stream.
 pub type Check = Box<dyn FnMut(&[u8]) -> Result<(), String> + Send>;
 use crate::catalog::Backup;
-use crate::compress;
+use crate::{compress, crypt};
 
 /// How much of the end of a restore stream is held back until its checksum is confirmed.
 const HOLD_BACK: usize = 64 * 1024;
 
+/// The hash of the stored bytes read so far; shared, since the reader that feeds it may
+/// sit under a decryptor that does not hand it back.
+type Hash = std::sync::Arc<std::sync::Mutex<Sha256>>;
+
 /// Hashes the stored bytes, and counts them on the run's meter when it has one.
 struct Progress<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Hash,
     meter: Option<std::sync::Arc<crate::progress::Meter>>,
 }
 
@@ -30,7 +34,7 @@ impl<R> Progress<R> {
     fn new(inner: R, meter: Option<std::sync::Arc<crate::progress::Meter>>) -> Self {
         Progress {
             inner,
-            hasher: Sha256::new(),
+            hasher: Default::default(),
             meter,
         }
     }
@@ -39,7 +43,9 @@ impl<R> Progress<R> {
 impl<R: Read> Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Ok(mut h) = self.hasher.lock() {
+            h.update(&buf[..n]);
+        }
         if let Some(m) = &self.meter {
             m.add(n as u64);
         }
@@ -83,15 +89,28 @@ impl<W: Write> Write for HoldBack<W> {
     }
 }
 
+/// A stored archive being read: decrypted when it was encrypted, then decompressed.
+type Stored<R> = compress::Decoder<crypt::Opened<Progress<R>>>;
+
 /// Read the rest of the stored object and compare the hash of all of it with the manifest.
+/// An encrypted archive is read to the end of its age stream, which authenticates its
+/// last chunk (a cut archive fails here).
 fn finish_hash<R: Read>(
-    decoder: compress::Decoder<Progress<R>>,
+    decoder: Stored<R>,
+    hash: Hash,
     backup: &Backup,
 ) -> Result<(), EngineError> {
-    let mut progress = compress::into_inner(decoder);
-    io::copy(&mut progress, &mut io::sink())
+    let mut rest = compress::into_inner(decoder);
+    io::copy(&mut rest, &mut io::sink())
         .map_err(EngineError::io(format!("reading {}", backup.file)))?;
-    let actual = hex::encode(progress.hasher.clone().finalize());
+    if let crypt::Opened::Plain(progress) = &mut rest {
+        io::copy(progress, &mut io::sink())
+            .map_err(EngineError::io(format!("reading {}", backup.file)))?;
+    }
+    let actual = match hash.lock() {
+        Ok(h) => hex::encode(h.clone().finalize()),
+        Err(_) => String::new(),
+    };
     if actual != backup.sha256 {
         return Err(EngineError::Checksum {
             file: backup.file.clone(),
@@ -105,9 +124,35 @@ fn finish_hash<R: Read>(
 fn decoder<R: Read>(
     reader: R,
     backup: &Backup,
+    keys: Option<&crypt::Identities>,
     meter: Option<std::sync::Arc<crate::progress::Meter>>,
-) -> Result<compress::Decoder<Progress<R>>, EngineError> {
-    compress::decoder_for(&backup.manifest.codec, Progress::new(reader, meter))
+) -> Result<(Stored<R>, Hash), EngineError> {
+    let progress = Progress::new(reader, meter);
+    let hash = progress.hasher.clone();
+    let opened = open(progress, backup, keys)?;
+    let d = compress::decoder_for(&backup.manifest.codec, opened)
+        .map_err(EngineError::io(format!("decoding {}", backup.file)))?;
+    Ok((d, hash))
+}
+
+/// The stored bytes decrypted, when the manifest says they are encrypted.
+fn open<R: Read>(
+    stored: R,
+    backup: &Backup,
+    keys: Option<&crypt::Identities>,
+) -> Result<crypt::Opened<R>, EngineError> {
+    crypt::open(stored, &backup.manifest.encrypted_to, keys)
+        .map_err(|m| EngineError::Decrypt(format!("{}: {m}", backup.file)))
+}
+
+/// The archive's plain bytes, unchecked: for a reader that needs only its head (the TOC)
+/// and restores nothing from it.
+pub fn plain<R: Read>(
+    stored: R,
+    backup: &Backup,
+    keys: Option<&crypt::Identities>,
+) -> Result<compress::Decoder<crypt::Opened<R>>, EngineError> {
+    compress::decoder_for(&backup.manifest.codec, open(stored, backup, keys)?)
         .map_err(EngineError::io(format!("decoding {}", backup.file)))
 }
 
@@ -184,19 +229,20 @@ where
         .await?;
     let backup = archive.backup.clone();
     let meter = archive.meter.cloned();
+    let keys = archive.keys.cloned();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         let mut out = HoldBack::new(Guarded {
             inner: SyncIoBridge::new(sink),
             check,
         });
-        let mut decoder = decoder(reader, &backup, meter)?;
+        let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let streaming = format!("streaming {} into the restore", backup.file);
         let closed_early = match io::copy(&mut decoder, &mut out) {
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
             Err(e) => return Err(refused_or(e, streaming)),
         };
-        finish_hash(decoder, &backup)?;
+        finish_hash(decoder, hash, &backup)?;
         if !closed_early {
             // The consumer may also stop at the held-back tail; its exit status decides.
             match out.release() {
@@ -223,9 +269,10 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
         .await?;
     let backup = archive.backup.clone();
     let meter = archive.meter.cloned();
+    let keys = archive.keys.cloned();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut decoder = decoder(reader, &backup, meter)?;
+        let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let what = format!("writing {}", dest.display());
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -234,7 +281,7 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
             .map_err(EngineError::io(what.clone()))?;
         io::copy(&mut decoder, &mut f).map_err(EngineError::io(what.clone()))?;
         f.sync_all().map_err(EngineError::io(what))?;
-        finish_hash(decoder, &backup)
+        finish_hash(decoder, hash, &backup)
     })
     .await
     .map_err(|e| EngineError::io("the restore thread")(io::Error::other(e)))?

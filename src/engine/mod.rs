@@ -92,6 +92,9 @@ pub enum EngineError {
     Cancelled,
     #[error("{0}")]
     Unsupported(String),
+    /// An encrypted archive that the configured keys do not open.
+    #[error("{0}")]
+    Decrypt(String),
 }
 
 /// What a database said, without the position in the server's C source that sqlx adds
@@ -164,6 +167,7 @@ impl Classify for EngineError {
             }
             EngineError::Refused(_) | EngineError::Unsupported(_) => ErrorKind::Refused,
             EngineError::Checksum { .. } => ErrorKind::Checksum,
+            EngineError::Decrypt(_) => ErrorKind::Auth,
             EngineError::Io { source, .. } => io_kind(source),
             EngineError::Storage(e) => e.kind(),
         }
@@ -174,6 +178,9 @@ impl Classify for EngineError {
             EngineError::Storage(e) => e.hint(),
             EngineError::Process(e) if e.hint().is_some() => e.hint(),
             EngineError::Connect { hint: Some(h), .. } => Some((*h).to_string()),
+            EngineError::Decrypt(_) => Some(
+                "the private key is the age identity file made with `dbkeep key new`; `age-keygen -y FILE` prints the recipient it is for".into(),
+            ),
             _ => match self.kind() {
                 ErrorKind::Auth => {
                     Some("check the role's password and privileges (see README, privileges)".into())
@@ -194,6 +201,8 @@ pub struct Archive<'a> {
     pub backup: &'a Backup,
     /// Where the restore's progress is counted.
     pub meter: Option<&'a std::sync::Arc<crate::progress::Meter>>,
+    /// The private keys, when the archive is encrypted.
+    pub keys: Option<&'a std::sync::Arc<crate::crypt::Identities>>,
 }
 
 /// What part of an archive goes where.

@@ -422,7 +422,7 @@ async fn backup_inner(
         leftovers_removed.extend(removed);
     }
     // A run interrupted while it committed (its marker left) is removed first.
-    roll_back_interrupted(name, storages, true).await;
+    roll_back_interrupted(target, storages, true).await;
     // Archives a mirror missed earlier go up first; a failure here is logged and
     // recorded, and does not stop today's backup.
     // Rate-limited mirrors catch up after the dump, not before it.
@@ -468,8 +468,9 @@ async fn backup_inner(
         }
     }
 
-    // A SQLite snapshot goes beside the local backups, else into the work folder.
-    let scratch = storages.scratch_dir(name, ctx.state.work_dir());
+    // A SQLite snapshot goes beside the local backups, else into the work folder; or,
+    // encrypted, into the private folder.
+    let scratch = super::scratch_dir(ctx, target);
     // The database's size is what the dump heads for, roughly (indexes are not dumped,
     // so a PostgreSQL dump is often smaller): an estimate, said to be one.
     let meter = super::meter(ctx, name, "backup", prepared.size_estimate, true);
@@ -561,6 +562,8 @@ async fn backup_inner(
                         _ => Vec::new(),
                     },
                     run_archives: None,
+                    encrypted_to: target.crypto.recipients.clone(),
+                    signature: None,
                     snapshot: view.snapshot.clone(),
                     schema_fingerprint: view.fingerprints.as_ref().and_then(|(whole, each)| {
                         match part.contents {
@@ -612,6 +615,9 @@ async fn backup_inner(
     let count = u32::try_from(done.len()).unwrap_or(u32::MAX);
     for d in &mut done {
         d.manifest.run_archives = Some(count);
+        if let Some(key) = &target.crypto.signing {
+            catalog::sign(&mut d.manifest, key);
+        }
     }
     if result.is_ok() {
         result = write_manifests(name, storages, id, &mut done, &mut written)
@@ -619,7 +625,7 @@ async fn backup_inner(
             .map_err(storage_err);
     }
     if result.is_ok() {
-        result = check_listed(ctx, name, storages, &done).await;
+        result = check_listed(ctx, target, storages, &done).await;
     }
     if let Err(e) = result {
         remove_run(name, storages, id, &done, &written).await;
@@ -731,7 +737,8 @@ async fn log_discovery(
         return Vec::new();
     }
     let name = target.name.as_str();
-    let known = match catalog::list(storages.primary(), name, ctx.now()).await {
+    let verify = target.crypto.verify.as_ref();
+    let known = match catalog::list(storages.primary(), name, verify, ctx.now()).await {
         Ok(l) => catalog::databases_of(&l.complete),
         Err(_) => return Vec::new(),
     };
@@ -762,7 +769,13 @@ async fn log_schema_change(
     storages: &Storages,
     found: &Fingerprints,
 ) {
-    let Ok(Some(newest)) = catalog::newest(storages.primary(), &target.name, ctx.now()).await
+    let Ok(Some(newest)) = catalog::newest(
+        storages.primary(),
+        &target.name,
+        target.crypto.verify.as_ref(),
+        ctx.now(),
+    )
+    .await
     else {
         return;
     };
@@ -850,7 +863,12 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         meter,
     } = *run;
     let name = target.name.as_str();
-    let file = catalog::archive_name(name, id, part.qualifier(), part.format, target.compression);
+    let mut file =
+        catalog::archive_name(name, id, part.qualifier(), part.format, target.compression);
+    let recipients = target.crypto.age_recipients();
+    if !recipients.is_empty() {
+        file.push_str(catalog::ENCRYPTED_SUFFIX);
+    }
     let bad_dump = |problem: String| BackupError::BadDump {
         target: name.to_string(),
         file: file.clone(),
@@ -879,9 +897,10 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
     let stopper = dump.stopper;
     let stop = ctx.cancel.clone();
     let compressing = async move {
-        let joined =
-            tokio::task::spawn_blocking(move || compress::compress(reader, codec, out, &stop))
-                .await;
+        let joined = tokio::task::spawn_blocking(move || {
+            compress::compress(reader, codec, &recipients, out, &stop)
+        })
+        .await;
         let r = match joined {
             Ok(r) => r,
             Err(e) => Err(StreamError::Write(io::Error::other(format!(
@@ -1057,6 +1076,7 @@ async fn write_manifests(
 /// and they number what the run committed (`run_archives`).
 async fn whole_run(
     target: &str,
+    verify: Option<&crate::crypt::VerifyingKey>,
     s: &dyn Storage,
     objects: &[crate::storage::ObjectInfo],
     id: BackupId,
@@ -1071,7 +1091,7 @@ async fn whole_run(
         let Ok(raw) = s.get_bytes(target, &catalog::manifest_name(&a.file)).await else {
             return false;
         };
-        match catalog::check_manifest(target, &a.file, a.bytes, &raw) {
+        match catalog::check_manifest(target, &a.file, a.bytes, &raw, verify) {
             Ok(m) if m.run_archives.is_some() => want = m.run_archives,
             _ => return false,
         }
@@ -1084,7 +1104,9 @@ async fn whole_run(
 /// run of the target is writing.
 /// With `full` false (`--upload-pending`, which another host's run does not exclude) only
 /// the stale markers of mirrors are removed, never a run's files.
-async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
+async fn roll_back_interrupted(target: &Target, storages: &Storages, full: bool) {
+    let verify = target.crypto.verify.as_ref();
+    let target = target.name.as_str();
     // What the primary committed: a mirror's marker for such a run is stale (the mirror
     // was down when the run committed); its copies there are the catch-up's to finish.
     let primary = storages.primary();
@@ -1123,7 +1145,7 @@ async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
             if !full && !stale {
                 continue;
             }
-            if pinned || stale || whole_run(target, s, &objects, id).await {
+            if pinned || stale || whole_run(target, verify, s, &objects, id).await {
                 tracing::info!(target, storage = s.name(), backup_id = %id, pinned, committed_on_primary = stale, "a commit marker was left on a run that is whole (or pinned, or committed on the primary); the marker is removed, the run kept");
                 if let Err(e) = s.delete(target, &marker.file).await {
                     tracing::error!(target, storage = s.name(), error = %e, "cannot remove a commit marker");
@@ -1159,11 +1181,13 @@ async fn roll_back_interrupted(target: &str, storages: &Storages, full: bool) {
 /// matches), or the run failed.
 async fn check_listed(
     ctx: &Context,
-    target: &str,
+    target: &Target,
     storages: &Storages,
     done: &[Stored],
 ) -> Result<(), BackupError> {
-    let listing = catalog::list(storages.primary(), target, ctx.now())
+    let verify = target.crypto.verify.as_ref();
+    let target = target.name.as_str();
+    let listing = catalog::list(storages.primary(), target, verify, ctx.now())
         .await
         .map_err(
             |catalog::CatalogError::Storage(source)| BackupError::Storage {
@@ -1307,7 +1331,7 @@ pub async fn upload_pending(ctx: &Context, target: &Target) -> Result<usize, Bac
             source,
         }
     })?;
-    roll_back_interrupted(name, &ctx.storages, false).await;
+    roll_back_interrupted(target, &ctx.storages, false).await;
     catch_up(ctx, target, true)
         .await
         .map_err(|source| BackupError::Storage {
@@ -1329,7 +1353,7 @@ async fn catch_up(ctx: &Context, target: &Target, slow: bool) -> Result<usize, S
     let on_primary = match storages.mirrors().next() {
         None => Vec::new(),
         Some(_) => {
-            catalog::list(primary, name, ctx.now())
+            catalog::list(primary, name, target.crypto.verify.as_ref(), ctx.now())
                 .await
                 .map_err(|catalog::CatalogError::Storage(e)| e)?
                 .complete

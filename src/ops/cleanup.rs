@@ -87,6 +87,7 @@ pub async fn run(
                 source,
             })?;
     let pending = ctx.state.get(name).pending_uploads;
+    let verify = target.crypto.verify.as_ref();
     // What each mirror holds, from its own listing: a primary archive that a mirror lacks
     // (and should hold, by its own retention) is still to be uploaded, whether or not the
     // state file (which may be lost) says so. A mirror that cannot be listed holds
@@ -97,7 +98,7 @@ pub async fn run(
         Default::default();
     if ctx.storages.mirrors().next().is_some() {
         let primary = ctx.storages.primary();
-        let on_primary = catalog::list(primary, name, now)
+        let on_primary = catalog::list(primary, name, verify, now)
             .await
             .map_err(
                 |catalog::CatalogError::Storage(source)| CleanupError::Storage {
@@ -112,7 +113,9 @@ pub async fn run(
             if let Some(w) = &wanted {
                 wanted_by.insert(m.name(), w.clone());
             }
-            let has: std::collections::HashSet<String> = match catalog::list(m, name, now).await {
+            let has: std::collections::HashSet<String> = match catalog::list(m, name, verify, now)
+                .await
+            {
                 Ok(l) => l.complete.into_iter().map(|b| b.file).collect(),
                 Err(e) => {
                     tracing::warn!(target = name, storage = m.name(), error = %crate::error::chain(&e), "cannot list a mirror; no local backup is deleted that it may lack");
@@ -170,7 +173,7 @@ pub async fn run(
             // Only backups whose manifest reads back and matches count, and only they can be
             // deleted: a broken manifest is reported, never counted toward min_keep, and left
             // for the operator.
-            let listing = catalog::list(s, name, now).await.map_err(to_err)?;
+            let listing = catalog::list(s, name, verify, now).await.map_err(to_err)?;
             for (file, why) in &listing.broken {
                 metrics::broken_manifest(name, s.name(), file, why);
             }

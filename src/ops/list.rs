@@ -4,6 +4,7 @@
 
 use super::Context;
 use crate::catalog::{self, Backup};
+use crate::config::Target;
 use crate::error::chain;
 use crate::metrics;
 
@@ -27,15 +28,16 @@ pub struct Inventory {
 
 /// List `targets` on every storage (or only on `only`). A storage that fails is reported
 /// in `unavailable` (and logged once), and the others are listed all the same.
-pub async fn inventory(ctx: &Context, targets: &[String], only: Option<&str>) -> Inventory {
+pub async fn inventory(ctx: &Context, targets: &[&Target], only: Option<&str>) -> Inventory {
     let now = ctx.now();
     let mut inv = Inventory::default();
     for s in ctx.storages.iter() {
         if only.is_some_and(|o| o != s.name()) {
             continue;
         }
-        for t in targets {
-            match catalog::list(s, t, now).await {
+        for target in targets {
+            let t = &target.name;
+            match catalog::list(s, t, target.crypto.verify.as_ref(), now).await {
                 Ok(listing) => {
                     for (file, why) in listing.broken {
                         metrics::broken_manifest(t, s.name(), &file, &why);

@@ -113,6 +113,69 @@ pub struct Context {
     pub trigger: &'static str,
     /// Declared schemas already built, kept across runs by the daemon.
     pub declared: Arc<DeclaredCache>,
+    /// The age identity file given on the command line (`--identity`): it decrypts in
+    /// place of the target's `identity_file`.
+    pub identity: Option<std::path::PathBuf>,
+}
+
+/// Where `target`'s scratch files go (a SQLite snapshot, a drill's or a diff's copy):
+/// beside the local backups, else in the work folder. A target that encrypts (or holds a
+/// key to decrypt) never has plaintext there: its scratch files go to
+/// `<work_dir>/private/<target>`, owner-only (0700), outside every storage, removed when
+/// done (a killed run's by the next).
+pub fn scratch_dir(ctx: &Context, target: &crate::config::Target) -> std::path::PathBuf {
+    let c = &target.crypto;
+    let secret = !c.recipients.is_empty() || c.identity_file.is_some() || ctx.identity.is_some();
+    if secret {
+        let base = ctx.state.work_dir().join("private");
+        match crate::storage::local::private_dir(&base, &target.name) {
+            Ok(dir) => return dir,
+            Err(e) => {
+                // Refuse to fall back to a storage folder: the scratch file then fails in a
+                // folder that does not exist, with this said first.
+                tracing::error!(target = %target.name, folder = %base.display(), error = %e, "cannot make the private scratch folder");
+                return base.join(&target.name);
+            }
+        }
+    }
+    ctx.storages.scratch_dir(&target.name, ctx.state.work_dir())
+}
+
+/// The private keys that open `backups` of `target`: none when none is encrypted. A key
+/// that cannot be read, or no key at all for an encrypted archive, is an error before
+/// anything is touched.
+pub fn keys_for<'b>(
+    ctx: &Context,
+    target: &crate::config::Target,
+    mut backups: impl Iterator<Item = &'b crate::catalog::Backup>,
+) -> Result<Option<Arc<crate::crypt::Identities>>, crate::engine::EngineError> {
+    let encrypted: Vec<&crate::catalog::Backup> = backups
+        .by_ref()
+        .filter(|b| !b.manifest.encrypted_to.is_empty())
+        .collect();
+    let Some(b) = encrypted.first() else {
+        return Ok(None);
+    };
+    let decrypt = |b: &crate::catalog::Backup, m: String| {
+        crate::engine::EngineError::Decrypt(format!("{}: {m}", b.file))
+    };
+    let ids = match target.crypto.identities(ctx.identity.as_deref()) {
+        Ok(Some(ids)) => ids,
+        Ok(None) => return Err(decrypt(b, crate::crypt::no_key(&b.manifest.encrypted_to))),
+        Err(m) => return Err(decrypt(b, m)),
+    };
+    // Said before anything is touched, rather than by the restore's consumer choking on
+    // an empty stream.
+    let mine = ids.recipients();
+    for b in &encrypted {
+        if !b.manifest.encrypted_to.iter().any(|r| mine.contains(r)) {
+            return Err(decrypt(
+                b,
+                crate::crypt::wrong_key(&b.manifest.encrypted_to, &ids),
+            ));
+        }
+    }
+    Ok(Some(Arc::new(ids)))
 }
 
 /// Declared schemas built in a scratch database, by target: the key of the files they
@@ -154,6 +217,7 @@ impl Context {
             retry_after: None,
             trigger: "manual",
             declared: Arc::default(),
+            identity: None,
         }
     }
 

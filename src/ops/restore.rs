@@ -132,6 +132,8 @@ pub struct Chosen {
     /// The same archive on the other storages that have it, in preference order: where
     /// [`Chosen::prove`] turns when the chosen copy cannot be read or is corrupt.
     pub fallbacks: Vec<(&'static str, Backup)>,
+    /// The private keys, when the archive is encrypted.
+    pub keys: Option<std::sync::Arc<crate::crypt::Identities>>,
 }
 
 impl Chosen {
@@ -171,6 +173,7 @@ impl Chosen {
             storage,
             backup: &self.backup,
             meter: None,
+            keys: self.keys.as_ref(),
         })
     }
 }
@@ -183,7 +186,7 @@ pub async fn list_everywhere(
     ctx: &Context,
     target: &Target,
 ) -> Result<Vec<(&'static str, Backup)>, RestoreError> {
-    let inv = super::list::inventory(ctx, std::slice::from_ref(&target.name), None).await;
+    let inv = super::list::inventory(ctx, &[target], None).await;
     if inv.unavailable.len() == ctx.storages.names().len() {
         let (storage, error) = &inv.unavailable[0];
         return Err(RestoreError::Unavailable(format!(
@@ -319,8 +322,20 @@ fn fallbacks_of(
         .collect()
 }
 
-/// Pick the archive for `selector`: the local copy when there is one, else a remote one.
+/// Pick the archive for `selector`: the local copy when there is one, else a remote one;
+/// with the keys that decrypt it.
 pub async fn choose(
+    ctx: &Context,
+    target: &Target,
+    selector: &Selector,
+    globals: bool,
+) -> Result<Chosen, RestoreError> {
+    let mut chosen = choose_copy(ctx, target, selector, globals).await?;
+    chosen.keys = super::keys_for(ctx, target, std::iter::once(&chosen.backup))?;
+    Ok(chosen)
+}
+
+async fn choose_copy(
     ctx: &Context,
     target: &Target,
     selector: &Selector,
@@ -343,6 +358,7 @@ pub async fn choose(
         })?;
         return Ok(Chosen {
             fallbacks: fallbacks(storage, &backup),
+            keys: None,
             backup,
             storage,
             schema_from_full: None,
@@ -354,6 +370,7 @@ pub async fn choose(
         {
             return Ok(Chosen {
                 fallbacks: fallbacks(storage, &backup),
+                keys: None,
                 backup,
                 storage,
                 schema_from_full: None,
@@ -365,6 +382,7 @@ pub async fn choose(
         }) {
             return Ok(Chosen {
                 fallbacks: fallbacks(storage, &backup),
+                keys: None,
                 backup,
                 storage,
                 schema_from_full: Some(schema.clone()),
@@ -379,6 +397,7 @@ pub async fn choose(
     }) {
         return Ok(Chosen {
             fallbacks: fallbacks(storage, &backup),
+            keys: None,
             backup,
             storage,
             schema_from_full: None,
@@ -533,12 +552,14 @@ pub async fn plan_run(
     {
         return Ok(None);
     }
+    let keys = super::keys_for(ctx, target, of_id.iter().map(|(_, b)| b))?;
     let mut archives: Vec<Chosen> = Vec::new();
     for (storage, b) in &of_id {
         if b.contents != Contents::Schema || archives.iter().any(|c| c.backup.file == b.file) {
             continue;
         }
         archives.push(Chosen {
+            keys: keys.clone(),
             fallbacks: fallbacks_of(&of_id, storage, b),
             backup: b.clone(),
             storage,

@@ -293,12 +293,17 @@ pub struct CatalogSummary {
 
 /// List a target on every storage, reading its manifests: complete backups, broken
 /// manifests, storages that do not answer.
-pub async fn summarize(storages: &Storages, target: &str, now: DateTime<Utc>) -> CatalogSummary {
+pub async fn summarize(
+    storages: &Storages,
+    target: &str,
+    verify: Option<&crate::crypt::VerifyingKey>,
+    now: DateTime<Utc>,
+) -> CatalogSummary {
     let mut out = CatalogSummary::default();
     let mut ids = std::collections::BTreeSet::new();
     let mut all = Vec::new();
     for s in storages.iter() {
-        match catalog::list(s, target, now).await {
+        match catalog::list(s, target, verify, now).await {
             Ok(listing) => {
                 all.extend(
                     listing
@@ -356,7 +361,7 @@ pub async fn report(ctx: &Context, cfg: &Config) -> Vec<TargetHealth> {
     let mut all = Vec::new();
     for t in &cfg.targets {
         let st = ctx.state.get(&t.name);
-        let catalog = summarize(&ctx.storages, &t.name, now).await;
+        let catalog = summarize(&ctx.storages, &t.name, t.crypto.verify.as_ref(), now).await;
         let db = database(t, now).await;
         let last = st.last_run.or(catalog.newest.as_ref().map(|n| n.1));
         let next = next_run(&t.schedule, last, now).map(|n| n.max(now));
@@ -385,6 +390,7 @@ mod tests {
         Target {
             timezone: crate::config::Tz::UTC,
             hooks: Default::default(),
+            crypto: Default::default(),
             retries: 0,
             jobs: 1,
             retry_delay: Duration::from_secs(60),

@@ -25,7 +25,8 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
     let mut out = Vec::new();
     for s in ctx.storages.iter() {
         // A storage that does not answer is one problem; the others are still checked.
-        let listing = match catalog::list(s, &target.name, now).await {
+        let listing = match catalog::list(s, &target.name, target.crypto.verify.as_ref(), now).await
+        {
             Ok(l) => l,
             Err(e) => {
                 out.push(Checked {
@@ -146,6 +147,8 @@ async fn drill_inner(
 ) -> Result<DrillReport, RestoreError> {
     let newest = newest_run(ctx, target).await?;
     let id = newest[0].1.id;
+    // A drill of an encrypted backup proves the key still decrypts it.
+    let keys = super::keys_for(ctx, target, newest.iter().map(|(_, b)| b))?;
     let mut archives = Vec::new();
     for (storage, b) in &newest {
         let storage = ctx
@@ -165,11 +168,12 @@ async fn drill_inner(
             storage,
             backup: b,
             meter: None,
+            keys: keys.as_ref(),
         });
     }
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
     let engine = engine::build(target);
-    let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
+    let dir = super::scratch_dir(ctx, target);
     let total: u64 = archives.iter().map(|a| a.backup.bytes).sum();
     let meter = super::meter(ctx, &target.name, "drill", Some(total), false);
     // Each database of a server target goes into a scratch database of its own, as it

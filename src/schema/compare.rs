@@ -106,7 +106,7 @@ async fn backup_models(
     let excluded = chosen.backup.manifest.excluded_tables.clone();
     let archive = chosen.archive(ctx)?;
     verify_checksum(archive.storage, archive.backup).await?;
-    let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
+    let dir = crate::ops::scratch_dir(ctx, target);
     let scratch = engine::build(target)
         .scratch(Purpose::Diff, &dir)
         .await

@@ -263,7 +263,7 @@ async fn build_in_scratch(
     files: &[MigrationFile],
     with_extras: bool,
 ) -> Result<(SchemaModel, Option<Extras>), SchemaError> {
-    let dir = ctx.storages.scratch_dir(&target.name, ctx.state.work_dir());
+    let dir = crate::ops::scratch_dir(ctx, target);
     let scratch = engine::build(target)
         .scratch(Purpose::Declared, &dir)
         .await

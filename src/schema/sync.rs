@@ -86,7 +86,7 @@ pub(crate) async fn backup_first(
     let now = ctx.now();
     let mut checked = 0;
     for s in ctx.storages.iter() {
-        let listing = catalog::list(s, &target.name, now).await?;
+        let listing = catalog::list(s, &target.name, target.crypto.verify.as_ref(), now).await?;
         for b in listing.complete.iter().filter(|b| b.id == outcome.id) {
             verify_checksum(s, b).await?;
             checked += 1;

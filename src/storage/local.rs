@@ -477,6 +477,38 @@ impl Storage for LocalStorage {
     }
 }
 
+/// `<base>/<target>`, created owner-only (0700, and made so when it exists), with the
+/// scratch files of dead processes removed: where an encrypted target's plaintext
+/// scratch files (a SQLite snapshot, a drill's copy) go, outside every storage.
+pub fn private_dir(base: &Path, target: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = base.join(target);
+    for d in [base, dir.as_path()] {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = fs::symlink_metadata(d)?;
+        if !meta.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a folder (a link?); remove it",
+                d.display()
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    for entry in fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) && !temp_owner_alive(&entry.path(), &name) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(dir)
+}
+
 /// A scratch file in a storage folder that follows the temp-name rules (so a crash
 /// leaves something the next run removes) and is deleted on drop.
 pub struct ScratchFile {

@@ -113,7 +113,27 @@ proptest! {
         raw in prop::collection::vec(any::<u8>(), 0..600),
         bytes in any::<u64>(),
     ) {
-        let _ = catalog::check_manifest("app", "app_20260101_000000.dump.zst", bytes, &raw);
+        let _ = catalog::check_manifest("app", "app_20260101_000000.dump.zst", bytes, &raw, None);
+    }
+
+    #[test]
+    fn a_signed_manifest_changed_anywhere_is_refused(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let (key, raw) = signed_good_manifest();
+        let verify = key.verifying();
+        let mut changed = raw.clone();
+        for (at, b) in edits {
+            let i = at.index(changed.len());
+            changed[i] = b;
+        }
+        let got = catalog::check_manifest("app", "app_20260101_000000.dump.zst", 42, &changed, Some(&verify));
+        // Only an edit that leaves the same manifest once parsed (white space, a byte set to
+        // itself) may pass.
+        if let Ok(m) = got {
+            let original = catalog::check_manifest("app", "app_20260101_000000.dump.zst", 42, &raw, Some(&verify)).unwrap();
+            prop_assert_eq!(catalog::signed_bytes(&m), catalog::signed_bytes(&original));
+        }
     }
 
     #[test]
@@ -127,7 +147,7 @@ proptest! {
             raw[i] = b;
         }
         raw.truncate(cut.index(raw.len() + 1).max(raw.len() / 2));
-        if let Ok(m) = catalog::check_manifest("app", "app_20260101_000000.dump.zst", 42, &raw) {
+        if let Ok(m) = catalog::check_manifest("app", "app_20260101_000000.dump.zst", 42, &raw, None) {
             prop_assert_eq!(m.file, "app_20260101_000000.dump.zst");
             prop_assert_eq!(m.target, "app");
             prop_assert_eq!(m.stored_bytes, 42);
@@ -215,17 +235,44 @@ fn the_good_manifest_of_the_fuzz_cases_is_accepted() {
         "app_20260101_000000.dump.zst",
         42,
         GOOD_MANIFEST.as_bytes(),
+        None,
     )
     .unwrap();
     assert_eq!(m.id.to_string(), "20260101_000000");
+    // Signed, it verifies; unsigned or by another key, it does not.
+    let (key, raw) = signed_good_manifest();
+    let verify = key.verifying();
+    let file = "app_20260101_000000.dump.zst";
+    assert!(catalog::check_manifest("app", file, 42, &raw, Some(&verify)).is_ok());
+    let unsigned = GOOD_MANIFEST.as_bytes();
+    assert!(catalog::check_manifest("app", file, 42, unsigned, Some(&verify)).is_err());
+    let (other, _) = dbkeep::crypt::SigningKey::generate();
+    let other = dbkeep::crypt::SigningKey::parse(&other)
+        .unwrap()
+        .verifying();
+    assert!(catalog::check_manifest("app", file, 42, &raw, Some(&other)).is_err());
+}
+
+/// The good manifest signed with a new key: (the key, the manifest's bytes).
+fn signed_good_manifest() -> (dbkeep::crypt::SigningKey, Vec<u8>) {
+    let (text, _) = dbkeep::crypt::SigningKey::generate();
+    let key = dbkeep::crypt::SigningKey::parse(&text).unwrap();
+    let mut m: catalog::Manifest = serde_json::from_str(GOOD_MANIFEST).unwrap();
+    catalog::sign(&mut m, &key);
+    (key, serde_json::to_vec_pretty(&m).unwrap())
 }
 
 #[test]
 fn deeply_nested_input_is_refused_not_a_stack_overflow() {
     let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
-    assert!(
-        catalog::check_manifest("app", "app_20260101_000000.dump.zst", 1, deep.as_bytes()).is_err()
-    );
+    assert!(catalog::check_manifest(
+        "app",
+        "app_20260101_000000.dump.zst",
+        1,
+        deep.as_bytes(),
+        None
+    )
+    .is_err());
     let toml = format!("a = {}{}", "[".repeat(50_000), "]".repeat(50_000));
     assert!(config::load_from(Some(&toml), HashMap::new()).is_err());
 }

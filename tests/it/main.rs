@@ -9,6 +9,7 @@ mod config_errors;
 mod daemon;
 mod data_safety;
 mod deploy;
+mod encryption;
 mod fleet;
 mod fuzz;
 mod hooks;

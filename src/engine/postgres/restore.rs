@@ -75,11 +75,11 @@ pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError>
         .storage
         .open(&archive.backup.target, &archive.backup.file)
         .await?;
-    let codec = archive.backup.manifest.codec.clone();
+    let backup = archive.backup.clone();
     let file = archive.backup.file.clone();
+    let keys = archive.keys.cloned();
     let feeding = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut decoder = crate::compress::decoder_for(&codec, reader)
-            .map_err(EngineError::io(format!("decoding {file}")))?;
+        let mut decoder = crate::engine::archive::plain(reader, &backup, keys.as_deref())?;
         let mut sink = tokio_util::io::SyncIoBridge::new(stdin);
         match io::copy(&mut decoder, &mut sink) {
             // pg_restore closes its input once it has read the TOC.

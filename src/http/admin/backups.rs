@@ -82,7 +82,8 @@ pub(super) async fn backups(
     let now = Utc::now();
     // A storage that does not answer hides nothing the others hold (it is logged, and
     // /health reports it).
-    let inv = inventory(&st.daemon.context(), &cfg.target_names_owned(), None).await;
+    let targets: Vec<&crate::config::Target> = cfg.targets.iter().collect();
+    let inv = inventory(&st.daemon.context(), &targets, None).await;
     let mut out: Vec<BackupEntry> = inv.backups.iter().map(|b| entry(b, token, now)).collect();
     out.sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
     Ok(Json(out))
@@ -148,7 +149,8 @@ pub(super) async fn download(
     let storages = st.daemon.storages();
     let now = Utc::now();
     for s in storages.iter() {
-        let Ok(listing) = catalog::list(s, &target, now).await else {
+        let verify = cfg.target(&target).and_then(|t| t.crypto.verify.as_ref());
+        let Ok(listing) = catalog::list(s, &target, verify, now).await else {
             continue;
         };
         for b in &listing.complete {
