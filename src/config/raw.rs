@@ -97,6 +97,18 @@ pub(super) struct RawS3 {
     pub(super) min_keep: Option<i64>,
     /// Bytes per second uploads to this destination may take (e.g. "50MiB").
     pub(super) max_upload_rate: Option<String>,
+    /// Write archives and manifests with an S3 Object Lock retention.
+    pub(super) object_lock: Option<RawObjectLock>,
+}
+
+/// `object_lock = { mode = "governance", days = 30 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObjectLock {
+    pub(super) mode: Option<String>,
+    pub(super) days: Option<i64>,
+    /// The same as a duration ("36h"), for locks shorter than a day.
+    pub(super) period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,8 +298,11 @@ fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 pub fn env_keys() -> Vec<String> {
     let mut out = vec!["DBKEEP_CONFIG".to_string(), "DBKEEP_LOG_FORMAT".to_string()];
     let section = |prefix: &str, fields: &[&str], out: &mut Vec<String>| {
-        // `schema` and `hooks` are nested sections, listed with their own keys.
-        for f in fields.iter().filter(|f| **f != "schema" && **f != "hooks") {
+        // `schema`, `hooks` and `object_lock` are nested, listed with their own keys.
+        for f in fields
+            .iter()
+            .filter(|f| !["schema", "hooks", "object_lock"].contains(*f))
+        {
             out.push(format!("{prefix}{}", f.to_ascii_uppercase()));
         }
     };
@@ -299,8 +314,18 @@ pub fn env_keys() -> Vec<String> {
     );
     section("DBKEEP_STORAGE__S3__", fields_of::<RawS3>(), &mut out);
     section(
+        "DBKEEP_STORAGE__S3__OBJECT_LOCK__",
+        fields_of::<RawObjectLock>(),
+        &mut out,
+    );
+    section(
         "DBKEEP_STORAGE__MIRRORS__<NAME>__",
         fields_of::<RawS3>(),
+        &mut out,
+    );
+    section(
+        "DBKEEP_STORAGE__MIRRORS__<NAME>__OBJECT_LOCK__",
+        fields_of::<RawObjectLock>(),
         &mut out,
     );
     section("DBKEEP_DEFAULTS__", fields_of::<RawPolicy>(), &mut out);

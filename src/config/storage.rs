@@ -259,7 +259,62 @@ pub(super) fn validate_s3(name: &str, section: &str, raw: RawS3) -> Result<S3Con
             }
         }
     };
+    let object_lock = match raw.object_lock {
+        None => None,
+        Some(l) => {
+            let mode = match l.mode.as_deref().map(|m| m.trim().to_ascii_lowercase()) {
+                Some(m) if m == "governance" || m == "compliance" => m.to_ascii_uppercase(),
+                Some(m) => {
+                    return Err(key_err(
+                        k("object_lock.mode"),
+                        format!(
+                            "{} is not an Object Lock mode: use \"governance\" or \"compliance\"",
+                            super::parse::shown(&m)
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(key_err(
+                        k("object_lock.mode"),
+                        "missing: set \"governance\" or \"compliance\"",
+                    ))
+                }
+            };
+            let period = match (l.days, l.period.as_deref()) {
+                (Some(_), Some(_)) => {
+                    return Err(key_err(
+                        k("object_lock.period"),
+                        "both `days` and `period` are set: keep one",
+                    ))
+                }
+                (Some(d), None) if (1..=36_500).contains(&d) => {
+                    std::time::Duration::from_secs(d as u64 * 86_400)
+                }
+                (Some(d), None) => {
+                    return Err(key_err(
+                        k("object_lock.days"),
+                        format!("{d} is out of range: use 1 to 36500"),
+                    ))
+                }
+                (None, Some(p)) => {
+                    let d = parse_duration(&k("object_lock.period"), Some(p), "")?;
+                    if d < std::time::Duration::from_secs(1) {
+                        return Err(key_err(k("object_lock.period"), "must be at least 1s"));
+                    }
+                    d
+                }
+                (None, None) => {
+                    return Err(key_err(
+                        k("object_lock.days"),
+                        "missing: how long each archive and manifest stays locked (days = N)",
+                    ))
+                }
+            };
+            Some(super::types::ObjectLock { mode, period })
+        }
+    };
     Ok(S3Config {
+        object_lock,
         name: name.to_string(),
         bucket,
         prefix,

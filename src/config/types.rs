@@ -186,6 +186,18 @@ pub struct S3Config {
     pub min_keep: Option<u32>,
     /// Upload bytes per second to this destination at most.
     pub max_upload_rate: Option<u64>,
+    /// Archives and manifests are written with this Object Lock retention.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock: every archive and manifest is retained until its run's time plus
+/// `period`; the bucket must have Object Lock enabled.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`, as S3 spells it.
+    pub mode: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub period: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

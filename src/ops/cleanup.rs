@@ -208,6 +208,24 @@ pub async fn run(
                         })?;
                 corrupt.extend(bad);
                 for mut d in plan {
+                    // An Object Lock storage refuses to delete before the lock's date:
+                    // the run is kept until then, and deleted by a cleanup after it.
+                    if d.action == Action::Delete {
+                        if let Some(until) = s
+                            .lock_period()
+                            .and_then(|p| chrono::Duration::from_std(p).ok())
+                            .map(|p| d.id.time() + p)
+                        {
+                            if until > now {
+                                d.action = Action::Keep;
+                                d.reason = format!(
+                                    "{}, but locked (S3 Object Lock) until {}; deleted by a cleanup after that",
+                                    d.reason,
+                                    until.format("%Y-%m-%d %H:%M:%SZ")
+                                );
+                            }
+                        }
+                    }
                     match &database {
                         Some(db) => d.reason = format!("database {db}: {}", d.reason),
                         None if several => d.reason = format!("globals: {}", d.reason),
@@ -221,10 +239,35 @@ pub async fn run(
                         let mut files: Vec<String> =
                             archives.iter().map(|a| catalog::manifest_name(a)).collect();
                         files.extend(archives.iter().cloned());
+                        let mut locked = None;
                         for f in &files {
-                            s.delete(name, f).await.map_err(err)?;
+                            match s.delete(name, f).await {
+                                Ok(()) => {}
+                                // Locked longer than planned (a copy written late to a
+                                // locked mirror): kept, and tried again next time.
+                                Err(e)
+                                    if s.lock_period().is_some()
+                                        && e.kind() == crate::error::ErrorKind::Refused =>
+                                {
+                                    locked = Some(crate::error::chain(&e));
+                                    break;
+                                }
+                                Err(e) => return Err(err(e)),
+                            }
                         }
-                        metrics::retention_deleted(name, s.name(), &d.id.to_string(), &d.reason);
+                        match locked {
+                            Some(why) => {
+                                tracing::warn!(target = name, storage = s.name(), backup_id = %d.id, error = %why, "a backup due for deletion is still locked; it is kept until a later cleanup");
+                                d.action = Action::Keep;
+                                d.reason = format!("{}, but still locked: {why}", d.reason);
+                            }
+                            None => metrics::retention_deleted(
+                                name,
+                                s.name(),
+                                &d.id.to_string(),
+                                &d.reason,
+                            ),
+                        }
                     }
                     if d.action == Action::Keep {
                         remaining.insert(d.id);

@@ -209,6 +209,11 @@ pub trait Storage: Send + Sync {
     fn max_upload_rate(&self) -> Option<u64> {
         None
     }
+    /// How long after its run an archive and its manifest stay locked against deletion
+    /// (S3 Object Lock), when they are.
+    fn lock_period(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Try each operation backups need on a probe object in `target`'s folder, removed
     /// afterwards: write, list, read, delete (S3 adds starting and aborting a multipart
     /// upload). Each step with its outcome.

@@ -40,6 +40,58 @@ impl TestMoto {
         moto
     }
 
+    /// Create another bucket, with Object Lock enabled when `locked`.
+    pub fn bucket(&self, bucket: &str, locked: bool) {
+        let headers: &[(&str, &str)] = match locked {
+            true => &[("x-amz-bucket-object-lock-enabled", "true")],
+            false => &[],
+        };
+        let made = super::http_request(
+            &format!("127.0.0.1:{}", self.port),
+            "PUT",
+            &format!("/{bucket}"),
+            headers,
+            None,
+        );
+        assert_eq!(made.status, 200, "create bucket: {}", made.text());
+    }
+
+    /// A GET of `path` on the server (`/bucket?versions`, `/bucket/key?retention`).
+    pub fn get(&self, path: &str) -> String {
+        let r = super::http_request(&format!("127.0.0.1:{}", self.port), "GET", path, &[], None);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.text()
+    }
+
+    /// The version ids of `key` in `bucket`.
+    pub fn version_ids(&self, bucket: &str, key: &str) -> Vec<String> {
+        let xml = self.get(&format!("/{bucket}?versions&prefix={key}"));
+        xml.split("<Version>")
+            .skip(1)
+            .filter(|v| v.contains(&format!("<Key>{key}</Key>")))
+            .filter_map(|v| {
+                let id = v
+                    .split("<VersionId>")
+                    .nth(1)?
+                    .split("</VersionId>")
+                    .next()?;
+                Some(id.to_string())
+            })
+            .collect()
+    }
+
+    /// DELETE one version of `key` (as anyone with write access could): the status.
+    pub fn delete_version(&self, bucket: &str, key: &str, version: &str) -> u16 {
+        super::http_request(
+            &format!("127.0.0.1:{}", self.port),
+            "DELETE",
+            &format!("/{bucket}/{key}?versionId={version}"),
+            &[],
+            None,
+        )
+        .status
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -485,3 +485,85 @@ fn bad_keys_in_the_config_are_named_and_stop_the_load() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("exists already"), "{}", run.stderr);
 }
+
+/// How many versions and delete markers of keys under `prefix` the bucket holds.
+fn versions(moto: &crate::common::moto::TestMoto, bucket: &str, prefix: &str) -> usize {
+    let xml = moto.get(&format!("/{bucket}?versions&prefix={prefix}"));
+    xml.matches("<Version>").count() + xml.matches("<DeleteMarker>").count()
+}
+
+#[test]
+fn object_lock_keeps_backups_until_their_date_and_nothing_rewrites_an_object() {
+    let moto = crate::common::moto::TestMoto::start("unlocked");
+    moto.bucket("locked", true);
+    let sb = Sandbox::new();
+    let db = secret_db(&sb);
+    let config = |bucket: &str| {
+        let path = sb.path().join(format!("{bucket}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nwork_dir = \"{}\"\n{}[targets.cache]\nkind = \"sqlite\"\npath = \"{}\"\nkeep_days = 0\nmin_keep = 1\ncleanup_schedule = \"1h\"\n",
+                sb.path().join("work").display(),
+                moto.config_section(
+                    bucket,
+                    "prod",
+                    "object_lock = { mode = \"governance\", period = \"8s\" }"
+                ),
+                db.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // A bucket without Object Lock: refused before anything is written.
+    let run = dbkeep(Some(&config("unlocked")), &["backup"], &[]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("has no Object Lock"), "{}", run.stderr);
+    assert_eq!(versions(&moto, "unlocked", "prod/cache/"), 0);
+
+    let cfg = config("locked");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let listed = |cfg: &Path| -> Vec<String> {
+        let run = dbkeep(Some(cfg), &["list", "--json"], &[]).ok();
+        let v: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+        v.iter()
+            .map(|b| b["file"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let files = listed(&cfg);
+    assert_eq!(files.len(), 2);
+    let (newer, older) = (&files[0], &files[1]);
+    // Each archive and manifest is locked: deleting its version is refused by the store.
+    for key in [older.clone(), format!("{older}.manifest.json")] {
+        let key = format!("prod/cache/{key}");
+        let ids = moto.version_ids("locked", &key);
+        assert_eq!(ids.len(), 1, "{key}");
+        assert_eq!(moto.delete_version("locked", &key, &ids[0]), 403, "{key}");
+    }
+
+    // Due for deletion (keep_days = 0, min_keep = 1) but locked: kept, and said so.
+    let run = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
+    assert!(
+        run.stdout.contains("locked (S3 Object Lock) until"),
+        "{}",
+        run.stdout
+    );
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert_eq!(listed(&cfg), files);
+
+    // A drill and a verify write nothing to the bucket.
+    let before = versions(&moto, "locked", "prod/cache/");
+    dbkeep(Some(&cfg), &["verify", "cache", "--drill"], &[]).ok();
+    dbkeep(Some(&cfg), &["verify", "cache"], &[]).ok();
+    assert_eq!(versions(&moto, "locked", "prod/cache/"), before);
+
+    // After the date, cleanup deletes the older run: every version, no delete marker left.
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    assert_eq!(listed(&cfg), vec![newer.clone()]);
+    assert_eq!(versions(&moto, "locked", &format!("prod/cache/{older}")), 0);
+}

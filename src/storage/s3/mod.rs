@@ -14,7 +14,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{ObjectLockMode, ServerSideEncryption, StorageClass};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -27,6 +27,35 @@ use super::{ObjectInfo, ObjectWriter, Storage, StorageError};
 use crate::config::S3Config;
 use crate::error::ErrorKind;
 use crate::metrics;
+
+/// The time of the run whose archive or manifest `file` is (`<target>_<YYYYMMDD_HHMMSS>.`
+/// starts the name; catalog's rule, read here without it).
+fn run_time(target: &str, file: &str) -> Option<DateTime<Utc>> {
+    let rest = file.strip_prefix(target)?.strip_prefix('_')?;
+    if rest.get(15..16) != Some(".") {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(rest.get(..15)?, "%Y%m%d_%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// When the objects of the run started at `run` stop being locked: its time plus the
+/// period, or, for a run that started longer ago than that (S3 refuses a date in the
+/// past), `period` from `now`.
+pub fn retain_until(run: DateTime<Utc>, period: Duration, now: DateTime<Utc>) -> DateTime<Utc> {
+    let period = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::days(36_500));
+    let planned = run + period;
+    if planned > now + chrono::Duration::seconds(1) {
+        planned
+    } else {
+        now + period
+    }
+}
+
+fn smithy_time(t: DateTime<Utc>) -> aws_smithy_types::DateTime {
+    aws_smithy_types::DateTime::from_secs(t.timestamp())
+}
 
 /// Abandoned multipart uploads (the abort itself failed) are remembered here, in the work
 /// folder, and aborted at the next run.
@@ -55,6 +84,8 @@ struct Inner {
     place: String,
     abandoned_path: PathBuf,
     abandoned_lock: Mutex<()>,
+    /// Set once the bucket's Object Lock configuration was found to match.
+    lock_checked: tokio::sync::OnceCell<()>,
 }
 
 /// Tries of a request whose endpoint did not answer within `read_timeout`.
@@ -113,6 +144,7 @@ impl S3Storage {
                 cfg,
                 place,
                 abandoned_lock: Mutex::new(()),
+                lock_checked: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -125,6 +157,125 @@ impl Inner {
 
     fn target_prefix(&self, target: &str) -> String {
         format!("{}/{target}/", self.cfg.prefix)
+    }
+
+    /// The Object Lock an object at `key` is written with: archives and manifests (whose
+    /// names carry their run's id) are retained until the run's time plus the configured
+    /// period; dbkeep's own small files (commit markers, pins, probes) are not locked.
+    fn lock_of(&self, key: &str) -> Option<(ObjectLockMode, DateTime<Utc>)> {
+        let lock = self.cfg.object_lock.as_ref()?;
+        let rest = key.strip_prefix(&self.cfg.prefix)?.strip_prefix('/')?;
+        let (target, file) = rest.split_once('/')?;
+        let run = run_time(target, file)?;
+        Some((
+            ObjectLockMode::from(lock.mode.as_str()),
+            retain_until(run, lock.period, Utc::now()),
+        ))
+    }
+
+    /// With `object_lock` configured, the bucket must have Object Lock enabled (else the
+    /// promise of write-once backups is not kept), and a bucket default of compliance mode
+    /// must not be weakened to governance. Checked before the first write, once.
+    async fn check_lock(&self) -> Result<(), StorageError> {
+        let Some(lock) = &self.cfg.object_lock else {
+            return Ok(());
+        };
+        self.lock_checked
+            .get_or_try_init(|| async {
+                let bucket = &self.cfg.bucket;
+                let mismatch = |message: String| StorageError::Remote {
+                    storage: self.name,
+                    place: self.place.clone(),
+                    action: "checking the bucket's Object Lock configuration".into(),
+                    message,
+                    kind: ErrorKind::Usage,
+                    source: None,
+                };
+                let got = self
+                    .client
+                    .get_object_lock_configuration()
+                    .bucket(bucket)
+                    .send()
+                    .await;
+                let conf = match got {
+                    Ok(out) => out.object_lock_configuration,
+                    Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => None,
+                    Err(e) => return Err(self.err("read the Object Lock configuration of", bucket, e)),
+                };
+                let enabled = conf.as_ref().and_then(|c| c.object_lock_enabled()).map(|e| e.as_str()) == Some("Enabled");
+                if !enabled {
+                    return Err(mismatch(format!(
+                        "`object_lock` is set but bucket {bucket} has no Object Lock, so its objects could be deleted or replaced: use a bucket created with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or remove `object_lock`"
+                    )));
+                }
+                let default_mode = conf
+                    .as_ref()
+                    .and_then(|c| c.rule())
+                    .and_then(|r| r.default_retention())
+                    .and_then(|d| d.mode())
+                    .map(|m| m.as_str().to_string());
+                if default_mode.as_deref() == Some("COMPLIANCE") && lock.mode == "GOVERNANCE" {
+                    return Err(mismatch(format!(
+                        "bucket {bucket} retains in compliance mode by default, and `object_lock.mode` is governance, which would write weaker locks than the bucket asks for: set mode = \"compliance\""
+                    )));
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Delete every version of `key` (and its delete markers): on a versioned (Object
+    /// Lock) bucket a plain delete only hides an object. A version still locked is an
+    /// error that says until when.
+    async fn delete_versions(&self, key: &str) -> Result<(), StorageError> {
+        let listed = self
+            .retry("list versions of", key, || {
+                self.client
+                    .list_object_versions()
+                    .bucket(&self.cfg.bucket)
+                    .prefix(key)
+                    .send()
+            })
+            .await?;
+        let mut ids: Vec<String> = Vec::new();
+        for v in listed.versions() {
+            if v.key() == Some(key) {
+                ids.extend(v.version_id().map(str::to_string));
+            }
+        }
+        for m in listed.delete_markers() {
+            if m.key() == Some(key) {
+                ids.extend(m.version_id().map(str::to_string));
+            }
+        }
+        for id in ids {
+            self.retry("delete", key, || {
+                self.client
+                    .delete_object()
+                    .bucket(&self.cfg.bucket)
+                    .key(key)
+                    .version_id(&id)
+                    .send()
+            })
+            .await
+            .map_err(|e| match e {
+                StorageError::Remote { storage, place, action, message, source, .. }
+                    if message.starts_with("AccessDenied") =>
+                {
+                    StorageError::Remote {
+                        storage,
+                        place,
+                        action,
+                        message: format!("{message} (the object is still under its Object Lock retention; it is deleted by a cleanup after the date)"),
+                        kind: ErrorKind::Refused,
+                        source,
+                    }
+                }
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 
     fn err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
@@ -224,9 +375,15 @@ impl Inner {
     }
 
     async fn put_object(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
+        let lock = self.lock_of(key);
+        if lock.is_some() {
+            self.check_lock().await?;
+        }
         self.retry("upload", key, || {
             self.client
                 .put_object()
+                .set_object_lock_mode(lock.as_ref().map(|l| l.0.clone()))
+                .set_object_lock_retain_until_date(lock.as_ref().map(|l| smithy_time(l.1)))
                 .bucket(&self.cfg.bucket)
                 .key(key)
                 .set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from))
@@ -262,10 +419,16 @@ impl Inner {
     /// returns its upload id.
     async fn start_upload(&self, key: &str) -> Result<String, StorageError> {
         let cfg = &self.cfg;
+        let lock = self.lock_of(key);
+        if lock.is_some() {
+            self.check_lock().await?;
+        }
         let created = self
             .retry("start multipart upload of", key, || {
                 self.client
                     .create_multipart_upload()
+                    .set_object_lock_mode(lock.as_ref().map(|l| l.0.clone()))
+                    .set_object_lock_retain_until_date(lock.as_ref().map(|l| smithy_time(l.1)))
                     .bucket(&cfg.bucket)
                     .key(key)
                     .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
@@ -568,8 +731,15 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
+    fn lock_period(&self) -> Option<Duration> {
+        self.inner.cfg.object_lock.as_ref().map(|l| l.period)
+    }
+
     async fn delete(&self, target: &str, file: &str) -> Result<(), StorageError> {
         let key = self.inner.key(target, file);
+        if self.inner.cfg.object_lock.is_some() {
+            return self.inner.delete_versions(&key).await;
+        }
         self.inner
             .retry("delete", &key, || {
                 self.inner
