@@ -18,6 +18,8 @@ use ed25519_dalek::Signer;
 const SIGNING_PREFIX: &str = "DBKEEP-SIGNING-KEY-";
 /// How a verifying key is written: this prefix and 64 hex digits.
 const VERIFY_PREFIX: &str = "dbkeep-verify-";
+/// An identity file larger than this is not read (a few keys and comments fit many times).
+const MAX_IDENTITY_FILE: u64 = 64 * 1024;
 /// The one signature scheme a manifest may carry.
 pub const SIGNATURE_ALG: &str = "ed25519";
 
@@ -32,6 +34,10 @@ fn shown(s: &str) -> String {
 
 /// Parse one age X25519 recipient (`age1...`).
 pub fn parse_recipient(s: &str) -> Result<x25519::Recipient, String> {
+    if s.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        // Never echoed: it is a secret.
+        return Err("holds a private key (AGE-SECRET-KEY-...), not a recipient: put its recipient here (`age-keygen -y FILE` prints it), keep the private key in `identity_file` only, and consider it exposed".into());
+    }
     x25519::Recipient::from_str(s.trim()).map_err(|e| {
         format!(
             "{} is not an age X25519 recipient ({e}); a recipient looks like age1... (print one with `dbkeep key new --out FILE`)",
@@ -74,12 +80,28 @@ impl std::fmt::Debug for Identities {
 impl Identities {
     /// Read `path` (an age identity file: `AGE-SECRET-KEY-1...` lines, `#` comments).
     pub fn load(path: &Path) -> Result<Identities, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let cannot = |e: String| {
             format!(
                 "cannot read the identity file {}: {e}; without the private key no encrypted backup can be restored",
                 path.display()
             )
-        })?;
+        };
+        let mut f = std::fs::File::open(path).map_err(|e| cannot(e.to_string()))?;
+        let meta = f.metadata().map_err(|e| cannot(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(cannot("it is not a regular file".into()));
+        }
+        if meta.len() > MAX_IDENTITY_FILE {
+            return Err(cannot(format!(
+                "it has {} bytes, more than an identity file's {MAX_IDENTITY_FILE}",
+                meta.len()
+            )));
+        }
+        let mut text = String::new();
+        Read::by_ref(&mut f)
+            .take(MAX_IDENTITY_FILE)
+            .read_to_string(&mut text)
+            .map_err(|e| cannot(e.to_string()))?;
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();

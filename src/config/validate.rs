@@ -632,6 +632,23 @@ fn validate_crypto(name: &str, o: &RawTarget, d: &RawPolicy) -> Result<Crypto, C
     };
     let identity_file =
         pick(&o.identity_file, &d.identity_file, "identity_file").map(|(_, p)| PathBuf::from(p));
+    // Read when an archive is decrypted, not needed to back up: a problem is a warning
+    // here (the next drill fails on it).
+    if let Some(path) = &identity_file {
+        match crate::crypt::Identities::load(path) {
+            Err(m) => tracing::warn!(
+                target = name,
+                "{m}; restores and drills of encrypted backups will fail"
+            ),
+            Ok(ids)
+                if !recipients.is_empty()
+                    && !ids.recipients().iter().any(|r| recipients.contains(r)) =>
+            {
+                tracing::warn!(target = name, identity_file = %path.display(), "the identity file holds no key of the recipients in `encrypt_to`: new backups could not be restored with it")
+            }
+            Ok(_) => {}
+        }
+    }
     let signing = match pick(&o.signing_key_file, &d.signing_key_file, "signing_key_file") {
         Some((key, path)) => {
             let text = read_secret_file(&key, &path)?;

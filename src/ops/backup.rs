@@ -52,6 +52,8 @@ pub enum BackupError {
     },
     #[error("backup of {target} was cancelled; nothing was kept")]
     Cancelled { target: String },
+    #[error("backup of {target} was not started: manifests must be signed (`verify_key` is set) and this host has no `signing_key_file`, so its backup would never be trusted; set `signing_key_file` (the key whose verify key is `verify_key`), or back up from the host that holds it")]
+    Unsigned { target: String },
     #[error("backup of {target} was not started: {source}")]
     Hook {
         target: String,
@@ -103,6 +105,7 @@ impl Classify for BackupError {
             | BackupError::NotListed { .. }
             | BackupError::Databases { .. } => ErrorKind::Failed,
             BackupError::InsideDataDir { .. } => ErrorKind::Refused,
+            BackupError::Unsigned { .. } => ErrorKind::Usage,
             BackupError::Cancelled { .. } => ErrorKind::Cancelled,
             BackupError::Locked { source, .. } => source.kind(),
             BackupError::Hook { source, .. } => source.kind(),
@@ -170,6 +173,11 @@ async fn run_with(
     wait: bool,
 ) -> Result<Outcome, BackupError> {
     let name = target.name.as_str();
+    if target.crypto.verify.is_some() && target.crypto.signing.is_none() {
+        return Err(BackupError::Unsigned {
+            target: name.to_string(),
+        });
+    }
     // Before anything is written (the lock and the state file are files too): nothing of
     // dbkeep's goes inside the server's own data folder.
     if let Some(data_dir) = engine::build(target).data_directory().await {
@@ -1076,7 +1084,6 @@ async fn write_manifests(
 /// and they number what the run committed (`run_archives`).
 async fn whole_run(
     target: &str,
-    verify: Option<&crate::crypt::VerifyingKey>,
     s: &dyn Storage,
     objects: &[crate::storage::ObjectInfo],
     id: BackupId,
@@ -1091,7 +1098,10 @@ async fn whole_run(
         let Ok(raw) = s.get_bytes(target, &catalog::manifest_name(&a.file)).await else {
             return false;
         };
-        match catalog::check_manifest(target, &a.file, a.bytes, &raw, verify) {
+        // Whether the run finished, not whom it is trusted by: a run whose manifests this
+        // host's key does not verify (a rotated key, a planted marker) is left whole, and
+        // listed as broken, never deleted here.
+        match catalog::check_manifest(target, &a.file, a.bytes, &raw, None) {
             Ok(m) if m.run_archives.is_some() => want = m.run_archives,
             _ => return false,
         }
@@ -1105,7 +1115,6 @@ async fn whole_run(
 /// With `full` false (`--upload-pending`, which another host's run does not exclude) only
 /// the stale markers of mirrors are removed, never a run's files.
 async fn roll_back_interrupted(target: &Target, storages: &Storages, full: bool) {
-    let verify = target.crypto.verify.as_ref();
     let target = target.name.as_str();
     // What the primary committed: a mirror's marker for such a run is stale (the mirror
     // was down when the run committed); its copies there are the catch-up's to finish.
@@ -1145,7 +1154,7 @@ async fn roll_back_interrupted(target: &Target, storages: &Storages, full: bool)
             if !full && !stale {
                 continue;
             }
-            if pinned || stale || whole_run(target, verify, s, &objects, id).await {
+            if pinned || stale || whole_run(target, s, &objects, id).await {
                 tracing::info!(target, storage = s.name(), backup_id = %id, pinned, committed_on_primary = stale, "a commit marker was left on a run that is whole (or pinned, or committed on the primary); the marker is removed, the run kept");
                 if let Err(e) = s.delete(target, &marker.file).await {
                     tracing::error!(target, storage = s.name(), error = %e, "cannot remove a commit marker");

@@ -216,6 +216,15 @@ fn an_encrypted_sqlite_backup_holds_no_plaintext_and_restores_only_with_its_key(
     assert!(run.stderr.contains(&other_recipient), "{}", run.stderr);
     assert_eq!(std::fs::read(&db).unwrap(), before);
     assert_eq!(sb.files("cache").len(), count);
+    // An identity "file" that never ends is refused, not read into memory.
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "cache", "--yes", "--identity", "/dev/zero"],
+        &[],
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&db).unwrap(), before);
     // No key at all: the same.
     let run = dbkeep(Some(&no_key), &["restore", "cache", "--yes"], &[]);
     assert_ne!(run.code, 0);
@@ -431,6 +440,43 @@ fn forged_manifests_are_neither_restored_nor_counted_by_retention() {
             "untrusted files are left for the operator: {left:?}"
         );
     }
+
+    // After a key rotation the old manifests no longer verify here; a commit marker
+    // planted for a finished run must still not get it deleted as an interrupted one.
+    let (new_key, _) = signing_key(&sb, "rotated.key");
+    let rotated = sqlite_config(
+        &sb,
+        "rotated",
+        &db,
+        &format!("signing_key_file = \"{}\"\n", new_key.display()),
+    );
+    let victim = &good[2];
+    std::fs::write(dir.join(format!(".dbkeep-commit.{victim}.json")), "{}").unwrap();
+    dbkeep(Some(&rotated), &["backup"], &[]).ok();
+    let left = sb.files("cache");
+    assert!(
+        left.iter()
+            .any(|f| f.contains(victim.as_str()) && f.ends_with(".sqlite")),
+        "{left:?}"
+    );
+    assert!(
+        left.iter()
+            .any(|f| f.contains(victim.as_str()) && f.ends_with(".manifest.json")),
+        "{left:?}"
+    );
+
+    // A host that verifies but cannot sign refuses to back up, before dumping.
+    let verify_only = sqlite_config(
+        &sb,
+        "verify_only",
+        &db,
+        &format!("verify_key = \"{verify}\"\n"),
+    );
+    let before = sb.files("cache");
+    let run = dbkeep(Some(&verify_only), &["backup"], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("signing_key_file"), "{}", run.stderr);
+    assert_eq!(sb.files("cache"), before);
 }
 
 #[test]
@@ -453,6 +499,19 @@ fn bad_keys_in_the_config_are_named_and_stop_the_load() {
         "encrypt_to = []",
         &["targets.cache.encrypt_to", "at least one"],
     );
+    // A private key pasted where a recipient goes is refused and never echoed.
+    let (id_file, _) = age_key(&sb, "pasted.txt");
+    let secret = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    let cfg = sqlite_config(&sb, "pasted", &db, &format!("encrypt_to = [\"{secret}\"]"));
+    let run = dbkeep(Some(&cfg), &["config", "check"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("private key"), "{}", run.stderr);
+    assert!(!run.stderr.contains(&secret[20..]), "{}", run.stderr);
     check(
         &format!(
             "encrypt_to_file = \"{}\"",
