@@ -46,18 +46,21 @@ pub fn parse_recipient(s: &str) -> Result<x25519::Recipient, String> {
     })
 }
 
-/// The recipients of a recipients file: one per line, `#` comments and blank lines skipped
-/// (the format of `age -R`).
+/// The lines of a key file that hold something, trimmed, with their 1-based numbers:
+/// `#` comments and blank lines are skipped (the format of age's files).
+fn key_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(n, l)| (n + 1, l))
+}
+
+/// The recipients of a recipients file (the format of `age -R`), one per line.
 pub fn parse_recipients_file(text: &str) -> Result<Vec<x25519::Recipient>, String> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        out.push(parse_recipient(line).map_err(|e| format!("line {}: {e}", n + 1))?);
-    }
-    Ok(out)
+    key_lines(text)
+        .map(|(n, line)| parse_recipient(line).map_err(|e| format!("line {n}: {e}")))
+        .collect()
 }
 
 /// The private keys that decrypt archives, read from an age identity file.
@@ -102,21 +105,16 @@ impl Identities {
             .take(MAX_IDENTITY_FILE)
             .read_to_string(&mut text)
             .map_err(|e| cannot(e.to_string()))?;
-        let mut keys = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let key = x25519::Identity::from_str(line).map_err(|_| {
-                format!(
-                    "the identity file {} line {}: not an age secret key (AGE-SECRET-KEY-1...)",
-                    path.display(),
-                    n + 1
-                )
-            })?;
-            keys.push(key);
-        }
+        let keys = key_lines(&text)
+            .map(|(n, line)| {
+                x25519::Identity::from_str(line).map_err(|_| {
+                    format!(
+                        "the identity file {} line {n}: not an age secret key (AGE-SECRET-KEY-1...)",
+                        path.display()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(format!(
                 "the identity file {} holds no age secret key",
@@ -271,11 +269,7 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Parse the text of a signing key file (`#` comments and blank lines skipped).
     pub fn parse(text: &str) -> Result<SigningKey, String> {
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .ok_or("holds no signing key")?;
+        let (_, line) = key_lines(text).next().ok_or("holds no signing key")?;
         let hex_part = line
             .strip_prefix(SIGNING_PREFIX)
             .ok_or(format!("is not a dbkeep signing key ({SIGNING_PREFIX}...); make one with `dbkeep key new --signing --out FILE`"))?;
@@ -352,28 +346,6 @@ impl VerifyingKey {
         let sig = ed25519_dalek::Signature::from_bytes(&bytes);
         self.0.verify_strict(msg, &sig).is_ok()
     }
-}
-
-/// Write `text` to the new file `path`, readable by its owner only; never over an
-/// existing file.
-pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => format!(
-                "{} exists already; a key file is never overwritten (losing a key loses every backup made for it): choose another path",
-                path.display()
-            ),
-            _ => format!("cannot create {}: {e}", path.display()),
-        })?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -368,8 +368,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 true => crate::crypt::SigningKey::generate(),
                 false => crate::crypt::new_identity(),
             };
-            crate::crypt::write_private(&out, &text)
-                .map_err(|m| Failure::new(ErrorKind::Refused, m))?;
+            crate::files::create_private(&out, text.as_bytes()).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Failure::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "{} exists already; a key file is never overwritten (losing a key loses every backup made for it): choose another path",
+                        out.display()
+                    ),
+                ),
+                _ => Failure::new(
+                    crate::error::io_kind(&e),
+                    format!("cannot write the key to {}: {e}; nothing was written", out.display()),
+                ),
+            })?;
             let (what, key) = match signing {
                 true => ("signing key", "verify_key"),
                 false => ("age identity", "encrypt_to"),

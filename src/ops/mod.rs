@@ -147,10 +147,9 @@ pub fn scratch_dir(ctx: &Context, target: &crate::config::Target) -> std::path::
 pub fn keys_for<'b>(
     ctx: &Context,
     target: &crate::config::Target,
-    mut backups: impl Iterator<Item = &'b crate::catalog::Backup>,
+    backups: impl Iterator<Item = &'b crate::catalog::Backup>,
 ) -> Result<Option<Arc<crate::crypt::Identities>>, crate::engine::EngineError> {
     let encrypted: Vec<&crate::catalog::Backup> = backups
-        .by_ref()
         .filter(|b| !b.manifest.encrypted_to.is_empty())
         .collect();
     let Some(b) = encrypted.first() else {

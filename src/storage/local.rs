@@ -444,28 +444,7 @@ impl Storage for LocalStorage {
 
     async fn remove_temp_files(&self, target: &str) -> Result<Vec<String>, StorageError> {
         let dir = self.dir(target);
-        blocking(move || {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(source) => return Err(io_err("list", &dir, source)),
-            };
-            let mut removed = Vec::new();
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                if !name.starts_with(TEMP_PREFIX) || temp_owner_alive(&path, &name) {
-                    continue;
-                }
-                match fs::remove_file(&path) {
-                    Ok(()) => removed.push(name),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(io_err("remove leftover", &path, source)),
-                }
-            }
-            Ok(removed)
-        })
-        .await
+        blocking(move || remove_dead_temps(&dir)).await
     }
 
     fn scratch_dir(&self, target: &str) -> Option<PathBuf> {
@@ -500,13 +479,31 @@ pub fn private_dir(base: &Path, target: &str) -> io::Result<PathBuf> {
             fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
         }
     }
-    for entry in fs::read_dir(&dir)?.flatten() {
+    remove_dead_temps(&dir).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(dir)
+}
+
+/// Remove the temp files in `dir` whose writing process is gone; their names.
+fn remove_dead_temps(dir: &Path) -> Result<Vec<String>, StorageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(io_err("list", dir, source)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(TEMP_PREFIX) && !temp_owner_alive(&entry.path(), &name) {
-            let _ = fs::remove_file(entry.path());
+        let path = entry.path();
+        if !name.starts_with(TEMP_PREFIX) || temp_owner_alive(&path, &name) {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_err("remove leftover", &path, source)),
         }
     }
-    Ok(dir)
+    Ok(removed)
 }
 
 /// A scratch file in a storage folder that follows the temp-name rules (so a crash

@@ -89,12 +89,17 @@ fn sqlite(db: &Path, sql: &str) -> String {
 }
 
 fn secret_db(sb: &Sandbox) -> PathBuf {
+    secret_db_of(sb, 2000, 500)
+}
+
+/// `cache.db`: the marker in one row, and `rows` random blobs of `bytes` each.
+fn secret_db_of(sb: &Sandbox, rows: u32, bytes: u32) -> PathBuf {
     let db = sb.path().join("cache.db");
     sqlite(
         &db,
         &format!(
             "CREATE TABLE secrets (v TEXT); INSERT INTO secrets VALUES ('{MARKER}');\
-             CREATE TABLE bulk (b BLOB); WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 2000) INSERT INTO bulk SELECT randomblob(500) FROM g;"
+             CREATE TABLE bulk (b BLOB); WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {rows}) INSERT INTO bulk SELECT randomblob({bytes}) FROM g;"
         ),
     );
     db
@@ -259,6 +264,62 @@ fn an_encrypted_sqlite_backup_holds_no_plaintext_and_restores_only_with_its_key(
         status.code, 1,
         "a failed drill is unhealthy: {}",
         status.stdout
+    );
+}
+
+#[test]
+fn a_killed_encrypted_backup_leaves_no_plaintext_in_the_storage_and_the_next_run_clears_it() {
+    let sb = Sandbox::new();
+    // Big enough that zstd 19 is still at work when the kill comes.
+    let db = secret_db_of(&sb, 25000, 2000);
+    let (_, recipient) = age_key(&sb, "identity.txt");
+    let cfg = sqlite_config(
+        &sb,
+        "cfg",
+        &db,
+        &format!("encrypt_to = [\"{recipient}\"]\ncompression_level = 19\n"),
+    );
+    let private = sb.path().join("work/private/cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dbkeep"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The snapshot is written, and the encrypted archive is on its way.
+    crate::common::wait_for(
+        std::time::Duration::from_secs(60),
+        "a snapshot in the private folder and a temp archive in the storage",
+        || !all_files(&private).is_empty() && !all_files(&sb.backups()).is_empty(),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The plaintext snapshot is only in the owner-only private folder, never in the
+    // storage, where the killed run's partial archive is encrypted.
+    assert!(!files_containing(&private, MARKER.as_bytes()).is_empty());
+    assert_eq!(
+        files_containing(&sb.backups(), MARKER.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+
+    // The next run removes the dead run's snapshot, and leaves none of its own.
+    let small = sqlite_config(
+        &sb,
+        "small",
+        &db,
+        &format!("encrypt_to = [\"{recipient}\"]\n"),
+    );
+    dbkeep(Some(&small), &["backup"], &[]).ok();
+    assert_eq!(all_files(&private), Vec::<PathBuf>::new());
+    assert_eq!(
+        files_containing(&sb.path().join("work"), MARKER.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(
+        files_containing(&sb.backups(), MARKER.as_bytes()),
+        Vec::<PathBuf>::new()
     );
 }
 
@@ -620,9 +681,16 @@ fn object_lock_keeps_backups_until_their_date_and_nothing_rewrites_an_object() {
     dbkeep(Some(&cfg), &["verify", "cache"], &[]).ok();
     assert_eq!(versions(&moto, "locked", "prod/cache/"), before);
 
-    // After the date, cleanup deletes the older run: every version, no delete marker left.
-    std::thread::sleep(std::time::Duration::from_secs(9));
-    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    // Once the date passes, a cleanup deletes the older run: every version, no delete
+    // marker left. Each cleanup before then keeps it (and must not fail).
+    crate::common::wait_for(
+        std::time::Duration::from_secs(30),
+        "a cleanup after the lock's date deleting the older run",
+        || {
+            dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+            listed(&cfg).len() == 1
+        },
+    );
     assert_eq!(listed(&cfg), vec![newer.clone()]);
     assert_eq!(versions(&moto, "locked", &format!("prod/cache/{older}")), 0);
 }
