@@ -202,6 +202,148 @@ pub struct TableInfo {
     pub rows: Option<i64>,
 }
 
+/// What an archive holds, row by row: per table the exact row count and an
+/// order-independent hash of its rows, taken from the dump stream itself (PostgreSQL: the
+/// COPY text of `pg_dump`; SQLite: the snapshot's values). A drill recomputes it on the
+/// restored database and compares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Content {
+    /// How rows were hashed; a drill only compares content taken the same way.
+    pub method: String,
+    /// The client encoding the rows were written in (PostgreSQL), which the drill's dump
+    /// uses too.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub encoding: Option<String>,
+    pub tables: Vec<TableContent>,
+    /// Large objects: how many, and the sum of the hashes of (oid, bytes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub large_objects: Option<Tally>,
+    /// Sequence values (`setval` arguments: `42, true`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sequences: Vec<SequenceValue>,
+}
+
+/// A count and an order-independent hash (the wrapping sum of 128-bit item hashes, hex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Tally {
+    pub count: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableContent {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub schema: Option<String>,
+    pub name: String,
+    pub rows: u64,
+    pub hash: String,
+}
+
+impl TableContent {
+    /// `schema.name`, or the name alone (SQLite).
+    pub fn qualified(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SequenceValue {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub schema: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+impl Content {
+    /// Rows of every table.
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    /// Where `restored` differs from this (the backup's) content, one line per table,
+    /// sequence or the large objects; empty when every row came back.
+    pub fn differences(&self, restored: &Content) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            let got = restored
+                .tables
+                .iter()
+                .find(|r| r.schema == t.schema && r.name == t.name);
+            match got {
+                None if t.rows > 0 => out.push(format!(
+                    "table {}: missing after restore (the backup has {} rows)",
+                    t.qualified(),
+                    t.rows
+                )),
+                None => {}
+                Some(r) if r.rows != t.rows => out.push(format!(
+                    "table {}: {} rows after restore, the backup has {}",
+                    t.qualified(),
+                    r.rows,
+                    t.rows
+                )),
+                Some(r) if r.hash != t.hash => out.push(format!(
+                    "table {}: the {} rows differ from the backup's (content hash {} after restore, {} in the backup)",
+                    t.qualified(),
+                    t.rows,
+                    r.hash,
+                    t.hash
+                )),
+                Some(_) => {}
+            }
+        }
+        for r in &restored.tables {
+            let known = self
+                .tables
+                .iter()
+                .any(|t| t.schema == r.schema && t.name == r.name);
+            if !known && r.rows > 0 {
+                out.push(format!(
+                    "table {}: {} rows after restore that the backup does not list",
+                    r.qualified(),
+                    r.rows
+                ));
+            }
+        }
+        let none = Tally::default();
+        let want = self.large_objects.as_ref().unwrap_or(&none);
+        let got = restored.large_objects.as_ref().unwrap_or(&none);
+        if want.count != got.count {
+            out.push(format!(
+                "large objects: {} after restore, the backup has {}",
+                got.count, want.count
+            ));
+        } else if want.count > 0 && want.hash != got.hash {
+            out.push(format!(
+                "large objects: the {} large objects differ from the backup's",
+                want.count
+            ));
+        }
+        for s in &self.sequences {
+            let got = restored
+                .sequences
+                .iter()
+                .find(|r| r.schema == s.schema && r.name == s.name);
+            let name = match &s.schema {
+                Some(sc) => format!("{sc}.{}", s.name),
+                None => s.name.clone(),
+            };
+            match got {
+                None => out.push(format!("sequence {name}: missing after restore")),
+                Some(g) if g.value != s.value => out.push(format!(
+                    "sequence {name}: ({}) after restore, the backup has ({})",
+                    g.value, s.value
+                )),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+}
+
 /// Written beside each archive, last: its presence commits the backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -264,6 +406,15 @@ pub struct Manifest {
     /// compressed. `sha256` and `stored_bytes` are of the encrypted bytes.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub encrypted_to: Vec<String>,
+    /// Every table's exact rows and content hash, taken while the archive streamed
+    /// (see [`Content`]); none for globals and for manifests older than that.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub content: Option<Content>,
+    /// Why this backup looks wrong next to the previous complete one (a table emptied,
+    /// most rows or bytes gone): retention does not count it, and `dbkeep accept` clears
+    /// the mark when the drop was intended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub suspect: Option<String>,
     /// The signature of every other field (see [`signed_bytes`]).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub signature: Option<Signature>,

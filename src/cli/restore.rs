@@ -133,13 +133,22 @@ pub(super) async fn verify(
         };
         if drill {
             match ops_verify::drill(ctx, target).await {
-                Ok(r) => println!(
-                    "{name}: drill OK: backup {} restored ({} archive(s), {} tables checked) in {:.1}s",
-                    r.id,
-                    r.archives,
-                    r.tables,
-                    r.duration.as_secs_f64()
-                ),
+                Ok(r) => {
+                    let proven = match r.tables_proven {
+                        0 => format!("{} tables checked", r.tables),
+                        n => format!(
+                            "every row proven: {} rows in {n} tables proven identical to the backup's",
+                            r.rows_proven
+                        ),
+                    };
+                    println!(
+                        "{name}: drill OK: backup {} restored ({} archive(s), {}) in {:.1}s",
+                        r.id,
+                        r.archives,
+                        proven,
+                        r.duration.as_secs_f64()
+                    )
+                }
                 Err(crate::ops::restore::RestoreError::NotPermitted(why)) => {
                     bad += 1;
                     println!("{name}: drill NOT POSSIBLE (nothing was tried): {why}");

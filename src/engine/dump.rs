@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use super::EngineError;
-use crate::catalog::{Contents, TableInfo, ToolVersions};
+use crate::catalog::{Content, Contents, TableInfo, ToolVersions};
 use crate::process::Stopper;
 
 /// One archive a run will produce.
@@ -106,6 +106,26 @@ pub struct Dump {
     pub done: DoneFuture,
     /// Stops the producer when the reading side fails.
     pub stopper: Option<Stopper>,
+    /// The archive's content fingerprint, once `reader` was read to its end.
+    pub content: PendingContent,
+}
+
+/// A dump's content fingerprint: known before the stream (a SQLite snapshot), read from
+/// it on another thread (a PostgreSQL dump), or none (globals).
+pub enum PendingContent {
+    Ready(Option<Content>),
+    /// Blocks until the content is known; call it off the async runtime.
+    Later(Box<dyn FnOnce() -> Option<Content> + Send>),
+}
+
+impl PendingContent {
+    /// Wait for it (blocking: the work ends with the stream).
+    pub fn wait(self) -> Option<Content> {
+        match self {
+            PendingContent::Ready(c) => c,
+            PendingContent::Later(f) => f(),
+        }
+    }
 }
 
 /// `*` and `?` glob match, the way operators write schema patterns (`tenant_*`).

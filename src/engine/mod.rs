@@ -6,6 +6,7 @@
 //! [`Scratch`] and [`Session`], plus one arm in [`build`] (and its `kind` in the config).
 
 pub mod archive;
+pub mod content;
 pub mod doctor;
 pub mod dump;
 pub mod model;
@@ -405,6 +406,13 @@ pub trait Scratch: Send + Sync {
         cancel: &CancellationToken,
     ) -> Result<(), EngineError>;
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError>;
+    /// Every table's rows counted and hashed the way `backup`'s content was taken, for a
+    /// drill to compare.
+    async fn content(
+        &self,
+        backup: &crate::catalog::Manifest,
+        cancel: &CancellationToken,
+    ) -> Result<crate::catalog::Content, EngineError>;
     /// Drop the database (or remove the file). Call it also after a failure.
     async fn discard(self: Box<Self>) -> Result<(), EngineError>;
 }

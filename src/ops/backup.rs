@@ -572,6 +572,8 @@ async fn backup_inner(
                     run_archives: None,
                     encrypted_to: target.crypto.recipients.clone(),
                     signature: None,
+                    content: streamed.content,
+                    suspect: None,
                     snapshot: view.snapshot.clone(),
                     schema_fingerprint: view.fingerprints.as_ref().and_then(|(whole, each)| {
                         match part.contents {
@@ -857,6 +859,8 @@ struct Streamed {
     started: DateTime<Utc>,
     /// Mirrors that did not get it.
     failed: Vec<MirrorFailure>,
+    /// Its rows, counted and hashed on the way (see [`catalog::Content`]).
+    content: Option<catalog::Content>,
 }
 
 /// Dump one part into every storage.
@@ -904,9 +908,16 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
     };
     let stopper = dump.stopper;
     let stop = ctx.cancel.clone();
+    let pending = dump.content;
     let compressing = async move {
         let joined = tokio::task::spawn_blocking(move || {
-            compress::compress(reader, codec, &recipients, out, &stop)
+            let r = compress::compress(reader, codec, &recipients, out, &stop);
+            // The content was read beside the stream; it is whole once the stream was.
+            let content = match &r {
+                Ok(_) => pending.wait(),
+                Err(_) => None,
+            };
+            r.map(|done| (done, content))
         })
         .await;
         let r = match joined {
@@ -929,7 +940,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         file: file.clone(),
         source,
     };
-    let (fanout, summary) = match compressed {
+    let ((fanout, summary), content) = match compressed {
         // A storage that failed (a full disk) made us stop the producer, which then died
         // of it: the storage's error is the one to report.
         Err(StreamError::Write(e)) => return Err(write_err(e)),
@@ -978,6 +989,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         summary,
         started,
         failed,
+        content,
     })
 }
 

@@ -22,6 +22,7 @@ mod operator;
 mod ops_in_process;
 mod postgres_backup;
 mod replicas;
+mod restorability;
 mod restore;
 mod restore_safety;
 mod s3_storage;

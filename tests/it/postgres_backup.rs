@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::common::{dbkeep, decompress, pg_config, Sandbox, TestPostgres, PG_PASSWORD};
 
-const MANY_TYPES: &str = r#"
+pub(crate) const MANY_TYPES: &str = r#"
 CREATE SCHEMA billing;
 CREATE TABLE public.customers (
     id bigserial PRIMARY KEY, name text NOT NULL, balance numeric(14,4), tags text[],

@@ -15,6 +15,7 @@ use super::tools::find_tool_dir;
 use super::PostgresEngine;
 use crate::catalog::{Contents, TableInfo, ToolVersions};
 use crate::engine::dump::Fingerprints;
+use crate::engine::dump::PendingContent;
 use crate::engine::model::fingerprint_all;
 use crate::engine::{glob_match, Dump, EngineError, Part, Prepared};
 use crate::process;
@@ -522,12 +523,29 @@ pub fn open(
             spec
         }
     };
+    // One time zone for every dump and every drill's dump: a timestamptz is then written
+    // the same way on both sides, whatever each server's default.
+    let spec = spec.env("PGTZ", "UTC");
     let (running, stdout) = process::spawn_streaming(spec)?;
     let stopper = running.stopper();
     let cancel = cancel.clone();
     let timeout = e.timeout;
+    let (reader, content): (Box<dyn std::io::Read + Send>, _) = match part.contents {
+        Contents::Globals => (
+            Box::new(SyncIoBridge::new(stdout)),
+            PendingContent::Ready(None),
+        ),
+        Contents::Database | Contents::Schema => {
+            let (tap, pending) = super::custom::tap(SyncIoBridge::new(stdout), &e.target);
+            (
+                Box::new(tap),
+                PendingContent::Later(Box::new(move || pending.join().ok().flatten())),
+            )
+        }
+    };
     Ok(Dump {
-        reader: Box::new(SyncIoBridge::new(stdout)),
+        content,
+        reader,
         done: Box::pin(async move {
             running
                 .wait(&cancel, timeout)
@@ -536,6 +554,48 @@ pub fn open(
         }),
         stopper: Some(stopper),
     })
+}
+
+/// The content of the database at `dsn` (a drill's scratch database), read from a
+/// data-only dump made the way a backup's is (custom format, uncompressed, TimeZone UTC,
+/// in `encoding`: the backup's client encoding), with `tools`' pg_dump.
+pub async fn content_of(
+    tools: &std::path::Path,
+    dsn: &Dsn,
+    encoding: Option<&str>,
+    timeout: std::time::Duration,
+    cancel: &CancellationToken,
+) -> Result<crate::catalog::Content, EngineError> {
+    let mut spec = process::Spec::new(tools.join("pg_dump"))
+        .env("PGAPPNAME", "dbkeep")
+        .env("PGCONNECT_TIMEOUT", "15")
+        .env("PGTZ", "UTC")
+        .secret_env("PGPASSWORD", dsn.password.as_ref())
+        .arg("--format=custom")
+        .arg("--compress=0")
+        .arg("--data-only")
+        .arg("--no-password")
+        .arg(format!("--dbname={}", dsn.url));
+    if let Some(enc) = encoding {
+        spec = spec.arg(format!("--encoding={enc}"));
+    }
+    let (running, stdout) = process::spawn_streaming(spec)?;
+    let mut reader = SyncIoBridge::new(stdout);
+    let read = tokio::task::spawn_blocking(move || {
+        let got = super::custom::read_content(&mut reader);
+        // Drain what is left so pg_dump never blocks on a reader that stopped.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        got
+    });
+    let (waited, read) = tokio::join!(running.wait(cancel, timeout), read);
+    waited?;
+    read.map_err(|e| EngineError::Check(format!("reading the restored rows failed: {e}")))?
+        .map_err(|e| {
+            EngineError::Check(format!(
+                "cannot read the rows of the restored database {}: {e}",
+                dsn.location()
+            ))
+        })
 }
 
 /// Foreign keys a filtered dump could not restore: one from a kept table to an excluded

@@ -2,6 +2,7 @@
 //! scratch databases on the target's (or the drill) server, catalog introspection.
 
 pub mod conn;
+pub mod custom;
 pub mod database;
 pub mod doctor;
 pub mod dump;
@@ -533,6 +534,17 @@ impl Scratch for PgScratch {
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
         self.engine.session(&self.dsn).await
+    }
+
+    async fn content(
+        &self,
+        backup: &crate::catalog::Manifest,
+        cancel: &CancellationToken,
+    ) -> Result<crate::catalog::Content, EngineError> {
+        let e = &self.engine;
+        let tools = restore::restore_tools(&e.cfg, &self.dsn, backup, &e.target).await?;
+        let encoding = backup.content.as_ref().and_then(|c| c.encoding.as_deref());
+        dump::content_of(&tools, &self.dsn, encoding, e.timeout, cancel).await
     }
 
     async fn discard(self: Box<Self>) -> Result<(), EngineError> {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SqliteEngine;
 use crate::catalog::{Contents, TableInfo, ToolVersions};
+use crate::engine::dump::PendingContent;
 use crate::engine::{Dump, EngineError, Part, Prepared};
 use crate::storage::local::ScratchFile;
 
@@ -156,8 +157,8 @@ pub async fn open(
         .fetch_all(&mut check)
         .await
         .map_err(eng.sql("integrity check of the snapshot failed"))?;
-    let _ = check.close().await;
     if rows.len() != 1 || rows[0].0 != "ok" {
+        let _ = check.close().await;
         let problems: Vec<String> = rows.into_iter().take(5).map(|(r,)| r).collect();
         return Err(eng.err(format!(
             "the snapshot fails PRAGMA integrity_check ({}); the source database may be corrupt: run `sqlite3 {} 'PRAGMA integrity_check'`",
@@ -169,7 +170,24 @@ pub async fn open(
         "reading the snapshot {}",
         snapshot.path().display()
     )))?;
+    // The rows are read from the snapshot while it streams into the storages: on its own
+    // connection, opened now, so the snapshot file being removed after the stream does
+    // not matter.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let target = eng.target.clone();
+    tokio::spawn(async move {
+        let content = match super::content::content(&mut check).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "cannot read the rows of the snapshot; this backup has no content fingerprint, and its drill checks tables only");
+                None
+            }
+        };
+        let _ = check.close().await;
+        let _ = tx.send(content);
+    });
     Ok(Dump {
+        content: PendingContent::Later(Box::new(move || rx.blocking_recv().ok().flatten())),
         reader: Box::new(SnapshotReader {
             file,
             _scratch: snapshot,

@@ -1,6 +1,7 @@
 //! SQLite: online snapshots with `VACUUM INTO`, restores by atomic rename, scratch
 //! databases as files, introspection from pragmas.
 
+pub mod content;
 pub mod demo;
 pub mod dump;
 pub mod introspect;
@@ -384,6 +385,22 @@ impl Scratch for SqliteScratch {
             Some(f) => self.engine.session(f.path(), true).await,
             None => self.engine.session(Path::new(":memory:"), true).await,
         }
+    }
+
+    async fn content(
+        &self,
+        _backup: &crate::catalog::Manifest,
+        _cancel: &CancellationToken,
+    ) -> Result<crate::catalog::Content, EngineError> {
+        let path = self.file()?;
+        let mut conn = self.engine.connect(path, true).await?;
+        let got = content::content(&mut conn).await;
+        let _ = conn.close().await;
+        got.map_err(|e| EngineError::Sqlite {
+            path: path.to_path_buf(),
+            message: "cannot read the rows of the restored copy".into(),
+            source: Some(e),
+        })
     }
 
     async fn discard(self: Box<Self>) -> Result<(), EngineError> {
