@@ -223,7 +223,7 @@ pub struct Content {
     pub sequences: Vec<SequenceValue>,
 }
 
-/// A count and an order-independent hash (the wrapping sum of 128-bit item hashes, hex).
+/// A count and an order-independent hash (the sum of 64-bit item hashes, hex).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Tally {
     pub count: u64,
@@ -501,6 +501,13 @@ pub struct Backup {
     /// Why the run is pinned (never deleted by retention), when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned: Option<String>,
+    /// Why the run looks wrong next to the last good one (its manifest's mark), unless an
+    /// operator accepted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
+    /// When an operator accepted the run's suspect mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Accept>,
     /// A server target's database that the newest run no longer backs up (dropped, or
     /// excluded since): its backups are kept under retention. Set by listings that
     /// look at every run of the target.
@@ -536,6 +543,8 @@ pub struct Scan {
     pub complete: Vec<(BackupId, String, u64)>,
     /// Pin files, by the id of the run they pin.
     pub pins: Vec<(BackupId, String)>,
+    /// Accept files, by the id of the suspect run they clear.
+    pub accepts: Vec<(BackupId, String)>,
     /// Probe objects `dbkeep doctor` wrote and, interrupted, did not remove (old enough
     /// that no doctor run still owns them).
     pub probes: Vec<String>,
@@ -562,6 +571,10 @@ pub async fn scan(
     for o in &objects {
         if let Some(id) = pin_id(&o.file) {
             scan.pins.push((id, o.file.clone()));
+            continue;
+        }
+        if let Some(id) = accept_id(&o.file) {
+            scan.accepts.push((id, o.file.clone()));
             continue;
         }
         if let Some(id) = commit_id(&o.file) {
@@ -636,6 +649,8 @@ fn validate(
         reason: manifest.reason.clone().or_else(|| manifest.trigger.clone()),
         verified_at: manifest.verified_at,
         pinned: None,
+        suspect: manifest.suspect.clone(),
+        accepted: None,
         database_gone: false,
         manifest,
     })
@@ -740,6 +755,22 @@ pub async fn list(
             b.pinned = Some(reason.clone());
         }
     }
+    for (id, file) in &scan.accepts {
+        // An accept that cannot be read clears nothing: the run stays suspect, which only
+        // ever keeps more.
+        let Ok(raw) = storage.get_bytes(target, file).await else {
+            continue;
+        };
+        let Ok(accept) = serde_json::from_slice::<Accept>(&raw) else {
+            continue;
+        };
+        if accept.id != *id {
+            continue;
+        }
+        for b in listing.complete.iter_mut().filter(|b| b.id == *id) {
+            b.accepted = Some(accept.clone());
+        }
+    }
     listing
         .complete
         .sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.file.cmp(&b.file)));
@@ -787,6 +818,30 @@ pub struct Pin {
     pub id: BackupId,
     pub reason: String,
     pub pinned_at: DateTime<Utc>,
+}
+
+/// Accept files start with this; the rest of the name is `<id>.<nonce>.json`.
+pub use crate::storage::ACCEPT_PREFIX;
+
+/// A new accept file name for run `id`.
+pub fn accept_name(id: BackupId) -> String {
+    format!("{ACCEPT_PREFIX}{id}.{:08x}.json", rand::random::<u32>())
+}
+
+/// The run an accept file clears.
+pub fn accept_id(file: &str) -> Option<BackupId> {
+    let rest = file.strip_prefix(ACCEPT_PREFIX)?.strip_suffix(".json")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// A suspect run an operator said is right (`dbkeep accept`): the drop was intended.
+/// Stored beside the backup like a pin, since manifests are never rewritten.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Accept {
+    pub id: BackupId,
+    /// The suspect reason that was accepted.
+    pub reason: String,
+    pub accepted_at: DateTime<Utc>,
 }
 
 /// One database of a server target, as its backups show it.

@@ -42,6 +42,13 @@ pub const RETRY_PENDING: &str = "dbkeep_backup_retry_pending";
 pub const DATABASE_LAST_SUCCESS: &str = "dbkeep_database_last_success_timestamp_seconds";
 pub const DATABASE_SIZE: &str = "dbkeep_database_backup_size_bytes";
 pub const DATABASE_GONE: &str = "dbkeep_database_gone";
+pub const SUSPECT_TOTAL: &str = "dbkeep_backups_suspect_total";
+pub const SUSPECT: &str = "dbkeep_backup_suspect";
+pub const DRILL_RESTORE_SECONDS: &str = "dbkeep_drill_restore_seconds";
+pub const DRILL_RESTORE_BYTES: &str = "dbkeep_drill_restore_bytes";
+pub const DRILL_ROWS_PROVEN: &str = "dbkeep_drill_rows_proven";
+pub const RTO: &str = "dbkeep_rto_seconds";
+pub const RPO: &str = "dbkeep_rpo_seconds";
 
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +85,13 @@ pub struct Metrics {
     database_last_success: GaugeVec,
     database_size: IntGaugeVec,
     database_gone: IntGaugeVec,
+    suspect_total: IntCounterVec,
+    suspect: IntGaugeVec,
+    drill_restore_seconds: GaugeVec,
+    drill_restore_bytes: IntGaugeVec,
+    drill_rows_proven: IntGaugeVec,
+    rto: GaugeVec,
+    rpo: GaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -149,6 +163,48 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("valid histogram"),
     );
     Metrics {
+        suspect_total: counter(
+            &r,
+            SUSPECT_TOTAL,
+            "Backups marked suspect (rows or bytes dropped sharply against the last good one)",
+            &["target"],
+        ),
+        suspect: int_gauge(
+            &r,
+            SUSPECT,
+            "1 when the newest complete backup is suspect and not accepted (health amber)",
+            &["target"],
+        ),
+        drill_restore_seconds: gauge(
+            &r,
+            DRILL_RESTORE_SECONDS,
+            "Wall time of the last successful restore drill: the measured restore time",
+            &["target"],
+        ),
+        drill_restore_bytes: int_gauge(
+            &r,
+            DRILL_RESTORE_BYTES,
+            "Stored bytes the last successful restore drill restored",
+            &["target"],
+        ),
+        drill_rows_proven: int_gauge(
+            &r,
+            DRILL_ROWS_PROVEN,
+            "Rows the last successful drill proved identical to the backup's (content fingerprints)",
+            &["target"],
+        ),
+        rto: gauge(
+            &r,
+            RTO,
+            "The target's recovery time objective (rto); +Inf when none is set",
+            &["target"],
+        ),
+        rpo: gauge(
+            &r,
+            RPO,
+            "The target's recovery point objective (rpo); +Inf when none is set",
+            &["target"],
+        ),
         admin_requests: counter(
             &r,
             ADMIN_REQUESTS,
@@ -379,6 +435,11 @@ pub fn target_registered(target: &str, storages: &[&str], mirrors: &[&str], know
     }
     m.duration.with_label_values(&[target]);
     m.retries.with_label_values(&[target]);
+    m.suspect_total.with_label_values(&[target]);
+    m.suspect.with_label_values(&[target]);
+    m.drill_restore_seconds.with_label_values(&[target]);
+    m.drill_restore_bytes.with_label_values(&[target]);
+    m.drill_rows_proven.with_label_values(&[target]);
     m.retry_pending.with_label_values(&[target]);
     m.verify_duration.with_label_values(&[target]);
     m.size.with_label_values(&[target]);
@@ -609,6 +670,46 @@ pub fn schema_drift(target: &str, drifted: bool, differences: usize, pending: us
         );
     }
     g.set(i64::from(drifted));
+}
+
+/// A new backup was marked suspect.
+pub fn backup_suspect(target: &str) {
+    m().suspect_total.with_label_values(&[target]).inc();
+}
+
+/// Whether the newest complete backup is suspect (and not accepted).
+pub fn newest_suspect(target: &str, suspect: bool) {
+    m().suspect
+        .with_label_values(&[target])
+        .set(i64::from(suspect));
+}
+
+/// What the last successful drill measured and proved.
+pub fn drill_proved(target: &str, seconds: f64, bytes: u64, rows: u64) {
+    let m = m();
+    m.drill_restore_seconds
+        .with_label_values(&[target])
+        .set(seconds);
+    m.drill_restore_bytes
+        .with_label_values(&[target])
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    m.drill_rows_proven
+        .with_label_values(&[target])
+        .set(i64::try_from(rows).unwrap_or(i64::MAX));
+}
+
+/// The target's recovery objectives, exported beside what is measured against them.
+pub fn objectives(
+    target: &str,
+    rpo: Option<std::time::Duration>,
+    rto: Option<std::time::Duration>,
+) {
+    let m = m();
+    // None: +Inf, so `measured > objective` never fires for a target without one.
+    for (g, v) in [(&m.rpo, rpo), (&m.rto, rto)] {
+        g.with_label_values(&[target])
+            .set(v.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+    }
 }
 
 /// The live schema's fingerprint differs from the one the newest backup recorded.

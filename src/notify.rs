@@ -95,6 +95,9 @@ impl Message {
                 format!("backup of {t} on {h} is kept locally, its upload is pending")
             }
             Event::Recovered => format!("{t} on {h} is healthy again"),
+            Event::Suspect => format!(
+                "backup of {t} on {h} is SUSPECT: far fewer rows or bytes than the last good one"
+            ),
         };
         // One line, whatever the error holds.
         let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -16,6 +16,9 @@ pub struct Candidate {
     pub pending_upload: bool,
     /// Why it is pinned (`dbkeep pin`): never deleted.
     pub pinned: Option<String>,
+    /// Why it is suspect (and not accepted): not counted toward `min_keep` or the
+    /// daily/weekly/monthly slots, and never the reason a good backup goes.
+    pub suspect: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +45,31 @@ pub fn plan(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
             if b.pinned.is_none() {
                 b.pinned = a.pinned.take();
             }
+            if b.suspect.is_none() {
+                b.suspect = a.suspect.take();
+            }
             true
         } else {
             false
         }
     });
 
-    let daily = gfs_keep(&sorted, policy.keep_daily, |t| (t.year(), t.ordinal(), 0));
-    let weekly = gfs_keep(&sorted, policy.keep_weekly, |t| {
+    // Suspect backups fill no slot: the newest backups, days, weeks and months are
+    // counted over the good ones, so a series of empty dumps pushes none of them out.
+    let good: Vec<Candidate> = sorted
+        .iter()
+        .filter(|b| b.suspect.is_none())
+        .cloned()
+        .collect();
+    let daily = gfs_keep(&good, policy.keep_daily, |t| (t.year(), t.ordinal(), 0));
+    let weekly = gfs_keep(&good, policy.keep_weekly, |t| {
         let w = t.iso_week();
         (w.year(), w.week(), 0)
     });
-    let monthly = gfs_keep(&sorted, policy.keep_monthly, |t| (t.year(), t.month(), 1));
+    let monthly = gfs_keep(&good, policy.keep_monthly, |t| (t.year(), t.month(), 1));
     let max_age = chrono::Duration::days(i64::from(policy.keep_days));
+    let newest_good = good.first().map(|b| b.id);
+    let rank_among_good = |id: BackupId| good.iter().position(|b| b.id == id);
 
     sorted
         .iter()
@@ -66,11 +81,14 @@ pub fn plan(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
                 action: Action::Keep,
                 reason,
             };
+            let rank = rank_among_good(b.id);
             if i == 0 {
                 keep("newest complete backup (never deleted)".into())
+            } else if Some(b.id) == newest_good {
+                keep("newest backup that is not suspect (never deleted)".into())
             } else if let Some(why) = &b.pinned {
                 keep(format!("pinned: {why}"))
-            } else if (i as u64) < u64::from(policy.min_keep) {
+            } else if rank.is_some_and(|r| (r as u64) < u64::from(policy.min_keep)) {
                 keep(format!("one of the newest {} (min_keep)", policy.min_keep))
             } else if b.pending_upload {
                 keep("not yet uploaded to remote storage".into())
@@ -162,6 +180,7 @@ mod tests {
             id: BackupId::from_time(t(s)),
             pending_upload: false,
             pinned: None,
+            suspect: None,
         }
     }
     fn pending(s: &str) -> Candidate {
@@ -416,6 +435,35 @@ mod tests {
         assert_eq!(p[1].action, Action::Delete, "{p:?}");
         assert_eq!(p[2].action, Action::Keep, "{p:?}");
         assert_eq!(p[2].reason, "pinned: before the 2026 migration");
+    }
+
+    #[test]
+    fn suspect_backups_fill_no_slot_and_never_push_the_last_good_one_out() {
+        // Three good days, then three suspect (empty) dumps; keep_days 0 and min_keep 2.
+        let mut backups = daily(6);
+        for b in backups.iter_mut().skip(3) {
+            b.suspect = Some("table public.orders is empty (it had 5000 rows)".into());
+        }
+        let p = plan(&backups, &pol(0, 2), t("2026-11-30 12:00:00"));
+        let kept: Vec<String> = p
+            .iter()
+            .filter(|d| d.action == Action::Keep)
+            .map(|d| d.id.to_string()[4..11].to_string())
+            .collect();
+        // The newest (suspect) is kept as the newest; the two newest good ones by
+        // min_keep, the newest good one also as such; the two older suspects go.
+        assert_eq!(kept, ["1106_02", "1103_02", "1102_02"], "{p:?}");
+        let d3 = p.iter().find(|d| d.id == backups[2].id).unwrap();
+        assert_eq!(
+            d3.reason,
+            "newest backup that is not suspect (never deleted)"
+        );
+        // Without the marks, the suspects would have pushed every good one out.
+        let unmarked = plan(&daily(6), &pol(0, 2), t("2026-11-30 12:00:00"));
+        assert_eq!(
+            unmarked.iter().filter(|d| d.action == Action::Keep).count(),
+            2
+        );
     }
 
     #[test]

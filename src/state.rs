@@ -52,6 +52,9 @@ pub struct TargetState {
     /// others were stored): each is a problem of its own, and none is taken for dropped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_databases: BTreeMap<String, String>,
+    /// What the last successful drill measured and proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_proven: Option<ProvenRestore>,
     /// The run going on now, as its process last reported it (every few seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<crate::progress::RunProgress>,
@@ -66,6 +69,21 @@ impl TargetState {
         }
         by
     }
+}
+
+/// A restore a drill measured: the proven restore time and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvenRestore {
+    pub at: DateTime<Utc>,
+    pub backup_id: String,
+    /// Wall time of the drill: fetching, checking, restoring and proving.
+    pub seconds: f64,
+    /// Stored bytes restored.
+    pub bytes: u64,
+    pub tables: usize,
+    /// Rows proven identical to the backup's (0 for archives without fingerprints).
+    pub rows_proven: u64,
+    pub tables_proven: usize,
 }
 
 /// The key of one stored archive in [`TargetState::corrupt`].

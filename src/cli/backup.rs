@@ -171,6 +171,22 @@ pub(super) async fn list(
         if let Some(why) = &b.pinned {
             println!("{:<15}  pinned: {}", "", why.escape_debug());
         }
+        match (&b.suspect, &b.accepted) {
+            (Some(why), None) => println!(
+                "{:<15}  SUSPECT: {}; not counted by retention (`dbkeep accept {} {}` if intended)",
+                "",
+                why.escape_debug(),
+                b.target,
+                b.id
+            ),
+            (Some(why), Some(a)) => println!(
+                "{:<15}  accepted {}: was suspect: {}",
+                "",
+                a.accepted_at.format("%Y-%m-%d %H:%MZ"),
+                why.escape_debug()
+            ),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -264,6 +280,31 @@ fn print_cleanup(r: &CleanupReport, dry_run: bool, now: chrono::DateTime<chrono:
     }
 }
 
+fn parse_id(id: &str) -> Result<crate::catalog::BackupId, Failure> {
+    id.parse().map_err(|_| {
+        usage(format!(
+            "{id:?} is not a backup id: write it as `list` shows it (YYYYMMDD_HHMMSS)"
+        ))
+    })
+}
+
+/// `accept`: clear a suspect mark.
+pub(super) async fn accept(
+    ctx: &Context,
+    cfg: &Config,
+    name: &str,
+    id: &str,
+) -> Result<(), Failure> {
+    let target = super::target(cfg, name)?;
+    let id = parse_id(id)?;
+    let (on, reason) = crate::ops::pin::accept(ctx, target, id).await?;
+    println!(
+        "{name}: backup {id} accepted on {} (it was suspect: {reason}); retention counts it again",
+        on.join(", ")
+    );
+    Ok(())
+}
+
 /// `pin` (or `unpin` when `on` is false).
 pub(super) async fn pin(
     ctx: &Context,
@@ -274,11 +315,7 @@ pub(super) async fn pin(
     on: bool,
 ) -> Result<(), Failure> {
     let target = super::target(cfg, name)?;
-    let id: crate::catalog::BackupId = id.parse().map_err(|_| {
-        usage(format!(
-            "{id:?} is not a backup id: write it as `list` shows it (YYYYMMDD_HHMMSS)"
-        ))
-    })?;
+    let id = parse_id(id)?;
     if on {
         let on = crate::ops::pin::pin(ctx, target, id, reason).await?;
         println!(

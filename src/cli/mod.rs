@@ -86,6 +86,13 @@ enum Cmd {
     },
     /// Remove a pin: retention decides about the backup again
     Unpin { target: String, id: String },
+    /// Clear a backup's suspect mark (its rows or size dropped sharply) when the drop was
+    /// intended: retention counts it again
+    Accept {
+        target: String,
+        /// The backup's id (YYYYMMDD_HHMMSS), as `list` shows it
+        id: String,
+    },
     /// Restore a backup (latest by default): checksum first, one transaction
     Restore {
         /// The target to restore
@@ -448,6 +455,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let cfg = load_config(path)?;
             let ctx = context(&cfg).await?;
             backup::pin(&ctx, &cfg, &target, &id, None, false).await
+        }
+        Cmd::Accept { target, id } => {
+            let cfg = load_config(path)?;
+            let ctx = context(&cfg).await?;
+            backup::accept(&ctx, &cfg, &target, &id).await
         }
         Cmd::Cleanup { target, dry_run } => {
             let cfg = load_config(path)?;

@@ -56,10 +56,11 @@ fn print_status(all: &[TargetHealth]) {
             .next_run
             .map(|n| n.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_default();
-        let health = match (h.healthy, h.warnings.is_empty()) {
-            (false, _) => "FAILING",
-            (true, true) => "ok",
-            (true, false) => "warning",
+        let health = match (h.level, h.warnings.is_empty()) {
+            ("red", _) => "FAILING",
+            ("amber", _) => "AMBER",
+            (_, true) => "ok",
+            (_, false) => "warning",
         };
         println!(
             "{:<12} {:<8} {:<7} {:<15} {:>8} {:>7} {:<8} {:<20}  {db}",
@@ -71,8 +72,32 @@ fn print_status(all: &[TargetHealth]) {
         for p in &h.problems {
             println!("{:<12} problem: {p}", "");
         }
+        for a in &h.attention {
+            println!("{:<12} attention: {a}", "");
+        }
         for w in &h.warnings {
             println!("{:<12} warning: {w}", "");
+        }
+        if let Some(p) = &h.last_proven_restore {
+            let rows = match p.tables_proven {
+                0 => format!("{} tables checked", p.tables),
+                n => format!("{} rows in {n} tables proven", p.rows_proven),
+            };
+            println!(
+                "{:<12} last proven restore: backup {}, {} in {:.1}s ({rows}), {}{}",
+                "",
+                p.backup_id,
+                super::human_bytes(p.bytes),
+                p.seconds,
+                p.at.format("%Y-%m-%d %H:%MZ"),
+                match h.rto_seconds {
+                    Some(rto) => format!(
+                        "; rto {}",
+                        humantime::format_duration(std::time::Duration::from_secs(rto))
+                    ),
+                    None => String::new(),
+                }
+            );
         }
         for (id, why) in &h.pinned {
             println!("{:<12} pinned {id}: {}", "", why.escape_debug());

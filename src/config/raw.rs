@@ -153,6 +153,16 @@ pub(super) struct RawPolicy {
     pub(super) signing_key_file: Option<String>,
     /// The key manifests must be signed with (a host that restores but does not sign).
     pub(super) verify_key: Option<String>,
+    /// Count and hash every table's rows while the dump streams (on unless `false`).
+    pub(super) fingerprint: Option<bool>,
+    /// A table of at least this many rows that a new backup finds empty makes it suspect.
+    pub(super) suspect_min_rows: Option<i64>,
+    /// Total rows, or archive bytes, down by more than this percentage make it suspect.
+    pub(super) suspect_drop_percent: Option<i64>,
+    /// Recovery point objective: the newest backup may be at most this old.
+    pub(super) rpo: Option<String>,
+    /// Recovery time objective: a drill's restore must take at most this long.
+    pub(super) rto: Option<String>,
 }
 
 /// `[defaults.hooks]` / `[targets.NAME.hooks]`: commands around each backup.
@@ -230,6 +240,16 @@ pub(super) struct RawTarget {
     pub(super) signing_key_file: Option<String>,
     /// The key manifests must be signed with (a host that restores but does not sign).
     pub(super) verify_key: Option<String>,
+    /// Count and hash every table's rows while the dump streams (on unless `false`).
+    pub(super) fingerprint: Option<bool>,
+    /// A table of at least this many rows that a new backup finds empty makes it suspect.
+    pub(super) suspect_min_rows: Option<i64>,
+    /// Total rows, or archive bytes, down by more than this percentage make it suspect.
+    pub(super) suspect_drop_percent: Option<i64>,
+    /// Recovery point objective: the newest backup may be at most this old.
+    pub(super) rpo: Option<String>,
+    /// Recovery time objective: a drill's restore must take at most this long.
+    pub(super) rto: Option<String>,
     pub(super) schema: Option<RawSchema>,
 }
 

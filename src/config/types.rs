@@ -61,16 +61,18 @@ pub enum Event {
     DrillFailed,
     UploadPending,
     Recovered,
+    Suspect,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::Failed,
         Event::Succeeded,
         Event::Stale,
         Event::DrillFailed,
         Event::UploadPending,
         Event::Recovered,
+        Event::Suspect,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -80,6 +82,7 @@ impl Event {
             Event::DrillFailed => "drill_failed",
             Event::UploadPending => "upload_pending",
             Event::Recovered => "recovered",
+            Event::Suspect => "suspect",
         }
     }
 }
@@ -254,6 +257,25 @@ pub struct Target {
     pub retry_delay: Duration,
     /// Encryption and manifest signatures.
     pub crypto: Crypto,
+    /// Count and hash every table's rows while the dump streams.
+    pub fingerprint: bool,
+    /// When a new backup is marked suspect next to the previous complete one.
+    pub suspect: SuspectRule,
+    /// Recovery point objective: the newest complete backup may be at most this old
+    /// (`None`: the stale rule alone, due time plus `health_grace`).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub rpo: Option<Duration>,
+    /// Recovery time objective: a drill's restore may take at most this long.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub rto: Option<Duration>,
+}
+
+/// When a backup is suspect: a table of at least `min_rows` rows found empty, or total
+/// rows or archive bytes down by more than `drop_percent` % (0 turns each check off).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SuspectRule {
+    pub min_rows: u64,
+    pub drop_percent: u32,
 }
 
 /// A target's keys: what its archives are encrypted to, what decrypts them, what signs

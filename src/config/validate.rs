@@ -369,6 +369,38 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
             Schedule::Cron(..) => Duration::from_secs(3600),
         },
     };
+    let fingerprint = o.fingerprint.or(defaults.fingerprint).unwrap_or(true);
+    let suspect_min_rows = non_negative(
+        key_of(o.suspect_min_rows.is_some(), "suspect_min_rows"),
+        pick_int(o.suspect_min_rows, defaults.suspect_min_rows),
+        1000,
+    )?;
+    let drop_key = key_of(o.suspect_drop_percent.is_some(), "suspect_drop_percent");
+    let suspect_drop_percent = match pick_int(o.suspect_drop_percent, defaults.suspect_drop_percent)
+    {
+        None => 50,
+        Some(n) if (0..=100).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(key_err(
+                drop_key,
+                format!("{n}: use a percentage from 1 to 100, or 0 to turn the check off"),
+            ))
+        }
+    };
+    let objective = |field: &str, own: &Option<String>, default: &Option<String>| {
+        pick_str(own, default)
+            .map(|v| parse_duration(&key_of(own.is_some(), field), Some(&v), ""))
+            .transpose()
+            .and_then(|d| match d {
+                Some(d) if d.is_zero() => Err(key_err(
+                    key_of(own.is_some(), field),
+                    "0s: leave the key out to have no objective".to_string(),
+                )),
+                other => Ok(other),
+            })
+    };
+    let rpo = objective("rpo", &o.rpo, &defaults.rpo)?;
+    let rto = objective("rto", &o.rto, &defaults.rto)?;
     let timeout_key = if o.timeout.is_some() {
         k("timeout")
     } else {
@@ -566,6 +598,13 @@ fn validate_target(name: &str, t: RawTarget, defaults: &RawPolicy) -> Result<Tar
 
     Ok(Target {
         crypto,
+        fingerprint,
+        suspect: SuspectRule {
+            min_rows: suspect_min_rows as u64,
+            drop_percent: suspect_drop_percent,
+        },
+        rpo,
+        rto,
         jobs,
         retries,
         retry_delay,

@@ -87,6 +87,7 @@ impl Daemon {
         if let Some((_, at)) = &summary.newest {
             metrics::newest_backup_seen(name, *at);
         }
+        metrics::newest_suspect(name, summary.suspect.is_some());
         let mut dbs = summary.databases.clone();
         crate::catalog::mark_failing(&mut dbs, &self.state.get(name).failed_databases);
         for db in &dbs {
@@ -98,6 +99,7 @@ impl Daemon {
             );
         }
         if let Some(target) = self.config().target(name) {
+            metrics::objectives(name, target.rpo, target.rto);
             let since = self.state.get(name).since;
             metrics::stale_after(
                 name,

@@ -89,6 +89,10 @@ impl Daemon {
                 },
             );
             metrics::verify_stale_after(&t.name, status::drill_deadline(t, &st, now));
+            metrics::objectives(&t.name, t.rpo, t.rto);
+            if let Some(p) = &st.last_proven {
+                metrics::drill_proved(&t.name, p.seconds, p.bytes, p.rows_proven);
+            }
             // Until the first listing says when the newest backup is (right below).
             let last = st.last_success.or(st.last_run);
             metrics::stale_after(&t.name, status::stale_after(t, last, st.since, now));

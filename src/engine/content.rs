@@ -1,19 +1,19 @@
 //! Content fingerprints: per table an exact row count and an order-independent hash of
-//! its rows (the wrapping sum of each row's 128-bit xxh3), so a drill can prove that
+//! its rows (the sum, as a 128-bit number, of each row's 64-bit xxh3), so a drill can prove that
 //! every row came back without caring in which order the server returns them. A sum,
 //! not an exclusive or: two equal rows do not cancel out.
 
 use std::collections::BTreeMap;
 
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::catalog::{Content, SequenceValue, TableContent, Tally};
 
 /// PostgreSQL: rows as `pg_dump` writes them in COPY text (`-Fc -Z0`, DateStyle ISO,
 /// extra_float_digits 3, TimeZone UTC, the archive's client encoding).
-pub const PG_COPY_TEXT: &str = "xxh3-128-sum/pg-copy-text/v1";
+pub const PG_COPY_TEXT: &str = "xxh3-64-sum/pg-copy-text/v1";
 /// SQLite: rows as typed values (see `sqlite::content`).
-pub const SQLITE_VALUES: &str = "xxh3-128-sum/sqlite-values/v1";
+pub const SQLITE_VALUES: &str = "xxh3-64-sum/sqlite-values/v1";
 
 /// A running count and hash sum.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +23,14 @@ pub struct Fold {
 }
 
 impl Fold {
-    pub fn add_hash(&mut self, h: u128) {
+    pub fn add_hash(&mut self, h: u64) {
         self.count += 1;
-        self.sum = self.sum.wrapping_add(h);
+        self.sum = self.sum.wrapping_add(u128::from(h));
     }
 
     /// Add one item given as its bytes.
     pub fn add(&mut self, item: &[u8]) {
-        self.add_hash(xxh3_128(item));
+        self.add_hash(xxh3_64(item));
     }
 
     pub fn hex(&self) -> String {
@@ -111,8 +111,8 @@ impl ObjectHasher {
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
-    pub fn digest(&self) -> u128 {
-        self.0.digest128()
+    pub fn digest(&self) -> u64 {
+        self.0.digest()
     }
 }
 

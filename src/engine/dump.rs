@@ -68,6 +68,8 @@ pub struct Prepared {
     /// A server target's databases that could not be prepared, with why: they fail on
     /// their own, the others are backed up.
     pub failed: Vec<(String, String)>,
+    /// Whether `open` counts and hashes the rows (the target's `fingerprint`).
+    pub fingerprint: bool,
 }
 
 impl Prepared {

@@ -439,13 +439,14 @@ async fn backup_inner(
     }
 
     let engine = engine::build(target);
-    let prepared = engine
+    let mut prepared = engine
         .prepare()
         .await
         .map_err(|source| BackupError::Engine {
             target: name.to_string(),
             source,
         })?;
+    prepared.fingerprint = target.fingerprint;
 
     if let Some(found) = &prepared.fingerprints {
         log_schema_change(ctx, target, storages, found).await;
@@ -622,6 +623,9 @@ async fn backup_inner(
             stored: Vec::new(),
         });
     }
+    if result.is_ok() {
+        mark_suspect(ctx, target, storages, &mut done).await;
+    }
     let count = u32::try_from(done.len()).unwrap_or(u32::MAX);
     for d in &mut done {
         d.manifest.run_archives = Some(count);
@@ -769,6 +773,56 @@ async fn log_discovery(
         gone.push(k.name.clone());
     }
     gone
+}
+
+/// Mark the run suspect (in every manifest, before they are signed and written) when its
+/// rows or bytes dropped sharply next to the last good run: the newest complete run on
+/// the primary that is not suspect itself, or was accepted. Comparing with the last good
+/// run, not merely the previous one, keeps a series of empty dumps suspect.
+async fn mark_suspect(ctx: &Context, target: &Target, storages: &Storages, done: &mut [Stored]) {
+    let listing = match catalog::list(
+        storages.primary(),
+        &target.name,
+        target.crypto.verify.as_ref(),
+        ctx.now(),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %crate::error::chain(&e), "cannot list the previous backups; this run is not compared with them");
+            return;
+        }
+    };
+    let Some(good) = listing
+        .complete
+        .iter()
+        .find(|b| !super::suspect::is_suspect(b))
+        .map(|b| b.id)
+    else {
+        return;
+    };
+    let good: Vec<Manifest> = listing
+        .complete
+        .into_iter()
+        .filter(|b| b.id == good)
+        .map(|b| b.manifest)
+        .collect();
+    let new: Vec<Manifest> = done.iter().map(|d| d.manifest.clone()).collect();
+    let Some(why) = super::suspect::judge(&target.suspect, &new, &good) else {
+        return;
+    };
+    let id = new.first().map(|m| m.id.to_string()).unwrap_or_default();
+    tracing::warn!(target = %target.name, backup_id = %id, last_good = %good[0].id, reason = %why, "backup is SUSPECT: retention does not count it; `dbkeep accept {} {id}` if the drop was intended", target.name);
+    metrics::backup_suspect(&target.name);
+    ctx.notify.send(
+        crate::config::Event::Suspect,
+        crate::notify::Message::new(crate::config::Event::Suspect, &target.name, ctx.now())
+            .with_error(format!("backup {id}: {why}")),
+    );
+    for d in done.iter_mut() {
+        d.manifest.suspect = Some(why.clone());
+    }
 }
 
 /// Log when the schema (as the run's snapshot saw it) differs from what the newest

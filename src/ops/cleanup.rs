@@ -406,6 +406,10 @@ async fn plan_on_good_copies(
                 id: *id,
                 pending_upload: is_primary && bs.iter().any(|b| not_uploaded(&b.file)),
                 pinned: bs.iter().find_map(|b| b.pinned.clone()),
+                suspect: bs
+                    .iter()
+                    .find(|b| super::suspect::is_suspect(b))
+                    .and_then(|b| b.suspect.clone()),
             })
             .collect();
         let plan = retention::plan(&candidates, &super::policy_on(target, s), now);

@@ -11,6 +11,7 @@ pub mod lock;
 pub mod pin;
 pub mod restore;
 pub mod status;
+pub mod suspect;
 pub mod verify;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub fn wanted_on(
                 id: b.id,
                 pending_upload: false,
                 pinned: b.pinned.clone(),
+                suspect: suspect::is_suspect(b).then(|| b.suspect.clone()).flatten(),
             })
             .collect();
         let keep: std::collections::HashSet<crate::catalog::BackupId> =

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::restore::{list_everywhere, RestoreError};
 use super::Context;
-use crate::catalog::{self, BackupId, Pin};
+use crate::catalog::{self, Accept, BackupId, Pin};
 use crate::config::Target;
 use crate::storage::StorageError;
 
@@ -86,6 +86,52 @@ pub async fn unpin(
         )));
     }
     Ok(pinned)
+}
+
+/// Clear the suspect mark of run `id` (`dbkeep accept`): the drop of rows or bytes was
+/// intended. An accept file beside the run on every storage that holds it; from then on
+/// the run counts for retention like any other. Returns the storages and the reason that
+/// was accepted.
+pub async fn accept(
+    ctx: &Context,
+    target: &Target,
+    id: BackupId,
+) -> Result<(Vec<&'static str>, String), RestoreError> {
+    let _retention = retention_lock(ctx, target).await?;
+    let all = list_everywhere(ctx, target).await?;
+    let run: Vec<&(&'static str, crate::catalog::Backup)> =
+        all.iter().filter(|(_, b)| b.id == id).collect();
+    if run.is_empty() {
+        return Err(RestoreError::NotFound(format!(
+            "target {} has no complete backup {id} (`dbkeep list {}` shows them)",
+            target.name, target.name
+        )));
+    }
+    let Some(reason) = run.iter().find_map(|(_, b)| b.suspect.clone()) else {
+        return Err(RestoreError::Refused(format!(
+            "backup {id} of target {} is not suspect: there is nothing to accept",
+            target.name
+        )));
+    };
+    let body = serde_json::to_vec_pretty(&Accept {
+        id,
+        reason: reason.clone(),
+        accepted_at: Utc::now(),
+    })
+    .map_err(|e| RestoreError::Refused(format!("cannot write the accept file: {e}")))?;
+    let mut holders: Vec<&'static str> = run.iter().map(|(s, _)| *s).collect();
+    holders.dedup();
+    for s in &holders {
+        let storage = ctx.storages.get(s).ok_or_else(|| gone(s))?;
+        let done = run.iter().any(|(h, b)| h == s && b.accepted.is_some());
+        if !done {
+            storage
+                .put_bytes(&target.name, &catalog::accept_name(id), body.clone())
+                .await?;
+        }
+        tracing::info!(target = %target.name, backup_id = %id, storage = s, reason = %reason, "suspect backup accepted");
+    }
+    Ok((holders, reason))
 }
 
 /// The storages that hold a complete copy of run `id`.

@@ -56,7 +56,18 @@ pub struct TargetHealth {
     pub next_run_local: Option<String>,
     pub kind: &'static str,
     pub healthy: bool,
+    /// `green` (all well), `amber` (the backups are there but need a look: the newest is
+    /// suspect, or a drill was slower than `rto`; `/health` still answers 200), `red`
+    /// (problems: `/health` answers 503).
+    pub level: &'static str,
     pub problems: Vec<String>,
+    /// Why the level is amber.
+    pub attention: Vec<String>,
+    /// The last restore a drill measured and proved (time, size, rows).
+    pub last_proven_restore: Option<crate::state::ProvenRestore>,
+    /// The recovery objectives, when set (seconds).
+    pub rpo_seconds: Option<u64>,
+    pub rto_seconds: Option<u64>,
     /// What does not work and should be fixed, but leaves the backups sound (a drill
     /// the role may not do): never makes the target unhealthy.
     pub warnings: Vec<String>,
@@ -127,6 +138,28 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             ),
         });
     }
+    // The recovery point objective: the newest complete backup may be at most `rpo` old.
+    if let Some(rpo) = target.rpo.and_then(|d| chrono::Duration::from_std(d).ok()) {
+        let since = newest
+            .as_ref()
+            .map(|n| n.1)
+            .or(facts.state.since)
+            .unwrap_or(now);
+        if now - since > rpo {
+            problems.push(match &newest {
+                Some((id, _)) => format!(
+                    "recovery point objective missed: newest complete backup {id} is {} old, rpo is {}",
+                    fmt_age(now - since),
+                    fmt_age(rpo)
+                ),
+                None => format!(
+                    "recovery point objective missed: no complete backup in {}, rpo is {}",
+                    fmt_age(now - since),
+                    fmt_age(rpo)
+                ),
+            });
+        }
+    }
     // One problem per mirror, each with its own oldest date and newest error. An archive
     // left for a rate-limited mirror to copy after the run is not one, unless it has
     // waited longer than the health grace.
@@ -194,7 +227,33 @@ pub fn assess(target: &Target, facts: Facts<'_>, now: DateTime<Utc>) -> TargetHe
             facts.state.last_error.as_deref().unwrap_or("unknown error")
         ));
     }
+    let mut attention = Vec::new();
+    if let Some((id, why)) = &facts.catalog.suspect {
+        attention.push(format!(
+            "newest backup {id} is SUSPECT ({why}); retention does not count it; `dbkeep accept {} {id}` if the drop was intended",
+            target.name
+        ));
+    }
+    if let (Some(rto), Some(p)) = (target.rto, &facts.state.last_proven) {
+        if p.seconds > rto.as_secs_f64() {
+            attention.push(format!(
+                "the last drill's restore took {:.0}s, longer than the recovery time objective (rto {})",
+                p.seconds,
+                humantime::format_duration(rto)
+            ));
+        }
+    }
+    let level = match (problems.is_empty(), attention.is_empty()) {
+        (false, _) => "red",
+        (true, false) => "amber",
+        (true, true) => "green",
+    };
     TargetHealth {
+        level,
+        attention,
+        last_proven_restore: facts.state.last_proven.clone(),
+        rpo_seconds: target.rpo.map(|d| d.as_secs()),
+        rto_seconds: target.rto.map(|d| d.as_secs()),
         retry_at: facts.state.retry_at,
         role: None,
         timezone: target.timezone.to_string(),
@@ -285,6 +344,8 @@ pub struct CatalogSummary {
     pub unavailable: Vec<String>,
     /// Pinned runs (id, reason): retention keeps them.
     pub pinned: std::collections::BTreeMap<String, String>,
+    /// The newest run when it is suspect and not accepted: (id, why).
+    pub suspect: Option<(String, String)>,
     /// Per storage: complete runs, the oldest's time, broken manifests.
     pub per_storage: Vec<(&'static str, usize, Option<DateTime<Utc>>, usize)>,
     /// A server target's databases (`databases`): newest backup each, and which are gone.
@@ -301,6 +362,7 @@ pub async fn summarize(
 ) -> CatalogSummary {
     let mut out = CatalogSummary::default();
     let mut ids = std::collections::BTreeSet::new();
+    let mut suspects: Vec<(catalog::BackupId, String)> = Vec::new();
     let mut all = Vec::new();
     for s in storages.iter() {
         match catalog::list(s, target, verify, now).await {
@@ -325,6 +387,11 @@ pub async fn summarize(
                     if let Some(why) = &b.pinned {
                         out.pinned.insert(b.id.to_string(), why.clone());
                     }
+                    if super::suspect::is_suspect(b) {
+                        if let Some(why) = &b.suspect {
+                            suspects.push((b.id, why.clone()));
+                        }
+                    }
                 }
                 for (file, why) in listing.broken {
                     out.broken.push(format!("{}: {file}: {why}", s.name()));
@@ -338,6 +405,12 @@ pub async fn summarize(
         }
     }
     out.newest = ids.last().map(|id| (id.to_string(), id.time()));
+    out.suspect = ids.last().and_then(|newest| {
+        suspects
+            .iter()
+            .find(|(id, _)| id == newest)
+            .map(|(id, why)| (id.to_string(), why.clone()))
+    });
     out.backups = ids.len();
     out.databases = catalog::databases_of(&all);
     out
@@ -391,6 +464,13 @@ mod tests {
             timezone: crate::config::Tz::UTC,
             hooks: Default::default(),
             crypto: Default::default(),
+            fingerprint: true,
+            suspect: crate::config::SuspectRule {
+                min_rows: 1000,
+                drop_percent: 50,
+            },
+            rpo: None,
+            rto: None,
             retries: 0,
             jobs: 1,
             retry_delay: Duration::from_secs(60),

@@ -122,10 +122,28 @@ pub async fn drill(ctx: &Context, target: &Target) -> Result<DrillReport, Restor
     match &result {
         Ok(r) => {
             metrics::drill_succeeded(&target.name, &r.id.to_string(), r.duration);
+            metrics::drill_proved(
+                &target.name,
+                r.duration.as_secs_f64(),
+                r.bytes,
+                r.rows_proven,
+            );
+            if let Some(rto) = target.rto.filter(|rto| r.duration > *rto) {
+                tracing::warn!(target = %target.name, seconds = r.duration.as_secs_f64(), rto = %humantime::format_duration(rto), "the drill's restore took longer than the recovery time objective (rto)");
+            }
             ctx.state.update(&target.name, |s| {
                 s.last_verify = Some(now);
                 s.last_verify_status = Some(RunStatus::Success);
                 s.last_verify_error = None;
+                s.last_proven = Some(crate::state::ProvenRestore {
+                    at: now,
+                    backup_id: r.id.to_string(),
+                    seconds: r.duration.as_secs_f64(),
+                    bytes: r.bytes,
+                    tables: r.tables,
+                    rows_proven: r.rows_proven,
+                    tables_proven: r.tables_proven,
+                });
             });
         }
         Err(e) => {

@@ -407,6 +407,7 @@ impl Storage for LocalStorage {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.')
                     && !name.starts_with(super::PIN_PREFIX)
+                    && !name.starts_with(super::ACCEPT_PREFIX)
                     && !name.starts_with(super::PROBE_PREFIX)
                     && !name.starts_with(super::COMMIT_PREFIX)
                 {

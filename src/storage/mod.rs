@@ -244,6 +244,9 @@ pub fn intern(name: &str) -> &'static str {
 /// hidden files (temp files of running writers).
 pub const PIN_PREFIX: &str = ".dbkeep-pin.";
 
+/// The name prefix of accept files (see `catalog::Accept`): listed like pins.
+pub const ACCEPT_PREFIX: &str = ".dbkeep-accept.";
+
 /// The name prefix of a run's commit marker (see `catalog::commit_name`): listed, so a
 /// run interrupted while it wrote its manifests is never taken for a complete one.
 pub const COMMIT_PREFIX: &str = ".dbkeep-commit.";

@@ -247,3 +247,190 @@ fn a_sqlite_drill_proves_every_row_and_catches_a_changed_value() {
     let said = format!("{}{}", bad.stdout, bad.stderr);
     assert!(said.contains("table notes: the 2 rows differ"), "{said}");
 }
+
+fn sqlite_shop(sb: &Sandbox, rows: u32, extra: &str) -> (PathBuf, PathBuf) {
+    let db = sb.path().join("shop.db");
+    let st = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO orders SELECT i, 'order-' || i FROM n;
+             CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('kept');"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cfg = sb.write_config(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[storage.local]\npath = \"{}\"\n[targets.shop]\nkind = \"sqlite\"\npath = \"{}\"\n{extra}\n",
+        sb.backups().display(),
+        db.display()
+    ));
+    (db, cfg)
+}
+
+fn sqlite_exec(db: &Path, sql: &str) {
+    let st = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{sql}");
+}
+
+fn status_json(cfg: &Path) -> (i32, serde_json::Value) {
+    let r = dbkeep(Some(cfg), &["status", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
+    let t = v
+        .as_array()
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_else(|| v["targets"][0].clone());
+    (r.code, t)
+}
+
+/// The ids of the complete backups, newest first.
+fn ids(cfg: &Path) -> Vec<String> {
+    let r = dbkeep(Some(cfg), &["list", "--json"], &[]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    out.dedup();
+    out
+}
+
+#[test]
+fn emptied_tables_make_backups_suspect_and_cleanup_keeps_the_last_good_one() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_shop(&sb, 2000, "keep_days = 0\nmin_keep = 2");
+    dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    let good = ids(&cfg)[0].clone();
+    let (code, t) = status_json(&cfg);
+    assert_eq!((code, t["level"].as_str()), (0, Some("green")), "{t}");
+
+    // A wipe: the table's rows are gone. Three backups of it in a row.
+    sqlite_exec(&db, "DELETE FROM orders;");
+    // A second apart, so each run has its own second and is older than keep_days = 0
+    // when cleanup runs.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let r = dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+        assert!(r.stderr.contains("SUSPECT"), "{}", r.stderr);
+    }
+    let all = ids(&cfg);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[3], good);
+    let list = dbkeep(Some(&cfg), &["list", "shop"], &[]).ok();
+    assert!(
+        list.stdout
+            .contains("SUSPECT: table orders is empty (it had 2000 rows)"),
+        "{}",
+        list.stdout
+    );
+    // Each suspect compared with the last good backup, not with the suspect before it.
+    let newest = archive_of(&sb, &all[0]);
+    assert_eq!(
+        manifest(&newest)["suspect"],
+        "table orders is empty (it had 2000 rows); rows down from 2001 to 1 (more than 50 % fewer)"
+    );
+
+    // min_keep = 2, keep_days = 0: without the marks the three empty dumps would push
+    // the good one out. The newest stays (the newest always does), the good one stays.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let plan = dbkeep(Some(&cfg), &["cleanup", "--dry-run"], &[]).ok();
+    assert!(
+        plan.stdout.contains("newest backup that is not suspect"),
+        "{}",
+        plan.stdout
+    );
+    dbkeep(Some(&cfg), &["cleanup"], &[]).ok();
+    let left = ids(&cfg);
+    assert_eq!(left, vec![all[0].clone(), good.clone()], "{left:?}");
+
+    // Health: amber (200 from /health, exit 0 from status), with the reason and a metric.
+    let (code, t) = status_json(&cfg);
+    assert_eq!(code, 0, "amber is not a failure: {t}");
+    assert_eq!(t["level"], "amber", "{t}");
+    assert!(
+        t["attention"][0].as_str().unwrap().contains("SUSPECT"),
+        "{t}"
+    );
+    let mut d = crate::common::spawn_daemon(&cfg, &[]);
+    crate::common::wait_for(
+        std::time::Duration::from_secs(30),
+        "the suspect gauge",
+        || d.metric(r#"dbkeep_backup_suspect{target="shop"}"#) == Some(1.0),
+    );
+    let (code, body) = d.get("/health");
+    assert_eq!(code, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "amber", "{body}");
+    assert_eq!(h["amber_targets"][0], "shop", "{body}");
+    d.signal(libc::SIGTERM);
+    d.wait_exit(std::time::Duration::from_secs(30));
+
+    // Accepting the newest clears the mark: green, and retention counts it again.
+    let bad = dbkeep(Some(&cfg), &["accept", "shop", &good], &[]);
+    assert_ne!(bad.code, 0, "the good backup is not suspect");
+    assert!(bad.stderr.contains("is not suspect"), "{}", bad.stderr);
+    dbkeep(Some(&cfg), &["accept", "shop", &left[0]], &[]).ok();
+    let (_, t) = status_json(&cfg);
+    assert_eq!(t["level"], "green", "{t}");
+    let list = dbkeep(Some(&cfg), &["list", "shop"], &[]).ok();
+    assert!(list.stdout.contains("accepted"), "{}", list.stdout);
+    // A new backup of the (still empty) table is now compared with the accepted one.
+    let r = dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    assert!(!r.stderr.contains("SUSPECT"), "{}", r.stderr);
+}
+
+fn archive_of(sb: &Sandbox, id: &str) -> PathBuf {
+    let f = sb
+        .files("shop")
+        .into_iter()
+        .find(|f| f.contains(id) && !f.ends_with(".manifest.json"))
+        .unwrap();
+    sb.backups().join("shop").join(f)
+}
+
+#[test]
+fn recovery_objectives_turn_health_amber_and_red() {
+    let sb = Sandbox::new();
+    // A drill always takes longer than 1 ms; the newest backup is soon older than 2 s.
+    let (_db, cfg) = sqlite_shop(&sb, 10, "rto = \"1ms\"\nrpo = \"2s\"");
+    dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    let (code, t) = status_json(&cfg);
+    assert_eq!((code, t["level"].as_str()), (0, Some("green")), "{t}");
+    dbkeep(Some(&cfg), &["verify", "shop", "--drill"], &[]).ok();
+    let (code, t) = status_json(&cfg);
+    assert_eq!(code, 0, "{t}");
+    assert_eq!(t["level"], "amber", "{t}");
+    assert!(
+        t["attention"][0]
+            .as_str()
+            .unwrap()
+            .contains("longer than the recovery time objective (rto 1ms)"),
+        "{t}"
+    );
+    assert_eq!(t["last_proven_restore"]["rows_proven"], 11, "{t}");
+    let text = dbkeep(Some(&cfg), &["status"], &[]);
+    assert!(
+        text.stdout.contains("last proven restore: backup"),
+        "{}",
+        text.stdout
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (code, t) = status_json(&cfg);
+    assert_eq!(code, 1, "{t}");
+    assert_eq!(t["level"], "red", "{t}");
+    assert!(
+        t["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("recovery point objective missed"),
+        "{t}"
+    );
+}

@@ -11,8 +11,7 @@
 //! the bytes. Only uncompressed archives (`-Z0`) carry readable data.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read};
-use std::sync::mpsc;
+use std::io::{self, BufRead, Read};
 
 use super::super::content::{Collector, Fold, ObjectHasher, RowFolder, PG_COPY_TEXT};
 use crate::catalog::{Content, SequenceValue};
@@ -29,26 +28,15 @@ fn bad(what: impl Into<String>) -> io::Error {
 }
 
 struct Reader<R> {
-    inner: BufReader<R>,
+    inner: R,
     int_size: usize,
 }
 
-impl<R: Read> Reader<R> {
+impl<R: BufRead> Reader<R> {
     fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8; 1];
         self.inner.read_exact(&mut b)?;
         Ok(b[0])
-    }
-
-    /// The next byte, or `None` at a clean end of the stream.
-    fn byte_or_end(&mut self) -> io::Result<Option<u8>> {
-        let buf = self.inner.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        let b = buf[0];
-        self.inner.consume(1);
-        Ok(Some(b))
     }
 
     fn int(&mut self) -> io::Result<i64> {
@@ -91,27 +79,6 @@ impl<R: Read> Reader<R> {
         }
         Ok(())
     }
-
-    /// Pass the length-prefixed chunks of one data item to `each`, up to the zero length.
-    fn chunks(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        loop {
-            let len = self.int()?;
-            if len == 0 {
-                return Ok(());
-            }
-            let mut left = usize::try_from(len).map_err(|_| bad("a negative chunk length"))?;
-            while left > 0 {
-                let buf = self.inner.fill_buf()?;
-                if buf.is_empty() {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                let take = left.min(buf.len());
-                each(&buf[..take]);
-                self.inner.consume(take);
-                left -= take;
-            }
-        }
-    }
 }
 
 /// What one TOC entry says about the data to come.
@@ -123,10 +90,18 @@ enum Entry {
     Other,
 }
 
-/// Read a whole custom-format archive from `input` and return its content.
-pub fn read_content<R: Read>(input: R) -> io::Result<Content> {
+/// The header and table of contents, read from the start of the archive.
+struct Head {
+    int_size: usize,
+    collector: Collector,
+    by_id: HashMap<i64, Entry>,
+}
+
+/// Read the header and TOC from `buf`; `UnexpectedEof` while `buf` does not hold all of
+/// them yet. Returns them and how many bytes they took.
+fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
     let mut r = Reader {
-        inner: BufReader::with_capacity(256 * 1024, input),
+        inner: buf,
         int_size: 4,
     };
     let mut magic = [0u8; 5];
@@ -214,32 +189,268 @@ pub fn read_content<R: Read>(input: R) -> io::Result<Content> {
         };
         by_id.insert(dump_id, entry);
     }
-    while let Some(kind) = r.byte_or_end()? {
-        let dump_id = r.int()?;
-        match kind {
-            BLK_DATA => {
-                let mut rows = RowFolder::default();
-                r.chunks(|c| rows.feed(c))?;
-                if let Some(Entry::Table { schema, name }) = by_id.get(&dump_id) {
-                    collector.table(schema.clone(), name.clone(), rows.finish());
-                }
+    let used = buf.len() - r.inner.len();
+    Ok((
+        Head {
+            int_size: r.int_size,
+            collector,
+            by_id,
+        },
+        used,
+    ))
+}
+
+/// Where the data part of the stream is.
+#[derive(Clone, Copy)]
+enum Step {
+    BlockType,
+    DumpId {
+        kind: u8,
+    },
+    /// The length of the next chunk of a table's rows (`blob`: of a large object).
+    ChunkLen {
+        blob: bool,
+    },
+    Chunk {
+        left: usize,
+        blob: bool,
+    },
+    BlobOid,
+}
+
+/// The data blocks, read as they arrive in pieces of any size.
+struct Data {
+    head: Head,
+    step: Step,
+    /// The bytes of an integer split between two pieces.
+    pending: Vec<u8>,
+    rows: RowFolder,
+    table: Option<(Option<String>, String)>,
+    object: Option<ObjectHasher>,
+}
+
+impl Data {
+    /// The next integer, when `data` (after what is pending) holds all of it.
+    fn int(&mut self, data: &mut &[u8]) -> Option<i64> {
+        let n = 1 + self.head.int_size;
+        let decode = |b: &[u8]| {
+            let mut v: u64 = 0;
+            for (i, x) in b[1..].iter().enumerate().take(8) {
+                v |= u64::from(*x) << (8 * i);
             }
-            BLK_BLOBS => {
-                let objects = collector.large_objects.get_or_insert_with(Fold::default);
-                loop {
-                    let oid = r.int()?;
-                    if oid == 0 {
-                        break;
+            let v = v as i64;
+            if b[0] != 0 {
+                -v
+            } else {
+                v
+            }
+        };
+        if self.pending.is_empty() && data.len() >= n {
+            let v = decode(&data[..n]);
+            *data = &data[n..];
+            return Some(v);
+        }
+        let take = (n - self.pending.len()).min(data.len());
+        self.pending.extend_from_slice(&data[..take]);
+        *data = &data[take..];
+        if self.pending.len() < n {
+            return None;
+        }
+        let v = decode(&self.pending);
+        self.pending.clear();
+        Some(v)
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.step {
+                Step::BlockType => {
+                    let kind = data[0];
+                    data = &data[1..];
+                    if kind != BLK_DATA && kind != BLK_BLOBS {
+                        return Err(bad(format!("an unknown data block type {kind}")));
                     }
-                    let mut h = ObjectHasher::new(oid as u64);
-                    r.chunks(|c| h.update(c))?;
-                    objects.add_hash(h.digest());
+                    self.step = Step::DumpId { kind };
+                }
+                Step::DumpId { kind } => {
+                    let Some(id) = self.int(&mut data) else {
+                        continue;
+                    };
+                    if kind == BLK_DATA {
+                        self.rows = RowFolder::default();
+                        self.table = match self.head.by_id.get(&id) {
+                            Some(Entry::Table { schema, name }) => {
+                                Some((schema.clone(), name.clone()))
+                            }
+                            _ => None,
+                        };
+                        self.step = Step::ChunkLen { blob: false };
+                    } else {
+                        self.head
+                            .collector
+                            .large_objects
+                            .get_or_insert_with(Fold::default);
+                        self.step = Step::BlobOid;
+                    }
+                }
+                Step::ChunkLen { blob } => {
+                    let Some(len) = self.int(&mut data) else {
+                        continue;
+                    };
+                    if len < 0 {
+                        return Err(bad("a negative chunk length"));
+                    }
+                    if len > 0 {
+                        self.step = Step::Chunk {
+                            left: len as usize,
+                            blob,
+                        };
+                    } else if blob {
+                        if let (Some(h), Some(f)) = (
+                            self.object.take(),
+                            self.head.collector.large_objects.as_mut(),
+                        ) {
+                            f.add_hash(h.digest());
+                        }
+                        self.step = Step::BlobOid;
+                    } else {
+                        let rows = std::mem::take(&mut self.rows).finish();
+                        if let Some((schema, name)) = self.table.take() {
+                            self.head.collector.table(schema, name, rows);
+                        }
+                        self.step = Step::BlockType;
+                    }
+                }
+                Step::Chunk { left, blob } => {
+                    let take = left.min(data.len());
+                    let (now, rest) = data.split_at(take);
+                    if blob {
+                        if let Some(h) = self.object.as_mut() {
+                            h.update(now);
+                        }
+                    } else {
+                        self.rows.feed(now);
+                    }
+                    data = rest;
+                    self.step = match left - take {
+                        0 => Step::ChunkLen { blob },
+                        left => Step::Chunk { left, blob },
+                    };
+                }
+                Step::BlobOid => {
+                    let Some(oid) = self.int(&mut data) else {
+                        continue;
+                    };
+                    if oid == 0 {
+                        self.step = Step::BlockType;
+                    } else {
+                        self.object = Some(ObjectHasher::new(oid as u64));
+                        self.step = Step::ChunkLen { blob: true };
+                    }
                 }
             }
-            other => return Err(bad(format!("an unknown data block type {other}"))),
+        }
+        Ok(())
+    }
+}
+
+/// A custom-format archive read as it streams past, in pieces of any size.
+pub struct ContentReader {
+    phase: Phase,
+}
+
+enum Phase {
+    /// The header and TOC so far; parsed again once it has doubled.
+    Head {
+        buf: Vec<u8>,
+        next_try: usize,
+    },
+    Data(Box<Data>),
+    Failed(String),
+}
+
+impl Default for ContentReader {
+    fn default() -> Self {
+        ContentReader {
+            phase: Phase::Head {
+                buf: Vec::new(),
+                next_try: 64 * 1024,
+            },
         }
     }
-    Ok(collector.finish())
+}
+
+impl ContentReader {
+    pub fn feed(&mut self, data: &[u8]) {
+        let result = match &mut self.phase {
+            Phase::Failed(_) => return,
+            Phase::Data(d) => d.feed(data),
+            Phase::Head { buf, next_try } => {
+                buf.extend_from_slice(data);
+                if buf.len() < *next_try {
+                    return;
+                }
+                match parse_head(buf) {
+                    Ok((head, used)) => {
+                        let rest = buf.split_off(used);
+                        let mut d = Box::new(Data {
+                            head,
+                            step: Step::BlockType,
+                            pending: Vec::new(),
+                            rows: RowFolder::default(),
+                            table: None,
+                            object: None,
+                        });
+                        let r = d.feed(&rest);
+                        self.phase = Phase::Data(d);
+                        r
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        *next_try = buf.len() * 2;
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.phase = Phase::Failed(e.to_string());
+        }
+    }
+
+    /// The content, once the whole archive went through `feed`.
+    pub fn finish(mut self) -> io::Result<Content> {
+        if let Phase::Head { buf, .. } = &mut self.phase {
+            let buf = std::mem::take(buf);
+            self.phase = Phase::Head {
+                buf: Vec::new(),
+                next_try: 0,
+            };
+            self.feed(&buf);
+        }
+        match self.phase {
+            Phase::Data(d) if matches!(d.step, Step::BlockType) && d.pending.is_empty() => {
+                Ok(d.head.collector.finish())
+            }
+            Phase::Data(_) | Phase::Head { .. } => {
+                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            }
+            Phase::Failed(e) => Err(bad(e)),
+        }
+    }
+}
+
+/// Read a whole custom-format archive from `input` and return its content.
+pub fn read_content<R: Read>(mut input: R) -> io::Result<Content> {
+    let mut reader = ContentReader::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            return reader.finish();
+        }
+        reader.feed(&buf[..n]);
+    }
 }
 
 /// `42, true` from `SELECT pg_catalog.setval('public.t_id_seq', 42, true);`.
@@ -258,98 +469,52 @@ fn quoted_value(defn: &str) -> Option<String> {
     Some(defn[start..end].to_string())
 }
 
-/// A copy of a dump stream handed to a thread that reads its content, so the archive's
-/// reader does not wait for the hashing.
+/// Reads the content of a dump stream as it passes through to the archive, on the same
+/// thread (no copy of the bytes); the content is in `Slot` once the stream ended.
 pub struct Tap<R> {
     inner: R,
-    to: Option<mpsc::SyncSender<Vec<u8>>>,
-    done: Option<mpsc::SyncSender<Vec<u8>>>,
+    reader: Option<ContentReader>,
+    slot: Slot,
+    target: String,
 }
 
-/// The content of a tapped stream, once it was read to its end (`None` when it was not,
-/// or could not be read: logged, the backup goes on without it).
-pub type Pending = std::thread::JoinHandle<Option<Content>>;
+/// Where a tapped stream's content lands once it was read to its end (`None` inside when
+/// it could not be read: logged, the backup goes on without it).
+pub type Slot = std::sync::Arc<std::sync::Mutex<Option<Content>>>;
 
 /// Start reading the content of what `inner` yields.
-pub fn tap<R: Read>(inner: R, target: &str) -> (Tap<R>, Pending) {
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(32);
-    let target = target.to_string();
-    let handle = std::thread::spawn(move || {
-        let mut reader = Channel {
-            rx,
-            buf: Vec::new(),
-            at: 0,
-            ended: false,
-        };
-        let read = read_content(&mut reader);
-        // Read what is left, so the tap never blocks on a reader that stopped.
-        let _ = io::copy(&mut reader, &mut io::sink());
-        match (read, reader.ended) {
-            (Ok(c), true) => Some(c),
-            (Ok(_), false) => None,
-            (Err(e), ended) => {
-                if ended {
-                    tracing::warn!(target = %target, error = %e, "cannot read the rows of the dump; this backup has no content fingerprint, and its drill checks tables only");
-                }
-                None
-            }
-        }
-    });
+pub fn tap<R: Read>(inner: R, target: &str) -> (Tap<R>, Slot) {
+    let slot = Slot::default();
     (
         Tap {
             inner,
-            to: Some(tx.clone()),
-            done: Some(tx),
+            reader: Some(ContentReader::default()),
+            slot: slot.clone(),
+            target: target.to_string(),
         },
-        handle,
+        slot,
     )
 }
 
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n == 0 {
-            // The end of the stream: an empty message says it came (a dropped tap,
-            // without it, is a stream that ended early).
-            self.to = None;
-            if let Some(done) = self.done.take() {
-                let _ = done.send(Vec::new());
+        if n > 0 {
+            if let Some(r) = self.reader.as_mut() {
+                r.feed(&buf[..n]);
             }
-        } else if let Some(to) = &self.to {
-            if to.send(buf[..n].to_vec()).is_err() {
-                self.to = None;
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// The receiving end as a reader; an empty message is the end of the stream.
-struct Channel {
-    rx: mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    at: usize,
-    ended: bool,
-}
-
-impl Read for Channel {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.buf.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(b) if b.is_empty() => self.ended = true,
-                Ok(b) => {
-                    self.buf = b;
-                    self.at = 0;
+        } else if let Some(r) = self.reader.take() {
+            match r.finish() {
+                Ok(c) => {
+                    if let Ok(mut s) = self.slot.lock() {
+                        *s = Some(c);
+                    }
                 }
-                Err(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => {
+                    tracing::warn!(target = %self.target, error = %e, "cannot read the rows of the dump; this backup has no content fingerprint, and its drill checks tables only");
+                }
             }
         }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
         Ok(n)
     }
 }
@@ -373,6 +538,9 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused_without_a_panic() {
+        let mut r = ContentReader::default();
+        r.feed(b"PGDMP\x01\x0e\x00\x04\x08\x02");
+        assert!(r.finish().is_err(), "a directory-format header");
         for junk in [
             &b""[..],
             b"PGDMP",

@@ -256,6 +256,7 @@ async fn prepare_server(e: &PostgresEngine) -> Result<Prepared, EngineError> {
             .sum::<Option<u64>>(),
         databases,
         failed,
+        fingerprint: true,
     })
 }
 
@@ -430,6 +431,7 @@ async fn prepare_one(
         size_estimate: u64::try_from(size).ok().filter(|n| *n > 0),
         databases: BTreeMap::new(),
         failed: Vec::new(),
+        fingerprint: true,
     })
 }
 
@@ -531,6 +533,10 @@ pub fn open(
     let cancel = cancel.clone();
     let timeout = e.timeout;
     let (reader, content): (Box<dyn std::io::Read + Send>, _) = match part.contents {
+        _ if !prepared.fingerprint => (
+            Box::new(SyncIoBridge::new(stdout)),
+            PendingContent::Ready(None),
+        ),
         Contents::Globals => (
             Box::new(SyncIoBridge::new(stdout)),
             PendingContent::Ready(None),
@@ -539,7 +545,9 @@ pub fn open(
             let (tap, pending) = super::custom::tap(SyncIoBridge::new(stdout), &e.target);
             (
                 Box::new(tap),
-                PendingContent::Later(Box::new(move || pending.join().ok().flatten())),
+                PendingContent::Later(Box::new(move || {
+                    pending.lock().ok().and_then(|mut c| c.take())
+                })),
             )
         }
     };

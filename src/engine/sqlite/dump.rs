@@ -111,6 +111,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         snapshot: None,
         databases: Default::default(),
         failed: Vec::new(),
+        fingerprint: true,
         fingerprints,
         hold: None,
     })
@@ -118,6 +119,7 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
 
 pub async fn open(
     eng: &SqliteEngine,
+    fingerprint: bool,
     _part: &Part,
     dir: &Path,
     cancel: &CancellationToken,
@@ -175,17 +177,22 @@ pub async fn open(
     // not matter.
     let (tx, rx) = tokio::sync::oneshot::channel();
     let target = eng.target.clone();
-    tokio::spawn(async move {
-        let content = match super::content::content(&mut check).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(target = %target, error = %e, "cannot read the rows of the snapshot; this backup has no content fingerprint, and its drill checks tables only");
-                None
-            }
-        };
+    if !fingerprint {
         let _ = check.close().await;
-        let _ = tx.send(content);
-    });
+        let _ = tx.send(None);
+    } else {
+        tokio::spawn(async move {
+            let content = match super::content::content(&mut check).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(target = %target, error = %e, "cannot read the rows of the snapshot; this backup has no content fingerprint, and its drill checks tables only");
+                    None
+                }
+            };
+            let _ = check.close().await;
+            let _ = tx.send(content);
+        });
+    }
     Ok(Dump {
         content: PendingContent::Later(Box::new(move || rx.blocking_recv().ok().flatten())),
         reader: Box::new(SnapshotReader {

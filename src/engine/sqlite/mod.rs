@@ -166,12 +166,12 @@ impl Engine for SqliteEngine {
 
     async fn open(
         &self,
-        _prepared: &Prepared,
+        prepared: &Prepared,
         part: &Part,
         scratch: &Path,
         cancel: &CancellationToken,
     ) -> Result<Dump, EngineError> {
-        dump::open(self, part, scratch, cancel).await
+        dump::open(self, prepared.fingerprint, part, scratch, cancel).await
     }
 
     async fn info(&self) -> DatabaseInfo {

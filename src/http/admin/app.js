@@ -72,8 +72,11 @@ async function loadTargets() {
     tr.dataset.target = t.target;
     tr.append(el("td", t.target), el("td", t.kind));
     const ht = h[t.target];
-    const hc = el("td", ht ? (ht.healthy ? "healthy" : "unhealthy") : "?", ht && ht.healthy ? "ok" : "bad");
-    if (ht && !ht.healthy) hc.title = ht.problems.join("\n");
+    const level = ht ? (ht.level || (ht.healthy ? "green" : "red")) : "?";
+    const words = { green: "healthy", amber: "attention", red: "unhealthy" };
+    const hc = el("td", words[level] || "?", level === "green" ? "ok" : level === "amber" ? "warn" : "bad");
+    if (ht && level === "red") hc.title = ht.problems.join("\n");
+    if (ht && level === "amber") hc.title = (ht.attention || []).join("\n");
     tr.append(hc);
     const db = el("td");
     db.append(el("div", t.connected ? (t.server_version + ", " + size(t.size_bytes || 0) + ", " + t.table_count + " tables") : ("unreachable: " + t.error), t.connected ? "" : "bad"));
@@ -124,7 +127,7 @@ async function loadBackups() {
     tr.append(el("td", b.id + (b.schema ? ":" + b.schema : "") + (b.database ? " db " + b.database : "")), el("td", b.target), el("td", b.storage),
       el("td", size(b.bytes)), el("td", age(b.created)),
       el("td", b.verified_at ? "verified " + age(b.verified_at) + " ago" : "not drilled", b.verified_at ? "ok" : "muted"),
-      el("td", b.reason || "", "muted"));
+      el("td", b.suspect ? "SUSPECT: " + b.suspect : (b.reason || ""), b.suspect ? "warn" : "muted"));
     const dl = el("td");
     const a = el("a", b.file);
     a.href = b.download_url;

@@ -36,6 +36,11 @@ pub struct BackupEntry {
     pub verified_at: Option<DateTime<Utc>>,
     /// Why the backup is pinned (retention keeps it), when it is.
     pub pinned: Option<String>,
+    /// Why the backup is suspect (rows or size dropped sharply against the last good
+    /// one), when it is and has not been accepted.
+    pub suspect: Option<String>,
+    /// Exact rows of the archive's tables (from its content fingerprint), when known.
+    pub rows: Option<u64>,
     pub schema_fingerprint: Option<String>,
     /// Streams the archive; signed, so it works without the header for an hour.
     pub download_url: String,
@@ -61,6 +66,10 @@ fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
         reason: b.reason.clone(),
         verified_at: b.verified_at,
         pinned: b.pinned.clone(),
+        suspect: crate::ops::suspect::is_suspect(b)
+            .then(|| b.suspect.clone())
+            .flatten(),
+        rows: b.manifest.content.as_ref().map(|c| c.rows()),
         schema_fingerprint: b.manifest.schema_fingerprint.clone(),
         download_url: signed_link(token, &b.target, &b.file, now),
         manifest_url: signed_link(token, &b.target, &manifest, now),
