@@ -502,7 +502,7 @@ fn checks_the_role_may_not_do_are_warnings_not_failures() {
     let cfg = sb.write_config(&format!(
         "[daemon]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[storage.local]\npath = \"{}\"\n\
          [targets.app]\nkind = \"postgres\"\nurl = \"postgres://backup@127.0.0.1:{}/app\"\n\
-         password = \"{PG_PASSWORD}\"\nevery = \"1s\"\n\
+         password = \"{PG_PASSWORD}\"\nevery = \"1s\"\nhealth_grace = \"1h\"\n\
          [targets.app.schema]\nmigrations = \"{}\"\n",
         sb.backups().display(),
         pg.port,

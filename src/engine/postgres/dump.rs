@@ -525,9 +525,11 @@ pub fn open(
             spec
         }
     };
-    // One time zone for every dump and every drill's dump: a timestamptz is then written
-    // the same way on both sides, whatever each server's default.
-    let spec = spec.env("PGTZ", "UTC");
+    // One time zone and one bytea format for every dump and every drill's dump: values
+    // are then written the same way on both sides, whatever each database's settings.
+    let spec = spec
+        .env("PGTZ", "UTC")
+        .env("PGOPTIONS", same_output_options());
     let (running, stdout) = process::spawn_streaming(spec)?;
     let stopper = running.stopper();
     let cancel = cancel.clone();
@@ -564,6 +566,18 @@ pub fn open(
     })
 }
 
+/// The session settings (beyond those pg_dump sets itself) that fix how COPY writes
+/// values, added to the caller's PGOPTIONS: a database-level `bytea_output = escape`
+/// would otherwise write the backup's bytes differently from the drill's.
+fn same_output_options() -> String {
+    format!(
+        "{} -c bytea_output=hex",
+        std::env::var("PGOPTIONS").unwrap_or_default()
+    )
+    .trim()
+    .to_string()
+}
+
 /// The content of the database at `dsn` (a drill's scratch database), read from a
 /// data-only dump made the way a backup's is (custom format, uncompressed, TimeZone UTC,
 /// in `encoding`: the backup's client encoding), with `tools`' pg_dump.
@@ -578,6 +592,7 @@ pub async fn content_of(
         .env("PGAPPNAME", "dbkeep")
         .env("PGCONNECT_TIMEOUT", "15")
         .env("PGTZ", "UTC")
+        .env("PGOPTIONS", same_output_options())
         .secret_env("PGPASSWORD", dsn.password.as_ref())
         .arg("--format=custom")
         .arg("--compress=0")

@@ -55,7 +55,8 @@ pub async fn prepare(eng: &SqliteEngine) -> Result<Prepared, EngineError> {
         .await
         .map_err(eng.sql("not a usable SQLite database"))?;
     let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
     )
     .fetch_all(&mut conn)
     .await
