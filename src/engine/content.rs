@@ -61,7 +61,7 @@ impl RowFolder {
             match memchr::memchr(b'\n', chunk) {
                 Some(i) => {
                     if self.partial.is_empty() {
-                        self.row(i, chunk);
+                        self.row_bytes(&chunk[..i]);
                     } else {
                         self.partial.extend_from_slice(&chunk[..i]);
                         let row = std::mem::take(&mut self.partial);
@@ -75,10 +75,6 @@ impl RowFolder {
                 }
             }
         }
-    }
-
-    fn row(&mut self, end: usize, chunk: &[u8]) {
-        self.row_bytes(&chunk[..end]);
     }
 
     fn row_bytes(&mut self, row: &[u8]) {

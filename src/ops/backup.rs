@@ -797,7 +797,7 @@ async fn mark_suspect(ctx: &Context, target: &Target, storages: &Storages, done:
     let Some(good) = listing
         .complete
         .iter()
-        .find(|b| !super::suspect::is_suspect(b))
+        .find(|b| super::suspect::open_reason(b).is_none())
         .map(|b| b.id)
     else {
         return;

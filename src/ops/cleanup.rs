@@ -408,8 +408,7 @@ async fn plan_on_good_copies(
                 pinned: bs.iter().find_map(|b| b.pinned.clone()),
                 suspect: bs
                     .iter()
-                    .find(|b| super::suspect::is_suspect(b))
-                    .and_then(|b| b.suspect.clone()),
+                    .find_map(|b| super::suspect::open_reason(b).cloned()),
             })
             .collect();
         let plan = retention::plan(&candidates, &super::policy_on(target, s), now);

@@ -61,7 +61,7 @@ pub fn wanted_on(
                 id: b.id,
                 pending_upload: false,
                 pinned: b.pinned.clone(),
-                suspect: suspect::is_suspect(b).then(|| b.suspect.clone()).flatten(),
+                suspect: suspect::open_reason(b).cloned(),
             })
             .collect();
         let keep: std::collections::HashSet<crate::catalog::BackupId> =

@@ -387,10 +387,8 @@ pub async fn summarize(
                     if let Some(why) = &b.pinned {
                         out.pinned.insert(b.id.to_string(), why.clone());
                     }
-                    if super::suspect::is_suspect(b) {
-                        if let Some(why) = &b.suspect {
-                            suspects.push((b.id, why.clone()));
-                        }
+                    if let Some(why) = super::suspect::open_reason(b) {
+                        suspects.push((b.id, why.clone()));
                     }
                 }
                 for (file, why) in listing.broken {

@@ -99,7 +99,7 @@ pub fn judge(rule: &SuspectRule, new: &[Manifest], good: &[Manifest]) -> Option<
     })
 }
 
-/// Whether a listed backup counts as suspect: marked so, and not accepted since.
-pub fn is_suspect(b: &Backup) -> bool {
-    b.manifest.suspect.is_some() && b.accepted.is_none()
+/// Why a listed backup counts as suspect: marked so, and not accepted since.
+pub fn open_reason(b: &Backup) -> Option<&String> {
+    b.suspect.as_ref().filter(|_| b.accepted.is_none())
 }

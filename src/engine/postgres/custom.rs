@@ -382,36 +382,47 @@ impl Default for ContentReader {
 
 impl ContentReader {
     pub fn feed(&mut self, data: &[u8]) {
+        if let Phase::Head { buf, next_try } = &mut self.phase {
+            buf.extend_from_slice(data);
+            if buf.len() >= *next_try {
+                self.try_head();
+            }
+            return;
+        }
         let result = match &mut self.phase {
-            Phase::Failed(_) => return,
             Phase::Data(d) => d.feed(data),
-            Phase::Head { buf, next_try } => {
-                buf.extend_from_slice(data);
-                if buf.len() < *next_try {
+            _ => return,
+        };
+        if let Err(e) = result {
+            self.phase = Phase::Failed(e.to_string());
+        }
+    }
+
+    /// Parse the header and TOC gathered so far; on to the data when they are whole.
+    fn try_head(&mut self) {
+        let result = match &mut self.phase {
+            Phase::Head { buf, next_try } => match parse_head(buf) {
+                Ok((head, used)) => {
+                    let rest = buf.split_off(used);
+                    let mut d = Box::new(Data {
+                        head,
+                        step: Step::BlockType,
+                        pending: Vec::new(),
+                        rows: RowFolder::default(),
+                        table: None,
+                        object: None,
+                    });
+                    let r = d.feed(&rest);
+                    self.phase = Phase::Data(d);
+                    r
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    *next_try = buf.len() * 2;
                     return;
                 }
-                match parse_head(buf) {
-                    Ok((head, used)) => {
-                        let rest = buf.split_off(used);
-                        let mut d = Box::new(Data {
-                            head,
-                            step: Step::BlockType,
-                            pending: Vec::new(),
-                            rows: RowFolder::default(),
-                            table: None,
-                            object: None,
-                        });
-                        let r = d.feed(&rest);
-                        self.phase = Phase::Data(d);
-                        r
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        *next_try = buf.len() * 2;
-                        return;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+                Err(e) => Err(e),
+            },
+            _ => return,
         };
         if let Err(e) = result {
             self.phase = Phase::Failed(e.to_string());
@@ -420,14 +431,8 @@ impl ContentReader {
 
     /// The content, once the whole archive went through `feed`.
     pub fn finish(mut self) -> io::Result<Content> {
-        if let Phase::Head { buf, .. } = &mut self.phase {
-            let buf = std::mem::take(buf);
-            self.phase = Phase::Head {
-                buf: Vec::new(),
-                next_try: 0,
-            };
-            self.feed(&buf);
-        }
+        // A short archive may never have reached the size that triggers a parse.
+        self.try_head();
         match self.phase {
             Phase::Data(d) if matches!(d.step, Step::BlockType) && d.pending.is_empty() => {
                 Ok(d.head.collector.finish())

@@ -525,11 +525,7 @@ pub fn open(
             spec
         }
     };
-    // One time zone and one bytea format for every dump and every drill's dump: values
-    // are then written the same way on both sides, whatever each database's settings.
-    let spec = spec
-        .env("PGTZ", "UTC")
-        .env("PGOPTIONS", same_output_options());
+    let spec = same_output(spec);
     let (running, stdout) = process::spawn_streaming(spec)?;
     let stopper = running.stopper();
     let cancel = cancel.clone();
@@ -566,16 +562,18 @@ pub fn open(
     })
 }
 
-/// The session settings (beyond those pg_dump sets itself) that fix how COPY writes
-/// values, added to the caller's PGOPTIONS: a database-level `bytea_output = escape`
-/// would otherwise write the backup's bytes differently from the drill's.
-fn same_output_options() -> String {
-    format!(
+/// One time zone and one bytea format for every dump and every drill's dump (pg_dump
+/// sets DateStyle, IntervalStyle and extra_float_digits itself): values are then written
+/// the same way on both sides, whatever each server's and database's settings (a
+/// database-level `bytea_output = escape` would otherwise differ). Added to the caller's
+/// PGOPTIONS.
+fn same_output(spec: process::Spec) -> process::Spec {
+    let options = format!(
         "{} -c bytea_output=hex",
         std::env::var("PGOPTIONS").unwrap_or_default()
-    )
-    .trim()
-    .to_string()
+    );
+    spec.env("PGTZ", "UTC")
+        .env("PGOPTIONS", options.trim().to_string())
 }
 
 /// The content of the database at `dsn` (a drill's scratch database), read from a
@@ -588,12 +586,7 @@ pub async fn content_of(
     timeout: std::time::Duration,
     cancel: &CancellationToken,
 ) -> Result<crate::catalog::Content, EngineError> {
-    let mut spec = process::Spec::new(tools.join("pg_dump"))
-        .env("PGAPPNAME", "dbkeep")
-        .env("PGCONNECT_TIMEOUT", "15")
-        .env("PGTZ", "UTC")
-        .env("PGOPTIONS", same_output_options())
-        .secret_env("PGPASSWORD", dsn.password.as_ref())
+    let mut spec = same_output(super::client_spec(tools.join("pg_dump"), dsn))
         .arg("--format=custom")
         .arg("--compress=0")
         .arg("--data-only")

@@ -32,6 +32,15 @@ use crate::process::Spec;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A child of the client tools that talks to `dsn`'s server, its password in the
+/// environment only.
+fn client_spec(program: PathBuf, dsn: &Dsn) -> Spec {
+    Spec::new(program)
+        .env("PGAPPNAME", "dbkeep")
+        .env("PGCONNECT_TIMEOUT", "15")
+        .secret_env("PGPASSWORD", dsn.password.as_ref())
+}
+
 pub struct PostgresEngine {
     target: String,
     cfg: PostgresConfig,
@@ -56,10 +65,7 @@ impl PostgresEngine {
 
     /// A child of the client tools, its password in the environment only.
     fn spec(&self, program: PathBuf) -> Spec {
-        Spec::new(program)
-            .env("PGAPPNAME", "dbkeep")
-            .env("PGCONNECT_TIMEOUT", "15")
-            .secret_env("PGPASSWORD", self.dsn.password.as_ref())
+        client_spec(program, &self.dsn)
     }
 
     /// Where a restore goes: the target's own database (a server target's archive: its

@@ -59,14 +59,9 @@ fn encode(raw: sqlx::sqlite::SqliteValueRef<'_>, out: &mut Vec<u8>) -> Result<()
             let v = <f64 as Decode<Sqlite>>::decode(raw).map_err(decode)?;
             out.extend_from_slice(&v.to_bits().to_le_bytes());
         }
-        "TEXT" => {
-            out.push(3);
-            let v = <&[u8] as Decode<Sqlite>>::decode(raw).map_err(decode)?;
-            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            out.extend_from_slice(v);
-        }
-        _ => {
-            out.push(4);
+        // Text and blob: their bytes with their length, tagged apart.
+        other => {
+            out.push(if other == "TEXT" { 3 } else { 4 });
             let v = <&[u8] as Decode<Sqlite>>::decode(raw).map_err(decode)?;
             out.extend_from_slice(&(v.len() as u64).to_le_bytes());
             out.extend_from_slice(v);

@@ -66,9 +66,7 @@ fn entry(b: &Backup, token: &Secret, now: DateTime<Utc>) -> BackupEntry {
         reason: b.reason.clone(),
         verified_at: b.verified_at,
         pinned: b.pinned.clone(),
-        suspect: crate::ops::suspect::is_suspect(b)
-            .then(|| b.suspect.clone())
-            .flatten(),
+        suspect: crate::ops::suspect::open_reason(b).cloned(),
         rows: b.manifest.content.as_ref().map(|c| c.rows()),
         schema_fingerprint: b.manifest.schema_fingerprint.clone(),
         download_url: signed_link(token, &b.target, &b.file, now),
