@@ -249,6 +249,17 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
     Ok((running, stdout))
 }
 
+/// Run `spec` to completion with no input, its output discarded (stderr's tail is kept
+/// for the error).
+pub async fn run(
+    spec: Spec,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), ProcessError> {
+    let (running, _) = start(spec, Stdio::null(), Stdio::null())?;
+    running.wait(cancel, timeout).await
+}
+
 /// Start `spec` reading its stdin from us; its stdout is discarded.
 pub fn spawn_stdin(spec: Spec) -> Result<(Running, ChildStdin), ProcessError> {
     let name = spec.display_name();

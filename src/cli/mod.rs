@@ -131,6 +131,13 @@ enum Cmd {
         /// target's `identity_file`)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Restore only this table, beside the live data under a new name
+        /// (<name>_restored_<id>); repeat for several. The original is not touched
+        #[arg(long, value_name = "SCHEMA.NAME", conflicts_with_all = ["into", "globals", "drop_dependents", "no_safety_backup"])]
+        table: Vec<String>,
+        /// The copy's name, for one --table (default: <name>_restored_<id> in the table's schema)
+        #[arg(long = "as", value_name = "SCHEMA.NAME", requires = "table")]
+        rename: Option<String>,
     },
     /// Re-read stored archives and check their sha256; --drill restores the newest into a scratch database
     Verify {
@@ -480,6 +487,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             storage,
             database,
             identity,
+            table,
+            rename,
         } => {
             let cfg = load_config(path)?;
             select_targets(&cfg, std::slice::from_ref(&target))?;
@@ -506,6 +515,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 globals,
                 storage,
                 database,
+                tables: table,
+                rename,
                 opts: crate::ops::restore::Options {
                     yes,
                     safety_backup: !no_safety_backup,

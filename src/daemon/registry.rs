@@ -32,6 +32,17 @@ pub struct RunStep {
     /// While the step runs: bytes so far, rate, percent and ETA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<crate::progress::RunProgress>,
+    /// A table restore's copies, once it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<TableCopied>>,
+}
+
+/// A table restored beside the live data: the original, its copy, the copy's rows.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TableCopied {
+    pub table: String,
+    pub copy: String,
+    pub rows: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -81,6 +92,7 @@ impl Registry {
                     bytes: None,
                     error: None,
                     progress: None,
+                    tables: None,
                 })
                 .collect(),
         };

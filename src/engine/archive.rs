@@ -121,6 +121,21 @@ fn finish_hash<R: Read>(
     Ok(())
 }
 
+/// A failure while the archive streamed, or the stored bytes not matching the manifest
+/// when they do not: a decoder fails on a corrupt archive before its hash is known, and
+/// the mismatch is the cause to report.
+fn blame<R: Read>(
+    err: EngineError,
+    decoder: Stored<R>,
+    hash: Hash,
+    backup: &Backup,
+) -> EngineError {
+    match finish_hash(decoder, hash, backup) {
+        Err(mismatch @ EngineError::Checksum { .. }) => mismatch,
+        _ => err,
+    }
+}
+
 fn decoder<R: Read>(
     reader: R,
     backup: &Backup,
@@ -240,7 +255,7 @@ where
         let closed_early = match io::copy(&mut decoder, &mut out) {
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
-            Err(e) => return Err(refused_or(e, streaming)),
+            Err(e) => return Err(blame(refused_or(e, streaming), decoder, hash, &backup)),
         };
         finish_hash(decoder, hash, &backup)?;
         if !closed_early {
@@ -279,7 +294,11 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
             .create_new(true)
             .open(&dest)
             .map_err(EngineError::io(what.clone()))?;
-        io::copy(&mut decoder, &mut f).map_err(EngineError::io(what.clone()))?;
+        if let Err(e) = io::copy(&mut decoder, &mut f) {
+            let err =
+                EngineError::io(format!("unpacking {} into {}", backup.file, dest.display()))(e);
+            return Err(blame(err, decoder, hash, &backup));
+        }
         f.sync_all().map_err(EngineError::io(what))?;
         finish_hash(decoder, hash, &backup)
     })

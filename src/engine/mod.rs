@@ -220,6 +220,39 @@ pub enum RestoreMode {
     Definitions,
 }
 
+/// A table by its schema (none in SQLite) and name, exactly as the catalog spells them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableName {
+    /// As an operator would type it in SQL: `schema.name`, quoted where needed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(s) = &self.schema {
+            write!(f, "{}.", model::sql_ident(s))?;
+        }
+        f.write_str(&model::sql_ident(&self.name))
+    }
+}
+
+/// One table of an archive restored beside the live data under another name
+/// (`restore --table`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCopy {
+    pub from: TableName,
+    pub to: TableName,
+}
+
+/// What a table restore put into the live database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRestored {
+    pub copy: TableCopy,
+    /// The rows the copy holds.
+    pub rows: i64,
+}
+
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -355,6 +388,20 @@ pub trait Engine: Send + Sync {
         mode: &RestoreMode,
         opts: &RestoreOptions,
     ) -> Result<Box<dyn Restorer>, EngineError>;
+
+    /// Restore the tables `copies` name out of `archive` into the live database (of
+    /// `archive`'s database, for a server target) under their new names, definition and
+    /// rows, in one transaction; nothing that exists there is changed, and a new name
+    /// that is taken is refused before anything is written. The copy has no foreign keys
+    /// and no triggers (they would tie it to, or act on, the live data). `dir` holds
+    /// scratch files. Returns what went in, and notes for the operator.
+    async fn restore_tables(
+        &self,
+        archive: Archive<'_>,
+        copies: &[TableCopy],
+        dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<TableRestored>, Vec<String>), EngineError>;
 
     /// A connection to the live database, for schema work.
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError>;

@@ -114,6 +114,16 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The new name of an index or sequence `old` of table `table` once the table is copied as
+/// `new`: `orders_pkey` of `orders` becomes `<new>_pkey`; a name that does not start with
+/// the table's gets the new name in front (`<new>_<old>`).
+pub fn derived_name(old: &str, table: &str, new: &str) -> String {
+    match old.strip_prefix(table) {
+        Some(rest) => format!("{new}{rest}"),
+        None => format!("{new}_{old}"),
+    }
+}
+
 /// An identifier as an operator would type it in SQL: bare when it needs no quotes (lower
 /// case letters, digits, `_`, and not a word SQL reserves), else quoted.
 pub fn sql_ident(s: &str) -> String {

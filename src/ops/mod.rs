@@ -12,6 +12,7 @@ pub mod pin;
 pub mod restore;
 pub mod status;
 pub mod suspect;
+pub mod tables;
 pub mod verify;
 
 use std::sync::Arc;

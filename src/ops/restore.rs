@@ -146,23 +146,31 @@ impl Chosen {
                 Ok(a) => verify_checksum(a.storage, a.backup).await,
                 Err(e) => Err(e),
             };
-            let err = match result {
+            match result {
                 Ok(()) => return Ok(()),
-                Err(e) if self.fallbacks.is_empty() => return Err(e),
-                Err(e) => e,
-            };
-            let (storage, backup) = self.fallbacks.remove(0);
-            tracing::warn!(
-                target = %self.backup.target,
-                file = %self.backup.file,
-                failed = self.storage,
-                next = storage,
-                error = %crate::error::chain(&err),
-                "cannot restore from this storage; using the copy on the next one"
-            );
-            self.storage = storage;
-            self.backup = backup;
+                Err(e) if !self.use_next(&e) => return Err(e),
+                Err(_) => {}
+            }
         }
+    }
+
+    /// Turn to the next storage's copy after `err` on this one; false when there is none.
+    pub fn use_next(&mut self, err: &(dyn std::error::Error + 'static)) -> bool {
+        if self.fallbacks.is_empty() {
+            return false;
+        }
+        let (storage, backup) = self.fallbacks.remove(0);
+        tracing::warn!(
+            target = %self.backup.target,
+            file = %self.backup.file,
+            failed = self.storage,
+            next = storage,
+            error = %crate::error::chain(err),
+            "cannot restore from this storage; using the copy on the next one"
+        );
+        self.storage = storage;
+        self.backup = backup;
+        true
     }
 
     pub fn archive<'a>(&'a self, ctx: &'a Context) -> Result<Archive<'a>, RestoreError> {

@@ -769,3 +769,14 @@ pub fn wrapped_pg_bin(sb: &Sandbox, pg: &TestPostgres, tool: &str, body: &str) -
     std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
     bin
 }
+
+/// Run `sql` on the SQLite file `db` with the sqlite3 CLI and return what it printed.
+pub fn sqlite_query(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -413,6 +413,33 @@ fn restore_over_the_api_needs_the_typed_target_name() {
     );
     assert_eq!(r.status, 404, "{}", r.text());
 
+    // One table beside the live data needs no confirmation: nothing is replaced.
+    let job = wait_job(
+        &d,
+        &call(
+            &d,
+            "POST",
+            &format!("{API}/restore"),
+            Some(r#"{"target":"app","id":"latest","tables":["t"],"as":"t_old"}"#),
+        ),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["steps"][0]["tables"][0]["copy"], "t_old", "{job}");
+    assert_eq!(job["steps"][0]["tables"][0]["rows"], 2, "{job}");
+    assert_eq!(
+        sqlite("SELECT count(*) FROM t"),
+        "3",
+        "the original is unchanged"
+    );
+    assert_eq!(sqlite("SELECT count(*) FROM t_old"), "2");
+    let r = call(
+        &d,
+        "POST",
+        &format!("{API}/restore"),
+        Some(r#"{"target":"app","id":"latest","tables":["nope"]}"#),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+
     let job = wait_job(
         &d,
         &call(

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{dbkeep, decompress, pg_config, sha256_file, Sandbox, TestPostgres};
+use crate::common::{
+    dbkeep, decompress, pg_config, sha256_file, sqlite_query, Sandbox, TestPostgres,
+};
 
 /// The one archive of `target` ending in `suffix`.
 fn archive(sb: &Sandbox, target: &str, suffix: &str) -> PathBuf {
@@ -462,4 +464,395 @@ fn a_sqlite_table_no_row_can_be_read_from_does_not_fail_the_backup() {
     assert_eq!(content_table(&m, "orders")["rows"], 10);
     let ok = dbkeep(Some(&cfg), &["verify", "shop", "--drill"], &[]).ok();
     assert!(ok.stdout.contains("drill OK"), "{}", ok.stdout);
+}
+
+const SHOP_WITH_TIES: &str = r#"
+CREATE SCHEMA shop;
+CREATE TYPE shop.mood AS ENUM ('ok', 'sad');
+CREATE TABLE shop.customers (id serial PRIMARY KEY, name text UNIQUE);
+CREATE TABLE shop.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int REFERENCES shop.customers (id), total numeric CHECK (total >= 0),
+    mood shop.mood, note text);
+CREATE INDEX orders_by_customer ON shop.orders (customer_id);
+CREATE FUNCTION shop.refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'refused by trigger'; END$$;
+CREATE TRIGGER refuse_big BEFORE INSERT ON shop.orders FOR EACH ROW WHEN (NEW.total > 1000000) EXECUTE FUNCTION shop.refuse();
+COMMENT ON CONSTRAINT orders_customer_id_fkey ON shop.orders IS 'each order has a customer';
+CREATE TABLE shop."we.ird ""t""" (id int PRIMARY KEY, v text);
+INSERT INTO shop."we.ird ""t""" VALUES (1, 'x'), (2, 'y');
+CREATE TABLE shop.events (id int, at date) PARTITION BY RANGE (at);
+CREATE TABLE shop.events_2026 PARTITION OF shop.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO shop.customers (name) VALUES ('a'), ('b');
+INSERT INTO shop.orders (customer_id, total, mood, note)
+    SELECT 1 + g % 2, g, 'ok', 'n' || g FROM generate_series(1, 1000) g;
+INSERT INTO shop.events VALUES (1, '2026-05-01'), (2, '2026-06-01');
+"#;
+
+/// Every relation of the database outside the system schemas, with its kind.
+fn relations(pg: &TestPostgres, db: &str) -> Vec<String> {
+    pg.psql(
+        db,
+        "SELECT format('%I.%I %s', n.nspname, c.relname, c.relkind) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_postgres_table_comes_back_beside_the_original_which_stays_as_it_is() {
+    let pg = TestPostgres::start();
+    pg.create_db("src");
+    pg.psql("src", SHOP_WITH_TIES);
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "src", "");
+    dbkeep(Some(&cfg), &["backup", "app"], &[]).ok();
+    let id = ids(&cfg)[0].clone();
+    let at_backup: std::collections::HashMap<String, String> =
+        pg.table_checksums("src").into_iter().collect();
+    // The mistake to recover from.
+    pg.psql(
+        "src",
+        "DELETE FROM shop.orders WHERE id > 10; UPDATE shop.orders SET note = 'changed'",
+    );
+    let before = pg.table_checksums("src");
+    let rels_before = relations(&pg, "src");
+
+    let r = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "shop.orders"],
+        &[],
+    )
+    .ok();
+    let copy = format!("shop.orders_restored_{id}");
+    assert!(
+        r.stdout
+            .contains(&format!("restored shop.orders as {copy} (1000 rows)")),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    // The original and every other table as they were; the copy holds the backup's rows.
+    let after: std::collections::HashMap<String, String> =
+        pg.table_checksums("src").into_iter().collect();
+    for (t, sum) in &before {
+        assert_eq!(&after[t], sum, "{t} changed");
+    }
+    assert_eq!(after[&copy], at_backup["shop.orders"]);
+    let new: Vec<String> = relations(&pg, "src")
+        .into_iter()
+        .filter(|r| !rels_before.contains(r))
+        .collect();
+    assert_eq!(
+        new,
+        [
+            format!("{copy} r"),
+            format!("{copy}_by_customer i"),
+            format!("{copy}_id_seq S"),
+            format!("{copy}_pkey i"),
+        ]
+    );
+    // Its own key and check, no foreign key or trigger tying it to the live rows; its
+    // identity goes on after the backup's last value.
+    let kinds = pg.psql(
+        "src",
+        &format!(
+            "SELECT string_agg(contype::text, '' ORDER BY contype) FROM pg_constraint WHERE conrelid = '{copy}'::regclass"
+        ),
+    );
+    assert_eq!(kinds, "cp", "check and primary key only");
+    assert_eq!(
+        pg.psql(
+            "src",
+            &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{copy}'::regclass")
+        ),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "src",
+            &format!("INSERT INTO {copy} (customer_id, total) VALUES (999, 2000000) RETURNING id")
+        )
+        .lines()
+        .next()
+        .unwrap(),
+        "1001"
+    );
+
+    // Again: the name is taken, and nothing changes.
+    let rels = relations(&pg, "src");
+    let again = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "shop.orders"],
+        &[],
+    );
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&format!("table {copy}")) && again.stderr.contains("--as"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(relations(&pg, "src"), rels);
+
+    // Hostile names stay names: a quoted table with a dot and quotes, and a copy named
+    // like an injection.
+    let hostile = r#"x"; DROP TABLE shop.orders; --"#;
+    let r = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "--table",
+            r#"shop."we.ird ""t""""#,
+            "--as",
+            &format!("shop.\"{}\"", hostile.replace('"', "\"\"")),
+        ],
+        &[],
+    )
+    .ok();
+    assert!(r.stdout.contains("(2 rows)"), "{}", r.stdout);
+    assert_eq!(
+        pg.psql(
+            "src",
+            &format!(
+                "SELECT count(*) FROM shop.\"{}\"",
+                hostile.replace('"', "\"\"")
+            )
+        ),
+        "2"
+    );
+    assert_eq!(pg.psql("src", "SELECT count(*) FROM shop.orders"), "10");
+
+    // A partitioned table: its partitions are named; a partition comes back standing alone.
+    let part = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "shop.events"],
+        &[],
+    );
+    assert_ne!(part.code, 0);
+    assert!(
+        part.stderr.contains("partitioned") && part.stderr.contains("shop.events_2026"),
+        "{}",
+        part.stderr
+    );
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "--table",
+            "shop.events_2026",
+            "--as",
+            "public.ev",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        pg.psql(
+            "src",
+            "SELECT count(*) || ' ' || (SELECT relispartition FROM pg_class WHERE oid = 'public.ev'::regclass) FROM public.ev"
+        ),
+        "2 false"
+    );
+
+    // A copy that cannot go in (its type is gone from the live database) leaves nothing:
+    // the load is one transaction, and the scratch database is dropped.
+    pg.psql(
+        "src",
+        "ALTER TABLE shop.orders DROP COLUMN mood; DROP TYPE shop.mood CASCADE",
+    );
+    let rels = relations(&pg, "src");
+    let failed = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "--table",
+            "shop.orders",
+            "--as",
+            "shop.again",
+        ],
+        &[],
+    );
+    assert_ne!(failed.code, 0);
+    assert!(failed.stderr.contains("mood"), "{}", failed.stderr);
+    assert_eq!(relations(&pg, "src"), rels);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'dbkeep_%'"
+        ),
+        "0"
+    );
+    let missing = dbkeep(Some(&cfg), &["restore", "app", "--table", "shop.nope"], &[]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("holds no table shop.nope"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_sqlite_table_comes_back_into_the_live_file_beside_the_original() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_shop(&sb, 50, "");
+    sqlite_exec(
+        &db,
+        "CREATE TABLE lines (id INTEGER PRIMARY KEY, order_id INTEGER REFERENCES orders (id) ON DELETE CASCADE,
+             qty INT CHECK (qty > 0), total INT GENERATED ALWAYS AS (qty * 10) VIRTUAL);
+         CREATE INDEX lines_by_order ON lines (order_id);
+         CREATE TRIGGER lines_guard BEFORE INSERT ON lines WHEN NEW.qty > 100 BEGIN SELECT RAISE(ABORT, 'too many'); END;
+         INSERT INTO lines (id, order_id, qty) SELECT id * 3, id, id FROM orders;
+         CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID; INSERT INTO kv VALUES ('a', 1), ('b', 2);",
+    );
+    dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    let id = ids(&cfg)[0].clone();
+    let lines_at_backup = sqlite_query(
+        &db,
+        "SELECT group_concat(id || ':' || order_id || ':' || qty || ':' || total) FROM lines",
+    );
+    sqlite_exec(
+        &db,
+        "DELETE FROM lines WHERE id > 30; UPDATE lines SET qty = 7",
+    );
+    let lines_now = sqlite_query(&db, "SELECT group_concat(id || ':' || qty) FROM lines");
+    let schema_before = sqlite_query(&db, "SELECT group_concat(sql, ';') FROM sqlite_schema");
+
+    let r = dbkeep(Some(&cfg), &["restore", "shop", "--table", "lines"], &[]).ok();
+    let copy = format!("lines_restored_{id}");
+    assert!(
+        r.stdout
+            .contains(&format!("restored lines as {copy} (50 rows)")),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    // The copy holds the backup's rows under their rowids; the original is as it was.
+    assert_eq!(
+        sqlite_query(&db, &format!("SELECT group_concat(id || ':' || order_id || ':' || qty || ':' || total) FROM {copy}")),
+        lines_at_backup
+    );
+    assert_eq!(
+        sqlite_query(&db, "SELECT group_concat(id || ':' || qty) FROM lines"),
+        lines_now
+    );
+    let schema_after = sqlite_query(&db, "SELECT group_concat(sql, ';') FROM sqlite_schema");
+    assert!(schema_after.starts_with(&schema_before), "{schema_after}");
+    // Its index, no foreign key, no trigger.
+    assert_eq!(
+        sqlite_query(&db, &format!("SELECT group_concat(type || ' ' || name) FROM sqlite_schema WHERE tbl_name = '{copy}'")),
+        format!("table {copy},index {copy}_by_order")
+    );
+    assert_eq!(
+        sqlite_query(
+            &db,
+            &format!("SELECT count(*) FROM pragma_foreign_key_list('{copy}')")
+        ),
+        "0"
+    );
+    sqlite_exec(
+        &db,
+        &format!("PRAGMA foreign_keys = ON; INSERT INTO {copy} (order_id, qty) VALUES (999, 500)"),
+    );
+
+    // A taken name, a writer holding the lock, a corrupt archive: refused, and the file
+    // is not changed by a byte.
+    let sum = sha256_file(&db);
+    let again = dbkeep(Some(&cfg), &["restore", "shop", "--table", "lines"], &[]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&format!("table {copy}")),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(sha256_file(&db), sum);
+
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(30)",
+        )
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let locked = dbkeep(Some(&cfg), &["restore", "shop", "--table", "kv"], &[]);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(locked.code, 2, "{}", locked.stderr);
+    assert!(locked.stderr.contains("write lock"), "{}", locked.stderr);
+    assert_eq!(sha256_file(&db), sum);
+
+    let a = archive_of(&sb, &id);
+    let good = std::fs::read(&a).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&a, &bad).unwrap();
+    let corrupt = dbkeep(Some(&cfg), &["restore", "shop", "--table", "kv"], &[]);
+    assert_ne!(corrupt.code, 0);
+    assert!(corrupt.stderr.contains("sha256"), "{}", corrupt.stderr);
+    assert_eq!(sha256_file(&db), sum);
+    std::fs::write(&a, &good).unwrap();
+
+    // A name like an injection is a name; a table without rowid comes back too.
+    let hostile = r#"x"; DROP TABLE orders; --"#;
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "shop",
+            "--table",
+            "kv",
+            "--as",
+            &format!("\"{}\"", hostile.replace('"', "\"\"")),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        sqlite_query(
+            &db,
+            &format!(
+                "SELECT group_concat(k || v) FROM \"{}\"",
+                hostile.replace('"', "\"\"")
+            )
+        ),
+        "a1,b2"
+    );
+    assert_eq!(sqlite_query(&db, "SELECT count(*) FROM orders"), "50");
+    // No scratch file is left behind.
+    let left: Vec<PathBuf> = all_files(sb.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("tables."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -616,17 +616,7 @@ fn diff_against_an_older_backup_lists_the_tables_added_since() {
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::common::sqlite_query(db, sql)
 }
 
 fn sqlite_migrations(sb: &Sandbox) -> PathBuf {

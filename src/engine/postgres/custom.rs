@@ -97,9 +97,91 @@ struct Head {
     by_id: HashMap<i64, Entry>,
 }
 
+/// One entry of the table of contents.
+#[derive(Debug, Clone)]
+pub struct TocEntry {
+    pub id: i64,
+    /// What it is: `TABLE`, `TABLE DATA`, `INDEX`, `FK CONSTRAINT`, ...
+    pub desc: String,
+    pub schema: Option<String>,
+    /// Its name (for a constraint or a default: the table's name, a space, its own).
+    pub tag: String,
+    /// The SQL that creates it.
+    pub defn: String,
+    /// The dump ids it depends on.
+    pub deps: Vec<i64>,
+}
+
 /// Read the header and TOC from `buf`; `UnexpectedEof` while `buf` does not hold all of
 /// them yet. Returns them and how many bytes they took.
 fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
+    let (int_size, entries, used) = parse_toc(buf)?;
+    let mut collector = Collector::new(PG_COPY_TEXT);
+    let mut by_id: HashMap<i64, Entry> = HashMap::new();
+    for e in entries {
+        let entry = match e.desc.as_str() {
+            "TABLE DATA" => Entry::Table {
+                schema: e.schema,
+                name: e.tag,
+            },
+            "SEQUENCE SET" => {
+                if let Some(value) = setval_arguments(&e.defn) {
+                    collector.sequences.push(SequenceValue {
+                        schema: e.schema,
+                        name: e.tag,
+                        value,
+                    });
+                }
+                Entry::Other
+            }
+            "ENCODING" => {
+                collector.encoding = quoted_value(&e.defn);
+                Entry::Other
+            }
+            _ => Entry::Other,
+        };
+        by_id.insert(e.id, entry);
+    }
+    Ok((
+        Head {
+            int_size,
+            collector,
+            by_id,
+        },
+        used,
+    ))
+}
+
+/// The table of contents read from the start of an archive: at most `limit` bytes are
+/// read (a TOC is far smaller than its data).
+pub fn read_toc<R: Read>(mut input: R, limit: usize) -> io::Result<Vec<TocEntry>> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    // Parsed again each time what was read has doubled.
+    let mut next_try = chunk.len();
+    loop {
+        let n = input.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if n > 0 && buf.len() < next_try {
+            continue;
+        }
+        next_try = buf.len() * 2;
+        match parse_toc(&buf) {
+            Ok((_, entries, _)) => return Ok(entries),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && n > 0 => {
+                if buf.len() > limit {
+                    return Err(bad(format!(
+                        "no table of contents in the first {limit} bytes"
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The header and TOC entries in `buf`: the integer size, the entries, the bytes used.
+fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
     let mut r = Reader {
         inner: buf,
         int_size: 4,
@@ -141,10 +223,9 @@ fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
     r.string()?; // database name
     r.string()?; // server version
     r.string()?; // pg_dump version
-    let entries = r.int()?;
-    let mut collector = Collector::new(PG_COPY_TEXT);
-    let mut by_id: HashMap<i64, Entry> = HashMap::new();
-    for _ in 0..entries {
+    let count = r.int()?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
         let dump_id = r.int()?;
         r.int()?; // had dumper
         r.string()?; // table oid
@@ -163,41 +244,23 @@ fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
         }
         r.string()?; // owner
         r.string()?; // with oids
-        while r.string()?.is_some() {} // dependencies
+        let mut deps = Vec::new();
+        while let Some(d) = r.string()? {
+            deps.extend(d.trim().parse::<i64>().ok());
+        }
         r.byte()?; // data offset: a flag, then off_size bytes
         r.skip(off_size)?;
-        let entry = match desc.as_str() {
-            "TABLE DATA" => Entry::Table {
-                schema: namespace,
-                name: tag,
-            },
-            "SEQUENCE SET" => {
-                if let Some(value) = setval_arguments(&defn) {
-                    collector.sequences.push(SequenceValue {
-                        schema: namespace,
-                        name: tag,
-                        value,
-                    });
-                }
-                Entry::Other
-            }
-            "ENCODING" => {
-                collector.encoding = quoted_value(&defn);
-                Entry::Other
-            }
-            _ => Entry::Other,
-        };
-        by_id.insert(dump_id, entry);
+        entries.push(TocEntry {
+            id: dump_id,
+            desc,
+            schema: namespace,
+            tag,
+            defn,
+            deps,
+        });
     }
     let used = buf.len() - r.inner.len();
-    Ok((
-        Head {
-            int_size: r.int_size,
-            collector,
-            by_id,
-        },
-        used,
-    ))
+    Ok((r.int_size, entries, used))
 }
 
 /// Where the data part of the stream is.

@@ -24,7 +24,7 @@ pub const CUSTOM_FORMAT_MAGIC: &[u8] = b"PGDMP";
 const SQL_MAGIC: &[u8] = b"--";
 
 /// Quote a schema name so pg_dump's `-n` matches exactly it (no case folding, no wildcards).
-fn exact_pattern(name: &str) -> String {
+pub(super) fn exact_pattern(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -12,6 +12,7 @@ pub mod introspect;
 pub mod restore;
 pub mod session;
 pub mod sqlguard;
+pub mod tables;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
@@ -128,6 +129,7 @@ impl PostgresEngine {
             timeout: self.timeout,
             lock_timeout: self.cfg.lock_timeout,
             cancel,
+            list: None,
         };
         restore::pg_restore(&run, archive, mode).await
     }
@@ -383,6 +385,16 @@ impl Engine for PostgresEngine {
         self.session(&self.dsn).await
     }
 
+    async fn restore_tables(
+        &self,
+        archive: Archive<'_>,
+        copies: &[crate::engine::TableCopy],
+        dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<crate::engine::TableRestored>, Vec<String>), EngineError> {
+        tables::restore_tables(self, archive, copies, dir, cancel).await
+    }
+
     async fn doctor(
         &self,
         wants: crate::engine::doctor::Wants,
@@ -439,6 +451,7 @@ impl RestoreRun {
             timeout: self.timeout,
             lock_timeout: self.lock_timeout,
             cancel,
+            list: None,
         };
         restore::pg_restore(&run, archive, mode).await
     }

@@ -138,6 +138,8 @@ pub struct Run<'a> {
     /// How long a statement waits for a lock before the restore stops and says who holds it.
     pub lock_timeout: Duration,
     pub cancel: &'a CancellationToken,
+    /// Restore only the entries this `pg_restore --use-list` file names (and no grants).
+    pub list: Option<&'a Path>,
 }
 
 /// Stream the archive into the database. Any failure (pg_restore, psql, the server, a
@@ -168,6 +170,7 @@ async fn pg_restore_inner(
         timeout,
         lock_timeout,
         cancel,
+        list,
     } = *run;
     // Waiting for another session's lock ends after lock_timeout, with a clear error.
     let pgoptions = format!(
@@ -197,6 +200,11 @@ async fn pg_restore_inner(
             .arg(format!("--dbname={url}"));
         if !keep_owner {
             spec = spec.arg("--no-owner");
+        }
+        if let Some(list) = list {
+            spec = spec
+                .arg("--no-privileges")
+                .arg(format!("--use-list={}", list.display()));
         }
         match mode {
             RestoreMode::Whole { clean: true } => spec = spec.arg("--clean").arg("--if-exists"),

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod introspect;
 pub mod restore;
 pub mod session;
+pub mod tables;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -256,6 +257,16 @@ impl Engine for SqliteEngine {
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
         self.session(&self.cfg.path, false).await
+    }
+
+    async fn restore_tables(
+        &self,
+        archive: Archive<'_>,
+        copies: &[crate::engine::TableCopy],
+        dir: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<crate::engine::TableRestored>, Vec<String>), EngineError> {
+        tables::restore_tables(self, archive, copies, dir, cancel).await
     }
 
     async fn doctor(

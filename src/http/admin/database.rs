@@ -134,10 +134,18 @@ pub struct RestoreBody {
     pub storage: Option<String>,
     /// The database to restore, of a target that backs up a server (`databases`).
     pub database: Option<String>,
+    /// Restore only these tables (`schema.name`), beside the live data under new names
+    /// (`<name>_restored_<id>`), as `dbkeep restore TARGET ID --table ...` does: the
+    /// originals are not touched, so no confirmation is needed.
+    pub tables: Option<Vec<String>>,
+    /// The copy's name (`schema.name`), for one table.
+    #[serde(rename = "as")]
+    pub rename: Option<String>,
 }
 
 /// Restore a backup over the target's own database, as `dbkeep restore TARGET ID --yes`
-/// does: checksum first, a safety backup, one transaction. Returns a job id.
+/// does: checksum first, a safety backup, one transaction; or, with `tables`, only those
+/// tables beside the live data. Returns a job id.
 #[utoipa::path(post, path = "/api/v1/admin/database/restore", tag = "admin",
     request_body = RestoreBody,
     responses((status = 202, body = JobAccepted), (status = 400, body = ErrorBody),
@@ -149,7 +157,8 @@ pub(super) async fn start_restore(
     body: Result<Json<RestoreBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    if body.confirm.as_deref() != Some(body.target.as_str()) {
+    let tables = body.tables.clone().unwrap_or_default();
+    if tables.is_empty() && body.confirm.as_deref() != Some(body.target.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the restore is not confirmed",
@@ -177,17 +186,16 @@ pub(super) async fn start_restore(
     selector.from = body.storage.clone();
     selector.database = body.database.clone();
     let ctx = st.daemon.context();
+    if !tables.is_empty() {
+        let plan =
+            crate::ops::tables::plan(&ctx, &target, &selector, &tables, body.rename.as_deref())
+                .await?;
+        return Ok(start_table_restore(&st, ctx, target, plan));
+    }
     let mut plan = restore::plan(&ctx, &target, &selector, None, None, false).await?;
-    let run_id = st
-        .daemon
-        .runs
-        .start("restore", "api", std::slice::from_ref(&target.name));
-    let (d, id) = (st.daemon.clone(), run_id.clone());
-    st.daemon.spawn(async move {
-        d.runs.step(&id, 0, |step| {
-            step.state = RunState::Running;
-            step.backup_id = Some(plan.chosen.backup.id.to_string());
-        });
+    let backup_id = plan.chosen.backup.id.to_string();
+    let name = target.name.clone();
+    let work = async move {
         let result = async {
             plan.chosen.prove(&ctx).await?;
             let opts = restore::Options {
@@ -198,14 +206,43 @@ pub(super) async fn start_restore(
             restore::execute(&ctx, &target, &plan, &opts).await
         }
         .await;
-        match &result {
-            Ok(_) => tracing::info!(target = %target.name, backup_id = %plan.chosen.backup.id, "restored over the admin API"),
-            Err(e) => tracing::error!(target = %target.name, error = %e, "restore over the admin API failed"),
+        if result.is_ok() {
+            tracing::info!(target = %target.name, backup_id = %plan.chosen.backup.id, "restored over the admin API");
+        }
+        result.map(|_| plan.chosen.backup.bytes)
+    };
+    Ok(restore_job(&st, &name, backup_id, work, |step, bytes| {
+        step.bytes = Some(bytes)
+    }))
+}
+
+/// Start a restore job: its one step runs `work`, then records the error, or what `done`
+/// takes from the result.
+fn restore_job<T: Send + 'static>(
+    st: &AdminState,
+    target: &str,
+    backup_id: String,
+    work: impl std::future::Future<Output = Result<T, restore::RestoreError>> + Send + 'static,
+    done: impl FnOnce(&mut crate::daemon::registry::RunStep, T) + Send + 'static,
+) -> Response {
+    let run_id = st
+        .daemon
+        .runs
+        .start("restore", "api", std::slice::from_ref(&target.to_string()));
+    let (d, id, target) = (st.daemon.clone(), run_id.clone(), target.to_string());
+    st.daemon.spawn(async move {
+        d.runs.step(&id, 0, |step| {
+            step.state = RunState::Running;
+            step.backup_id = Some(backup_id);
+        });
+        let result = work.await;
+        if let Err(e) = &result {
+            tracing::error!(target = %target, error = %e, "restore over the admin API failed");
         }
         d.runs.step(&id, 0, |step| match result {
-            Ok(_) => {
+            Ok(value) => {
                 step.state = RunState::Succeeded;
-                step.bytes = Some(plan.chosen.backup.bytes);
+                done(step, value);
             }
             Err(e) => {
                 step.state = RunState::Failed;
@@ -213,5 +250,29 @@ pub(super) async fn start_restore(
             }
         });
     });
-    Ok(accepted(run_id))
+    accepted(run_id)
+}
+
+/// Run a table restore as a job; its step lists each copy and its rows.
+fn start_table_restore(
+    st: &AdminState,
+    ctx: crate::ops::Context,
+    target: crate::config::Target,
+    mut plan: crate::ops::tables::Plan,
+) -> Response {
+    let backup_id = plan.chosen.backup.id.to_string();
+    let name = target.name.clone();
+    let work = async move { crate::ops::tables::execute(&ctx, &target, &mut plan).await };
+    restore_job(st, &name, backup_id, work, |step, done| {
+        step.tables = Some(
+            done.restored
+                .iter()
+                .map(|r| crate::daemon::registry::TableCopied {
+                    table: r.copy.from.to_string(),
+                    copy: r.copy.to.to_string(),
+                    rows: r.rows,
+                })
+                .collect(),
+        );
+    })
 }
