@@ -288,11 +288,15 @@ fn a_killed_encrypted_backup_leaves_no_plaintext_in_the_storage_and_the_next_run
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The snapshot is written, and the encrypted archive is on its way.
+    // The snapshot holds the secret (its pages are written over time: a file that is
+    // there may not hold it yet), and the encrypted archive is on its way.
     crate::common::wait_for(
         std::time::Duration::from_secs(60),
-        "a snapshot in the private folder and a temp archive in the storage",
-        || !all_files(&private).is_empty() && !all_files(&sb.backups()).is_empty(),
+        "a snapshot holding the secret in the private folder and a temp archive in the storage",
+        || {
+            !files_containing(&private, MARKER.as_bytes()).is_empty()
+                && !all_files(&sb.backups()).is_empty()
+        },
     );
     child.kill().unwrap();
     child.wait().unwrap();
