@@ -279,20 +279,47 @@ async fn resolve(
         }
     }
     // `latest` is the newest backup that is not a safety copy of a restore: restoring
-    // "latest" again must not bring back the state the last restore replaced.
+    // "latest" again must not bring back the state the last restore replaced. Nor one
+    // marked suspect (a table emptied, rows gone) and not accepted, while a good one is
+    // there: that is the state an operator restores away from.
     let id = match selector.id {
         Some(id) => id,
-        None => all
-            .iter()
-            .filter(|(_, b)| b.reason.as_deref() != Some(PRE_RESTORE))
-            .map(|(_, b)| b.id)
-            .max()
-            .ok_or_else(|| {
+        None => {
+            let candidates: Vec<&Backup> = all
+                .iter()
+                .map(|(_, b)| b)
+                .filter(|b| b.reason.as_deref() != Some(PRE_RESTORE))
+                .collect();
+            let newest = candidates.iter().map(|b| b.id).max().ok_or_else(|| {
                 RestoreError::NotFound(format!(
                     "target {} has no complete backup to restore (safety copies of restores do not count as latest; name one by its id)",
                     target.name
                 ))
-            })?,
+            })?;
+            let good = candidates
+                .iter()
+                .filter(|b| super::suspect::open_reason(b).is_none())
+                .map(|b| b.id)
+                .max();
+            match good {
+                Some(good) if good != newest => {
+                    let why = candidates
+                        .iter()
+                        .filter(|b| b.id > good)
+                        .find_map(|b| super::suspect::open_reason(b))
+                        .cloned()
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        target = %target.name,
+                        skipped = %newest,
+                        chosen = %good,
+                        "latest is the newest backup not marked suspect ({why}); name the newer one by its id to restore it, or `dbkeep accept` it"
+                    );
+                    good
+                }
+                _ => newest,
+            }
+        }
     };
     let of_id: Vec<(&'static str, Backup)> = all.into_iter().filter(|(_, b)| b.id == id).collect();
     if let (true, Some(db)) = (of_id.is_empty(), &selector.database) {

@@ -386,6 +386,38 @@ fn emptied_tables_make_backups_suspect_and_cleanup_keeps_the_last_good_one() {
     d.signal(libc::SIGTERM);
     d.wait_exit(std::time::Duration::from_secs(30));
 
+    // `latest` is the newest backup not marked suspect: the good one comes back, and
+    // the suspect one still can, by its id.
+    let copy = sb.path().join("copy.db");
+    let r = dbkeep(
+        Some(&cfg),
+        &["restore", "shop", "--into", copy.to_str().unwrap()],
+        &[],
+    )
+    .ok();
+    assert!(r.stderr.contains("not marked suspect"), "{}", r.stderr);
+    assert_eq!(
+        crate::common::sqlite_query(&copy, "SELECT count(*) FROM orders"),
+        "2000"
+    );
+    std::fs::remove_file(&copy).unwrap();
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "shop",
+            &left[0],
+            "--into",
+            copy.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        crate::common::sqlite_query(&copy, "SELECT count(*) FROM orders"),
+        "0"
+    );
+
     // Accepting the newest clears the mark: green, and retention counts it again.
     let bad = dbkeep(Some(&cfg), &["accept", "shop", &good], &[]);
     assert_ne!(bad.code, 0, "the good backup is not suspect");
