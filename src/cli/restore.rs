@@ -79,14 +79,20 @@ pub(super) async fn restore(
     )
     .await?;
     eprintln!("{}", plan.description);
-    // The archive is proven intact before anything is asked or touched (the next
-    // storage's copy is used when the chosen one cannot be read or does not match).
-    plan.chosen.prove(ctx).await?;
-    eprintln!(
-        "checksum OK (sha256 {}, read from {})",
-        &plan.chosen.backup.sha256[..16],
-        plan.chosen.storage
-    );
+    // Over the live database the archive is proven intact before anything is asked or
+    // touched (the next storage's copy is used when the chosen one cannot be read or does
+    // not match). Into another database it is proven as it streams: the end of the stream
+    // is held back until the sha256 matched, so nothing commits before, and a database
+    // the restore created is dropped again when it fails. A separate pass would read the
+    // whole archive twice (from S3, download it twice).
+    if plan.dest.is_own() {
+        plan.chosen.prove(ctx).await?;
+        eprintln!(
+            "checksum OK (sha256 {}, read from {})",
+            &plan.chosen.backup.sha256[..16],
+            plan.chosen.storage
+        );
+    }
     if plan.dest.is_own() && !args.opts.yes {
         confirm_by_name(
             name,
@@ -100,7 +106,25 @@ pub(super) async fn restore(
     }
     interruptible(ctx);
     let t0 = std::time::Instant::now();
-    let done = ops_restore::execute(ctx, target, &plan, &args.opts).await?;
+    let done = loop {
+        match ops_restore::execute(ctx, target, &plan, &args.opts).await {
+            Ok(done) => break done,
+            Err(
+                e @ ops_restore::RestoreError::Engine(
+                    crate::engine::EngineError::Checksum { .. }
+                    | crate::engine::EngineError::Storage(_),
+                ),
+            ) if !plan.dest.is_own() && plan.chosen.use_next(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if !plan.dest.is_own() {
+        eprintln!(
+            "checksum OK (sha256 {}, read from {}, proven while restoring)",
+            &plan.chosen.backup.sha256[..16],
+            plan.chosen.storage
+        );
+    }
     for note in &done.notes {
         eprintln!("note: {note}");
     }

@@ -136,6 +136,34 @@ fn blame<R: Read>(
     }
 }
 
+/// An archive whose plain bytes could not be read (a decoder error while only its head
+/// was wanted): when its stored bytes do not match the manifest, that mismatch is the
+/// error to report, since it names the cause; else `err`.
+pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
+    let Ok(reader) = archive
+        .storage
+        .open(&archive.backup.target, &archive.backup.file)
+        .await
+    else {
+        return err;
+    };
+    let hashed = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut reader = reader;
+        let mut hasher = Sha256::new();
+        io::copy(&mut reader, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await;
+    match hashed {
+        Ok(Ok(actual)) if actual != archive.backup.sha256 => EngineError::Checksum {
+            file: archive.backup.file.clone(),
+            expected: archive.backup.sha256.clone(),
+            actual,
+        },
+        _ => err,
+    }
+}
+
 fn decoder<R: Read>(
     reader: R,
     backup: &Backup,

@@ -75,7 +75,7 @@ pub enum EngineError {
     /// The archive does not hold what the restore asks for.
     #[error("{0}")]
     NotInArchive(String),
-    #[error("{file} changed while it was restored (sha256 {actual}, the manifest says {expected}); nothing was committed")]
+    #[error("{file} is corrupt or changed while it was restored (sha256 {actual}, the manifest says {expected}); nothing was committed. Restore an older backup, or the copy on another storage (--storage)")]
     Checksum {
         file: String,
         expected: String,
@@ -425,6 +425,9 @@ pub struct RestoreOptions {
     pub yes: bool,
     /// Let replacing a schema drop objects outside it that depend on it.
     pub drop_dependents: bool,
+    /// A database (or file) the restore creates is removed again when it fails: set by a
+    /// restore of one archive, not by one of several into the same new database.
+    pub discard_created: bool,
 }
 
 /// Restores into a destination that [`Engine::begin_restore`] checked and got ready;

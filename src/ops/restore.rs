@@ -661,6 +661,7 @@ pub async fn execute_run(
             &RestoreOptions {
                 yes,
                 drop_dependents: false,
+                discard_created: false,
             },
         )
         .await?;
@@ -679,6 +680,7 @@ pub async fn execute_run(
                     let opts = RestoreOptions {
                         yes: true,
                         drop_dependents: false,
+                        discard_created: false,
                     };
                     engine.begin_restore(dest, archive, mode, &opts).await?
                 }
@@ -797,6 +799,7 @@ pub async fn execute(
     let engine_opts = RestoreOptions {
         yes: opts.yes,
         drop_dependents: opts.drop_dependents,
+        discard_created: true,
     };
     let restorer = engine
         .begin_restore(&plan.dest, archive, &plan.mode, &engine_opts)

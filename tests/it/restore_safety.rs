@@ -165,6 +165,53 @@ fn into_refuses_a_url_that_names_its_database_twice() {
     );
 }
 
+/// `--into` a new database reads the archive once: its sha256 is proven as it streams,
+/// and a corrupt archive leaves no database behind (the one the restore created is
+/// dropped), while an intact one restores.
+#[test]
+fn a_corrupt_archive_restored_into_a_new_database_leaves_no_database() {
+    let pg = TestPostgres::start();
+    seed_with_dependent(&pg, "app");
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
+    let archive = sb.backups().join("app").join(&name);
+    let good = std::fs::read(&archive).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() * 2 / 3;
+    bad[at] ^= 0x5a;
+    std::fs::write(&archive, &bad).unwrap();
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &pg.url("fresh")],
+        &[],
+    );
+    assert_ne!(
+        run.code, 0,
+        "{}
+{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stderr.contains("sha256"), "{}", run.stderr);
+    let fresh = "SELECT count(*) FROM pg_database WHERE datname = 'fresh'";
+    assert_eq!(pg.psql("postgres", fresh), "0", "{}", run.stderr);
+
+    std::fs::write(&archive, &good).unwrap();
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &pg.url("fresh")],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("proven while restoring"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.table_checksums("fresh"), pg.table_checksums("app"));
+}
+
 #[test]
 fn latest_never_means_the_safety_copy_of_a_restore() {
     let pg = TestPostgres::start();

@@ -24,9 +24,19 @@ pub async fn exists(dsn: &Dsn, db: &str) -> Result<bool, EngineError> {
     Ok(found.is_some())
 }
 
+/// What [`prepare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// It was missing, and is now created, empty.
+    Created,
+    /// It exists and holds no relation.
+    Empty,
+    /// It exists and is not empty (`yes` lets the restore go over it).
+    NotEmpty,
+}
+
 /// Create the database `dsn` names when missing; refuse a non-empty one without `yes`.
-/// True when it exists and is not empty (and `yes` lets the restore go over it).
-pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
+pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<Prepared, EngineError> {
     let (admin_dsn, db) = maintenance(dsn)?;
     if !exists(&admin_dsn, &db).await? {
         let mut admin = admin_dsn.connect().await?;
@@ -39,7 +49,7 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
         .map_err(EngineError::db(format!("cannot create database {db}")))?;
         let _ = admin.close().await;
         tracing::info!(database = %db, "created database");
-        return Ok(false);
+        return Ok(Prepared::Created);
     }
     let mut conn = dsn.connect().await?;
     let (tables,): (i64,) = sqlx::query_as(
@@ -55,7 +65,10 @@ pub async fn prepare(dsn: &Dsn, yes: bool) -> Result<bool, EngineError> {
             "database {db} exists and is not empty ({tables} relations): pick a new name, or add --yes to restore over it (what the archive holds is dropped there first)"
         )));
     }
-    Ok(tables > 0)
+    Ok(match tables > 0 {
+        true => Prepared::NotEmpty,
+        false => Prepared::Empty,
+    })
 }
 
 /// Why the role of `dsn` may not make a scratch database for `purpose` (no CREATEDB, not

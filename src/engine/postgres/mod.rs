@@ -134,6 +134,47 @@ impl PostgresEngine {
         restore::pg_restore(&run, archive, mode).await
     }
 
+    /// The restorer of a checked destination: who will own the objects, and the tools.
+    async fn restorer(
+        &self,
+        dsn: Dsn,
+        archive: Archive<'_>,
+        toc: &restore::Toc,
+        over: bool,
+        created: Option<Dsn>,
+    ) -> Result<Box<dyn Restorer>, EngineError> {
+        let manifest = &archive.backup.manifest;
+        let owners: Vec<String> = toc.owners.iter().cloned().collect();
+        let (keep_owner, notes) = match self.cfg.restore_owner {
+            Some(keep) => (keep, Vec::new()),
+            None if owners.is_empty() => (true, Vec::new()),
+            None => {
+                let (missing, me) = database::owners_not_kept(&dsn, &owners).await?;
+                if missing.is_empty() {
+                    (true, Vec::new())
+                } else {
+                    (false, vec![format!(
+                        "objects come back owned by {me}: the restoring role cannot be {} (not a member, or the role does not exist here); grant it membership, or set `restore_owner = false` to make this the rule",
+                        missing.join(", ")
+                    )])
+                }
+            }
+        };
+        let tools = restore::restore_tools(&self.cfg, &dsn, manifest, &self.target).await?;
+        Ok(Box::new(PgRestorer {
+            run: RestoreRun {
+                tools,
+                dsn,
+                keep_owner,
+                timeout: self.timeout,
+                lock_timeout: self.cfg.lock_timeout,
+            },
+            notes,
+            over,
+            created,
+        }))
+    }
+
     async fn read_info(&self, out: &mut DatabaseInfo) -> Result<(), EngineError> {
         let mut c = self.dsn.connect().await?;
         let what = format!("reading the catalog of {}", self.dsn.location());
@@ -347,38 +388,24 @@ impl Engine for PostgresEngine {
         // A whole database restored over a non-empty one (`--yes`) drops what the archive
         // holds first, as a restore over the target's own database does.
         let mut over = false;
+        let mut created = None;
         if let Destination::Other { .. } = dest {
-            over = database::prepare(&dsn, opts.yes).await?
-                && archive.backup.contents == crate::catalog::Contents::Database;
-        }
-        let owners: Vec<String> = toc.owners.iter().cloned().collect();
-        let (keep_owner, notes) = match self.cfg.restore_owner {
-            Some(keep) => (keep, Vec::new()),
-            None if owners.is_empty() => (true, Vec::new()),
-            None => {
-                let (missing, me) = database::owners_not_kept(&dsn, &owners).await?;
-                if missing.is_empty() {
-                    (true, Vec::new())
-                } else {
-                    (false, vec![format!(
-                        "objects come back owned by {me}: the restoring role cannot be {} (not a member, or the role does not exist here); grant it membership, or set `restore_owner = false` to make this the rule",
-                        missing.join(", ")
-                    )])
+            match database::prepare(&dsn, opts.yes).await? {
+                database::Prepared::NotEmpty => {
+                    over = archive.backup.contents == crate::catalog::Contents::Database
                 }
+                database::Prepared::Created if opts.discard_created => created = Some(dsn.clone()),
+                database::Prepared::Created => {}
+                database::Prepared::Empty => {}
             }
-        };
-        let tools = restore::restore_tools(&self.cfg, &dsn, manifest, &self.target).await?;
-        Ok(Box::new(PgRestorer {
-            run: RestoreRun {
-                tools,
-                dsn,
-                keep_owner,
-                timeout: self.timeout,
-                lock_timeout: self.cfg.lock_timeout,
-            },
-            notes,
-            over,
-        }))
+        }
+        let ready = self
+            .restorer(dsn, archive, &toc, over, created.clone())
+            .await;
+        if let (Err(_), Some(made)) = (&ready, &created) {
+            drop_created(made).await;
+        }
+        ready
     }
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {
@@ -510,6 +537,22 @@ struct PgRestorer {
     notes: Vec<String>,
     /// Goes over a non-empty database (`--into` one with `--yes`): cleaned first.
     over: bool,
+    /// The database this restore created (`--into` a new one): dropped when it fails, so
+    /// a failed restore leaves nothing behind.
+    created: Option<Dsn>,
+}
+
+/// Drop a database a failed restore created; a failure to is logged, not raised (the
+/// restore's own error is the one to report).
+async fn drop_created(dsn: &Dsn) {
+    match database::drop(dsn).await {
+        Ok(()) => {
+            tracing::info!(database = %dsn.location(), "dropped the database this failed restore created")
+        }
+        Err(e) => {
+            tracing::warn!(database = %dsn.location(), error = %e, "the database this failed restore created was not dropped")
+        }
+    }
 }
 
 #[async_trait]
@@ -529,7 +572,11 @@ impl Restorer for PgRestorer {
             (true, RestoreMode::Whole { clean: false }) => &clean,
             _ => mode,
         };
-        self.run.restore(archive, mode, cancel).await
+        let restored = self.run.restore(archive, mode, cancel).await;
+        if let (Err(_), Some(made)) = (&restored, &self.created) {
+            drop_created(made).await;
+        }
+        restored
     }
 }
 

@@ -93,12 +93,19 @@ pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError>
     let read = limited.read_to_end(&mut listing);
     let never = CancellationToken::new();
     let (read, waited) = tokio::join!(read, child.wait(&never, Duration::from_secs(600)));
-    read.map_err(EngineError::io("reading pg_restore --list"))?;
-    waited?;
-    feeding
+    let fed = feeding
         .await
-        .map_err(|e| EngineError::io("the TOC reader")(io::Error::other(e)))??;
-    Ok(parse_toc(&String::from_utf8_lossy(&listing)))
+        .map_err(|e| EngineError::io("the TOC reader")(io::Error::other(e)))
+        .and_then(|r| r);
+    let listed = read
+        .map_err(EngineError::io("reading pg_restore --list"))
+        .and(fed)
+        .and_then(|()| waited.map_err(EngineError::from));
+    match listed {
+        Ok(()) => Ok(parse_toc(&String::from_utf8_lossy(&listing))),
+        // A corrupt archive is named as such, not as what failed to read it.
+        Err(e) => Err(crate::engine::archive::mismatch_or(archive, e).await),
+    }
 }
 
 /// Parse `pg_restore --list` lines: `ID; CATALOG OID TYPE SCHEMA NAME OWNER`, where a

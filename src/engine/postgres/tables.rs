@@ -365,6 +365,13 @@ pub async fn restore_tables(
 
 /// Read the archive's table of contents from its head.
 async fn read_toc(archive: Archive<'_>) -> Result<Vec<TocEntry>, EngineError> {
+    match read_toc_of(archive).await {
+        Ok(toc) => Ok(toc),
+        Err(e) => Err(crate::engine::archive::mismatch_or(archive, e).await),
+    }
+}
+
+async fn read_toc_of(archive: Archive<'_>) -> Result<Vec<TocEntry>, EngineError> {
     let reader = archive
         .storage
         .open(&archive.backup.target, &archive.backup.file)
