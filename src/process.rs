@@ -185,6 +185,18 @@ fn start(spec: Spec, stdin: Stdio, stdout: Stdio) -> Result<(Running, Pipes), Pr
         // Its own process group, so a stop reaches grandchildren (a wrapper's pipeline) too.
         .process_group(0)
         .kill_on_drop(true);
+    // A child never outlives dbkeep, even one killed with SIGKILL (no drop runs then): an
+    // orphaned pg_restore reading a finished file would go on and commit. Children are
+    // started from the runtime's long-lived threads, whose exit is the process's.
+    // SAFETY: prctl is async-signal-safe and touches only the new child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }

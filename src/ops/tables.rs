@@ -126,13 +126,31 @@ pub fn resolve(want: &TableName, tables: &[TableInfo], sqlite: bool) -> Result<T
             ))
         }
         many => Err(format!(
-            "{want} is a table of several schemas: write one of {}",
+            "{want} names {} tables: write one of {} (a name in double quotes is taken as written)",
+            many.len(),
             many.iter()
                 .map(|t| name(t).to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
     }
+}
+
+/// PostgreSQL's longest name, in bytes.
+const PG_NAME_MAX: usize = 63;
+
+/// `<name>_restored_<id>`; for PostgreSQL within its 63 bytes, the original name cut
+/// rather than the part that says which backup the copy is of.
+pub fn default_copy_name(name: &str, id: &str, sqlite: bool) -> String {
+    let suffix = format!("_restored_{id}");
+    if sqlite || name.len() + suffix.len() <= PG_NAME_MAX {
+        return format!("{name}{suffix}");
+    }
+    let mut end = PG_NAME_MAX.saturating_sub(suffix.len()).min(name.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &name[..end])
 }
 
 /// What a table restore did.
@@ -205,17 +223,28 @@ pub async fn plan(
         })?;
         let to = match &rename {
             Some(r) => TableName {
-                schema: match sqlite {
-                    true => None,
-                    false => r.schema.clone().or_else(|| from.schema.clone()),
+                schema: match (sqlite, &r.schema) {
+                    (true, Some(s)) if s != "main" => {
+                        return Err(refused(format!(
+                            "--as {}: a SQLite copy goes into the live file itself; name it without a schema",
+                            r
+                        )))
+                    }
+                    (true, _) => None,
+                    (false, s) => s.clone().or_else(|| from.schema.clone()),
                 },
                 name: r.name.clone(),
             },
             None => TableName {
                 schema: from.schema.clone(),
-                name: format!("{}_restored_{}", from.name, backup.id),
+                name: default_copy_name(&from.name, &backup.id.to_string(), sqlite),
             },
         };
+        if !sqlite && to.name.len() > PG_NAME_MAX {
+            return Err(refused(format!(
+                "--as {to}: PostgreSQL names are at most {PG_NAME_MAX} bytes; choose a shorter one"
+            )));
+        }
         if to == from {
             return Err(refused(format!(
                 "--as names {from} itself; the copy goes beside the original, under another name"
@@ -321,6 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn default_names_fit_postgres() {
+        let id = "20261121_143022";
+        assert_eq!(
+            default_copy_name("orders", id, false),
+            "orders_restored_20261121_143022"
+        );
+        let long = "é".repeat(30);
+        let d = default_copy_name(&long, id, false);
+        assert!(
+            d.len() <= PG_NAME_MAX && d.ends_with("_restored_20261121_143022"),
+            "{d}"
+        );
+        assert_eq!(
+            default_copy_name(&long, id, true),
+            format!("{long}_restored_{id}")
+        );
+    }
+
+    #[test]
     fn names_resolve_against_the_manifest() {
         let info = |s: Option<&str>, n: &str| TableInfo {
             schema: s.map(str::to_string),
@@ -338,7 +386,7 @@ mod tests {
         );
         assert!(resolve(&t(None, "orders"), &tables, false)
             .unwrap_err()
-            .contains("several schemas"));
+            .contains("names 2 tables"));
         assert_eq!(
             resolve(&t(None, "customers"), &tables, false).unwrap(),
             t(Some("public"), "Customers")

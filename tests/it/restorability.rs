@@ -881,10 +881,138 @@ fn a_sqlite_table_comes_back_into_the_live_file_beside_the_original() {
         "a1,b2"
     );
     assert_eq!(sqlite_query(&db, "SELECT count(*) FROM orders"), "50");
+    // A definition in the archive holding a second statement (planted with
+    // writable_schema, the manifest fixed to match) is refused: nothing runs in the live
+    // file.
+    dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    let newest = ids(&cfg)[0].clone();
+    let planted = archive_of(&sb, &newest);
+    tamper(&sb, &planted, |raw| {
+        let f = sb.path().join("planted.db");
+        std::fs::write(&f, &raw).unwrap();
+        sqlite_exec(
+            &f,
+            "PRAGMA writable_schema = ON; UPDATE sqlite_schema SET sql = 'CREATE TABLE notes (body TEXT); DROP TABLE orders' WHERE name = 'notes';",
+        );
+        std::fs::read(&f).unwrap()
+    });
+    let sum = sha256_file(&db);
+    let r = dbkeep(
+        Some(&cfg),
+        &["restore", "shop", &newest, "--table", "notes"],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("more than one statement"), "{}", r.stderr);
+    assert_eq!(sha256_file(&db), sum);
+
     // No scratch file is left behind.
     let left: Vec<PathBuf> = all_files(sb.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("tables."))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_postgres_table_copy_stands_alone_whatever_its_ties_or_name() {
+    let pg = TestPostgres::start();
+    pg.create_db("src");
+    let long = "t".repeat(60);
+    pg.psql(
+        "src",
+        &format!(
+            "CREATE TABLE pa (id int); CREATE TABLE pb (name text);
+             CREATE TABLE kid (extra int) INHERITS (pa, pb);
+             INSERT INTO pa VALUES (1); INSERT INTO kid VALUES (2, 'k', 3);
+             CREATE SCHEMA recovery;
+             CREATE TABLE orders (id int PRIMARY KEY, c int); CREATE INDEX orders_c ON orders (c);
+             INSERT INTO orders SELECT g, g % 7 FROM generate_series(1, 50) g;
+             CREATE TYPE addr AS (street text, city text);
+             CREATE TABLE people (id int PRIMARY KEY, home addr, name text);
+             INSERT INTO people VALUES (1, ROW('Main St', 'Bern'), 'ann');
+             CREATE TABLE {long} (id int PRIMARY KEY); INSERT INTO {long} VALUES (1), (2);"
+        ),
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "src", "");
+    dbkeep(Some(&cfg), &["backup", "app"], &[]).ok();
+    let id = ids(&cfg)[0].clone();
+    let counts = "SELECT (SELECT count(*) FROM pa) || ' ' || (SELECT count(*) FROM pb)";
+    let before = pg.psql("src", counts);
+
+    // A child of two parents comes back a child of neither: the parents' rows stay.
+    dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "public.kid"],
+        &[],
+    )
+    .ok();
+    assert_eq!(pg.psql("src", counts), before);
+    assert_eq!(
+        pg.psql(
+            "src",
+            &format!(
+                "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'kid_restored_{id}'::regclass"
+            )
+        ),
+        "0"
+    );
+
+    // The same name in another schema keeps its index and key names.
+    dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "--table",
+            "orders",
+            "--as",
+            "recovery.orders",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        pg.psql(
+            "src",
+            "SELECT string_agg(indexrelid::regclass::text, ' ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 'recovery.orders'::regclass"
+        ),
+        "recovery.orders_c recovery.orders_pkey"
+    );
+
+    // A name over PostgreSQL's 63 bytes is cut from the original's part.
+    let r = dbkeep(Some(&cfg), &["restore", "app", "--table", &long], &[]).ok();
+    let copy = format!("{}_restored_{id}", &long[..63 - 25]);
+    assert!(
+        r.stdout.contains(&format!("as public.{copy} (2 rows)")),
+        "{}",
+        r.stdout
+    );
+    let too_long = "x".repeat(64);
+    let refused = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "orders", "--as", &too_long],
+        &[],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("at most 63 bytes"),
+        "{}",
+        refused.stderr
+    );
+
+    // A copy named like a type of the backup that the live database has renamed since:
+    // the scratch type is moved aside, never dropped (which would drop the column that
+    // uses it), so the copy fails to load and nothing is created.
+    pg.psql("src", "ALTER TYPE addr RENAME TO address");
+    let rels = relations(&pg, "src");
+    let r = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "--table", "people", "--as", "public.addr"],
+        &[],
+    );
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("dbkeep_moved_"), "{}", r.stderr);
+    assert_eq!(relations(&pg, "src"), rels);
 }

@@ -104,6 +104,9 @@ pub async fn scratch_denied(
 /// What the names of scratch databases start with.
 const SCRATCH_PREFIX: &str = "dbkeep_";
 
+/// The purpose word of a table restore's scratch database (`restore --table`).
+pub const TABLE_SCRATCH: &str = "table";
+
 /// Whether `name` is one of dbkeep's scratch databases (see [`create_scratch`]): a server
 /// target never backs them up.
 pub fn is_scratch(name: &str) -> bool {
@@ -111,7 +114,9 @@ pub fn is_scratch(name: &str) -> bool {
     name.strip_prefix(SCRATCH_PREFIX).is_some_and(|rest| {
         [Purpose::Drill, Purpose::Diff, Purpose::Declared]
             .iter()
-            .any(|p| rest.starts_with(&format!("{}_", p.word())))
+            .map(|p| p.word())
+            .chain([TABLE_SCRATCH])
+            .any(|w| rest.starts_with(&format!("{w}_")))
     })
 }
 

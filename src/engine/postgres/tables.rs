@@ -96,7 +96,11 @@ fn check_in_toc(toc: &[TocEntry], copy: &TableCopy) -> Result<(), EngineError> {
     if entry.defn.contains("\nPARTITION BY ") {
         let parts: Vec<String> = toc
             .iter()
-            .filter(|e| e.desc == "TABLE ATTACH" && e.deps.contains(&entry.id))
+            .filter(|e| {
+                e.desc == "TABLE ATTACH"
+                    && e.deps.contains(&entry.id)
+                    && !(e.tag == entry.tag && e.schema == entry.schema)
+            })
             .map(|e| {
                 crate::engine::TableName {
                     schema: e.schema.clone(),
@@ -118,14 +122,43 @@ fn check_in_toc(toc: &[TocEntry], copy: &TableCopy) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// [`crate::engine::model::derived_name`], cut to PostgreSQL's 63 bytes.
+/// [`crate::engine::model::derived_name`] within PostgreSQL's 63 bytes: the new table's
+/// name is cut, not the part that tells the objects apart (`_pkey`, `_id_seq`), so a
+/// long name never yields its own table's name or two equal names.
 pub fn derived_name(old: &str, table: &str, new: &str) -> String {
-    let joined = crate::engine::model::derived_name(old, table, new);
-    let mut end = joined.len().min(NAME_MAX);
-    while !joined.is_char_boundary(end) {
-        end -= 1;
+    // PostgreSQL names an index of a long table by the table's name cut short
+    // (`tttt…tt_pkey` in 63 bytes): that cut name stands for the table's.
+    let common = old
+        .bytes()
+        .zip(table.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let old_rest = &old[common.min(old.len())..];
+    let joined = if old.len() == NAME_MAX
+        && !old.starts_with(table)
+        && common >= NAME_MAX / 2
+        && old.is_char_boundary(common)
+        && old_rest.starts_with('_')
+    {
+        format!("{new}{old_rest}")
+    } else {
+        crate::engine::model::derived_name(old, table, new)
+    };
+    if joined.len() <= NAME_MAX {
+        return joined;
     }
-    joined[..end].to_string()
+    let rest = &joined[new.len()..];
+    let cut = |s: &str, max: usize| {
+        let mut end = s.len().min(max);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    match NAME_MAX.checked_sub(rest.len()) {
+        Some(keep) if keep > 0 => format!("{}{rest}", cut(new, keep)),
+        _ => cut(&joined, NAME_MAX),
+    }
 }
 
 /// A relation in the scratch database: its oid, qualified name (as SQL), and kind.
@@ -175,8 +208,11 @@ async fn exec(conn: &mut PgConnection, sql: String) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Drop, in the scratch database, relations of `schema` named one of `names` that are
-/// not `ours`: objects the archive had under a name a copy takes.
+/// Move aside, in the scratch database, relations and types of `schema` named one of
+/// `names` that are not `ours` (objects the archive had under a name a copy takes): each
+/// is renamed, never dropped, since a drop would cascade into the table being copied (a
+/// column of that type, a default on that sequence). A copy that still needs one then
+/// fails to load, and says which.
 async fn clear(
     conn: &mut PgConnection,
     schema: &str,
@@ -205,7 +241,28 @@ async fn clear(
             "c" => "TYPE",
             _ => "TABLE",
         };
-        exec(conn, format!("DROP {what} IF EXISTS {sql} CASCADE")).await?;
+        exec(
+            conn,
+            format!("ALTER {what} {sql} RENAME TO \"dbkeep_moved_{oid}\""),
+        )
+        .await?;
+    }
+    let types: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT t.oid::int8, t.oid::regtype::text FROM pg_type t \
+         JOIN pg_namespace n ON n.oid = t.typnamespace \
+         WHERE n.nspname = $1 AND t.typname = ANY($2) AND t.typrelid = 0",
+    )
+    .bind(schema)
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(EngineError::db("reading the scratch database's catalog"))?;
+    for (oid, sql) in types {
+        exec(
+            conn,
+            format!("ALTER TYPE {sql} RENAME TO \"dbkeep_moved_{oid}\""),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -215,6 +272,8 @@ struct Plan {
     table: Rel,
     /// Its indexes and sequences: (oid, qualified name, new name).
     objects: Vec<(i64, String, String)>,
+    /// Their names now: (oid, name).
+    names: Vec<(i64, String)>,
 }
 
 /// The names each copy takes in the live database (table, then its objects), and each
@@ -265,11 +324,10 @@ async fn check_live(
                      WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' ELSE 'table' END \
                      FROM pg_class WHERE relnamespace = $1::int8::oid AND relname = ANY($2) \
                      UNION SELECT typname::text, 'type' FROM pg_type \
-                     WHERE typnamespace = $1::int8::oid AND typname = $3 AND typrelid = 0",
+                     WHERE typnamespace = $1::int8::oid AND typname = ANY($2) AND typrelid = 0",
                 )
                 .bind(nsp)
                 .bind(names)
-                .bind(&copy.to.name)
                 .fetch_all(&mut conn)
                 .await
                 .map_err(EngineError::db(what.clone()))?;
@@ -345,7 +403,7 @@ pub async fn restore_tables(
         Some(u) => Dsn::parse(u, e.cfg.password.as_ref())?,
         None => e.dsn.clone(),
     };
-    let scratch = database::create_scratch(&server, &e.target, "table").await?;
+    let scratch = database::create_scratch(&server, &e.target, database::TABLE_SCRATCH).await?;
     let result = in_scratch(
         e,
         archive,
@@ -428,10 +486,12 @@ async fn in_scratch(
                     copy.from
                 ))
             })?;
-        let objects: Vec<(i64, String, String)> = dependents(&mut conn, table.oid)
+        let names = dependents(&mut conn, table.oid)
             .await
-            .map_err(EngineError::db(catalog))?
-            .into_iter()
+            .map_err(EngineError::db(catalog))?;
+        let objects: Vec<(i64, String, String)> = names
+            .iter()
+            .cloned()
             .map(|(oid, name)| {
                 let new = derived_name(&name, &copy.from.name, &copy.to.name);
                 let qualified = crate::engine::TableName {
@@ -443,7 +503,11 @@ async fn in_scratch(
             .collect();
         ours.insert(table.oid);
         ours.extend(objects.iter().map(|o| o.0));
-        plans.push(Plan { table, objects });
+        plans.push(Plan {
+            table,
+            objects,
+            names,
+        });
     }
     // Two objects of one copy cut to the same 63 bytes.
     let names: Vec<Vec<String>> = copies
@@ -468,50 +532,45 @@ async fn in_scratch(
 
     for ((copy, plan), names) in copies.iter().zip(&plans).zip(&names) {
         let (from_schema, to_schema) = (schema_of(&copy.from), schema_of(&copy.to));
-        // A partition or an inheritance child stands alone.
-        let parent: Option<(String, String)> = sqlx::query_as(
+        // A partition or an inheritance child (of each of its parents) stands alone.
+        let parents: Vec<(String, String)> = sqlx::query_as(
             "SELECT i.inhparent::regclass::text, p.relkind::text FROM pg_inherits i \
              JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhrelid = $1::int8::oid",
         )
         .bind(plan.table.oid)
-        .fetch_optional(&mut conn)
+        .fetch_all(&mut conn)
         .await
         .map_err(EngineError::db(catalog))?;
-        match parent {
-            Some((p, kind)) if kind == "p" => {
-                exec(
-                    &mut conn,
-                    format!("ALTER TABLE {p} DETACH PARTITION {}", plan.table.sql),
-                )
-                .await?
-            }
-            Some((p, _)) => {
-                exec(
-                    &mut conn,
-                    format!("ALTER TABLE {} NO INHERIT {p}", plan.table.sql),
-                )
-                .await?
-            }
-            None => {}
+        for (p, kind) in parents {
+            let sql = match kind.as_str() {
+                "p" => format!("ALTER TABLE {p} DETACH PARTITION {}", plan.table.sql),
+                _ => format!("ALTER TABLE {} NO INHERIT {p}", plan.table.sql),
+            };
+            exec(&mut conn, sql).await?;
         }
         clear(&mut conn, from_schema, names, &ours).await?;
-        for (_, old, new) in &plan.objects {
-            // ALTER INDEX also renames the constraint an index backs.
+        for ((_, old, new), (_, name)) in plan.objects.iter().zip(&plan.names) {
+            // Renaming an index also renames the constraint it backs. A copy of the same
+            // name in another schema keeps its objects' names.
+            if new != name {
+                exec(
+                    &mut conn,
+                    format!("ALTER TABLE {old} RENAME TO {}", quote_ident(new)),
+                )
+                .await?;
+            }
+        }
+        if copy.to.name != copy.from.name {
             exec(
                 &mut conn,
-                format!("ALTER TABLE {old} RENAME TO {}", quote_ident(new)),
+                format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    plan.table.sql,
+                    quote_ident(&copy.to.name)
+                ),
             )
             .await?;
         }
-        exec(
-            &mut conn,
-            format!(
-                "ALTER TABLE {} RENAME TO {}",
-                plan.table.sql,
-                quote_ident(&copy.to.name)
-            ),
-        )
-        .await?;
         if to_schema != from_schema {
             exec(
                 &mut conn,
@@ -655,8 +714,18 @@ mod tests {
             "orders_restored_x_pkey"
         );
         assert_eq!(derived_name("by_day", "orders", "copy"), "copy_by_day");
-        let long = "é".repeat(40);
+        let long = "é".repeat(31);
         let d = derived_name("orders_pkey", "orders", &long);
-        assert!(d.len() <= NAME_MAX && d.chars().all(|c| c == 'é'));
+        assert!(d.len() <= NAME_MAX && d.ends_with("_pkey"), "{d}");
+        assert_ne!(d, long);
+        // The key of a 60-byte table, as PostgreSQL names it: the table's name cut.
+        let sixty = "t".repeat(60);
+        let key = format!("{}_pkey", "t".repeat(58));
+        let new = format!("{}_restored_20261121_143022", "t".repeat(38));
+        let d = derived_name(&key, &sixty, &new);
+        assert!(
+            d.len() <= NAME_MAX && d.ends_with("_restored_20261121_1_pkey"),
+            "{d}"
+        );
     }
 }

@@ -158,6 +158,50 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// The index after a foreign key's clause whose target table is at `k` (just after
+    /// `REFERENCES`): the table, its columns, and any ON DELETE / ON UPDATE / MATCH /
+    /// DEFERRABLE parts.
+    fn references_end(&self, mut k: usize) -> usize {
+        if self.is_name(k) {
+            k += 1;
+        }
+        if self.punct(k, b'(') {
+            k = self.after_group(k);
+        }
+        loop {
+            if self.is(k, "ON") && (self.is(k + 1, "DELETE") || self.is(k + 1, "UPDATE")) {
+                k += 2;
+                if (self.is(k, "SET") && (self.is(k + 1, "NULL") || self.is(k + 1, "DEFAULT")))
+                    || (self.is(k, "NO") && self.is(k + 1, "ACTION"))
+                {
+                    k += 2;
+                } else {
+                    k += 1; // CASCADE, RESTRICT
+                }
+            } else if self.is(k, "MATCH") || (self.is(k, "NOT") && self.is(k + 1, "DEFERRABLE")) {
+                k += 2;
+            } else if self.is(k, "DEFERRABLE") {
+                k += 1;
+            } else if self.is(k, "INITIALLY") {
+                k += 2;
+            } else {
+                return k;
+            }
+        }
+    }
+
+    /// One statement only: a `;` outside strings and quoted names means more than one
+    /// (a planted definition would run its second statement in the live database).
+    fn single(&self) -> Result<(), String> {
+        match self.toks.iter().any(|t| t.kind == Kind::Punct && self.text.as_bytes()[t.start] == b';') {
+            true => Err(format!(
+                "the stored definition holds more than one statement, which SQLite never stores: refused, the archive is not what dbkeep wrote: {}",
+                self.text
+            )),
+            false => Ok(()),
+        }
+    }
+
     /// The index after the parenthesised group that opens at `i`.
     fn after_group(&self, i: usize) -> usize {
         let mut depth = 0usize;
@@ -192,6 +236,7 @@ fn splice(text: &str, cuts: &[(usize, usize, String)]) -> String {
 /// keys (column `REFERENCES` clauses and `FOREIGN KEY` table constraints).
 pub fn create_table_as(sql: &str, new: &str) -> Result<String, String> {
     let s = Sql::new(sql);
+    s.single()?;
     let bad = || format!("cannot read the table's definition: {sql}");
     if !(s.is(0, "CREATE") && s.is(1, "TABLE")) {
         return Err(bad());
@@ -221,68 +266,49 @@ pub fn create_table_as(sql: &str, new: &str) -> Result<String, String> {
     }
     items.push((item_start, close));
     for (n, &(a, b)) in items.iter().enumerate() {
-        let named = s.is(a, "CONSTRAINT") && s.is_name(a + 1);
-        let head = if named { a + 2 } else { a };
-        if s.is(head, "FOREIGN") {
-            // The whole table constraint, with the comma before it (columns come first).
-            let from = if n > 0 {
-                s.toks[a - 1].start
-            } else {
-                s.toks[a].start
-            };
-            let to = if n > 0 || b >= close {
-                s.toks[b - 1].end
-            } else {
-                s.toks[b].end
-            };
-            cuts.push((from, to, String::new()));
-            continue;
-        }
+        // Each foreign key of the item: a column's `REFERENCES ...` clause, or a table
+        // constraint `FOREIGN KEY (...) REFERENCES ...` (SQLite lets table constraints
+        // follow each other without commas, so the rest of the item may hold others).
+        let mut found: Vec<(usize, usize)> = Vec::new();
         let mut j = a;
         while j < b {
             if s.punct(j, b'(') {
                 j = s.after_group(j);
                 continue;
             }
-            if !s.is(j, "REFERENCES") {
+            let table_fk = s.is(j, "FOREIGN") && s.is(j + 1, "KEY");
+            if !table_fk && !s.is(j, "REFERENCES") {
                 j += 1;
                 continue;
             }
-            let from = if j >= a + 2 && s.is(j - 2, "CONSTRAINT") {
-                s.toks[j - 2].start
+            let first = if j >= a + 2 && s.is(j - 2, "CONSTRAINT") {
+                j - 2
             } else {
-                s.toks[j].start
+                j
             };
             let mut k = j + 1;
-            if s.is_name(k) {
+            if table_fk {
+                k = j + 2;
+                if s.punct(k, b'(') {
+                    k = s.after_group(k);
+                }
+                if !s.is(k, "REFERENCES") {
+                    return Err(bad());
+                }
                 k += 1;
             }
-            if s.punct(k, b'(') {
-                k = s.after_group(k);
-            }
-            loop {
-                if s.is(k, "ON") && (s.is(k + 1, "DELETE") || s.is(k + 1, "UPDATE")) {
-                    k += 2;
-                    if (s.is(k, "SET") && (s.is(k + 1, "NULL") || s.is(k + 1, "DEFAULT")))
-                        || (s.is(k, "NO") && s.is(k + 1, "ACTION"))
-                    {
-                        k += 2;
-                    } else {
-                        k += 1; // CASCADE, RESTRICT
-                    }
-                } else if s.is(k, "MATCH") || (s.is(k, "NOT") && s.is(k + 1, "DEFERRABLE")) {
-                    k += 2;
-                } else if s.is(k, "DEFERRABLE") {
-                    k += 1;
-                } else if s.is(k, "INITIALLY") {
-                    k += 2;
-                } else {
-                    break;
-                }
-            }
-            let k = k.min(b);
-            cuts.push((from, s.toks[k - 1].end, String::new()));
+            let k = s.references_end(k).min(b);
+            found.push((first, k));
             j = k;
+        }
+        let removed: usize = found.iter().map(|(f, k)| k - f).sum();
+        if n > 0 && !found.is_empty() && removed == b - a {
+            // Nothing but foreign keys: the item goes, with the comma before it.
+            cuts.push((s.toks[a - 1].start, s.toks[b - 1].end, String::new()));
+            continue;
+        }
+        for (first, k) in found {
+            cuts.push((s.toks[first].start, s.toks[k - 1].end, String::new()));
         }
     }
     cuts.sort_by_key(|c| c.0);
@@ -292,6 +318,7 @@ pub fn create_table_as(sql: &str, new: &str) -> Result<String, String> {
 /// `CREATE INDEX` text as SQLite stores it, for an index named `new` on `table`.
 pub fn create_index_as(sql: &str, new: &str, table: &str) -> Result<String, String> {
     let s = Sql::new(sql);
+    s.single()?;
     let bad = || format!("cannot read the index's definition: {sql}");
     let mut i = 1;
     if !s.is(0, "CREATE") {
@@ -558,6 +585,27 @@ mod tests {
             "CREATE TABLE \"x\"\"y\"(a, b) WITHOUT ROWID"
         );
         assert!(create_table_as("CREATE VIEW v AS SELECT 1", "x").is_err());
+        // Table constraints without commas between them: only the foreign key goes.
+        assert_eq!(
+            create_table_as(
+                "CREATE TABLE t1(a int, b int, foreign key(b) references p(id) unique(a) check (a > 0))",
+                "c"
+            )
+            .unwrap(),
+            "CREATE TABLE \"c\"(a int, b int,  unique(a) check (a > 0))"
+        );
+        // A second statement planted in a stored definition is refused, in a table's
+        // and in an index's.
+        for planted in [
+            "CREATE TABLE p(id integer primary key); DROP TABLE wr",
+            "CREATE TABLE p(id integer primary key);",
+        ] {
+            assert!(create_table_as(planted, "x")
+                .unwrap_err()
+                .contains("more than one statement"));
+        }
+        assert!(create_index_as("CREATE INDEX i ON t(a); DROP TABLE wr", "j", "u").is_err());
+        assert!(create_table_as("CREATE TABLE p(v TEXT DEFAULT ';')", "x").is_ok());
     }
 
     #[test]
