@@ -251,8 +251,16 @@ fn kill_9_during_a_backup_then_restart_removes_the_leftover_and_backs_up() {
         "a backup in progress (temp file)",
         || !temp_files(&sb).is_empty(),
     );
+    // The pg_dump it runs (a wrapper script here) dies with it: no child outlives dbkeep.
+    let children = children_of(d.child.id());
+    assert!(!children.is_empty(), "a dump is running");
     d.signal(libc::SIGKILL);
     d.wait_exit(Duration::from_secs(60)).expect("killed");
+    wait_for(
+        Duration::from_secs(10),
+        "the killed daemon's children to be gone",
+        || children.iter().all(|p| !alive(*p)),
+    );
     let leftover = temp_files(&sb);
     assert_eq!(
         leftover.len(),
@@ -492,4 +500,31 @@ fn a_lost_state_file_falls_back_to_the_newest_backup_instead_of_running_at_once(
         d.metric(r#"dbkeep_backup_runs_total{status="success",target="one"}"#),
         Some(0.0)
     );
+}
+
+/// The pids of `pid`'s children, over all its threads.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+/// Whether process `pid` runs (a zombie no longer does).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
 }
