@@ -253,6 +253,12 @@ pub async fn plan(
         if copies.iter().any(|c| c.from == from) {
             continue;
         }
+        if let Some(other) = copies.iter().find(|c| c.to == to) {
+            return Err(refused(format!(
+                "{} and {from} would both be restored as {to} (long names are cut to fit); restore them one at a time, each with --as",
+                other.from
+            )));
+        }
         copies.push(TableCopy { from, to });
     }
     let age = crate::retention::fmt_age(ctx.now() - backup.id.time());

@@ -931,7 +931,8 @@ fn a_postgres_table_copy_stands_alone_whatever_its_ties_or_name() {
              CREATE TYPE addr AS (street text, city text);
              CREATE TABLE people (id int PRIMARY KEY, home addr, name text);
              INSERT INTO people VALUES (1, ROW('Main St', 'Bern'), 'ann');
-             CREATE TABLE {long} (id int PRIMARY KEY); INSERT INTO {long} VALUES (1), (2);"
+             CREATE TABLE {long} (id int PRIMARY KEY); INSERT INTO {long} VALUES (1), (2);
+             CREATE TABLE {long}_b (id int);"
         ),
     );
     let sb = Sandbox::new();
@@ -989,6 +990,21 @@ fn a_postgres_table_copy_stands_alone_whatever_its_ties_or_name() {
         "{}",
         r.stdout
     );
+    // Two long names cut to one copy name: refused before anything is read.
+    let same = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "--table",
+            &long,
+            "--table",
+            &format!("{long}_b"),
+        ],
+        &[],
+    );
+    assert_eq!(same.code, 2, "{}", same.stderr);
+    assert!(same.stderr.contains("one at a time"), "{}", same.stderr);
     let too_long = "x".repeat(64);
     let refused = dbkeep(
         Some(&cfg),
