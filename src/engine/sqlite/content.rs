@@ -1,9 +1,16 @@
 //! SQLite content fingerprints: every row of every table as typed values (null, integer,
 //! real as its bits, text and blob with their lengths), hashed and summed per table.
+//!
+//! The rows are read through SQLite's C API on the calling thread: sqlx hands each row
+//! from its worker thread to the caller across a channel, a wake-up per row, which cost
+//! more than the hashing (2.5 M rows: 3.3 s of a 6.3 s backup).
 
-use futures_util::TryStreamExt;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Decode, Row, Sqlite, TypeInfo, ValueRef};
+use std::ffi::{c_int, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr;
+
+use libsqlite3_sys as ffi;
 
 use crate::catalog::Content;
 use crate::engine::content::{Collector, Fold, SQLITE_VALUES};
@@ -13,59 +20,255 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The content of every table of the database on `conn` (virtual tables left out: their
-/// rows live in their shadow tables, which are read).
-pub async fn content(conn: &mut SqliteConnection) -> Result<Content, sqlx::Error> {
-    let names: Vec<(String,)> = sqlx::query_as(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-         AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut collector = Collector::new(SQLITE_VALUES);
-    let mut row_bytes = Vec::with_capacity(4096);
-    for (name,) in names {
-        let sql = format!("SELECT * FROM {}", quote_ident(&name));
-        let mut fold = Fold::default();
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            row_bytes.clear();
-            for i in 0..row.len() {
-                let raw = row.try_get_raw(i)?;
-                encode(raw, &mut row_bytes)?;
-            }
-            fold.add(&row_bytes);
-        }
-        collector.table(None, name, fold);
-    }
-    Ok(collector.finish())
+/// A read-only connection to one database file, closed on drop.
+pub struct RowReader {
+    db: *mut ffi::sqlite3,
 }
 
-fn encode(raw: sqlx::sqlite::SqliteValueRef<'_>, out: &mut Vec<u8>) -> Result<(), sqlx::Error> {
-    let decode = |e: sqlx::error::BoxDynError| sqlx::Error::Decode(e);
-    if raw.is_null() {
-        out.push(0);
-        return Ok(());
-    }
-    let kind = raw.type_info().name().to_string();
-    match kind.as_str() {
-        "INTEGER" => {
-            out.push(1);
-            let v = <i64 as Decode<Sqlite>>::decode(raw).map_err(decode)?;
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        "REAL" => {
-            out.push(2);
-            let v = <f64 as Decode<Sqlite>>::decode(raw).map_err(decode)?;
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
-        // Text and blob: their bytes with their length, tagged apart.
-        other => {
-            out.push(if other == "TEXT" { 3 } else { 4 });
-            let v = <&[u8] as Decode<Sqlite>>::decode(raw).map_err(decode)?;
-            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            out.extend_from_slice(v);
+// SAFETY: SQLite is built thread-safe (serialized), and a reader is used by one thread
+// at a time (it moves to the thread that reads it).
+unsafe impl Send for RowReader {}
+
+impl Drop for RowReader {
+    fn drop(&mut self) {
+        // SAFETY: `db` came from sqlite3_open_v2 and every statement on it was finalized.
+        unsafe {
+            ffi::sqlite3_close(self.db);
         }
     }
-    Ok(())
+}
+
+/// A prepared statement, finalized on drop.
+struct Stmt<'a> {
+    reader: &'a RowReader,
+    stmt: *mut ffi::sqlite3_stmt,
+}
+
+impl Drop for Stmt<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `stmt` came from sqlite3_prepare_v2 on the reader's connection.
+        unsafe {
+            ffi::sqlite3_finalize(self.stmt);
+        }
+    }
+}
+
+impl RowReader {
+    /// Open `path` read-only. Open it before the file may be unlinked: the open file is
+    /// what is read.
+    pub fn open(path: &Path) -> Result<RowReader, String> {
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
+        let mut db = ptr::null_mut();
+        // SAFETY: a valid C string and an out pointer; the handle is closed by Drop even
+        // when the open fails (SQLite asks for that).
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                c_path.as_ptr(),
+                &mut db,
+                ffi::SQLITE_OPEN_READONLY,
+                ptr::null(),
+            )
+        };
+        let reader = RowReader { db };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!(
+                "cannot open {}: {}",
+                path.display(),
+                reader.error()
+            ));
+        }
+        // Read the header now: from here the open file is what is read, whatever
+        // happens to its name.
+        let mut first = reader.prepare("PRAGMA schema_version")?;
+        first.step()?;
+        drop(first);
+        Ok(reader)
+    }
+
+    fn error(&self) -> String {
+        if self.db.is_null() {
+            return "out of memory".into();
+        }
+        // SAFETY: the handle is open; the message is copied before the next call.
+        unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(self.db)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn prepare(&self, sql: &str) -> Result<Stmt<'_>, String> {
+        let mut stmt = ptr::null_mut();
+        let len = c_int::try_from(sql.len()).map_err(|_| "statement too long".to_string())?;
+        // SAFETY: the text and its length are valid; the statement is finalized by Drop.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(
+                self.db,
+                sql.as_ptr().cast(),
+                len,
+                &mut stmt,
+                ptr::null_mut(),
+            )
+        };
+        let stmt = Stmt { reader: self, stmt };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("{sql}: {}", self.error()));
+        }
+        Ok(stmt)
+    }
+
+    /// Every table's rows, counted and hashed.
+    pub fn content(&self) -> Result<Content, String> {
+        let mut names = Vec::new();
+        let mut list = self.prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
+        )?;
+        while list.step()? {
+            names.push(list.text(0));
+        }
+        drop(list);
+        let mut collector = Collector::new(SQLITE_VALUES);
+        let mut row = Vec::with_capacity(4096);
+        for name in names {
+            let mut stmt = self.prepare(&format!("SELECT * FROM {}", quote_ident(&name)))?;
+            let mut fold = Fold::default();
+            while stmt.step()? {
+                row.clear();
+                for i in 0..stmt.columns() {
+                    stmt.column(i, &mut row);
+                }
+                fold.add(&row);
+            }
+            collector.table(None, name, fold);
+        }
+        Ok(collector.finish())
+    }
+}
+
+impl Stmt<'_> {
+    /// The next row; false when there is none.
+    fn step(&mut self) -> Result<bool, String> {
+        // SAFETY: a prepared statement of an open connection.
+        match unsafe { ffi::sqlite3_step(self.stmt) } {
+            ffi::SQLITE_ROW => Ok(true),
+            ffi::SQLITE_DONE => Ok(false),
+            _ => Err(self.reader.error()),
+        }
+    }
+
+    /// Column `i` of the current row as text.
+    fn text(&self, i: c_int) -> String {
+        // SAFETY: as in `column`; the bytes are copied before the next step.
+        unsafe {
+            let p = ffi::sqlite3_column_text(self.stmt, i);
+            let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt, i)).unwrap_or(0);
+            if p.is_null() {
+                return String::new();
+            }
+            String::from_utf8_lossy(std::slice::from_raw_parts(p, n)).into_owned()
+        }
+    }
+
+    fn columns(&self) -> c_int {
+        // SAFETY: as above.
+        unsafe { ffi::sqlite3_column_count(self.stmt) }
+    }
+
+    /// Column `i` of the current row, encoded: a tag (0 null, 1 integer, 2 real, 3 text,
+    /// 4 blob), then the integer or the real's bits (8 bytes, little-endian), or the
+    /// length (8 bytes) and the bytes. The value's own storage class decides.
+    fn column(&self, i: c_int, out: &mut Vec<u8>) {
+        // SAFETY: the statement is on a row and `i` is below the column count; the bytes
+        // of a text or blob stay valid until the next step, and are copied now.
+        unsafe {
+            match ffi::sqlite3_column_type(self.stmt, i) {
+                ffi::SQLITE_INTEGER => {
+                    out.push(1);
+                    let v = ffi::sqlite3_column_int64(self.stmt, i);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                ffi::SQLITE_FLOAT => {
+                    out.push(2);
+                    let v = ffi::sqlite3_column_double(self.stmt, i);
+                    out.extend_from_slice(&v.to_bits().to_le_bytes());
+                }
+                kind @ (ffi::SQLITE_TEXT | ffi::SQLITE_BLOB) => {
+                    out.push(if kind == ffi::SQLITE_TEXT { 3 } else { 4 });
+                    // The blob view of a text is its bytes in the database's encoding.
+                    let p = ffi::sqlite3_column_blob(self.stmt, i);
+                    let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt, i)).unwrap_or(0);
+                    out.extend_from_slice(&(n as u64).to_le_bytes());
+                    if !p.is_null() && n > 0 {
+                        out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), n));
+                    }
+                }
+                _ => out.push(0),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_read_with_their_storage_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let st = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg(
+                "CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 'x'), (2.5, x'00ff'), (NULL, ''), ('7', 7);
+                 CREATE TABLE \"we\"\"ird\" (v); INSERT INTO \"we\"\"ird\" VALUES (1);",
+            )
+            .status();
+        if !st.map(|s| s.success()).unwrap_or(false) {
+            panic!("the sqlite3 CLI is needed (./scripts/test installs it)");
+        }
+        let table = |path: &Path, name: &str| {
+            let c = RowReader::open(path).unwrap().content().unwrap();
+            let v = serde_json::to_value(&c).unwrap();
+            v["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap_or_else(|| panic!("{name} in {v}"))
+                .clone()
+        };
+        let t = table(&path, "t");
+        assert_eq!(t["rows"], 4, "{t}");
+        assert_eq!(table(&path, "we\"ird")["rows"], 1);
+        // The same rows in another order hash the same; a value of another storage
+        // class ('1' for 1) does not.
+        let other = dir.path().join("other.db");
+        let sql = |p: &Path, s: &str| {
+            assert!(std::process::Command::new("sqlite3")
+                .arg(p)
+                .arg(s)
+                .status()
+                .unwrap()
+                .success())
+        };
+        sql(
+            &other,
+            "CREATE TABLE t (b, a); INSERT INTO t (a, b) VALUES ('7', 7), (NULL, ''), (2.5, x'00ff'), (1, 'x');",
+        );
+        // Columns in another order are other rows: compare a table of the same shape.
+        let same = dir.path().join("same.db");
+        sql(
+            &same,
+            "CREATE TABLE t (a, b); INSERT INTO t VALUES ('7', 7), (NULL, ''), (2.5, x'00ff'), (1, 'x');",
+        );
+        assert_eq!(table(&same, "t"), t);
+        assert_ne!(table(&other, "t")["hash"], t["hash"]);
+        let changed = dir.path().join("changed.db");
+        sql(
+            &changed,
+            "CREATE TABLE t (a, b); INSERT INTO t VALUES ('1', 'x'), (2.5, x'00ff'), (NULL, ''), ('7', 7);",
+        );
+        assert_ne!(table(&changed, "t")["hash"], t["hash"]);
+        assert!(RowReader::open(&dir.path().join("missing.db")).is_err());
+    }
 }

@@ -178,19 +178,19 @@ pub async fn open(
     // not matter.
     let (tx, rx) = tokio::sync::oneshot::channel();
     let target = eng.target.clone();
+    let _ = check.close().await;
     if !fingerprint {
-        let _ = check.close().await;
         let _ = tx.send(None);
     } else {
-        tokio::spawn(async move {
-            let content = match super::content::content(&mut check).await {
+        let reader = super::content::RowReader::open(snapshot.path());
+        tokio::task::spawn_blocking(move || {
+            let content = match reader.and_then(|r| r.content()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(target = %target, error = %e, "cannot read the rows of the snapshot; this backup has no content fingerprint, and its drill checks tables only");
                     None
                 }
             };
-            let _ = check.close().await;
             let _ = tx.send(content);
         });
     }

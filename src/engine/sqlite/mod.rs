@@ -68,6 +68,7 @@ impl SqliteEngine {
             .create_if_missing(false)
             .read_only(read_only)
             .busy_timeout(BUSY_TIMEOUT);
+
         SqliteConnection::connect_with(&opts)
             .await
             .map_err(|e| EngineError::Sqlite {
@@ -403,14 +404,18 @@ impl Scratch for SqliteScratch {
         _backup: &crate::catalog::Manifest,
         _cancel: &CancellationToken,
     ) -> Result<crate::catalog::Content, EngineError> {
-        let path = self.file()?;
-        let mut conn = self.engine.connect(path, true).await?;
-        let got = content::content(&mut conn).await;
-        let _ = conn.close().await;
+        let path = self.file()?.to_path_buf();
+        let read = path.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            content::RowReader::open(&read).and_then(|r| r.content())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
         got.map_err(|e| EngineError::Sqlite {
-            path: path.to_path_buf(),
-            message: "cannot read the rows of the restored copy".into(),
-            source: Some(e),
+            path,
+            message: format!("cannot read the rows of the restored copy: {e}"),
+            source: None,
         })
     }
 
