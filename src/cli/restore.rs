@@ -106,18 +106,7 @@ pub(super) async fn restore(
     }
     interruptible(ctx);
     let t0 = std::time::Instant::now();
-    let done = loop {
-        match ops_restore::execute(ctx, target, &plan, &args.opts).await {
-            Ok(done) => break done,
-            Err(
-                e @ ops_restore::RestoreError::Engine(
-                    crate::engine::EngineError::Checksum { .. }
-                    | crate::engine::EngineError::Storage(_),
-                ),
-            ) if !plan.dest.is_own() && plan.chosen.use_next(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let done = ops_restore::execute(ctx, target, &mut plan, &args.opts).await?;
     if !plan.dest.is_own() {
         eprintln!(
             "checksum OK (sha256 {}, read from {}, proven while restoring)",

@@ -140,28 +140,38 @@ fn blame<R: Read>(
 /// was wanted): when its stored bytes do not match the manifest, that mismatch is the
 /// error to report, since it names the cause; else `err`.
 pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
-    let Ok(reader) = archive
-        .storage
-        .open(&archive.backup.target, &archive.backup.file)
-        .await
-    else {
-        return err;
-    };
-    let hashed = tokio::task::spawn_blocking(move || -> io::Result<String> {
-        let mut reader = reader;
-        let mut hasher = Sha256::new();
-        io::copy(&mut reader, &mut hasher)?;
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await;
-    match hashed {
-        Ok(Ok(actual)) if actual != archive.backup.sha256 => EngineError::Checksum {
+    match stored_sha256(archive.storage, archive.backup).await {
+        Ok(actual) if actual != archive.backup.sha256 => EngineError::Checksum {
             file: archive.backup.file.clone(),
             expected: archive.backup.sha256.clone(),
             actual,
         },
         _ => err,
     }
+}
+
+/// The sha256 of `backup`'s file as stored (encrypted and compressed), read whole.
+pub async fn stored_sha256(
+    storage: &dyn crate::storage::Storage,
+    backup: &Backup,
+) -> Result<String, EngineError> {
+    let mut reader = storage.open(&backup.target, &backup.file).await?;
+    let reading = format!("reading {}", backup.file);
+    tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hex::encode(hasher.finalize()));
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r)
+    .map_err(EngineError::io(reading))
 }
 
 fn decoder<R: Read>(

@@ -114,6 +114,15 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The longest start of `s` that fits in `max` bytes without splitting a character.
+pub fn cut_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// The new name of an index or sequence `old` of table `table` once the table is copied as
 /// `new`: `orders_pkey` of `orders` becomes `<new>_pkey`; a name that does not start with
 /// the table's gets the new name in front (`<new>_<old>`).

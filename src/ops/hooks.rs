@@ -77,11 +77,8 @@ fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} … ({} more bytes)", &s[..end], s.len() - end)
+    let kept = crate::engine::model::cut_at_char(s, max);
+    format!("{kept} … ({} more bytes)", s.len() - kept.len())
 }
 
 /// The command configured for `kind`, if any.

@@ -2,10 +2,8 @@
 //! safety backup of a live database, then let the engine restore in one transaction (or
 //! one atomic rename for SQLite).
 
-use std::io::{self, Read};
+use std::io;
 use std::str::FromStr;
-
-use sha2::{Digest, Sha256};
 
 use super::backup::{self, BackupError};
 use super::Context;
@@ -152,6 +150,13 @@ impl Chosen {
                 Err(_) => {}
             }
         }
+    }
+
+    /// After `err` from a restore that read this copy as it streamed: turn to the next
+    /// storage's copy when this one was at fault (it could not be read, or did not match
+    /// its manifest); false otherwise, or when there is none.
+    pub fn next_after(&mut self, err: &EngineError) -> bool {
+        matches!(err, EngineError::Checksum { .. } | EngineError::Storage(_)) && self.use_next(err)
     }
 
     /// Turn to the next storage's copy after `err` on this one; false when there is none.
@@ -459,27 +464,17 @@ async fn choose_copy(
 
 /// Stream the stored archive and compare its sha256 with the manifest.
 pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(), RestoreError> {
-    let reader = storage.open(&backup.target, &backup.file).await?;
-    let file = backup.file.clone();
-    let actual = tokio::task::spawn_blocking(move || -> io::Result<String> {
-        let mut reader = reader;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
+    let actual = match engine::archive::stored_sha256(storage, backup).await {
+        Ok(actual) => actual,
+        Err(EngineError::Storage(e)) => return Err(RestoreError::Storage(e)),
+        Err(EngineError::Io { source, .. }) => {
+            return Err(RestoreError::Read {
+                file: backup.file.clone(),
+                source,
+            })
         }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|e| RestoreError::Read {
-        file: file.clone(),
-        source: io::Error::other(e),
-    })?
-    .map_err(|source| RestoreError::Read { file, source })?;
+        Err(e) => return Err(e.into()),
+    };
     if actual != backup.sha256 {
         return Err(RestoreError::Checksum {
             file: backup.file.clone(),
@@ -784,11 +779,28 @@ fn mode_of(chosen: &Chosen, dest: &Destination) -> RestoreMode {
     }
 }
 
-/// Run a restore whose archive was chosen, checked and confirmed. Every check comes
-/// first (the engine's: the archive holds what is asked, nothing else would be dropped,
-/// the destination is ready), then the safety backup of a live database, then the
-/// restore: a restore refused by a check takes no safety copy.
+/// Run a restore whose archive was chosen and confirmed. Every check comes first (the
+/// engine's: the archive holds what is asked, nothing else would be dropped, the
+/// destination is ready), then the safety backup of a live database, then the restore: a
+/// restore refused by a check takes no safety copy. Over the live database the caller
+/// proved the archive first; into another one the archive is proven as it streams, and
+/// a copy at fault gives way to the next storage's.
 pub async fn execute(
+    ctx: &Context,
+    target: &Target,
+    plan: &mut Plan,
+    opts: &Options,
+) -> Result<Done, RestoreError> {
+    loop {
+        match execute_once(ctx, target, plan, opts).await {
+            Err(RestoreError::Engine(ref e))
+                if !plan.dest.is_own() && plan.chosen.next_after(e) => {}
+            done => return done,
+        }
+    }
+}
+
+async fn execute_once(
     ctx: &Context,
     target: &Target,
     plan: &Plan,

@@ -8,7 +8,7 @@ use super::restore::{self as ops_restore, RestoreError, Selector};
 use super::Context;
 use crate::catalog::{Backup, TableInfo};
 use crate::config::Target;
-use crate::engine::{self, EngineError, TableCopy, TableName, TableRestored};
+use crate::engine::{self, TableCopy, TableName, TableRestored};
 
 /// A table name as typed: `name`, `schema.name`, each part bare or in double quotes (a
 /// doubled `"` inside stands for one), so `"My Schema"."a.b"` names table `a.b`.
@@ -146,11 +146,8 @@ pub fn default_copy_name(name: &str, id: &str, sqlite: bool) -> String {
     if sqlite || name.len() + suffix.len() <= PG_NAME_MAX {
         return format!("{name}{suffix}");
     }
-    let mut end = PG_NAME_MAX.saturating_sub(suffix.len()).min(name.len());
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{suffix}", &name[..end])
+    let kept = crate::engine::model::cut_at_char(name, PG_NAME_MAX.saturating_sub(suffix.len()));
+    format!("{kept}{suffix}")
 }
 
 /// What a table restore did.
@@ -193,26 +190,21 @@ pub async fn plan(
         .collect::<Result<_, _>>()
         .map_err(refused)?;
     let rename = rename.map(parse_table_name).transpose().map_err(refused)?;
-    // A run of one archive per schema: the tables' schema picks its archive.
+    // The tables' one schema picks its archive in a run of one archive per schema; in a
+    // whole-database run the database archive is chosen all the same.
+    let sqlite = target.source.kind() == "sqlite";
     let mut selector = selector.clone();
-    let schemas: std::collections::BTreeSet<&str> =
-        wanted.iter().filter_map(|t| t.schema.as_deref()).collect();
-    if let (None, [one], true) = (
+    let schemas: std::collections::BTreeSet<Option<&str>> =
+        wanted.iter().map(|t| t.schema.as_deref()).collect();
+    if let (None, false, [Some(one)]) = (
         &selector.schema,
+        sqlite,
         schemas.iter().copied().collect::<Vec<_>>().as_slice(),
-        wanted.iter().all(|t| t.schema.is_some()),
     ) {
-        let per_schema = ops_restore::list_everywhere(ctx, target)
-            .await?
-            .iter()
-            .any(|(_, b)| b.schema.is_some());
-        if per_schema && target.source.kind() == "postgres" {
-            selector.schema = Some(one.to_string());
-        }
+        selector.schema = Some(one.to_string());
     }
     let chosen = ops_restore::choose(ctx, target, &selector, false).await?;
     let backup = &chosen.backup;
-    let sqlite = target.source.kind() == "sqlite";
     let mut copies: Vec<TableCopy> = Vec::new();
     for want in &wanted {
         let from = resolve(want, &backup.manifest.tables, sqlite).map_err(|m| {
@@ -305,8 +297,7 @@ pub async fn execute(
             .await
         {
             Ok(done) => break done,
-            Err(e @ (EngineError::Checksum { .. } | EngineError::Storage(_)))
-                if plan.chosen.use_next(&e) => {}
+            Err(e) if plan.chosen.next_after(&e) => {}
             Err(e) => return Err(e.into()),
         }
     };

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    dbkeep, pg_config, slow_pg_dump, spawn_daemon, sqlite_target, wait_for, Sandbox, TestPostgres,
+    dbkeep, pg_config, process_gone, slow_pg_dump, spawn_daemon, sqlite_target, wait_for, Sandbox,
+    TestPostgres,
 };
 
 fn temp_files(sb: &Sandbox) -> Vec<String> {
@@ -259,7 +260,7 @@ fn kill_9_during_a_backup_then_restart_removes_the_leftover_and_backs_up() {
     wait_for(
         Duration::from_secs(10),
         "the killed daemon's children to be gone",
-        || children.iter().all(|p| !alive(*p)),
+        || children.iter().all(|p| process_gone(&p.to_string())),
     );
     let leftover = temp_files(&sb);
     assert_eq!(
@@ -516,15 +517,4 @@ fn children_of(pid: u32) -> Vec<u32> {
         );
     }
     out
-}
-
-/// Whether process `pid` runs (a zombie no longer does).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::s3::TestS3;
-use crate::common::{dbkeep, Sandbox, TestPostgres, PG_PASSWORD};
+use crate::common::{all_files, dbkeep, Sandbox, TestPostgres, PG_PASSWORD};
 
 const MARKER: &str = "MARKER-7d1f3a9c-no-plaintext";
 
@@ -44,19 +44,6 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             if bytes.windows(needle.len()).any(|w| w == needle) {
                 out.push(p);
             }
-        }
-    }
-    out
-}
-
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(all_files(&p));
-        } else {
-            out.push(p);
         }
     }
     out

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{dbkeep, spawn_dbkeep, sqlite_target, wait_for, Sandbox};
+use crate::common::{dbkeep, process_gone as gone, spawn_dbkeep, sqlite_target, wait_for, Sandbox};
 
 /// An executable shell script in the sandbox.
 fn script(sb: &Sandbox, name: &str, body: &str) -> PathBuf {
@@ -35,14 +35,6 @@ fn hooks_config(sb: &Sandbox, hooks: &str) -> PathBuf {
         sb.backups().display(),
         db.display()
     ))
-}
-
-/// Whether a process is gone (or a zombie waiting for its reaper).
-fn gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')),
-    }
 }
 
 fn read(p: &Path) -> String {

@@ -62,7 +62,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
     assert!(st.last_success.is_some());
 
     // Restore the newest into a new database: every row is back.
-    let plan = restore::plan(
+    let mut plan = restore::plan(
         &ctx,
         t,
         &"latest".parse::<Selector>().unwrap(),
@@ -76,7 +76,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
     restore::execute(
         &ctx,
         t,
-        &plan,
+        &mut plan,
         &Options {
             yes: false,
             safety_backup: true,
@@ -91,7 +91,7 @@ async fn postgres_backup_restore_and_cleanup_through_the_library() {
     let again = restore::execute(
         &ctx,
         t,
-        &plan,
+        &mut plan,
         &Options {
             yes: false,
             safety_backup: false,
@@ -149,7 +149,7 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
     assert!(second.id > first.id);
 
     let copy = sb.path().join("copy.db");
-    let plan = restore::plan(
+    let mut plan = restore::plan(
         &ctx,
         t,
         &first.id.to_string().parse::<Selector>().unwrap(),
@@ -162,7 +162,7 @@ async fn sqlite_backup_restore_and_cleanup_through_the_library() {
     restore::execute(
         &ctx,
         t,
-        &plan,
+        &mut plan,
         &Options {
             yes: false,
             safety_backup: true,

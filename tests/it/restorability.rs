@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::{
-    dbkeep, decompress, pg_config, sha256_file, sqlite_query, Sandbox, TestPostgres,
+    all_files, dbkeep, decompress, pg_config, sha256_file, sqlite_query, Sandbox, TestPostgres,
 };
 
 /// The one archive of `target` ending in `suffix`.
@@ -725,20 +725,6 @@ fn a_postgres_table_comes_back_beside_the_original_which_stays_as_it_is() {
         "{}",
         missing.stderr
     );
-}
-
-/// Every file under `dir`, recursively.
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(all_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

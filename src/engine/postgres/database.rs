@@ -310,3 +310,23 @@ pub async fn owners_not_kept(
     let _ = conn.close().await;
     Ok((missing, me))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_databases_of_every_purpose_are_told_from_the_users() {
+        for name in [
+            "dbkeep_drill_app_1a2b3c4d",
+            "dbkeep_diff_app_1a2b3c4d",
+            "dbkeep_schema_app_1a2b3c4d",
+            "dbkeep_table_app_1a2b3c4d",
+        ] {
+            assert!(is_scratch(name), "{name}");
+        }
+        for name in ["dbkeep", "dbkeep_app", "dbkeep_tables", "drill_app", "app"] {
+            assert!(!is_scratch(name), "{name}");
+        }
+    }
+}

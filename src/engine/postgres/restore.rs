@@ -149,6 +149,21 @@ pub struct Run<'a> {
     pub list: Option<&'a Path>,
 }
 
+/// A client tool that writes into `dsn` for a restore: named `dbkeep-restore`, with the
+/// role's password, and a `lock_timeout` in PGOPTIONS, so that waiting for another
+/// session's lock ends with a clear error rather than never.
+pub fn writer_spec(program: PathBuf, dsn: &Dsn, lock_timeout: Duration) -> Spec {
+    let options = format!(
+        "{} -c lock_timeout={}",
+        std::env::var("PGOPTIONS").unwrap_or_default(),
+        lock_timeout.as_millis().max(1)
+    );
+    Spec::new(program)
+        .env("PGAPPNAME", "dbkeep-restore")
+        .env("PGOPTIONS", options.trim().to_string())
+        .secret_env("PGPASSWORD", dsn.password.as_ref())
+}
+
 /// Stream the archive into the database. Any failure (pg_restore, psql, the server, a
 /// changed archive, cancellation) ends without COMMIT, so nothing is kept.
 pub async fn pg_restore(
@@ -179,14 +194,6 @@ async fn pg_restore_inner(
         cancel,
         list,
     } = *run;
-    // Waiting for another session's lock ends after lock_timeout, with a clear error.
-    let pgoptions = format!(
-        "{} -c lock_timeout={}",
-        std::env::var("PGOPTIONS").unwrap_or_default(),
-        lock_timeout.as_millis().max(1)
-    )
-    .trim()
-    .to_string();
     let url = &dsn.url;
     if let (RestoreMode::Whole { clean: false }, Some(schema)) =
         (mode, &archive.backup.manifest.schema)
@@ -197,11 +204,7 @@ async fn pg_restore_inner(
         // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
         // and --single-transaction rolls everything back. `feed` withholds the end of the
         // stream until the sha256 matched, so pg_restore cannot commit before that.
-        let mut spec = Spec::new(tools.join("pg_restore"))
-            .env("PGAPPNAME", "dbkeep-restore")
-            .env("PGOPTIONS", pgoptions.clone())
-            .env("PGOPTIONS", pgoptions.clone())
-            .secret_env("PGPASSWORD", dsn.password.as_ref())
+        let mut spec = writer_spec(tools.join("pg_restore"), dsn, lock_timeout)
             .arg("--single-transaction")
             .arg("--exit-on-error")
             .arg(format!("--dbname={url}"));
@@ -265,10 +268,7 @@ async fn pg_restore_inner(
         return Ok(());
     }
 
-    let psql = Spec::new(tools.join("psql"))
-        .env("PGAPPNAME", "dbkeep-restore")
-        .env("PGOPTIONS", pgoptions.clone())
-        .secret_env("PGPASSWORD", dsn.password.as_ref())
+    let psql = writer_spec(tools.join("psql"), dsn, lock_timeout)
         .arg("-X")
         .arg("-q")
         .arg("--set=ON_ERROR_STOP=1")

@@ -128,40 +128,34 @@ fn check_in_toc(toc: &[TocEntry], copy: &TableCopy) -> Result<(), EngineError> {
 pub fn derived_name(old: &str, table: &str, new: &str) -> String {
     // PostgreSQL names an index of a long table by the table's name cut short
     // (`tttt…tt_pkey` in 63 bytes): that cut name stands for the table's.
+    use crate::engine::model::cut_at_char;
     let common = old
         .bytes()
         .zip(table.bytes())
         .take_while(|(a, b)| a == b)
         .count();
-    let old_rest = &old[common.min(old.len())..];
-    let joined = if old.len() == NAME_MAX
-        && !old.starts_with(table)
-        && common >= NAME_MAX / 2
-        && old.is_char_boundary(common)
-        && old_rest.starts_with('_')
-    {
-        format!("{new}{old_rest}")
-    } else {
-        crate::engine::model::derived_name(old, table, new)
+    // A byte count is sliced only where it falls between characters.
+    let cut_rest = old.get(common..).filter(|rest| {
+        old.len() == NAME_MAX
+            && !old.starts_with(table)
+            && common >= NAME_MAX / 2
+            && rest.starts_with('_')
+    });
+    let joined = match cut_rest {
+        Some(rest) => format!("{new}{rest}"),
+        None => crate::engine::model::derived_name(old, table, new),
     };
     if joined.len() <= NAME_MAX {
         return joined;
     }
     let rest = &joined[new.len()..];
-    let cut = |s: &str, max: usize| {
-        let mut end = s.len().min(max);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s[..end].to_string()
-    };
     match NAME_MAX.checked_sub(rest.len()) {
-        Some(keep) if keep > 0 => format!("{}{rest}", cut(new, keep)),
-        _ => cut(&joined, NAME_MAX),
+        Some(keep) if keep > 0 => format!("{}{rest}", cut_at_char(new, keep)),
+        _ => cut_at_char(&joined, NAME_MAX).to_string(),
     }
 }
 
-/// A relation in the scratch database: its oid, qualified name (as SQL), and kind.
+/// A relation in the scratch database: its oid and qualified name (as SQL).
 struct Rel {
     oid: i64,
     sql: String,
@@ -171,16 +165,16 @@ async fn rel(
     conn: &mut PgConnection,
     schema: &str,
     name: &str,
-) -> Result<Option<(Rel, String)>, sqlx::Error> {
-    let row: Option<(i64, String, String)> = sqlx::query_as(
-        "SELECT c.oid::int8, c.oid::regclass::text, c.relkind::text FROM pg_class c \
+) -> Result<Option<Rel>, sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT c.oid::int8, c.oid::regclass::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
     )
     .bind(schema)
     .bind(name)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.map(|(oid, sql, kind)| (Rel { oid, sql }, kind)))
+    Ok(row.map(|(oid, sql)| Rel { oid, sql }))
 }
 
 /// The indexes and owned sequences (serial, identity) of table `oid`: (oid, name).
@@ -270,10 +264,15 @@ async fn clear(
 /// What a copy renames in the scratch database, decided before anything is renamed.
 struct Plan {
     table: Rel,
-    /// Its indexes and sequences: (oid, qualified name, new name).
-    objects: Vec<(i64, String, String)>,
-    /// Their names now: (oid, name).
-    names: Vec<(i64, String)>,
+    /// Its indexes and sequences.
+    objects: Vec<Renamed>,
+}
+
+/// An index or sequence of a copied table: its oid, its name, and its name on the copy.
+struct Renamed {
+    oid: i64,
+    name: String,
+    new: String,
 }
 
 /// The names each copy takes in the live database (table, then its objects), and each
@@ -477,37 +476,28 @@ async fn in_scratch(
     let mut plans = Vec::new();
     let mut ours: HashSet<i64> = HashSet::new();
     for copy in copies {
-        let (table, _) = rel(&mut conn, schema_of(&copy.from), &copy.from.name)
+        let table = rel(&mut conn, schema_of(&copy.from), &copy.from.name)
             .await
             .map_err(EngineError::db(catalog))?
             .ok_or_else(|| {
                 EngineError::Check(format!(
-                    "{} is in the archive's table of contents but not in the restored scratch database",
+                    "{} is in the archive's table of contents but not in the restored scratch database; nothing was changed. Check the archive with `dbkeep verify TARGET --drill`, or restore the whole backup --into a new database and copy from there",
                     copy.from
                 ))
             })?;
-        let names = dependents(&mut conn, table.oid)
+        let objects: Vec<Renamed> = dependents(&mut conn, table.oid)
             .await
-            .map_err(EngineError::db(catalog))?;
-        let objects: Vec<(i64, String, String)> = names
-            .iter()
-            .cloned()
-            .map(|(oid, name)| {
-                let new = derived_name(&name, &copy.from.name, &copy.to.name);
-                let qualified = crate::engine::TableName {
-                    schema: Some(schema_of(&copy.from).to_string()),
-                    name,
-                };
-                (oid, qualified_sql(&qualified), new)
+            .map_err(EngineError::db(catalog))?
+            .into_iter()
+            .map(|(oid, name)| Renamed {
+                new: derived_name(&name, &copy.from.name, &copy.to.name),
+                oid,
+                name,
             })
             .collect();
         ours.insert(table.oid);
-        ours.extend(objects.iter().map(|o| o.0));
-        plans.push(Plan {
-            table,
-            objects,
-            names,
-        });
+        ours.extend(objects.iter().map(|o| o.oid));
+        plans.push(Plan { table, objects });
     }
     // Two objects of one copy cut to the same 63 bytes.
     let names: Vec<Vec<String>> = copies
@@ -515,7 +505,7 @@ async fn in_scratch(
         .zip(&plans)
         .map(|(c, p)| {
             std::iter::once(c.to.name.clone())
-                .chain(p.objects.iter().map(|o| o.2.clone()))
+                .chain(p.objects.iter().map(|o| o.new.clone()))
                 .collect()
         })
         .collect();
@@ -549,16 +539,18 @@ async fn in_scratch(
             exec(&mut conn, sql).await?;
         }
         clear(&mut conn, from_schema, names, &ours).await?;
-        for ((_, old, new), (_, name)) in plan.objects.iter().zip(&plan.names) {
+        for o in plan.objects.iter().filter(|o| o.new != o.name) {
             // Renaming an index also renames the constraint it backs. A copy of the same
             // name in another schema keeps its objects' names.
-            if new != name {
-                exec(
-                    &mut conn,
-                    format!("ALTER TABLE {old} RENAME TO {}", quote_ident(new)),
-                )
-                .await?;
-            }
+            let old = qualified_sql(&crate::engine::TableName {
+                schema: Some(from_schema.to_string()),
+                name: o.name.clone(),
+            });
+            exec(
+                &mut conn,
+                format!("ALTER TABLE {old} RENAME TO {}", quote_ident(&o.new)),
+            )
+            .await?;
         }
         if copy.to.name != copy.from.name {
             exec(
@@ -634,14 +626,7 @@ async fn in_scratch(
         ));
     }
     process::run(spec, cancel, e.timeout).await?;
-    let pgoptions = format!(
-        "{} -c lock_timeout={}",
-        std::env::var("PGOPTIONS").unwrap_or_default(),
-        e.cfg.lock_timeout.as_millis().max(1)
-    );
-    let load = super::client_spec(tools.join("pg_restore"), live)
-        .env("PGAPPNAME", "dbkeep-restore")
-        .env("PGOPTIONS", pgoptions.trim().to_string())
+    let load = restore::writer_spec(tools.join("pg_restore"), live, e.cfg.lock_timeout)
         .arg("--single-transaction")
         .arg("--exit-on-error")
         .arg("--no-owner")
@@ -726,6 +711,14 @@ mod tests {
         assert!(
             d.len() <= NAME_MAX && d.ends_with("_restored_20261121_1_pkey"),
             "{d}"
+        );
+        // A 63-byte name sharing a start with the table's that ends inside a character
+        // (é and è share their first byte) is no cut name, and no panic either.
+        let old = format!("{}è_", "é".repeat(30));
+        assert_eq!(old.len(), NAME_MAX);
+        assert_eq!(
+            derived_name(&old, &"é".repeat(31), "copy"),
+            format!("copy_{old}")[..NAME_MAX].to_string()
         );
     }
 }

@@ -14,9 +14,13 @@ use crate::engine::model::quote_ident;
 use crate::engine::{Archive, EngineError};
 use crate::storage::local::ScratchFile;
 
-fn sql_err(path: &Path, what: &str) -> impl FnOnce(sqlx::Error) -> EngineError {
+/// A SQLite error about the file at `path`, while doing `what`.
+pub(super) fn sql_err(
+    path: &Path,
+    what: impl Into<String>,
+) -> impl FnOnce(sqlx::Error) -> EngineError {
     let path = path.to_path_buf();
-    let message = what.to_string();
+    let message = what.into();
     move |e| EngineError::Sqlite {
         path,
         message,

@@ -12,6 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection};
 use tokio_util::sync::CancellationToken;
 
+use super::restore::sql_err;
 use super::SqliteEngine;
 use crate::engine::archive::unpack_to_file;
 use crate::engine::model::{quote_ident, sql_ident};
@@ -237,7 +238,9 @@ fn splice(text: &str, cuts: &[(usize, usize, String)]) -> String {
 pub fn create_table_as(sql: &str, new: &str) -> Result<String, String> {
     let s = Sql::new(sql);
     s.single()?;
-    let bad = || format!("cannot read the table's definition: {sql}");
+    let bad = || {
+        format!("cannot read the table's definition, so it cannot be renamed: {sql}; restore the whole backup --into a new file and copy from there")
+    };
     if !(s.is(0, "CREATE") && s.is(1, "TABLE")) {
         return Err(bad());
     }
@@ -319,7 +322,9 @@ pub fn create_table_as(sql: &str, new: &str) -> Result<String, String> {
 pub fn create_index_as(sql: &str, new: &str, table: &str) -> Result<String, String> {
     let s = Sql::new(sql);
     s.single()?;
-    let bad = || format!("cannot read the index's definition: {sql}");
+    let bad = || {
+        format!("cannot read the index's definition, so it cannot be renamed: {sql}; restore the whole backup --into a new file and copy from there")
+    };
     let mut i = 1;
     if !s.is(0, "CREATE") {
         return Err(bad());
@@ -342,16 +347,6 @@ pub fn create_index_as(sql: &str, new: &str, table: &str) -> Result<String, Stri
             (table_start, table_end, quote_ident(table)),
         ],
     ))
-}
-
-fn sql_err(path: &Path, what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> EngineError {
-    let path = path.to_path_buf();
-    let message = what.into();
-    move |e| EngineError::Sqlite {
-        path,
-        message,
-        source: Some(e),
-    }
 }
 
 pub async fn restore_tables(

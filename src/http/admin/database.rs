@@ -203,7 +203,7 @@ pub(super) async fn start_restore(
                 safety_backup: true,
                 drop_dependents: drop_dependents.unwrap_or(false),
             };
-            restore::execute(&ctx, &target, &plan, &opts).await
+            restore::execute(&ctx, &target, &mut plan, &opts).await
         }
         .await;
         if result.is_ok() {
