@@ -261,6 +261,28 @@ pub fn spawn_streaming(spec: Spec) -> Result<(Running, ChildStdout), ProcessErro
     Ok((running, stdout))
 }
 
+/// Start `spec` with stdout piped to us as a plain blocking pipe, for a reader on a
+/// blocking thread: each read then waits in the kernel, where a runtime pipe read from a
+/// blocking thread (`SyncIoBridge`) wakes the reactor's thread and then ours for every
+/// 64 KiB a dump writes.
+pub fn spawn_reading(spec: Spec) -> Result<(Running, std::fs::File), ProcessError> {
+    let name = spec.display_name();
+    let (running, stdout) = spawn_streaming(spec)?;
+    let fd = stdout
+        .into_owned_fd()
+        .map_err(|source| ProcessError::Spawn {
+            program: name,
+            source,
+        })?;
+    Ok((running, std::fs::File::from(fd)))
+}
+
+/// A child's stdin as a plain blocking pipe, for a writer on a blocking thread (see
+/// [`spawn_reading`]).
+pub fn blocking_stdin(stdin: ChildStdin) -> std::io::Result<std::fs::File> {
+    Ok(std::fs::File::from(stdin.into_owned_fd()?))
+}
+
 /// Run `spec` to completion with no input, its output discarded (stderr's tail is kept
 /// for the error).
 pub async fn run(

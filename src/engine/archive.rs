@@ -6,7 +6,6 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tokio_util::io::SyncIoBridge;
 
 use super::{Archive, EngineError};
 
@@ -240,26 +239,6 @@ impl<W: Write> Write for Guarded<W> {
     }
 }
 
-impl<W: Write> Guarded<W> {
-    fn shutdown(&mut self) -> io::Result<()>
-    where
-        W: ShutdownWrite,
-    {
-        self.inner.shutdown_write()
-    }
-}
-
-/// Closing the write side of a child's stdin.
-trait ShutdownWrite {
-    fn shutdown_write(&mut self) -> io::Result<()>;
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> ShutdownWrite for SyncIoBridge<T> {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown()
-    }
-}
-
 /// A guard's refusal as such, any other error as an I/O failure of `what`.
 fn refused_or(e: io::Error, what: String) -> EngineError {
     match e.get_ref().and_then(|i| i.downcast_ref::<Refusal>()) {
@@ -274,7 +253,7 @@ fn refused_or(e: io::Error, what: String) -> EngineError {
 /// what it wants) is not an error here: its exit status decides.
 pub async fn feed<W>(archive: Archive<'_>, sink: W, check: Option<Check>) -> Result<(), EngineError>
 where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    W: Write + Send + 'static,
 {
     let reader = archive
         .storage
@@ -284,10 +263,7 @@ where
     let meter = archive.meter.cloned();
     let keys = archive.keys.cloned();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut out = HoldBack::new(Guarded {
-            inner: SyncIoBridge::new(sink),
-            check,
-        });
+        let mut out = HoldBack::new(Guarded { inner: sink, check });
         let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let streaming = format!("streaming {} into the restore", backup.file);
         let closed_early = match io::copy(&mut decoder, &mut out) {
@@ -299,10 +275,8 @@ where
         if !closed_early {
             // The consumer may also stop at the held-back tail; its exit status decides.
             match out.release() {
-                Ok(mut inner) => {
-                    inner.flush().map_err(EngineError::io(streaming.clone()))?;
-                    inner.shutdown().map_err(EngineError::io(streaming))?;
-                }
+                // Dropped here: the consumer's input ends.
+                Ok(mut inner) => inner.flush().map_err(EngineError::io(streaming))?,
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 Err(e) => return Err(refused_or(e, streaming)),
             }

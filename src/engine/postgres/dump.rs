@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use sqlx::postgres::PgConnection;
-use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Dsn;
@@ -526,21 +525,15 @@ pub fn open(
         }
     };
     let spec = same_output(spec);
-    let (running, stdout) = process::spawn_streaming(spec)?;
+    let (running, stdout) = process::spawn_reading(spec)?;
     let stopper = running.stopper();
     let cancel = cancel.clone();
     let timeout = e.timeout;
     let (reader, content): (Box<dyn std::io::Read + Send>, _) = match part.contents {
-        _ if !prepared.fingerprint => (
-            Box::new(SyncIoBridge::new(stdout)),
-            PendingContent::Ready(None),
-        ),
-        Contents::Globals => (
-            Box::new(SyncIoBridge::new(stdout)),
-            PendingContent::Ready(None),
-        ),
+        _ if !prepared.fingerprint => (Box::new(stdout), PendingContent::Ready(None)),
+        Contents::Globals => (Box::new(stdout), PendingContent::Ready(None)),
         Contents::Database | Contents::Schema => {
-            let (tap, pending) = super::custom::tap(SyncIoBridge::new(stdout), &e.target);
+            let (tap, pending) = super::custom::tap(stdout, &e.target);
             (
                 Box::new(tap),
                 PendingContent::Later(Box::new(move || {
@@ -595,8 +588,7 @@ pub async fn content_of(
     if let Some(enc) = encoding {
         spec = spec.arg(format!("--encoding={enc}"));
     }
-    let (running, stdout) = process::spawn_streaming(spec)?;
-    let mut reader = SyncIoBridge::new(stdout);
+    let (running, mut reader) = process::spawn_reading(spec)?;
     let read = tokio::task::spawn_blocking(move || {
         let got = super::custom::read_content(&mut reader);
         // Drain what is left so pg_dump never blocks on a reader that stopped.

@@ -71,6 +71,8 @@ pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError>
     use tokio::io::AsyncReadExt;
     let spec = Spec::new(tools.join("pg_restore")).arg("--list");
     let (child, stdin, mut stdout) = process::spawn_filter(spec)?;
+    let mut sink = process::blocking_stdin(stdin)
+        .map_err(EngineError::io("the input pipe of pg_restore --list"))?;
     let reader = archive
         .storage
         .open(&archive.backup.target, &archive.backup.file)
@@ -80,7 +82,6 @@ pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError>
     let keys = archive.keys.cloned();
     let feeding = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         let mut decoder = crate::engine::archive::plain(reader, &backup, keys.as_deref())?;
-        let mut sink = tokio_util::io::SyncIoBridge::new(stdin);
         match io::copy(&mut decoder, &mut sink) {
             // pg_restore closes its input once it has read the TOC.
             Ok(_) => Ok(()),
@@ -224,7 +225,10 @@ async fn pg_restore_inner(
         let (child, stdin) = process::spawn_stdin(spec)?;
         let stop = child.stopper();
         let feeding = async {
-            let r = feed(archive, stdin, None).await;
+            let r = match process::blocking_stdin(stdin) {
+                Ok(stdin) => feed(archive, stdin, None).await,
+                Err(e) => Err(EngineError::io("the restore's input pipe")(e)),
+            };
             if r.is_err() {
                 stop.terminate();
             }
@@ -256,7 +260,7 @@ async fn pg_restore_inner(
             })
         };
         // The sha256 is checked before a statement runs.
-        feed(archive, tokio::io::sink(), Some(collect)).await?;
+        feed(archive, io::sink(), Some(collect)).await?;
         let sql = std::mem::take(&mut *sql.lock().unwrap_or_else(|p| p.into_inner()));
         let statements = super::globals::statements(&sql).map_err(EngineError::Refused)?;
         if cancel.is_cancelled() {
@@ -315,7 +319,10 @@ async fn pg_restore_inner(
     let pgr_stop = pgr_run.stopper();
 
     let feeding = async {
-        let r = feed(archive, pgr_in, None).await;
+        let r = match process::blocking_stdin(pgr_in) {
+            Ok(pgr_in) => feed(archive, pgr_in, None).await,
+            Err(e) => Err(EngineError::io("the restore's input pipe")(e)),
+        };
         if r.is_err() {
             pgr_stop.terminate();
         }
