@@ -128,6 +128,19 @@ async fn snapshot_under_writes(mode: SqliteJournalMode) {
         .await
         .unwrap();
     assert_eq!(check, "ok");
+    // The archive is a rollback-journal database, whatever the source's mode: it opens
+    // read-only without -wal or -shm files beside it.
+    let (journal,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut snap)
+        .await
+        .unwrap();
+    assert_eq!(journal, "delete");
+    let left: Vec<String> = sb
+        .files("cache")
+        .into_iter()
+        .filter(|f| !f.starts_with(&files[0]))
+        .collect();
+    assert!(left.is_empty(), "scratch files left behind: {left:?}");
     let (count_a, max_a, count_b): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM a), (SELECT max(seq) FROM a), (SELECT count(*) FROM b)",
     )
@@ -190,4 +203,43 @@ fn a_file_that_is_not_sqlite_fails_and_keeps_nothing() {
         run.stderr
     );
     assert!(sb.files("cache").is_empty(), "{:?}", sb.files("cache"));
+}
+
+/// The snapshot's integrity check runs beside the stream now: an archive is still stored
+/// only once it passed.
+#[test]
+fn a_database_that_fails_its_integrity_check_stores_nothing() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("damaged.db");
+    // An index whose entries do not match its definition: the file opens and every query
+    // answers, but PRAGMA integrity_check finds each row missing from the index.
+    let made = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT); CREATE INDEX tb ON t (b);
+             WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000)
+             INSERT INTO t SELECT n, 'v' || (50000 - n) FROM g;
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = 'CREATE INDEX tb ON t (a)' WHERE name = 'tb';",
+        )
+        .status()
+        .expect("the sqlite3 CLI (./scripts/test installs it)");
+    assert!(made.success());
+    let before = std::fs::read(&db).unwrap();
+    let cfg = config(&sb, &db, "zstd");
+    let run = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("fails PRAGMA integrity_check")
+            && run.stderr.contains("missing from index tb"),
+        "{}",
+        run.stderr
+    );
+    assert!(sb.files("cache").is_empty(), "{:?}", sb.files("cache"));
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the source database was changed"
+    );
+    let list = dbkeep(Some(&cfg), &["list"], &[]);
+    assert!(!list.stdout.contains("cache "), "{}", list.stdout);
 }

@@ -5,13 +5,12 @@
 //! from its worker thread to the caller across a channel, a wake-up per row, which cost
 //! more than the hashing (2.5 M rows: 3.3 s of a 6.3 s backup).
 
-use std::ffi::{c_int, CStr, CString};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::c_int;
 use std::path::Path;
-use std::ptr;
 
 use libsqlite3_sys as ffi;
 
+use super::raw::{Conn, Stmt};
 use crate::catalog::Content;
 use crate::engine::content::{Collector, Fold, SQLITE_VALUES};
 
@@ -20,106 +19,24 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A read-only connection to one database file, closed on drop.
+/// A read-only connection to one database file.
 pub struct RowReader {
-    db: *mut ffi::sqlite3,
-}
-
-// SAFETY: SQLite is built thread-safe (serialized), and a reader is used by one thread
-// at a time (it moves to the thread that reads it).
-unsafe impl Send for RowReader {}
-
-impl Drop for RowReader {
-    fn drop(&mut self) {
-        // SAFETY: `db` came from sqlite3_open_v2 and every statement on it was finalized.
-        unsafe {
-            ffi::sqlite3_close(self.db);
-        }
-    }
-}
-
-/// A prepared statement, finalized on drop.
-struct Stmt<'a> {
-    reader: &'a RowReader,
-    stmt: *mut ffi::sqlite3_stmt,
-}
-
-impl Drop for Stmt<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `stmt` came from sqlite3_prepare_v2 on the reader's connection.
-        unsafe {
-            ffi::sqlite3_finalize(self.stmt);
-        }
-    }
+    conn: Conn,
 }
 
 impl RowReader {
     /// Open `path` read-only. Open it before the file may be unlinked: the open file is
     /// what is read.
     pub fn open(path: &Path) -> Result<RowReader, String> {
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
-        let mut db = ptr::null_mut();
-        // SAFETY: a valid C string and an out pointer; the handle is closed by Drop even
-        // when the open fails (SQLite asks for that).
-        let rc = unsafe {
-            ffi::sqlite3_open_v2(
-                c_path.as_ptr(),
-                &mut db,
-                ffi::SQLITE_OPEN_READONLY,
-                ptr::null(),
-            )
-        };
-        let reader = RowReader { db };
-        if rc != ffi::SQLITE_OK {
-            return Err(format!(
-                "cannot open {}: {}",
-                path.display(),
-                reader.error()
-            ));
-        }
-        // Read the header now: from here the open file is what is read, whatever
-        // happens to its name.
-        let mut first = reader.prepare("PRAGMA schema_version")?;
-        first.step()?;
-        drop(first);
-        Ok(reader)
-    }
-
-    fn error(&self) -> String {
-        if self.db.is_null() {
-            return "out of memory".into();
-        }
-        // SAFETY: the handle is open; the message is copied before the next call.
-        unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(self.db)) }
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    fn prepare(&self, sql: &str) -> Result<Stmt<'_>, String> {
-        let mut stmt = ptr::null_mut();
-        let len = c_int::try_from(sql.len()).map_err(|_| "statement too long".to_string())?;
-        // SAFETY: the text and its length are valid; the statement is finalized by Drop.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(
-                self.db,
-                sql.as_ptr().cast(),
-                len,
-                &mut stmt,
-                ptr::null_mut(),
-            )
-        };
-        let stmt = Stmt { reader: self, stmt };
-        if rc != ffi::SQLITE_OK {
-            return Err(format!("{sql}: {}", self.error()));
-        }
-        Ok(stmt)
+        Ok(RowReader {
+            conn: Conn::read_only(path)?,
+        })
     }
 
     /// Every table's rows, counted and hashed.
     pub fn content(&self) -> Result<Content, String> {
         let mut names = Vec::new();
-        let mut list = self.prepare(
+        let mut list = self.conn.prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
              AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
         )?;
@@ -130,12 +47,14 @@ impl RowReader {
         let mut collector = Collector::new(SQLITE_VALUES);
         let mut row = Vec::with_capacity(4096);
         for name in names {
-            let mut stmt = self.prepare(&format!("SELECT * FROM {}", quote_ident(&name)))?;
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT * FROM {}", quote_ident(&name)))?;
             let mut fold = Fold::default();
             while stmt.step()? {
                 row.clear();
                 for i in 0..stmt.columns() {
-                    stmt.column(i, &mut row);
+                    encode_column(&stmt, i, &mut row);
                 }
                 fold.add(&row);
             }
@@ -145,65 +64,36 @@ impl RowReader {
     }
 }
 
-impl Stmt<'_> {
-    /// The next row; false when there is none.
-    fn step(&mut self) -> Result<bool, String> {
-        // SAFETY: a prepared statement of an open connection.
-        match unsafe { ffi::sqlite3_step(self.stmt) } {
-            ffi::SQLITE_ROW => Ok(true),
-            ffi::SQLITE_DONE => Ok(false),
-            _ => Err(self.reader.error()),
-        }
-    }
-
-    /// Column `i` of the current row as text.
-    fn text(&self, i: c_int) -> String {
-        // SAFETY: as in `column`; the bytes are copied before the next step.
-        unsafe {
-            let p = ffi::sqlite3_column_text(self.stmt, i);
-            let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt, i)).unwrap_or(0);
-            if p.is_null() {
-                return String::new();
+/// Column `i` of the current row, encoded: a tag (0 null, 1 integer, 2 real, 3 text,
+/// 4 blob), then the integer or the real's bits (8 bytes, little-endian), or the length
+/// (8 bytes) and the bytes. The value's own storage class decides.
+fn encode_column(stmt: &Stmt<'_>, i: c_int, out: &mut Vec<u8>) {
+    let stmt = stmt.as_ptr();
+    // SAFETY: the statement is on a row and `i` is below the column count; the bytes of
+    // a text or blob stay valid until the next step, and are copied now.
+    unsafe {
+        match ffi::sqlite3_column_type(stmt, i) {
+            ffi::SQLITE_INTEGER => {
+                out.push(1);
+                let v = ffi::sqlite3_column_int64(stmt, i);
+                out.extend_from_slice(&v.to_le_bytes());
             }
-            String::from_utf8_lossy(std::slice::from_raw_parts(p, n)).into_owned()
-        }
-    }
-
-    fn columns(&self) -> c_int {
-        // SAFETY: as above.
-        unsafe { ffi::sqlite3_column_count(self.stmt) }
-    }
-
-    /// Column `i` of the current row, encoded: a tag (0 null, 1 integer, 2 real, 3 text,
-    /// 4 blob), then the integer or the real's bits (8 bytes, little-endian), or the
-    /// length (8 bytes) and the bytes. The value's own storage class decides.
-    fn column(&self, i: c_int, out: &mut Vec<u8>) {
-        // SAFETY: the statement is on a row and `i` is below the column count; the bytes
-        // of a text or blob stay valid until the next step, and are copied now.
-        unsafe {
-            match ffi::sqlite3_column_type(self.stmt, i) {
-                ffi::SQLITE_INTEGER => {
-                    out.push(1);
-                    let v = ffi::sqlite3_column_int64(self.stmt, i);
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-                ffi::SQLITE_FLOAT => {
-                    out.push(2);
-                    let v = ffi::sqlite3_column_double(self.stmt, i);
-                    out.extend_from_slice(&v.to_bits().to_le_bytes());
-                }
-                kind @ (ffi::SQLITE_TEXT | ffi::SQLITE_BLOB) => {
-                    out.push(if kind == ffi::SQLITE_TEXT { 3 } else { 4 });
-                    // The blob view of a text is its bytes in the database's encoding.
-                    let p = ffi::sqlite3_column_blob(self.stmt, i);
-                    let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt, i)).unwrap_or(0);
-                    out.extend_from_slice(&(n as u64).to_le_bytes());
-                    if !p.is_null() && n > 0 {
-                        out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), n));
-                    }
-                }
-                _ => out.push(0),
+            ffi::SQLITE_FLOAT => {
+                out.push(2);
+                let v = ffi::sqlite3_column_double(stmt, i);
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
+            kind @ (ffi::SQLITE_TEXT | ffi::SQLITE_BLOB) => {
+                out.push(if kind == ffi::SQLITE_TEXT { 3 } else { 4 });
+                // The blob view of a text is its bytes in the database's encoding.
+                let p = ffi::sqlite3_column_blob(stmt, i);
+                let n = usize::try_from(ffi::sqlite3_column_bytes(stmt, i)).unwrap_or(0);
+                out.extend_from_slice(&(n as u64).to_le_bytes());
+                if !p.is_null() && n > 0 {
+                    out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), n));
+                }
+            }
+            _ => out.push(0),
         }
     }
 }

@@ -1,10 +1,11 @@
-//! SQLite: online snapshots with `VACUUM INTO`, restores by atomic rename, scratch
+//! SQLite: online snapshots with the backup API, restores by atomic rename, scratch
 //! databases as files, introspection from pragmas.
 
 pub mod content;
 pub mod demo;
 pub mod dump;
 pub mod introspect;
+pub mod raw;
 pub mod restore;
 pub mod session;
 pub mod tables;
