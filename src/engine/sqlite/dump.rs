@@ -174,7 +174,7 @@ pub async fn open(
             let _ = tx.send(content);
         });
     }
-    let checking = tokio::task::spawn_blocking(move || integrity_problems(&check));
+    let checking = tokio::task::spawn_blocking(move || check.integrity_problems());
     let (path, stop) = (eng.cfg.path.clone(), cancel.clone());
     let failed = move |message: String| EngineError::Sqlite {
         path: path.clone(),
@@ -255,17 +255,4 @@ fn rollback_journal_mode(path: &Path) -> std::io::Result<()> {
             "unexpected file format versions {other:?} in the header"
         ))),
     }
-}
-
-/// What `PRAGMA integrity_check` finds (the first five problems), nothing when it says ok.
-fn integrity_problems(conn: &Conn) -> Result<Vec<String>, String> {
-    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-    let mut rows = Vec::new();
-    while rows.len() < 5 && stmt.step()? {
-        rows.push(stmt.text(0));
-    }
-    if rows.len() == 1 && rows[0] == "ok" {
-        rows.clear();
-    }
-    Ok(rows)
 }

@@ -143,6 +143,20 @@ impl Conn {
         Ok(())
     }
 
+    /// What `PRAGMA integrity_check` finds (the first five problems); nothing when it
+    /// says ok.
+    pub fn integrity_problems(&self) -> Result<Vec<String>, String> {
+        let mut stmt = self.prepare("PRAGMA integrity_check")?;
+        let mut rows = Vec::new();
+        while rows.len() < 5 && stmt.step()? {
+            rows.push(stmt.text(0));
+        }
+        if rows.len() == 1 && rows[0] == "ok" {
+            rows.clear();
+        }
+        Ok(rows)
+    }
+
     /// Copy this database into `dest`'s page by page (SQLite's online backup), `pages` at
     /// a step, checking `cancel` between steps. The caller holds a read transaction on
     /// this connection for a copy of one moment.

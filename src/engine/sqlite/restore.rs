@@ -156,28 +156,30 @@ fn keep_mode_and_owner(dest: &Path, old: &std::fs::Metadata, new: &std::fs::File
 
 /// `PRAGMA integrity_check`, and every table of the manifest present (with rows where it had).
 async fn check(path: &Path, manifest: &Manifest) -> Result<(), EngineError> {
+    // Through the C API on a blocking thread (mmap, no per-connection mutex).
+    let file = path.to_path_buf();
+    let problems = tokio::task::spawn_blocking(move || {
+        super::raw::Conn::read_only(&file).and_then(|c| c.integrity_problems())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
+    .map_err(|e| EngineError::Sqlite {
+        path: path.to_path_buf(),
+        message: format!("integrity check of the restored file: {e}"),
+        source: None,
+    })?;
+    if !problems.is_empty() {
+        return Err(EngineError::Check(format!(
+            "the restored file fails PRAGMA integrity_check: {}",
+            problems.join("; ")
+        )));
+    }
     let opts = SqliteConnectOptions::new().filename(path).read_only(true);
     let mut conn = SqliteConnection::connect_with(&opts)
         .await
         .map_err(sql_err(path, "the restored file does not open"))?;
-    let checked = async {
-        let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(sql_err(path, "integrity check of the restored file"))?;
-        if rows.len() != 1 || rows[0].0 != "ok" {
-            return Err(EngineError::Check(format!(
-                "the restored file fails PRAGMA integrity_check: {}",
-                rows.into_iter()
-                    .take(3)
-                    .map(|r| r.0)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
-        }
-        verify_tables(&mut conn, &manifest.tables).await
-    }
-    .await;
+    let checked = verify_tables(&mut conn, &manifest.tables).await;
     let _ = conn.close().await;
     checked
 }
