@@ -110,6 +110,9 @@ pub struct Dump {
     pub stopper: Option<Stopper>,
     /// The archive's content fingerprint, once `reader` was read to its end.
     pub content: PendingContent,
+    /// The tables and their rows as the snapshot itself holds them, when the engine read
+    /// them there (SQLite); otherwise the manifest lists those `prepare` found.
+    pub tables: Option<Vec<TableInfo>>,
 }
 
 /// A dump's content fingerprint: known before the stream (a SQLite snapshot), read from

@@ -439,13 +439,16 @@ async fn backup_inner(
     }
 
     let engine = engine::build(target);
-    let mut prepared = engine
-        .prepare()
-        .await
-        .map_err(|source| BackupError::Engine {
-            target: name.to_string(),
-            source,
-        })?;
+    // A stop is not held up by a source that waits for a lock (a SQLite writer's, up to
+    // the busy timeout): what prepare started is dropped with it.
+    let prepared = tokio::select! {
+        r = engine.prepare() => r,
+        _ = ctx.cancel.cancelled() => Err(engine::EngineError::Cancelled),
+    };
+    let mut prepared = prepared.map_err(|source| BackupError::Engine {
+        target: name.to_string(),
+        source,
+    })?;
     prepared.fingerprint = target.fingerprint;
 
     if let Some(found) = &prepared.fingerprints {
@@ -557,7 +560,7 @@ async fn backup_inner(
                     codec: target.compression.name().to_string(),
                     sha256: summary.sha256.clone(),
                     tools: prepared.tools.clone(),
-                    tables: prepared.tables_of(part),
+                    tables: streamed.tables.unwrap_or_else(|| prepared.tables_of(part)),
                     verified_at: None,
                     object_key,
                     reason: reason.map(str::to_string),
@@ -915,6 +918,8 @@ struct Streamed {
     failed: Vec<MirrorFailure>,
     /// Its rows, counted and hashed on the way (see [`catalog::Content`]).
     content: Option<catalog::Content>,
+    /// Its tables as the engine read them in the snapshot, if it did.
+    tables: Option<Vec<catalog::TableInfo>>,
 }
 
 /// Dump one part into every storage.
@@ -961,6 +966,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         meter: meter.clone(),
     };
     let stopper = dump.stopper;
+    let tables = dump.tables;
     let stop = ctx.cancel.clone();
     let pending = dump.content;
     let compressing = async move {
@@ -1044,6 +1050,7 @@ async fn stream_part(run: &RunContext<'_>, part: &Part) -> Result<Streamed, Back
         started,
         failed,
         content,
+        tables,
     })
 }
 

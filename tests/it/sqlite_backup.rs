@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::{dbkeep, decompress, Sandbox};
+use crate::common::{dbkeep, decompress, spawn_dbkeep, Sandbox};
 
 fn config(sb: &Sandbox, db: &std::path::Path, compression: &str) -> std::path::PathBuf {
     sb.write_config(&format!(
@@ -242,4 +242,55 @@ fn a_database_that_fails_its_integrity_check_stores_nothing() {
     );
     let list = dbkeep(Some(&cfg), &["list"], &[]);
     assert!(!list.stdout.contains("cache "), "{}", list.stdout);
+}
+
+/// A writer's exclusive lock on a rollback-journal database stops every reader until the
+/// busy timeout (60 s): a SIGTERM must not wait for it.
+#[test]
+fn a_stop_is_not_held_up_by_a_writers_lock() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("locked.db");
+    let made = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t (a); INSERT INTO t VALUES (1), (2);")
+        .status()
+        .expect("the sqlite3 CLI (./scripts/test installs it)");
+    assert!(made.success());
+    let mut locker = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(40)\n",
+        )
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let cfg = config(&sb, &db, "zstd");
+    let child = spawn_dbkeep(&cfg, &["backup"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    child.signal(libc::SIGTERM);
+    let run = child.finish(Duration::from_secs(60));
+    let took = signalled.elapsed();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+    assert!(sb.files("cache").is_empty(), "{:?}", sb.files("cache"));
 }

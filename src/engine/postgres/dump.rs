@@ -552,6 +552,7 @@ pub fn open(
                 .map_err(EngineError::from)
         }),
         stopper: Some(stopper),
+        tables: None,
     })
 }
 

@@ -156,7 +156,7 @@ fn keep_mode_and_owner(dest: &Path, old: &std::fs::Metadata, new: &std::fs::File
 
 /// `PRAGMA integrity_check`, and every table of the manifest present (with rows where it had).
 async fn check(path: &Path, manifest: &Manifest) -> Result<(), EngineError> {
-    // Through the C API on a blocking thread (mmap, no per-connection mutex).
+    // Through the C API on a blocking thread (no per-connection mutex).
     let file = path.to_path_buf();
     let problems = tokio::task::spawn_blocking(move || {
         super::raw::Conn::read_only(&file).and_then(|c| c.integrity_problems())
