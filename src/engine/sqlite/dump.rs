@@ -406,26 +406,34 @@ fn rollback_journal_mode(f: &File) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn sqlite3(db: &Path, sql: &str) {
+        let made = std::process::Command::new("sqlite3")
+            .arg(db)
+            .arg(sql)
+            .status()
+            .expect("the sqlite3 CLI (./scripts/test installs it)");
+        assert!(made.success());
+    }
+
+    fn new_file(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap()
+    }
+
     /// The snapshot waits for a writer's lock, but not past a stop.
     #[test]
     fn a_snapshot_waiting_for_a_lock_stops_when_cancelled() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.db");
-        let made = std::process::Command::new("sqlite3")
-            .arg(&src)
-            .arg("CREATE TABLE t (a); INSERT INTO t VALUES (1);")
-            .status()
-            .expect("the sqlite3 CLI (./scripts/test installs it)");
-        assert!(made.success());
+        sqlite3(&src, "CREATE TABLE t (a); INSERT INTO t VALUES (1);");
         let holder = Conn::open(&src, ffi::SQLITE_OPEN_READWRITE, Duration::ZERO).unwrap();
         holder.exec("BEGIN EXCLUSIVE").unwrap();
         let dest = dir.path().join("snap.db");
-        let created = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .unwrap();
+        let created = new_file(&dest);
         let cancel = CancellationToken::new();
         let stopper = cancel.clone();
         let started = std::time::Instant::now();
@@ -445,12 +453,7 @@ mod tests {
         holder.exec("COMMIT").unwrap();
         drop(holder);
         std::fs::remove_file(&dest).unwrap();
-        let created = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .unwrap();
+        let created = new_file(&dest);
         take_snapshot(&src, &dest, &created, &CancellationToken::new()).unwrap();
         let copy = Conn::read_only(&dest).unwrap();
         assert!(copy.integrity_problems().unwrap().is_empty());
@@ -461,18 +464,14 @@ mod tests {
     fn free_pages_of_the_snapshot_hold_no_deleted_rows() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.db");
-        let made = std::process::Command::new("sqlite3")
-            .arg(&src)
-            .arg(
-                "PRAGMA journal_mode = WAL; PRAGMA secure_delete = OFF;
+        sqlite3(
+            &src,
+            "PRAGMA journal_mode = WAL; PRAGMA secure_delete = OFF;
                  CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
                  WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 2000)
                  INSERT INTO t SELECT n, 'DELETED-MARKER-' || n || hex(randomblob(200)) FROM g;
                  DELETE FROM t WHERE id > 10;",
-            )
-            .status()
-            .expect("the sqlite3 CLI (./scripts/test installs it)");
-        assert!(made.success());
+        );
         let count = |bytes: &[u8]| {
             bytes
                 .windows(15)
@@ -487,12 +486,7 @@ mod tests {
         let in_source = count(&std::fs::read(&src).unwrap());
         assert!(in_source > 1000, "the source holds {in_source}");
         let dest = dir.path().join("snap.db");
-        let created = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .unwrap();
+        let created = new_file(&dest);
         take_snapshot(&src, &dest, &created, &CancellationToken::new()).unwrap();
         let in_copy = count(&std::fs::read(&dest).unwrap());
         // The 10 live rows, and what is left inside pages still in use.
