@@ -443,7 +443,9 @@ async fn backup_inner(
     // the busy timeout): what prepare started is dropped with it.
     let prepared = tokio::select! {
         r = engine.prepare() => r,
-        _ = ctx.cancel.cancelled() => Err(engine::EngineError::Cancelled),
+        _ = ctx.cancel.cancelled() => return Err(BackupError::Cancelled {
+            target: name.to_string(),
+        }),
     };
     let mut prepared = prepared.map_err(|source| BackupError::Engine {
         target: name.to_string(),

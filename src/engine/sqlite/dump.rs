@@ -283,17 +283,26 @@ fn take_snapshot(
     created: &File,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
+    // The copy's connection first, and checked to hold the file created for it before a
+    // page is written: SQLite keeps the descriptor it opened, so a name swapped later
+    // (while the source's lock is waited for) is not written through.
+    let copy = Conn::open(
+        dest,
+        ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOFOLLOW,
+        Duration::ZERO,
+    )?;
+    if !same_file(created, dest) {
+        return Err(format!(
+            "{} was replaced before the copy was written; someone else writes to the backup folder",
+            dest.display()
+        ));
+    }
     let mut source = Conn::open(src, ffi::SQLITE_OPEN_READWRITE, super::BUSY_TIMEOUT)?;
     // A stop is seen while a writer's lock is waited for, and while copying.
     source.stop_on(cancel, super::BUSY_TIMEOUT);
     source.exec("BEGIN")?;
     // The read transaction starts with the first read: from here the copy sees one moment.
     source.exec("SELECT count(*) FROM sqlite_schema")?;
-    let copy = Conn::open(
-        dest,
-        ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOFOLLOW,
-        Duration::ZERO,
-    )?;
     // A scratch file, streamed then removed: no journal, no fsync (the archive is what
     // is made durable).
     copy.exec("PRAGMA journal_mode = OFF")?;
@@ -304,7 +313,8 @@ fn take_snapshot(
     drop(source);
     copied?;
     rollback_journal_mode(created).map_err(|e| format!("marking the snapshot: {e}"))?;
-    clear_free_pages(created).map_err(|e| format!("clearing the snapshot's free pages: {e}"))
+    clear_free_pages(created, cancel)
+        .map_err(|e| format!("clearing the snapshot's free pages: {e}"))
 }
 
 /// Zero the pages on the copy's free list, and the unused part of its trunk pages: the
@@ -313,7 +323,7 @@ fn take_snapshot(
 /// let them. Deleted cells inside pages still in use are not touched (as with `.backup`).
 /// The file format: page size at byte 16 (1 means 65536), first trunk page at 32, free
 /// page count at 36; a trunk page holds the next trunk, its leaf count, then the leaves.
-fn clear_free_pages(f: &File) -> std::io::Result<()> {
+fn clear_free_pages(f: &File, cancel: &CancellationToken) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let bad = |what: &str| std::io::Error::other(format!("the free list {what}"));
     let mut header = [0u8; 40];
@@ -323,8 +333,12 @@ fn clear_free_pages(f: &File) -> std::io::Result<()> {
         n => u64::from(n),
     };
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let (mut trunk, total) = (be(&header[32..36]), u64::from(be(&header[36..40])));
     let pages = f.metadata()?.len() / page.max(1);
+    // The header's count bounds the walk, and no list is longer than the file.
+    let (mut trunk, total) = (
+        be(&header[32..36]),
+        u64::from(be(&header[36..40])).min(pages),
+    );
     if page < 512 || total == 0 {
         return Ok(());
     }
@@ -333,8 +347,14 @@ fn clear_free_pages(f: &File) -> std::io::Result<()> {
     let mut seen = 0u64;
     let mut buf = vec![0u8; page as usize];
     while trunk != 0 {
-        if u64::from(trunk) > pages || seen >= total {
-            return Err(bad("points past the file or loops"));
+        if cancel.is_cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            ));
+        }
+        if trunk < 2 || u64::from(trunk) > pages || seen >= total {
+            return Err(bad("points past the file, at page 1, or loops"));
         }
         seen += 1;
         f.read_exact_at(&mut buf, offset(trunk))?;
@@ -344,8 +364,8 @@ fn clear_free_pages(f: &File) -> std::io::Result<()> {
         }
         for i in 0..leaves as usize {
             let leaf = be(&buf[8 + i * 4..12 + i * 4]);
-            if leaf == 0 || u64::from(leaf) > pages {
-                return Err(bad("names a page past the file"));
+            if leaf < 2 || u64::from(leaf) > pages {
+                return Err(bad("names page 1 or a page past the file"));
             }
             f.write_all_at(&zeros, offset(leaf))?;
         }
@@ -496,5 +516,47 @@ mod tests {
         let mut n = copy.prepare("SELECT count(*) FROM t").unwrap();
         assert!(n.step().unwrap());
         assert_eq!(n.text(0), "10");
+    }
+
+    /// A free list that loops, claims more pages than the file has, or names page 1 is
+    /// refused at once (a crafted source must not keep the walk busy, nor zero page 1).
+    #[test]
+    fn a_corrupt_free_list_is_refused_quickly() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("f.db");
+        sqlite3(
+            &db,
+            "PRAGMA secure_delete = OFF; CREATE TABLE t (v);
+             WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 500)
+             INSERT INTO t SELECT randomblob(3000) FROM g; DELETE FROM t;",
+        );
+        let pristine = std::fs::read(&db).unwrap();
+        let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let trunk = be(&pristine[32..36]);
+        assert!(trunk > 1, "the test database has a free list");
+        let page = u64::from(u16::from_be_bytes([pristine[16], pristine[17]]));
+        let at = (u64::from(trunk) - 1) * page;
+        let damaged = |edit: &dyn Fn(&File)| {
+            std::fs::write(&db, &pristine).unwrap();
+            let f = File::options().read(true).write(true).open(&db).unwrap();
+            edit(&f);
+            let started = std::time::Instant::now();
+            let got = clear_free_pages(&f, &CancellationToken::new());
+            assert!(started.elapsed() < Duration::from_secs(5));
+            got
+        };
+        // The trunk names itself as the next trunk, and the header claims 2^32-1 pages.
+        let looped = damaged(&|f| {
+            f.write_all_at(&trunk.to_be_bytes(), at).unwrap();
+            f.write_all_at(&0u32.to_be_bytes(), at + 4).unwrap();
+            f.write_all_at(&u32::MAX.to_be_bytes(), 36).unwrap();
+        });
+        assert!(looped.is_err(), "a looping free list");
+        // A leaf naming page 1.
+        let first = damaged(&|f| f.write_all_at(&1u32.to_be_bytes(), at + 8).unwrap());
+        assert!(first.is_err(), "page 1 on the free list");
+        // Undamaged, the same walk zeroes the free pages.
+        assert!(damaged(&|_| {}).is_ok());
     }
 }
