@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::{dbkeep, decompress, spawn_dbkeep, Sandbox};
+use crate::common::{dbkeep, decompress, spawn_dbkeep, sqlite_query, Sandbox};
 
 fn config(sb: &Sandbox, db: &std::path::Path, compression: &str) -> std::path::PathBuf {
     sb.write_config(&format!(
@@ -213,18 +213,14 @@ fn a_database_that_fails_its_integrity_check_stores_nothing() {
     let db = sb.path().join("damaged.db");
     // An index whose entries do not match its definition: the file opens and every query
     // answers, but PRAGMA integrity_check finds each row missing from the index.
-    let made = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(
-            "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT); CREATE INDEX tb ON t (b);
-             WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000)
-             INSERT INTO t SELECT n, 'v' || (50000 - n) FROM g;
-             PRAGMA writable_schema = ON;
-             UPDATE sqlite_schema SET sql = 'CREATE INDEX tb ON t (a)' WHERE name = 'tb';",
-        )
-        .status()
-        .expect("the sqlite3 CLI (./scripts/test installs it)");
-    assert!(made.success());
+    sqlite_query(
+        &db,
+        "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT); CREATE INDEX tb ON t (b);
+         WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000)
+         INSERT INTO t SELECT n, 'v' || (50000 - n) FROM g;
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX tb ON t (a)' WHERE name = 'tb';",
+    );
     let before = std::fs::read(&db).unwrap();
     let cfg = config(&sb, &db, "zstd");
     let run = dbkeep(Some(&cfg), &["backup"], &[]);
@@ -250,12 +246,7 @@ fn a_database_that_fails_its_integrity_check_stores_nothing() {
 fn a_stop_is_not_held_up_by_a_writers_lock() {
     let sb = Sandbox::new();
     let db = sb.path().join("locked.db");
-    let made = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("CREATE TABLE t (a); INSERT INTO t VALUES (1), (2);")
-        .status()
-        .expect("the sqlite3 CLI (./scripts/test installs it)");
-    assert!(made.success());
+    sqlite_query(&db, "CREATE TABLE t (a); INSERT INTO t VALUES (1), (2);");
     let mut locker = std::process::Command::new("python3")
         .arg("-c")
         .arg(
