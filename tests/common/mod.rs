@@ -781,6 +781,45 @@ pub fn sqlite_query(db: &Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Another process holding a lock on the SQLite file `db`, taken with `begin` (`BEGIN
+/// EXCLUSIVE` stops readers of a rollback-journal database, `BEGIN IMMEDIATE` writers);
+/// held from return (the holder said so) until drop, and for at most 60 s.
+pub struct SqliteLock(std::process::Child);
+
+impl SqliteLock {
+    pub fn take(db: &Path, begin: &str) -> SqliteLock {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys, time\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute(sys.argv[2])\n\
+                 print('locked', flush=True)\n\
+                 time.sleep(60)\n",
+            )
+            .arg(db)
+            .arg(begin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked", "{begin} on {}", db.display());
+        SqliteLock(child)
+    }
+}
+
+impl Drop for SqliteLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every file under `dir`, recursively (none when it does not exist).
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

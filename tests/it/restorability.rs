@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::{
-    all_files, dbkeep, decompress, pg_config, sha256_file, sqlite_query, Sandbox, TestPostgres,
+    all_files, dbkeep, decompress, pg_config, sha256_file, sqlite_query, Sandbox, SqliteLock,
+    TestPostgres,
 };
 
 /// The one archive of `target` ending in `suffix`.
@@ -802,29 +803,9 @@ fn a_sqlite_table_comes_back_into_the_live_file_beside_the_original() {
     );
     assert_eq!(sha256_file(&db), sum);
 
-    let mut writer = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, time\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             time.sleep(30)",
-        )
-        .arg(&db)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let writer = SqliteLock::take(&db, "BEGIN IMMEDIATE");
     let locked = dbkeep(Some(&cfg), &["restore", "shop", "--table", "kv"], &[]);
-    let _ = writer.kill();
-    let _ = writer.wait();
+    drop(writer);
     assert_eq!(locked.code, 2, "{}", locked.stderr);
     assert!(locked.stderr.contains("write lock"), "{}", locked.stderr);
     assert_eq!(sha256_file(&db), sum);

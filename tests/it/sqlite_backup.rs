@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::{dbkeep, decompress, spawn_dbkeep, sqlite_query, Sandbox};
+use crate::common::{dbkeep, decompress, spawn_dbkeep, sqlite_query, Sandbox, SqliteLock};
 
 fn config(sb: &Sandbox, db: &std::path::Path, compression: &str) -> std::path::PathBuf {
     sb.write_config(&format!(
@@ -247,26 +247,7 @@ fn a_stop_is_not_held_up_by_a_writers_lock() {
     let sb = Sandbox::new();
     let db = sb.path().join("locked.db");
     sqlite_query(&db, "CREATE TABLE t (a); INSERT INTO t VALUES (1), (2);");
-    let mut locker = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, time\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-             c.execute('BEGIN EXCLUSIVE')\n\
-             print('locked', flush=True)\n\
-             time.sleep(40)\n",
-        )
-        .arg(&db)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let locker = SqliteLock::take(&db, "BEGIN EXCLUSIVE");
     let cfg = config(&sb, &db, "zstd");
     let child = spawn_dbkeep(&cfg, &["backup"]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -274,8 +255,7 @@ fn a_stop_is_not_held_up_by_a_writers_lock() {
     child.signal(libc::SIGTERM);
     let run = child.finish(Duration::from_secs(60));
     let took = signalled.elapsed();
-    let _ = locker.kill();
-    let _ = locker.wait();
+    drop(locker);
     assert_ne!(run.code, 0, "{}", run.stderr);
     assert!(
         took < Duration::from_secs(10),
