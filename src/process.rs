@@ -274,13 +274,36 @@ pub fn spawn_reading(spec: Spec) -> Result<(Running, std::fs::File), ProcessErro
             program: name,
             source,
         })?;
-    Ok((running, std::fs::File::from(fd)))
+    let file = std::fs::File::from(fd);
+    widen_pipe(&file);
+    Ok((running, file))
+}
+
+/// How much a pipe between dbkeep and a child holds: the kernel's default of 64 KiB
+/// makes the side that waits sleep and wake once per 64 KiB (pg_restore's stdio reads 4
+/// KiB at a time); 1 MiB is the most an unprivileged process may ask for by default
+/// (/proc/sys/fs/pipe-max-size).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Ask for a [`PIPE_SIZE`] pipe; a kernel that refuses keeps its default, which only
+/// costs speed.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; the call has no memory arguments.
+    let got = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    if got < 0 {
+        tracing::debug!(
+            "the pipe keeps its default size: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// A child's stdin as a plain blocking pipe, for a writer on a blocking thread (see
 /// [`spawn_reading`]).
 pub fn blocking_stdin(stdin: ChildStdin) -> std::io::Result<std::fs::File> {
-    Ok(std::fs::File::from(stdin.into_owned_fd()?))
+    let file = std::fs::File::from(stdin.into_owned_fd()?);
+    widen_pipe(&file);
+    Ok(file)
 }
 
 /// Run `spec` to completion with no input, its output discarded (stderr's tail is kept

@@ -75,6 +75,16 @@ impl<W: Write> HoldBack<W> {
 
 impl<W: Write> Write for HoldBack<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() >= HOLD_BACK {
+            // A large write passes straight on, but for its own last HOLD_BACK bytes: no
+            // copy of the stream through `tail`.
+            let (pass, keep) = buf.split_at(buf.len() - HOLD_BACK);
+            self.inner.write_all(&self.tail)?;
+            self.inner.write_all(pass)?;
+            self.tail.clear();
+            self.tail.extend_from_slice(keep);
+            return Ok(buf.len());
+        }
         self.tail.extend_from_slice(buf);
         if self.tail.len() > 2 * HOLD_BACK {
             let pass = self.tail.len() - HOLD_BACK;
@@ -85,6 +95,26 @@ impl<W: Write> Write for HoldBack<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// How much of the decompressed stream moves at a time: 1 MiB writes into a pipe of the
+/// same size (process.rs) or a file, where std's `io::copy` moves 8 KiB.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// `io::copy` with a [`COPY_BUFFER`]: fewer, larger writes into the consumer.
+fn copy_wide(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -266,7 +296,7 @@ where
         let mut out = HoldBack::new(Guarded { inner: sink, check });
         let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let streaming = format!("streaming {} into the restore", backup.file);
-        let closed_early = match io::copy(&mut decoder, &mut out) {
+        let closed_early = match copy_wide(&mut decoder, &mut out) {
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
             Err(e) => return Err(blame(refused_or(e, streaming), decoder, hash, &backup)),
@@ -306,7 +336,7 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
             .create_new(true)
             .open(&dest)
             .map_err(EngineError::io(what.clone()))?;
-        if let Err(e) = io::copy(&mut decoder, &mut f) {
+        if let Err(e) = copy_wide(&mut decoder, &mut f) {
             let err =
                 EngineError::io(format!("unpacking {} into {}", backup.file, dest.display()))(e);
             return Err(blame(err, decoder, hash, &backup));
@@ -331,5 +361,43 @@ mod tests {
         assert!(out.tail.len() >= HOLD_BACK);
         let inner = out.release().unwrap();
         assert_eq!(inner, data);
+    }
+
+    #[test]
+    fn hold_back_keeps_the_tail_of_small_and_large_writes_alike() {
+        // Writes of every size, in an order that takes both paths back and forth: the
+        // consumer gets the bytes in order, never the last HOLD_BACK before the release.
+        let data: Vec<u8> = (0..10 * HOLD_BACK).map(|i| (i % 251) as u8).collect();
+        let sizes = [
+            1,
+            HOLD_BACK - 1,
+            HOLD_BACK,
+            3 * HOLD_BACK + 7,
+            100,
+            2 * HOLD_BACK,
+        ];
+        let mut out = HoldBack::new(Vec::new());
+        let (mut at, mut i) = (0, 0);
+        while at < data.len() {
+            let n = sizes[i % sizes.len()].min(data.len() - at);
+            out.write_all(&data[at..at + n]).unwrap();
+            at += n;
+            i += 1;
+            assert!(
+                out.inner.len() <= at.saturating_sub(HOLD_BACK),
+                "passed the held-back tail"
+            );
+            assert_eq!(out.inner[..], data[..out.inner.len()]);
+        }
+        assert_eq!(out.release().unwrap(), data);
+    }
+
+    #[test]
+    fn copy_wide_moves_every_byte_in_order() {
+        let data: Vec<u8> = (0..3 * COPY_BUFFER + 5).map(|i| (i % 253) as u8).collect();
+        let mut to = Vec::new();
+        let n = copy_wide(&mut &data[..], &mut to).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(to, data);
     }
 }
