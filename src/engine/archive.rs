@@ -52,29 +52,59 @@ impl<R: Read> Read for Progress<R> {
     }
 }
 
-/// Passes bytes on but keeps the last `HOLD_BACK` until `release`: the consumer cannot
-/// reach the end of the stream (and commit) before the caller allows it.
+/// Judges the plain stream on its way to a consumer that may stop reading before its end
+/// (pg_restore stops after the last data block it needs): it refuses a stream whose end,
+/// as the consumer sees it, would not be the stored archive's end, where the sha256 is
+/// confirmed. Holding back the last bytes only keeps a consumer from finishing when it
+/// needs them.
+pub trait Gate: Send {
+    /// The next bytes, before any of them reach the consumer. `Ok(true)` while the gate
+    /// cannot judge them yet: everything so far is then held back.
+    fn inspect(&mut self, chunk: &[u8]) -> Result<bool, String>;
+    /// The stream ended, before its held-back tail is released.
+    fn end(&mut self) -> Result<(), String>;
+}
+
+/// Passes bytes on but keeps the last `HOLD_BACK` (and all of them while the gate says
+/// so) until `release`: the consumer cannot reach the end of the stream (and commit)
+/// before the caller allows it.
 struct HoldBack<W: Write> {
     inner: W,
     tail: Vec<u8>,
+    gate: Option<Box<dyn Gate>>,
 }
 
 impl<W: Write> HoldBack<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: W, gate: Option<Box<dyn Gate>>) -> Self {
         HoldBack {
             inner,
             tail: Vec::with_capacity(2 * HOLD_BACK),
+            gate,
         }
     }
 
     fn release(mut self) -> io::Result<W> {
+        if let Some(gate) = &mut self.gate {
+            gate.end().map_err(refusal)?;
+        }
         self.inner.write_all(&self.tail)?;
         Ok(self.inner)
     }
 }
 
+/// A gate's or guard's refusal, inside an io::Error.
+fn refusal(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Refusal(message))
+}
+
 impl<W: Write> Write for HoldBack<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(gate) = &mut self.gate {
+            if gate.inspect(buf).map_err(refusal)? {
+                self.tail.extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+        }
         if buf.len() >= HOLD_BACK {
             // A large write passes straight on, but for its own last HOLD_BACK bytes: no
             // copy of the stream through `tail`.
@@ -259,7 +289,7 @@ impl std::error::Error for Refusal {}
 impl<W: Write> Write for Guarded<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(check) = &mut self.check {
-            check(buf).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, Refusal(m)))?;
+            check(buf).map_err(refusal)?;
         }
         self.inner.write_all(buf)?;
         Ok(buf.len())
@@ -280,8 +310,14 @@ fn refused_or(e: io::Error, what: String) -> EngineError {
 /// Decompress the stored archive into `sink` (a child's stdin), hashing the stored bytes
 /// on the way; a hash that differs from the manifest's is an error before the sink sees
 /// its end. A consumer that stops reading early (pg_restore with `--schema` once it has
-/// what it wants) is not an error here: its exit status decides.
-pub async fn feed<W>(archive: Archive<'_>, sink: W, check: Option<Check>) -> Result<(), EngineError>
+/// what it wants) is not an error here: its exit status decides; one that commits when
+/// it stops needs a `gate` that refuses a stream it would stop early in.
+pub async fn feed<W>(
+    archive: Archive<'_>,
+    sink: W,
+    check: Option<Check>,
+    gate: Option<Box<dyn Gate>>,
+) -> Result<(), EngineError>
 where
     W: Write + Send + 'static,
 {
@@ -293,7 +329,7 @@ where
     let meter = archive.meter.cloned();
     let keys = archive.keys.cloned();
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut out = HoldBack::new(Guarded { inner: sink, check });
+        let mut out = HoldBack::new(Guarded { inner: sink, check }, gate);
         let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let streaming = format!("streaming {} into the restore", backup.file);
         let closed_early = match copy_wide(&mut decoder, &mut out) {
@@ -354,7 +390,7 @@ mod tests {
 
     #[test]
     fn hold_back_keeps_the_tail_until_released() {
-        let mut out = HoldBack::new(Vec::new());
+        let mut out = HoldBack::new(Vec::new(), None);
         let data = vec![7u8; 3 * HOLD_BACK];
         out.write_all(&data).unwrap();
         assert!(out.inner.len() <= 2 * HOLD_BACK);
@@ -376,7 +412,7 @@ mod tests {
             100,
             2 * HOLD_BACK,
         ];
-        let mut out = HoldBack::new(Vec::new());
+        let mut out = HoldBack::new(Vec::new(), None);
         let (mut at, mut i) = (0, 0);
         while at < data.len() {
             let n = sizes[i % sizes.len()].min(data.len() - at);

@@ -212,6 +212,88 @@ fn a_corrupt_archive_restored_into_a_new_database_leaves_no_database() {
     assert_eq!(pg.table_checksums("fresh"), pg.table_checksums("app"));
 }
 
+/// pg_restore COMMITs once it read the last data block, not at the end of its input. An
+/// archive whose rows were changed and that goes on past that block (8 MiB of zeros,
+/// which compress to almost nothing, then a zstd skippable frame that gives it its
+/// stored size back) once let pg_restore commit while the stream, and its sha256 check,
+/// were still on their way: into an existing database, the changed rows stayed there
+/// and dbkeep said nothing was committed. Now the stream must end with that block.
+#[test]
+fn changed_rows_with_filler_after_the_last_block_never_reach_an_existing_database() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    );
+    pg.create_db("other");
+    pg.psql(
+        "other",
+        "CREATE TABLE keep (v text); INSERT INTO keep VALUES ('mine')",
+    );
+    let before = pg.table_checksums("other");
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
+    let archive = sb.backups().join("app").join(&name);
+    let stored = std::fs::read(&archive).unwrap();
+
+    let mut plain = zstd::decode_all(&stored[..]).unwrap();
+    let values = pg.psql(
+        "app",
+        "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= 1000",
+    );
+    let mut changed = 0;
+    for v in values.split(',') {
+        let at = plain
+            .windows(v.len())
+            .position(|w| w == v.as_bytes())
+            .unwrap_or_else(|| panic!("{v} is not in the dump"));
+        plain[at..at + v.len()].copy_from_slice(&[b'E'; 32][..v.len()]);
+        changed += 1;
+    }
+    assert_eq!(changed, 1000);
+    plain.extend(std::iter::repeat_n(0u8, 8 << 20));
+    let mut forged = zstd::encode_all(&plain[..], 3).unwrap();
+    let pad = stored
+        .len()
+        .checked_sub(forged.len() + 8)
+        .expect("the forged archive compresses smaller than the real one");
+    forged.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    forged.extend_from_slice(&(pad as u32).to_le_bytes());
+    forged.extend(std::iter::repeat_n(0u8, pad));
+    assert_eq!(forged.len(), stored.len());
+    std::fs::write(&archive, &forged).unwrap();
+
+    let other = pg.url("other");
+    let restore = || {
+        dbkeep(
+            Some(&cfg),
+            &["restore", "app", "latest", "--yes", "--into", &other],
+            &[],
+        )
+    };
+    let run = restore();
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("sha256") || run.stderr.contains("goes on after"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.table_checksums("other"), before, "{}", run.stderr);
+
+    // The real archive still restores there.
+    std::fs::write(&archive, &stored).unwrap();
+    restore().ok();
+    assert_eq!(
+        pg.psql("other", "SELECT count(*) FROM t WHERE v LIKE 'EEEE%'"),
+        "0"
+    );
+    assert_eq!(pg.psql("other", "SELECT count(*) FROM t"), "20000");
+}
+
 #[test]
 fn latest_never_means_the_safety_copy_of_a_restore() {
     let pg = TestPostgres::start();

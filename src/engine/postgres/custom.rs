@@ -20,6 +20,8 @@ const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
 /// Format byte of a custom archive.
 const ARCH_CUSTOM: u8 = 1;
+/// The offset flag of a TOC entry that has no data block.
+const K_OFFSET_NO_DATA: u8 = 3;
 
 type Version = (u8, u8, u8);
 
@@ -110,12 +112,19 @@ pub struct TocEntry {
     pub defn: String,
     /// The dump ids it depends on.
     pub deps: Vec<i64>,
+    /// Whether the TOC announces a data block for it (its offset flag is not "no data").
+    pub has_data: bool,
 }
 
 /// Read the header and TOC from `buf`; `UnexpectedEof` while `buf` does not hold all of
 /// them yet. Returns them and how many bytes they took.
 fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
     let (int_size, entries, used) = parse_toc(buf)?;
+    if entries.iter().any(|e| e.has_data) && compressed_data(buf)? {
+        return Err(bad(
+            "the archive's data is compressed (dbkeep dumps with -Z0)",
+        ));
+    }
     let mut collector = Collector::new(PG_COPY_TEXT);
     let mut by_id: HashMap<i64, Entry> = HashMap::new();
     for e in entries {
@@ -180,7 +189,26 @@ pub fn read_toc<R: Read>(mut input: R, limit: usize) -> io::Result<Vec<TocEntry>
     }
 }
 
+/// Whether the header in `buf` says the data blocks are compressed.
+fn compressed_data(buf: &[u8]) -> io::Result<bool> {
+    let mut r = Reader {
+        inner: buf,
+        int_size: 4,
+    };
+    let mut head = [0u8; 11];
+    r.inner.read_exact(&mut head)?;
+    let version: Version = (head[5], head[6], head[7]);
+    r.int_size = usize::from(head[8]);
+    // Compression: an algorithm byte from 1.15, a level before.
+    Ok(if version >= (1, 15, 0) {
+        r.byte()? != 0
+    } else {
+        r.int()? != 0
+    })
+}
+
 /// The header and TOC entries in `buf`: the integer size, the entries, the bytes used.
+/// Compressed data is not refused here: the layout of its blocks is the same.
 fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
     let mut r = Reader {
         inner: buf,
@@ -206,16 +234,11 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
     if r.byte()? != ARCH_CUSTOM {
         return Err(bad("not a custom-format archive"));
     }
-    // Compression: an algorithm byte from 1.15, a level before; data must be plain.
-    let compressed = if version >= (1, 15, 0) {
-        r.byte()? != 0
+    // Compression: an algorithm byte from 1.15, a level before (compressed_data).
+    if version >= (1, 15, 0) {
+        r.byte()?;
     } else {
-        r.int()? != 0
-    };
-    if compressed {
-        return Err(bad(
-            "the archive's data is compressed (dbkeep dumps with -Z0)",
-        ));
+        r.int()?;
     }
     for _ in 0..7 {
         r.int()?; // creation time
@@ -248,7 +271,8 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
         while let Some(d) = r.string()? {
             deps.extend(d.trim().parse::<i64>().ok());
         }
-        r.byte()?; // data offset: a flag, then off_size bytes
+        // Data offset: a flag (3: no data), then off_size bytes.
+        let has_data = r.byte()? != K_OFFSET_NO_DATA;
         r.skip(off_size)?;
         entries.push(TocEntry {
             id: dump_id,
@@ -257,6 +281,7 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
             tag,
             defn,
             deps,
+            has_data,
         });
     }
     let used = buf.len() - r.inner.len();
@@ -281,6 +306,16 @@ enum Step {
     BlobOid,
 }
 
+impl Step {
+    /// Where the stream is with `left` bytes of a chunk still to come.
+    fn rest_of_chunk(left: usize, blob: bool) -> Step {
+        match left {
+            0 => Step::ChunkLen { blob },
+            left => Step::Chunk { left, blob },
+        }
+    }
+}
+
 /// The data blocks, read as they arrive in pieces of any size.
 struct Data {
     head: Head,
@@ -292,36 +327,42 @@ struct Data {
     object: Option<ObjectHasher>,
 }
 
+/// The next integer of `int_size` bytes (and a sign byte) from `data`, once `data` after
+/// what is `pending` from earlier pieces holds all of it; else the bytes are kept there.
+fn take_int(pending: &mut Vec<u8>, int_size: usize, data: &mut &[u8]) -> Option<i64> {
+    let n = 1 + int_size;
+    let decode = |b: &[u8]| {
+        let mut v: u64 = 0;
+        for (i, x) in b[1..].iter().enumerate().take(8) {
+            v |= u64::from(*x) << (8 * i);
+        }
+        let v = v as i64;
+        if b[0] != 0 {
+            -v
+        } else {
+            v
+        }
+    };
+    if pending.is_empty() && data.len() >= n {
+        let v = decode(&data[..n]);
+        *data = &data[n..];
+        return Some(v);
+    }
+    let take = (n - pending.len()).min(data.len());
+    pending.extend_from_slice(&data[..take]);
+    *data = &data[take..];
+    if pending.len() < n {
+        return None;
+    }
+    let v = decode(pending);
+    pending.clear();
+    Some(v)
+}
+
 impl Data {
     /// The next integer, when `data` (after what is pending) holds all of it.
     fn int(&mut self, data: &mut &[u8]) -> Option<i64> {
-        let n = 1 + self.head.int_size;
-        let decode = |b: &[u8]| {
-            let mut v: u64 = 0;
-            for (i, x) in b[1..].iter().enumerate().take(8) {
-                v |= u64::from(*x) << (8 * i);
-            }
-            let v = v as i64;
-            if b[0] != 0 {
-                -v
-            } else {
-                v
-            }
-        };
-        if self.pending.is_empty() && data.len() >= n {
-            let v = decode(&data[..n]);
-            *data = &data[n..];
-            return Some(v);
-        }
-        let take = (n - self.pending.len()).min(data.len());
-        self.pending.extend_from_slice(&data[..take]);
-        *data = &data[take..];
-        if self.pending.len() < n {
-            return None;
-        }
-        let v = decode(&self.pending);
-        self.pending.clear();
-        Some(v)
+        take_int(&mut self.pending, self.head.int_size, data)
     }
 
     fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -395,10 +436,7 @@ impl Data {
                         self.rows.feed(now);
                     }
                     data = rest;
-                    self.step = match left - take {
-                        0 => Step::ChunkLen { blob },
-                        left => Step::Chunk { left, blob },
-                    };
+                    self.step = Step::rest_of_chunk(left - take, blob);
                 }
                 Step::BlobOid => {
                     let Some(oid) = self.int(&mut data) else {
@@ -508,6 +546,216 @@ impl ContentReader {
     }
 }
 
+/// Follows the framing of a custom archive on its way into `pg_restore` and refuses it
+/// when it does not end where `pg_restore` stops reading: after the block of the last
+/// entry of its table of contents that has data. `pg_restore` never reads past that
+/// block, so bytes after it (or a block it would skip) would let it COMMIT while the rest
+/// of the stream, and the end where the stored archive's sha256 is confirmed, is still
+/// on its way. With nothing after that block, holding back the stream's last bytes
+/// until the sha256 matched (archive.rs) holds back the end of the data too.
+///
+/// Blocks must belong to `TABLE DATA` or large-object entries (the only ones pg_dump
+/// writes data for, and ones a whole restore never skips), each once, in the order of
+/// the table of contents, as pg_dump writes them; this reads only the framing (block
+/// headers, chunk lengths), never the data.
+pub struct Framing {
+    phase: FramingPhase,
+}
+
+enum FramingPhase {
+    /// The header and TOC so far; parsed again once it has doubled.
+    Head {
+        buf: Vec<u8>,
+        next_try: usize,
+    },
+    Blocks(Box<Blocks>),
+}
+
+struct Blocks {
+    int_size: usize,
+    /// The position in `entries` the next block may start from.
+    next: usize,
+    /// The entries announced with data, in TOC order: dump id, what it is, its name.
+    entries: Vec<(i64, String, String)>,
+    step: Step,
+    pending: Vec<u8>,
+    /// The block of the last entry with data has ended: the stream must end too.
+    ended: bool,
+}
+
+/// How much header and table of contents a stream may hold before its first data block.
+const MAX_TOC: usize = 256 << 20;
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing {
+            phase: FramingPhase::Head {
+                buf: Vec::new(),
+                next_try: 64 * 1024,
+            },
+        }
+    }
+}
+
+impl crate::engine::archive::Gate for Framing {
+    /// Everything is held back until the header and TOC are read: the blocks after them
+    /// are judged as they come.
+    fn inspect(&mut self, data: &[u8]) -> Result<bool, String> {
+        match &mut self.phase {
+            FramingPhase::Head { buf, next_try } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= *next_try {
+                    self.try_head(false)?;
+                }
+                Ok(matches!(self.phase, FramingPhase::Head { .. }))
+            }
+            FramingPhase::Blocks(b) => b.feed(data).map(|()| false),
+        }
+    }
+
+    /// A header and TOC still unread (a short archive) are read now.
+    fn end(&mut self) -> Result<(), String> {
+        if let FramingPhase::Head { .. } = self.phase {
+            self.try_head(true)?;
+        }
+        Ok(())
+    }
+}
+
+impl Framing {
+    fn try_head(&mut self, at_end: bool) -> Result<(), String> {
+        let FramingPhase::Head { buf, next_try } = &mut self.phase else {
+            return Ok(());
+        };
+        let (int_size, toc, used) = match parse_toc(buf) {
+            Ok(parsed) => parsed,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !at_end => {
+                if buf.len() > MAX_TOC {
+                    return Err(format!(
+                        "the archive holds no table of contents in its first {MAX_TOC} bytes"
+                    ));
+                }
+                *next_try = buf.len() * 2;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("the archive is not one pg_dump wrote: {e}")),
+        };
+        let rest = buf.split_off(used);
+        let entries: Vec<(i64, String, String)> = toc
+            .into_iter()
+            .filter(|e| e.has_data)
+            .map(|e| (e.id, e.desc, e.tag))
+            .collect();
+        if let Some((_, desc, tag)) = entries.iter().find(|(_, d, _)| !holds_data(d)) {
+            return Err(format!(
+                "the archive announces data for {desc} {tag}, which pg_dump never writes and a restore would skip"
+            ));
+        }
+        let mut blocks = Box::new(Blocks {
+            int_size,
+            next: 0,
+            ended: entries.is_empty(),
+            entries,
+            step: Step::BlockType,
+            pending: Vec::new(),
+        });
+        let fed = blocks.feed(&rest);
+        self.phase = FramingPhase::Blocks(blocks);
+        fed
+    }
+}
+
+/// The TOC entries pg_dump writes a data block for.
+fn holds_data(desc: &str) -> bool {
+    matches!(desc, "TABLE DATA" | "BLOBS" | "LARGE OBJECTS")
+}
+
+impl Blocks {
+    fn int(&mut self, data: &mut &[u8]) -> Option<i64> {
+        take_int(&mut self.pending, self.int_size, data)
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            if self.ended {
+                return Err(format!(
+                    "the archive goes on after the data of the last entry of its table of contents ({} more bytes at least), where pg_restore stops reading",
+                    data.len()
+                ));
+            }
+            match self.step {
+                Step::BlockType => {
+                    let kind = data[0];
+                    data = &data[1..];
+                    if kind != BLK_DATA && kind != BLK_BLOBS {
+                        return Err(format!("an unknown data block type {kind}"));
+                    }
+                    self.step = Step::DumpId { kind };
+                }
+                Step::DumpId { kind } => {
+                    let Some(id) = self.int(&mut data) else {
+                        continue;
+                    };
+                    let at = self.entries[self.next..]
+                        .iter()
+                        .position(|(e, _, _)| *e == id)
+                        .map(|i| self.next + i)
+                        .ok_or_else(|| {
+                            format!("a data block for dump id {id}, which the table of contents does not announce at this point (pg_dump writes each once, in its order)")
+                        })?;
+                    let blobs = self.entries[at].1 != "TABLE DATA";
+                    if blobs != (kind == BLK_BLOBS) {
+                        return Err(format!(
+                            "a data block of the wrong kind for {} {}",
+                            self.entries[at].1, self.entries[at].2
+                        ));
+                    }
+                    self.next = at + 1;
+                    self.step = match blobs {
+                        true => Step::BlobOid,
+                        false => Step::ChunkLen { blob: false },
+                    };
+                }
+                Step::ChunkLen { blob } => {
+                    let Some(len) = self.int(&mut data) else {
+                        continue;
+                    };
+                    self.step = match (len, blob) {
+                        (l, _) if l < 0 => return Err("a negative chunk length".into()),
+                        (0, true) => Step::BlobOid,
+                        (0, false) => self.block_ended(),
+                        (l, blob) => Step::Chunk {
+                            left: usize::try_from(l).map_err(|_| "a chunk length out of range")?,
+                            blob,
+                        },
+                    };
+                }
+                Step::Chunk { left, blob } => {
+                    let take = left.min(data.len());
+                    data = &data[take..];
+                    self.step = Step::rest_of_chunk(left - take, blob);
+                }
+                Step::BlobOid => {
+                    let Some(oid) = self.int(&mut data) else {
+                        continue;
+                    };
+                    self.step = match oid {
+                        0 => self.block_ended(),
+                        _ => Step::ChunkLen { blob: true },
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A block ended: the stream ends with it when it was the last entry's.
+    fn block_ended(&mut self) -> Step {
+        self.ended = self.next == self.entries.len();
+        Step::BlockType
+    }
+}
+
 /// Read a whole custom-format archive from `input` and return its content.
 pub fn read_content<R: Read>(mut input: R) -> io::Result<Content> {
     let mut reader = ContentReader::default();
@@ -601,6 +849,153 @@ mod tests {
         assert_eq!(
             quoted_value("SET client_encoding = 'LATIN1';\n").as_deref(),
             Some("LATIN1")
+        );
+    }
+
+    /// A custom archive (format 1.14, 4-byte integers) with `entries` (dump id, desc,
+    /// has data) and then `blocks` (type, dump id, chunks) as written.
+    fn archive(entries: &[(i64, &str, bool)], blocks: &[(u8, i64, &[&[u8]])]) -> Vec<u8> {
+        let int = |out: &mut Vec<u8>, v: i64| {
+            out.push(u8::from(v < 0));
+            out.extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
+        };
+        let string = |out: &mut Vec<u8>, s: Option<&str>| match s {
+            None => int(out, -1),
+            Some(s) => {
+                int(out, s.len() as i64);
+                out.extend_from_slice(s.as_bytes());
+            }
+        };
+        let mut a = b"PGDMP\x01\x0e\x00\x04\x08\x01".to_vec();
+        for v in [0, 0, 0, 0, 0, 0, 0, 0] {
+            int(&mut a, v); // compression level, then the creation time
+        }
+        for s in ["db", "15.0", "15.0"] {
+            string(&mut a, Some(s));
+        }
+        int(&mut a, entries.len() as i64);
+        for (id, desc, data) in entries {
+            int(&mut a, *id);
+            int(&mut a, i64::from(*data));
+            for s in [None, None, Some("t"), Some(*desc), Some("SECTION")] {
+                if s == Some("SECTION") {
+                    int(&mut a, 2);
+                } else {
+                    string(&mut a, s);
+                }
+            }
+            for s in [
+                Some(""),
+                None,
+                None,
+                Some("public"),
+                None,
+                None,
+                Some("o"),
+                None,
+            ] {
+                string(&mut a, s);
+            }
+            string(&mut a, None); // end of the dependencies
+            a.push(if *data { 1 } else { K_OFFSET_NO_DATA });
+            a.extend_from_slice(&[0u8; 8]);
+        }
+        for (kind, id, chunks) in blocks {
+            a.push(*kind);
+            int(&mut a, *id);
+            if *kind == BLK_BLOBS {
+                int(&mut a, 77); // one large object's oid
+            }
+            for c in chunks.iter() {
+                int(&mut a, c.len() as i64);
+                a.extend_from_slice(c);
+            }
+            int(&mut a, 0);
+            if *kind == BLK_BLOBS {
+                int(&mut a, 0);
+            }
+        }
+        a
+    }
+
+    /// The archive through the gate in pieces of `step` bytes: Ok once its end was
+    /// accepted.
+    fn through(a: &[u8], step: usize) -> Result<(), String> {
+        use crate::engine::archive::Gate;
+        let mut f = Framing::default();
+        for piece in a.chunks(step) {
+            f.inspect(piece)?;
+        }
+        f.end()
+    }
+
+    #[test]
+    fn the_framing_takes_an_archive_that_ends_with_its_last_block_in_pieces_of_any_size() {
+        let entries = [
+            (1, "TABLE", false),
+            (2, "TABLE DATA", true),
+            (3, "BLOBS", true),
+            (4, "INDEX", false),
+        ];
+        let rows: &[&[u8]] = &[b"1\ta\n", b"2\tb\n"];
+        let a = archive(&entries, &[(BLK_DATA, 2, rows), (BLK_BLOBS, 3, &[b"xyz"])]);
+        for step in [1, 2, 3, 5, 7, 64, a.len()] {
+            assert_eq!(through(&a, step), Ok(()), "pieces of {step}");
+        }
+        // No data at all: the archive ends with its TOC.
+        assert_eq!(through(&archive(&entries[..1], &[]), 1), Ok(()));
+    }
+
+    #[test]
+    fn the_framing_refuses_what_pg_restore_would_not_read_to_the_end() {
+        let entries = [(2, "TABLE DATA", true), (5, "TABLE DATA", true)];
+        let rows: &[&[u8]] = &[b"1\n"];
+        let good = archive(&entries, &[(BLK_DATA, 2, rows), (BLK_DATA, 5, rows)]);
+        let mut filler = good.clone();
+        filler.extend_from_slice(&[0u8; 100]);
+        let refused = |a: &[u8], why: &str| {
+            for step in [1, 3, a.len()] {
+                let got = through(a, step);
+                assert!(
+                    got.as_ref().is_err_and(|e| e.contains(why)),
+                    "{why}, pieces of {step}: {got:?}"
+                );
+            }
+        };
+        refused(&filler, "goes on after");
+        // A block after the last entry's, for an entry pg_restore already passed.
+        refused(
+            &archive(
+                &entries,
+                &[
+                    (BLK_DATA, 2, rows),
+                    (BLK_DATA, 5, rows),
+                    (BLK_DATA, 2, rows),
+                ],
+            ),
+            "goes on after",
+        );
+        // The last entry's block first: pg_restore would read it and never the next.
+        refused(
+            &archive(&entries, &[(BLK_DATA, 5, rows), (BLK_DATA, 2, rows)]),
+            "goes on after",
+        );
+        refused(
+            &archive(&entries, &[(BLK_DATA, 9, rows)]),
+            "does not announce",
+        );
+        refused(&archive(&entries, &[(BLK_BLOBS, 2, rows)]), "wrong kind");
+        // Data announced for an entry a restore skips (the DATABASE entry without --create).
+        refused(
+            &archive(
+                &[(1, "DATABASE", true), (2, "TABLE DATA", true)],
+                &[(BLK_DATA, 2, rows)],
+            ),
+            "never writes",
+        );
+        refused(
+            b"PGDMP\x01\x0e\x00\x04\x08\x01 not an archive",
+            "not one pg_dump wrote",
         );
     }
 

@@ -15,7 +15,7 @@ use super::sqlguard::SqlGuard;
 use super::tools::{find_tool_dir, parse_tool_major};
 use crate::catalog::Manifest;
 use crate::config::PostgresConfig;
-use crate::engine::archive::feed;
+use crate::engine::archive::{feed, Gate};
 use crate::engine::{Archive, EngineError, RestoreMode};
 use crate::process::{self, ProcessError, Spec};
 
@@ -204,7 +204,8 @@ async fn pg_restore_inner(
     if let RestoreMode::Whole { .. } | RestoreMode::Definitions = mode {
         // pg_restore parses the archive itself: a truncated or corrupt stream is an error,
         // and --single-transaction rolls everything back. `feed` withholds the end of the
-        // stream until the sha256 matched, so pg_restore cannot commit before that.
+        // stream until the sha256 matched, and the gate below makes that end the one
+        // pg_restore needs, so pg_restore cannot commit before that.
         let mut spec = writer_spec(tools.join("pg_restore"), dsn, lock_timeout)
             .arg("--single-transaction")
             .arg("--exit-on-error")
@@ -222,11 +223,19 @@ async fn pg_restore_inner(
             RestoreMode::Definitions => spec = spec.arg("--schema-only"),
             _ => {}
         }
+        // pg_restore COMMITs once it read the last data block it restores, wherever the
+        // stream ends: a whole restore (every block) takes the archive only when that
+        // block is its end. A restore with a list or of definitions stops earlier by
+        // design, and goes into a scratch database only.
+        let gate: Option<Box<dyn Gate>> = match (mode, list) {
+            (RestoreMode::Whole { .. }, None) => Some(Box::new(super::custom::Framing::default())),
+            _ => None,
+        };
         let (child, stdin) = process::spawn_stdin(spec)?;
         let stop = child.stopper();
         let feeding = async {
             let r = match process::blocking_stdin(stdin) {
-                Ok(stdin) => feed(archive, stdin, None).await,
+                Ok(stdin) => feed(archive, stdin, None, gate).await,
                 Err(e) => Err(EngineError::io("the restore's input pipe")(e)),
             };
             if r.is_err() {
@@ -260,7 +269,7 @@ async fn pg_restore_inner(
             })
         };
         // The sha256 is checked before a statement runs.
-        feed(archive, io::sink(), Some(collect)).await?;
+        feed(archive, io::sink(), Some(collect), None).await?;
         let sql = std::mem::take(&mut *sql.lock().unwrap_or_else(|p| p.into_inner()));
         let statements = super::globals::statements(&sql).map_err(EngineError::Refused)?;
         if cancel.is_cancelled() {
@@ -320,7 +329,7 @@ async fn pg_restore_inner(
 
     let feeding = async {
         let r = match process::blocking_stdin(pgr_in) {
-            Ok(pgr_in) => feed(archive, pgr_in, None).await,
+            Ok(pgr_in) => feed(archive, pgr_in, None, None).await,
             Err(e) => Err(EngineError::io("the restore's input pipe")(e)),
         };
         if r.is_err() {

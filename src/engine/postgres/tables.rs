@@ -667,6 +667,7 @@ mod tests {
             tag: tag.into(),
             defn: String::new(),
             deps: deps.to_vec(),
+            has_data: desc == "TABLE DATA",
         }
     }
 
