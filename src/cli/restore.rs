@@ -79,13 +79,12 @@ pub(super) async fn restore(
     )
     .await?;
     eprintln!("{}", plan.description);
-    // Over the live database the archive is proven intact before anything is asked or
-    // touched (the next storage's copy is used when the chosen one cannot be read or does
-    // not match). Into another database it is proven as it streams: the end of the stream
-    // is held back until the sha256 matched, so nothing commits before, and a database
-    // the restore created is dropped again when it fails. A separate pass would read the
-    // whole archive twice (from S3, download it twice).
-    if plan.dest.is_own() {
+    // Over the live database, and for every PostgreSQL restore (ops_restore::proven_first),
+    // the archive is proven intact before anything is asked or touched (the next storage's
+    // copy is used when the chosen one cannot be read or does not match). A SQLite file
+    // elsewhere is proven as it streams: it is renamed into place only after the check.
+    let first = plan.dest.is_own() || ops_restore::proven_first(target);
+    if first {
         plan.chosen.prove(ctx).await?;
         eprintln!(
             "checksum OK (sha256 {}, read from {})",
@@ -107,7 +106,7 @@ pub(super) async fn restore(
     interruptible(ctx);
     let t0 = std::time::Instant::now();
     let done = ops_restore::execute(ctx, target, &mut plan, &args.opts).await?;
-    if !plan.dest.is_own() {
+    if !first {
         eprintln!(
             "checksum OK (sha256 {}, read from {}, proven while restoring)",
             &plan.chosen.backup.sha256[..16],

@@ -462,6 +462,18 @@ async fn choose_copy(
     )))
 }
 
+/// Whether a restore of `target` must prove the archive's sha256 before any byte of it is
+/// read by the restore, whatever the destination. PostgreSQL's are: pg_restore runs the
+/// statements of the archive's table of contents as it reads them (a changed archive can
+/// hold `COMMIT`, a role change, `COPY … TO PROGRAM`), on the destination's server, long
+/// before the end of the stream where a streamed check would see the mismatch; dropping
+/// the database afterwards cannot undo what reached the server. A SQLite restore writes a
+/// file that is renamed into place only once the sha256 matched, so it is proven as it
+/// streams.
+pub fn proven_first(target: &Target) -> bool {
+    matches!(target.source, crate::config::SourceConfig::Postgres(_))
+}
+
 /// Stream the stored archive and compare its sha256 with the manifest.
 pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(), RestoreError> {
     let actual = match engine::archive::stored_sha256(storage, backup).await {

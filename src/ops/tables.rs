@@ -280,14 +280,18 @@ pub async fn plan(
     })
 }
 
-/// Restore the copies. The archive is read once: its sha256 is proven as it streams into
-/// the scratch copy, before anything reaches the live database; a copy that cannot be
-/// read or does not match gives way to the next storage's.
+/// Restore the copies. The archive's sha256 is proven before the scratch copy reads it
+/// when the engine's restore runs what it reads (ops_restore::proven_first), else as it
+/// streams into the scratch copy; either way before anything reaches the live database. A
+/// copy that cannot be read or does not match gives way to the next storage's.
 pub async fn execute(
     ctx: &Context,
     target: &Target,
     plan: &mut Plan,
 ) -> Result<Done, RestoreError> {
+    if ops_restore::proven_first(target) {
+        plan.chosen.prove(ctx).await?;
+    }
     let engine = engine::build(target);
     let dir = super::scratch_dir(ctx, target);
     let (restored, notes) = loop {

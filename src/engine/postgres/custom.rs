@@ -22,6 +22,8 @@ const BLK_BLOBS: u8 = 3;
 const ARCH_CUSTOM: u8 = 1;
 /// The offset flag of a TOC entry that has no data block.
 const K_OFFSET_NO_DATA: u8 = 3;
+/// The section of a TOC entry whose data a restore loads.
+const SECTION_DATA: i64 = 3;
 
 type Version = (u8, u8, u8);
 
@@ -50,8 +52,9 @@ impl<R: BufRead> Reader<R> {
                 v |= b << (8 * i);
             }
         }
-        let v = i64::try_from(v).map_err(|_| bad("an integer out of range"))?;
-        Ok(if sign != 0 { -v } else { v })
+        // pg_restore reads a C int: a larger magnitude would mean something else there.
+        let v = i32::try_from(v).map_err(|_| bad("an integer out of range"))?;
+        Ok(i64::from(if sign != 0 { -v } else { v }))
     }
 
     fn string(&mut self) -> io::Result<Option<String>> {
@@ -114,6 +117,9 @@ pub struct TocEntry {
     pub deps: Vec<i64>,
     /// Whether the TOC announces a data block for it (its offset flag is not "no data").
     pub has_data: bool,
+    /// Whether pg_restore reads that block: it was dumped by a data dumper, in the data
+    /// section (pg_restore skips the block of an entry without, or of another section).
+    pub restored_data: bool,
 }
 
 /// Read the header and TOC from `buf`; `UnexpectedEof` while `buf` does not hold all of
@@ -250,12 +256,12 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
     let mut entries = Vec::new();
     for _ in 0..count {
         let dump_id = r.int()?;
-        r.int()?; // had dumper
+        let had_dumper = r.int()? != 0;
         r.string()?; // table oid
         r.string()?; // oid
         let tag = r.string()?.unwrap_or_default();
         let desc = r.string()?.unwrap_or_default();
-        r.int()?; // section
+        let section = r.int()?;
         let defn = r.string()?.unwrap_or_default();
         r.string()?; // drop statement
         r.string()?; // copy statement
@@ -282,6 +288,7 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
             defn,
             deps,
             has_data,
+            restored_data: had_dumper && section == SECTION_DATA,
         });
     }
     let used = buf.len() - r.inner.len();
@@ -641,16 +648,25 @@ impl Framing {
             Err(e) => return Err(format!("the archive is not one pg_dump wrote: {e}")),
         };
         let rest = buf.split_off(used);
+        if int_size != 4 {
+            return Err(format!(
+                "the archive's integers are {int_size} bytes; pg_dump writes 4"
+            ));
+        }
+        if let Some(e) = toc
+            .iter()
+            .find(|e| e.has_data && !(holds_data(&e.desc) && e.restored_data))
+        {
+            return Err(format!(
+                "the archive announces data for {} {}, which pg_dump never writes and a restore would skip",
+                e.desc, e.tag
+            ));
+        }
         let entries: Vec<(i64, String, String)> = toc
             .into_iter()
             .filter(|e| e.has_data)
             .map(|e| (e.id, e.desc, e.tag))
             .collect();
-        if let Some((_, desc, tag)) = entries.iter().find(|(_, d, _)| !holds_data(d)) {
-            return Err(format!(
-                "the archive announces data for {desc} {tag}, which pg_dump never writes and a restore would skip"
-            ));
-        }
         let mut blocks = Box::new(Blocks {
             int_size,
             next: 0,
@@ -721,7 +737,9 @@ impl Blocks {
                         continue;
                     };
                     self.step = match (len, blob) {
-                        (l, _) if l < 0 => return Err("a negative chunk length".into()),
+                        (l, _) if !(0..=i64::from(i32::MAX)).contains(&l) => {
+                            return Err(format!("a chunk length out of range ({l})"))
+                        }
                         (0, true) => Step::BlobOid,
                         (0, false) => self.block_ended(),
                         (l, blob) => Step::Chunk {
@@ -877,13 +895,10 @@ mod tests {
         for (id, desc, data) in entries {
             int(&mut a, *id);
             int(&mut a, i64::from(*data));
-            for s in [None, None, Some("t"), Some(*desc), Some("SECTION")] {
-                if s == Some("SECTION") {
-                    int(&mut a, 2);
-                } else {
-                    string(&mut a, s);
-                }
+            for s in [None, None, Some("t"), Some(*desc)] {
+                string(&mut a, s);
             }
+            int(&mut a, if *data { SECTION_DATA } else { 2 });
             for s in [
                 Some(""),
                 None,
@@ -997,6 +1012,16 @@ mod tests {
             b"PGDMP\x01\x0e\x00\x04\x08\x01 not an archive",
             "not one pg_dump wrote",
         );
+        // The last entry's "had dumper" cleared: pg_restore would skip its block.
+        let announced = [0u8, 5, 0, 0, 0, 0, 1, 0, 0, 0];
+        let at = good.windows(10).position(|w| w == announced).unwrap();
+        let mut skipped = good.clone();
+        skipped[at + 6] = 0;
+        refused(&skipped, "a restore would skip");
+        // Eight-byte integers (pg_restore reads C ints).
+        let mut wide = good.clone();
+        wide[8] = 8;
+        refused(&wide, "pg_dump");
     }
 
     #[test]

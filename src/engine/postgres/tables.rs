@@ -668,6 +668,7 @@ mod tests {
             defn: String::new(),
             deps: deps.to_vec(),
             has_data: desc == "TABLE DATA",
+            restored_data: desc == "TABLE DATA",
         }
     }
 
