@@ -806,7 +806,13 @@ pub async fn execute(
     loop {
         match execute_once(ctx, target, plan, opts).await {
             Err(RestoreError::Engine(ref e))
-                if !plan.dest.is_own() && plan.chosen.next_after(e) => {}
+                if !plan.dest.is_own() && plan.chosen.next_after(e) =>
+            {
+                // The next storage's copy is proven like the first before it is read.
+                if proven_first(target) {
+                    plan.chosen.prove(ctx).await?;
+                }
+            }
             done => return done,
         }
     }

@@ -301,7 +301,12 @@ pub async fn execute(
             .await
         {
             Ok(done) => break done,
-            Err(e) if plan.chosen.next_after(&e) => {}
+            Err(e) if plan.chosen.next_after(&e) => {
+                // The next storage's copy is proven like the first before it is read.
+                if ops_restore::proven_first(target) {
+                    plan.chosen.prove(ctx).await?;
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     };

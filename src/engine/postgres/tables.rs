@@ -467,7 +467,8 @@ async fn in_scratch(
         cancel,
         list: Some(list),
     };
-    // The archive's sha256 is proven as it streams: nothing commits before it matched.
+    // The caller proved the archive's sha256 first (ops::restore::proven_first); it is
+    // proven again as it streams: nothing commits before it matched.
     restore::pg_restore(&run, archive, &RestoreMode::Whole { clean: false }).await?;
 
     let mut conn = scratch.connect().await?;
