@@ -132,6 +132,9 @@ pub struct Chosen {
     pub fallbacks: Vec<(&'static str, Backup)>,
     /// The private keys, when the archive is encrypted.
     pub keys: Option<std::sync::Arc<crate::crypt::Identities>>,
+    /// The chosen copy's sha256 was proven (by [`Chosen::prove`]); a turn to another
+    /// copy clears it.
+    pub proven: bool,
 }
 
 impl Chosen {
@@ -145,11 +148,23 @@ impl Chosen {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.proven = true;
+                    return Ok(());
+                }
                 Err(e) if !self.use_next(&e) => return Err(e),
                 Err(_) => {}
             }
         }
+    }
+
+    /// Prove the chosen copy, unless it was, when a restore of `target` must prove it
+    /// before reading it ([`proven_first`]): the first copy and any copy turned to later.
+    pub async fn prove_for(&mut self, ctx: &Context, target: &Target) -> Result<(), RestoreError> {
+        if proven_first(target) && !self.proven {
+            self.prove(ctx).await?;
+        }
+        Ok(())
     }
 
     /// After `err` from a restore that read this copy as it streamed: turn to the next
@@ -175,6 +190,7 @@ impl Chosen {
         );
         self.storage = storage;
         self.backup = backup;
+        self.proven = false;
         true
     }
 
@@ -402,6 +418,7 @@ async fn choose_copy(
             backup,
             storage,
             schema_from_full: None,
+            proven: false,
         });
     }
     if let Some(schema) = &selector.schema {
@@ -414,6 +431,7 @@ async fn choose_copy(
                 backup,
                 storage,
                 schema_from_full: None,
+                proven: false,
             });
         }
         if let Some((storage, backup)) = pick(&|b| {
@@ -426,6 +444,7 @@ async fn choose_copy(
                 backup,
                 storage,
                 schema_from_full: Some(schema.clone()),
+                proven: false,
             });
         }
         return Err(RestoreError::NotFound(format!(
@@ -441,6 +460,7 @@ async fn choose_copy(
             backup,
             storage,
             schema_from_full: None,
+            proven: false,
         });
     }
     // Each database once, however many storages hold its archive.
@@ -606,6 +626,7 @@ pub async fn plan_run(
             backup: b.clone(),
             storage,
             schema_from_full: None,
+            proven: false,
         });
     }
     if archives.is_empty() {
@@ -795,8 +816,9 @@ fn mode_of(chosen: &Chosen, dest: &Destination) -> RestoreMode {
 /// engine's: the archive holds what is asked, nothing else would be dropped, the
 /// destination is ready), then the safety backup of a live database, then the restore: a
 /// restore refused by a check takes no safety copy. Over the live database the caller
-/// proved the archive first; into another one the archive is proven as it streams, and
-/// a copy at fault gives way to the next storage's.
+/// proved the archive first. A PostgreSQL archive is proven here before it is read, if
+/// the caller did not ([`proven_first`]); a SQLite file elsewhere is proven as it
+/// streams. A copy at fault gives way to the next storage's, proven the same way.
 pub async fn execute(
     ctx: &Context,
     target: &Target,
@@ -804,15 +826,11 @@ pub async fn execute(
     opts: &Options,
 ) -> Result<Done, RestoreError> {
     loop {
+        // The first copy and any copy turned to are proven before they are read.
+        plan.chosen.prove_for(ctx, target).await?;
         match execute_once(ctx, target, plan, opts).await {
             Err(RestoreError::Engine(ref e))
-                if !plan.dest.is_own() && plan.chosen.next_after(e) =>
-            {
-                // The next storage's copy is proven like the first before it is read.
-                if proven_first(target) {
-                    plan.chosen.prove(ctx).await?;
-                }
-            }
+                if !plan.dest.is_own() && plan.chosen.next_after(e) => {}
             done => return done,
         }
     }

@@ -289,24 +289,18 @@ pub async fn execute(
     target: &Target,
     plan: &mut Plan,
 ) -> Result<Done, RestoreError> {
-    if ops_restore::proven_first(target) {
-        plan.chosen.prove(ctx).await?;
-    }
     let engine = engine::build(target);
     let dir = super::scratch_dir(ctx, target);
     let (restored, notes) = loop {
+        // The first copy and any copy turned to are proven before they are read.
+        plan.chosen.prove_for(ctx, target).await?;
         let archive = plan.chosen.archive(ctx)?;
         match engine
             .restore_tables(archive, &plan.copies, &dir, &ctx.cancel)
             .await
         {
             Ok(done) => break done,
-            Err(e) if plan.chosen.next_after(&e) => {
-                // The next storage's copy is proven like the first before it is read.
-                if ops_restore::proven_first(target) {
-                    plan.chosen.prove(ctx).await?;
-                }
-            }
+            Err(e) if plan.chosen.next_after(&e) => {}
             Err(e) => return Err(e.into()),
         }
     };

@@ -207,6 +207,90 @@ fn a_corrupt_archive_restored_into_a_new_database_leaves_no_database() {
     assert_eq!(pg.table_checksums("fresh"), pg.table_checksums("app"));
 }
 
+/// Change the plain bytes of a stored zstd archive with `edit` and store them again at the
+/// archive's stored size, as someone with write access to the storage can (the manifest
+/// is left alone): compressed again, then padded with a zstd skippable frame (the edit
+/// must make the bytes compress smaller). Returns the original stored bytes.
+fn forge_same_size(archive: &std::path::Path, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let stored = std::fs::read(archive).unwrap();
+    let mut plain = zstd::decode_all(&stored[..]).unwrap();
+    edit(&mut plain);
+    let mut forged = zstd::encode_all(&plain[..], 3).unwrap();
+    let pad = stored
+        .len()
+        .checked_sub(forged.len() + 8)
+        .expect("the forged archive compresses smaller than the real one");
+    forged.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    forged.extend_from_slice(&(pad as u32).to_le_bytes());
+    forged.extend(std::iter::repeat_n(0u8, pad));
+    assert_eq!(forged.len(), stored.len());
+    std::fs::write(archive, &forged).unwrap();
+    stored
+}
+
+/// Overwrite the one `from` in `bytes` with `to`, of the same length.
+fn replace_in(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from} is not in the dump"));
+    bytes[at..at + from.len()].copy_from_slice(to.as_bytes());
+}
+
+/// pg_restore runs the statements of the archive's table of contents as it reads them.
+/// A changed definition (`COMMIT`, then a statement on the whole server) streamed into a
+/// restore `--into` a new database once ran before the stream's sha256 was known, and
+/// dropping the database did not undo it. Now every PostgreSQL restore proves the
+/// archive before pg_restore reads it. The rows after the definition (~9 MB) are more
+/// than the pipe, the copy buffer and the held-back tail hold, so a streamed check could
+/// not reach the archive's end before pg_restore ran the definition.
+#[test]
+fn a_changed_definition_never_runs_on_the_server_of_a_restore_into_a_new_database() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    // Any role may change its own settings: no privilege the restoring role lacks.
+    let evil = "'';COMMIT;ALTER ROLE CURRENT_USER SET application_name = 'pwned';--";
+    let comment = "a".repeat(evil.len() - 2);
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); \
+             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g; \
+             COMMENT ON TABLE t IS '{comment}'"
+        ),
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
+    let archive = sb.backups().join("app").join(&name);
+    // Rows blanked as well, so that the forged archive compresses smaller than the real.
+    let values = pg.psql(
+        "app",
+        "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= 2000",
+    );
+    forge_same_size(&archive, |plain| {
+        replace_in(plain, &format!("'{comment}'"), evil);
+        for v in values.split(',') {
+            replace_in(plain, v, &"E".repeat(v.len()));
+        }
+    });
+
+    let run = dbkeep(
+        Some(&cfg),
+        &["restore", "app", "latest", "--into", &pg.url("fresh")],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("sha256"), "{}", run.stderr);
+    let pwned = "SELECT count(*) FROM pg_db_role_setting \
+                 WHERE 'application_name=pwned' = ANY(setconfig)";
+    assert_eq!(pg.psql("postgres", pwned), "0", "{}", run.stderr);
+    let fresh = "SELECT count(*) FROM pg_database WHERE datname = 'fresh'";
+    assert_eq!(pg.psql("postgres", fresh), "0", "{}", run.stderr);
+}
+
 /// pg_restore COMMITs once it read the last data block, not at the end of its input. An
 /// archive whose rows were changed and that goes on past that block (8 MiB of zeros,
 /// which compress to almost nothing, then a zstd skippable frame that gives it its
@@ -235,34 +319,16 @@ fn changed_rows_with_filler_after_the_last_block_never_reach_an_existing_databas
     dbkeep(Some(&cfg), &["backup"], &[]).ok();
     let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
     let archive = sb.backups().join("app").join(&name);
-    let stored = std::fs::read(&archive).unwrap();
-
-    let mut plain = zstd::decode_all(&stored[..]).unwrap();
     let values = pg.psql(
         "app",
         "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= 1000",
     );
-    let mut changed = 0;
-    for v in values.split(',') {
-        let at = plain
-            .windows(v.len())
-            .position(|w| w == v.as_bytes())
-            .unwrap_or_else(|| panic!("{v} is not in the dump"));
-        plain[at..at + v.len()].copy_from_slice(&[b'E'; 32][..v.len()]);
-        changed += 1;
-    }
-    assert_eq!(changed, 1000);
-    plain.extend(std::iter::repeat_n(0u8, 8 << 20));
-    let mut forged = zstd::encode_all(&plain[..], 3).unwrap();
-    let pad = stored
-        .len()
-        .checked_sub(forged.len() + 8)
-        .expect("the forged archive compresses smaller than the real one");
-    forged.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
-    forged.extend_from_slice(&(pad as u32).to_le_bytes());
-    forged.extend(std::iter::repeat_n(0u8, pad));
-    assert_eq!(forged.len(), stored.len());
-    std::fs::write(&archive, &forged).unwrap();
+    let stored = forge_same_size(&archive, |plain| {
+        for v in values.split(',') {
+            replace_in(plain, v, &"E".repeat(v.len()));
+        }
+        plain.extend(std::iter::repeat_n(0u8, 8 << 20));
+    });
 
     let other = pg.url("other");
     let restore = || {

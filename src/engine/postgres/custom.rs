@@ -125,8 +125,13 @@ pub struct TocEntry {
 /// Read the header and TOC from `buf`; `UnexpectedEof` while `buf` does not hold all of
 /// them yet. Returns them and how many bytes they took.
 fn parse_head(buf: &[u8]) -> io::Result<(Head, usize)> {
-    let (int_size, entries, used) = parse_toc(buf)?;
-    if entries.iter().any(|e| e.has_data) && compressed_data(buf)? {
+    let Toc {
+        int_size,
+        entries,
+        used,
+        compressed,
+    } = parse_toc(buf)?;
+    if compressed && entries.iter().any(|e| e.has_data) {
         return Err(bad(
             "the archive's data is compressed (dbkeep dumps with -Z0)",
         ));
@@ -182,7 +187,7 @@ pub fn read_toc<R: Read>(mut input: R, limit: usize) -> io::Result<Vec<TocEntry>
         }
         next_try = buf.len() * 2;
         match parse_toc(&buf) {
-            Ok((_, entries, _)) => return Ok(entries),
+            Ok(toc) => return Ok(toc.entries),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && n > 0 => {
                 if buf.len() > limit {
                     return Err(bad(format!(
@@ -195,27 +200,19 @@ pub fn read_toc<R: Read>(mut input: R, limit: usize) -> io::Result<Vec<TocEntry>
     }
 }
 
-/// Whether the header in `buf` says the data blocks are compressed.
-fn compressed_data(buf: &[u8]) -> io::Result<bool> {
-    let mut r = Reader {
-        inner: buf,
-        int_size: 4,
-    };
-    let mut head = [0u8; 11];
-    r.inner.read_exact(&mut head)?;
-    let version: Version = (head[5], head[6], head[7]);
-    r.int_size = usize::from(head[8]);
-    // Compression: an algorithm byte from 1.15, a level before.
-    Ok(if version >= (1, 15, 0) {
-        r.byte()? != 0
-    } else {
-        r.int()? != 0
-    })
+/// The header and table of contents at the start of an archive.
+struct Toc {
+    /// The size of the archive's integers (pg_dump writes 4).
+    int_size: usize,
+    entries: Vec<TocEntry>,
+    /// The bytes the header and TOC took.
+    used: usize,
+    /// Whether the header says the data blocks are compressed (their layout is the same).
+    compressed: bool,
 }
 
-/// The header and TOC entries in `buf`: the integer size, the entries, the bytes used.
-/// Compressed data is not refused here: the layout of its blocks is the same.
-fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
+/// The header and TOC in `buf`.
+fn parse_toc(buf: &[u8]) -> io::Result<Toc> {
     let mut r = Reader {
         inner: buf,
         int_size: 4,
@@ -240,12 +237,12 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
     if r.byte()? != ARCH_CUSTOM {
         return Err(bad("not a custom-format archive"));
     }
-    // Compression: an algorithm byte from 1.15, a level before (compressed_data).
-    if version >= (1, 15, 0) {
-        r.byte()?;
+    // Compression: an algorithm byte from 1.15, a level before.
+    let compressed = if version >= (1, 15, 0) {
+        r.byte()? != 0
     } else {
-        r.int()?;
-    }
+        r.int()? != 0
+    };
     for _ in 0..7 {
         r.int()?; // creation time
     }
@@ -292,7 +289,12 @@ fn parse_toc(buf: &[u8]) -> io::Result<(usize, Vec<TocEntry>, usize)> {
         });
     }
     let used = buf.len() - r.inner.len();
-    Ok((r.int_size, entries, used))
+    Ok(Toc {
+        int_size: r.int_size,
+        entries,
+        used,
+        compressed,
+    })
 }
 
 /// Where the data part of the stream is.
@@ -612,21 +614,28 @@ impl crate::engine::archive::Gate for Framing {
             FramingPhase::Head { buf, next_try } => {
                 buf.extend_from_slice(data);
                 if buf.len() >= *next_try {
-                    self.try_head(false)?;
+                    self.try_head(false).map_err(what_to_do)?;
                 }
                 Ok(matches!(self.phase, FramingPhase::Head { .. }))
             }
-            FramingPhase::Blocks(b) => b.feed(data).map(|()| false),
+            FramingPhase::Blocks(b) => b.feed(data).map(|()| false).map_err(what_to_do),
         }
     }
 
     /// A header and TOC still unread (a short archive) are read now.
     fn end(&mut self) -> Result<(), String> {
         if let FramingPhase::Head { .. } = self.phase {
-            self.try_head(true)?;
+            self.try_head(true).map_err(what_to_do)?;
         }
         Ok(())
     }
+}
+
+/// A refusal of the framing, with what it means and what to do.
+fn what_to_do(problem: String) -> String {
+    format!(
+        "{problem}; the restore was stopped before pg_restore could commit. pg_dump does not write archives like this: this one (and its manifest, when its sha256 matched) was changed in the storage. Restore an older backup or another storage's copy (--storage), and find out who writes to the storage"
+    )
 }
 
 impl Framing {
@@ -634,7 +643,12 @@ impl Framing {
         let FramingPhase::Head { buf, next_try } = &mut self.phase else {
             return Ok(());
         };
-        let (int_size, toc, used) = match parse_toc(buf) {
+        let Toc {
+            int_size,
+            entries: toc,
+            used,
+            ..
+        } = match parse_toc(buf) {
             Ok(parsed) => parsed,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !at_end => {
                 if buf.len() > MAX_TOC {
