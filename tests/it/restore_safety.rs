@@ -228,6 +228,43 @@ fn forge_same_size(archive: &std::path::Path, edit: impl FnOnce(&mut Vec<u8>)) -
     stored
 }
 
+/// Database `app` with table t of `rows` rows (id, md5 text) and what `more` makes,
+/// backed up: the sandbox, its config and the archive.
+fn backed_up_app(
+    pg: &TestPostgres,
+    rows: u32,
+    more: &str,
+) -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); \
+             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g; {more}"
+        ),
+    );
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, pg, "app", "");
+    dbkeep(Some(&cfg), &["backup"], &[]).ok();
+    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
+    let archive = sb.backups().join("app").join(&name);
+    (sb, cfg, archive)
+}
+
+/// Blanks the values of t's first `n` rows in a dump (so that a forged archive
+/// compresses smaller than the real one).
+fn blank_first_rows(pg: &TestPostgres, n: u32) -> impl Fn(&mut Vec<u8>) {
+    let values = pg.psql(
+        "app",
+        &format!("SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= {n}"),
+    );
+    move |plain| {
+        for v in values.split(',') {
+            replace_in(plain, v, &"E".repeat(v.len()));
+        }
+    }
+}
+
 /// Overwrite the one `from` in `bytes` with `to`, of the same length.
 fn replace_in(bytes: &mut [u8], from: &str, to: &str) {
     assert_eq!(from.len(), to.len());
@@ -248,33 +285,15 @@ fn replace_in(bytes: &mut [u8], from: &str, to: &str) {
 #[test]
 fn a_changed_definition_never_runs_on_the_server_of_a_restore_into_a_new_database() {
     let pg = TestPostgres::start();
-    pg.create_db("app");
     // Any role may change its own settings: no privilege the restoring role lacks.
     let evil = "'';COMMIT;ALTER ROLE CURRENT_USER SET application_name = 'pwned';--";
     let comment = "a".repeat(evil.len() - 2);
-    pg.psql(
-        "app",
-        &format!(
-            "CREATE TABLE t (id int PRIMARY KEY, v text); \
-             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g; \
-             COMMENT ON TABLE t IS '{comment}'"
-        ),
-    );
-    let sb = Sandbox::new();
-    let cfg = pg_config(&sb, &pg, "app", "");
-    dbkeep(Some(&cfg), &["backup"], &[]).ok();
-    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
-    let archive = sb.backups().join("app").join(&name);
-    // Rows blanked as well, so that the forged archive compresses smaller than the real.
-    let values = pg.psql(
-        "app",
-        "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= 2000",
-    );
+    let more = format!("COMMENT ON TABLE t IS '{comment}'");
+    let (_sb, cfg, archive) = backed_up_app(&pg, 200_000, &more);
+    let blank = blank_first_rows(&pg, 2000);
     forge_same_size(&archive, |plain| {
         replace_in(plain, &format!("'{comment}'"), evil);
-        for v in values.split(',') {
-            replace_in(plain, v, &"E".repeat(v.len()));
-        }
+        blank(plain);
     });
 
     let run = dbkeep(
@@ -302,31 +321,16 @@ fn a_changed_definition_never_runs_on_the_server_of_a_restore_into_a_new_databas
 #[test]
 fn changed_rows_with_filler_after_the_last_block_never_reach_an_existing_database() {
     let pg = TestPostgres::start();
-    pg.create_db("app");
-    pg.psql(
-        "app",
-        "CREATE TABLE t (id int PRIMARY KEY, v text); \
-         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
-    );
+    let (_sb, cfg, archive) = backed_up_app(&pg, 20_000, "");
     pg.create_db("other");
     pg.psql(
         "other",
         "CREATE TABLE keep (v text); INSERT INTO keep VALUES ('mine')",
     );
     let before = pg.table_checksums("other");
-    let sb = Sandbox::new();
-    let cfg = pg_config(&sb, &pg, "app", "");
-    dbkeep(Some(&cfg), &["backup"], &[]).ok();
-    let name = listed(&cfg)[0]["file"].as_str().unwrap().to_string();
-    let archive = sb.backups().join("app").join(&name);
-    let values = pg.psql(
-        "app",
-        "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id <= 1000",
-    );
+    let blank = blank_first_rows(&pg, 1000);
     let stored = forge_same_size(&archive, |plain| {
-        for v in values.split(',') {
-            replace_in(plain, v, &"E".repeat(v.len()));
-        }
+        blank(plain);
         plain.extend(std::iter::repeat_n(0u8, 8 << 20));
     });
 
