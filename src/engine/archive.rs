@@ -200,7 +200,7 @@ fn blame<R: Read>(
 /// error to report, since it names the cause; else `err`.
 pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
     match stored_sha256(archive.storage, archive.backup).await {
-        Ok(actual) if actual != archive.backup.sha256 => EngineError::Checksum {
+        Ok((actual, _)) if actual != archive.backup.sha256 => EngineError::Checksum {
             file: archive.backup.file.clone(),
             expected: archive.backup.sha256.clone(),
             actual,
@@ -213,10 +213,13 @@ pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError 
 pub async fn stored_sha256(
     storage: &dyn crate::storage::Storage,
     backup: &Backup,
-) -> Result<String, EngineError> {
-    let mut reader = storage.open(&backup.target, &backup.file).await?;
+) -> Result<(String, Option<String>), EngineError> {
+    let opened = storage
+        .open_version(&backup.target, &backup.file, None)
+        .await?;
+    let (mut reader, version) = (opened.reader, opened.version);
     let reading = format!("reading {}", backup.file);
-    tokio::task::spawn_blocking(move || -> io::Result<String> {
+    let sha256 = tokio::task::spawn_blocking(move || -> io::Result<String> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -230,7 +233,8 @@ pub async fn stored_sha256(
     .await
     .map_err(io::Error::other)
     .and_then(|r| r)
-    .map_err(EngineError::io(reading))
+    .map_err(EngineError::io(reading))?;
+    Ok((sha256, version))
 }
 
 fn decoder<R: Read>(
@@ -321,10 +325,7 @@ pub async fn feed<W>(
 where
     W: Write + Send + 'static,
 {
-    let reader = archive
-        .storage
-        .open(&archive.backup.target, &archive.backup.file)
-        .await?;
+    let reader = archive.open().await?;
     let backup = archive.backup.clone();
     let meter = archive.meter.cloned();
     let keys = archive.keys.cloned();
@@ -356,10 +357,7 @@ where
 /// Decompress the stored archive into the new file `dest` and fsync it; the sha256 of the
 /// stored bytes must match the manifest.
 pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), EngineError> {
-    let reader = archive
-        .storage
-        .open(&archive.backup.target, &archive.backup.file)
-        .await?;
+    let reader = archive.open().await?;
     let backup = archive.backup.clone();
     let meter = archive.meter.cloned();
     let keys = archive.keys.cloned();

@@ -204,6 +204,22 @@ pub struct Archive<'a> {
     pub meter: Option<&'a std::sync::Arc<crate::progress::Meter>>,
     /// The private keys, when the archive is encrypted.
     pub keys: Option<&'a std::sync::Arc<crate::crypt::Identities>>,
+    /// The version of the stored object whose sha256 was proven
+    /// ([`crate::storage::Storage::open_version`]): when set, only that version is read.
+    pub pin: Option<&'a str>,
+}
+
+impl Archive<'_> {
+    /// A reader over the stored object: the proven version of it, when there is one.
+    pub async fn open(
+        &self,
+    ) -> Result<Box<dyn std::io::Read + Send>, crate::storage::StorageError> {
+        let opened = self
+            .storage
+            .open_version(&self.backup.target, &self.backup.file, self.pin)
+            .await?;
+        Ok(opened.reader)
+    }
 }
 
 /// What part of an archive goes where.

@@ -135,6 +135,9 @@ pub struct Chosen {
     /// The chosen copy's sha256 was proven (by [`Chosen::prove`]); a turn to another
     /// copy clears it.
     pub proven: bool,
+    /// Which version of the stored object was proven: the restore reads that one or none
+    /// ([`crate::storage::Storage::open_version`]).
+    pub pin: Option<String>,
 }
 
 impl Chosen {
@@ -148,8 +151,9 @@ impl Chosen {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => {
+                Ok(pin) => {
                     self.proven = true;
+                    self.pin = pin;
                     return Ok(());
                 }
                 Err(e) if !self.use_next(&e) => return Err(e),
@@ -191,6 +195,7 @@ impl Chosen {
         self.storage = storage;
         self.backup = backup;
         self.proven = false;
+        self.pin = None;
         true
     }
 
@@ -203,6 +208,7 @@ impl Chosen {
             backup: &self.backup,
             meter: None,
             keys: self.keys.as_ref(),
+            pin: self.pin.as_deref(),
         })
     }
 }
@@ -419,6 +425,7 @@ async fn choose_copy(
             storage,
             schema_from_full: None,
             proven: false,
+            pin: None,
         });
     }
     if let Some(schema) = &selector.schema {
@@ -432,6 +439,7 @@ async fn choose_copy(
                 storage,
                 schema_from_full: None,
                 proven: false,
+                pin: None,
             });
         }
         if let Some((storage, backup)) = pick(&|b| {
@@ -445,6 +453,7 @@ async fn choose_copy(
                 storage,
                 schema_from_full: Some(schema.clone()),
                 proven: false,
+                pin: None,
             });
         }
         return Err(RestoreError::NotFound(format!(
@@ -461,6 +470,7 @@ async fn choose_copy(
             storage,
             schema_from_full: None,
             proven: false,
+            pin: None,
         });
     }
     // Each database once, however many storages hold its archive.
@@ -495,8 +505,13 @@ pub fn proven_first(target: &Target) -> bool {
 }
 
 /// Stream the stored archive and compare its sha256 with the manifest.
-pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(), RestoreError> {
-    let actual = match engine::archive::stored_sha256(storage, backup).await {
+/// Prove `backup`'s stored sha256; returns the version of the object proven, which a
+/// restore then pins ([`Chosen::pin`]).
+pub async fn verify_checksum(
+    storage: &dyn Storage,
+    backup: &Backup,
+) -> Result<Option<String>, RestoreError> {
+    let (actual, version) = match engine::archive::stored_sha256(storage, backup).await {
         Ok(actual) => actual,
         Err(EngineError::Storage(e)) => return Err(RestoreError::Storage(e)),
         Err(EngineError::Io { source, .. }) => {
@@ -515,7 +530,7 @@ pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(
             actual,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// A restore decided but not started: what, from where, into where, and how.
@@ -627,6 +642,7 @@ pub async fn plan_run(
             storage,
             schema_from_full: None,
             proven: false,
+            pin: None,
         });
     }
     if archives.is_empty() {

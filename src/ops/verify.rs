@@ -50,7 +50,7 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
         for b in listing.complete {
             let key = crate::state::corrupt_key(s.name(), &b.file);
             let problem = match verify_checksum(s, &b).await {
-                Ok(()) => {
+                Ok(_) => {
                     ctx.state.update(&target.name, |st| {
                         st.corrupt.remove(&key);
                     });
@@ -173,28 +173,36 @@ async fn drill_inner(
     let id = newest[0].1.id;
     // A drill of an encrypted backup proves the key still decrypts it.
     let keys = super::keys_for(ctx, target, newest.iter().map(|(_, b)| b))?;
-    let mut archives = Vec::new();
+    // Each archive proven, and the proven version of it pinned for the restore.
+    let mut proven = Vec::new();
     for (storage, b) in &newest {
         let storage = ctx
             .storages
             .get(storage)
             .ok_or_else(|| RestoreError::NotFound(format!("storage {storage} is gone")))?;
-        if let Err(e) = verify_checksum(storage, b).await {
-            if let RestoreError::Checksum { .. } = e {
-                let key = crate::state::corrupt_key(storage.name(), &b.file);
-                ctx.state.update(&target.name, |st| {
-                    st.corrupt.insert(key, e.to_string());
-                });
+        match verify_checksum(storage, b).await {
+            Ok(pin) => proven.push((storage, b, pin)),
+            Err(e) => {
+                if let RestoreError::Checksum { .. } = e {
+                    let key = crate::state::corrupt_key(storage.name(), &b.file);
+                    ctx.state.update(&target.name, |st| {
+                        st.corrupt.insert(key, e.to_string());
+                    });
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        archives.push(Archive {
-            storage,
-            backup: b,
+    }
+    let archives: Vec<Archive<'_>> = proven
+        .iter()
+        .map(|(storage, backup, pin)| Archive {
+            storage: *storage,
+            backup,
             meter: None,
             keys: keys.as_ref(),
-        });
-    }
+            pin: pin.as_deref(),
+        })
+        .collect();
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();
     let engine = engine::build(target);
     let dir = super::scratch_dir(ctx, target);

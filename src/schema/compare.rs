@@ -10,7 +10,7 @@ use super::{declared_model, diff as pure, live, managed_schemas, on, SchemaError
 use crate::catalog::BackupId;
 use crate::config::Target;
 use crate::engine::{self, Purpose, RestoreMode, SchemaModel};
-use crate::ops::restore::{choose, verify_checksum, Selector};
+use crate::ops::restore::{choose, Selector};
 use crate::ops::Context;
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,10 +102,11 @@ async fn backup_models(
     sel: &Selector,
     live_models: &[(String, SchemaModel)],
 ) -> Result<(BackupId, BTreeMap<String, SchemaModel>, Vec<String>), SchemaError> {
-    let chosen = choose(ctx, target, sel, false).await?;
+    let mut chosen = choose(ctx, target, sel, false).await?;
     let excluded = chosen.backup.manifest.excluded_tables.clone();
+    // Proven first, and the proven version is the one read.
+    chosen.prove(ctx).await?;
     let archive = chosen.archive(ctx)?;
-    verify_checksum(archive.storage, archive.backup).await?;
     let dir = crate::ops::scratch_dir(ctx, target);
     let scratch = engine::build(target)
         .scratch(Purpose::Diff, &dir)

@@ -388,9 +388,49 @@ impl Storage for LocalStorage {
         target: &str,
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError> {
+        Ok(self.open_version(target, file, None).await?.reader)
+    }
+
+    /// The version is the open file's device, inode, size, and modification and change
+    /// times: a file renamed over the archive is another inode, and a write in place
+    /// moves the times. (A write through the open file, by one who may write the
+    /// archive itself, while it is read is caught by the stream's own sha256 and the
+    /// restore's gate, not here.)
+    async fn open_version(
+        &self,
+        target: &str,
+        file: &str,
+        pin: Option<&str>,
+    ) -> Result<super::Opened, StorageError> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir(target).join(file);
         let (f, _) = open_stored(&path, "open")?;
-        Ok(Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f)))
+        let m = f
+            .metadata()
+            .map_err(|source| io_err("open", &path, source))?;
+        let version = format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        if let Some(pin) = pin.filter(|p| *p != version) {
+            return Err(StorageError::Changed {
+                storage: NAME,
+                file: file.to_string(),
+                detail: format!(
+                    "device:inode:size:mtime:ctime {version}, proven as {pin}: another file, or one written since"
+                ),
+            });
+        }
+        Ok(super::Opened {
+            reader: Box::new(std::io::BufReader::with_capacity(WRITE_BUFFER, f)),
+            version: Some(version),
+        })
     }
 
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {

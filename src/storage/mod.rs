@@ -73,6 +73,12 @@ pub enum StorageError {
         path: PathBuf,
         what: &'static str,
     },
+    #[error("{storage} storage: {file} changed after its sha256 was proven ({detail}); nothing was read from the changed object. Someone else writes to this storage: find out who, then restore again (the proof is taken anew)")]
+    Changed {
+        storage: &'static str,
+        file: String,
+        detail: String,
+    },
     #[error("{storage} storage: writing {file}: {source}")]
     Write {
         storage: &'static str,
@@ -87,7 +93,7 @@ impl Classify for StorageError {
         match self {
             StorageError::Io { source, .. } | StorageError::Write { source, .. } => io_kind(source),
             StorageError::NotFound { .. } => ErrorKind::NotFound,
-            StorageError::Checksum { .. } => ErrorKind::Checksum,
+            StorageError::Checksum { .. } | StorageError::Changed { .. } => ErrorKind::Checksum,
             StorageError::Exists { .. } => ErrorKind::Conflict,
             StorageError::Task { .. } | StorageError::TooLarge { .. } => ErrorKind::Failed,
             StorageError::NotRegular { .. } => ErrorKind::Refused,
@@ -115,6 +121,13 @@ impl Classify for StorageError {
             _ => None,
         }
     }
+}
+
+/// A stored object open for reading, and which version of it that is
+/// ([`Storage::open_version`]).
+pub struct Opened {
+    pub reader: Box<dyn std::io::Read + Send>,
+    pub version: Option<String>,
 }
 
 /// The largest object [`Storage::get_bytes`] reads (manifests are a few KiB; a huge one is
@@ -185,6 +198,22 @@ pub trait Storage: Send + Sync {
         target: &str,
         file: &str,
     ) -> Result<Box<dyn std::io::Read + Send>, StorageError>;
+    /// Open an object as [`Storage::open`] does, and say which version of it is open:
+    /// local storage the file's identity and times, S3 the object's ETag (and version id
+    /// in a versioned bucket). With `pin`, only that version opens, and any other is
+    /// [`StorageError::Changed`]: what was proven is what is read. A storage that cannot
+    /// tell versions apart opens what is there and says `None`.
+    async fn open_version(
+        &self,
+        target: &str,
+        file: &str,
+        _pin: Option<&str>,
+    ) -> Result<Opened, StorageError> {
+        Ok(Opened {
+            reader: self.open(target, file).await?,
+            version: None,
+        })
+    }
     /// Every finished object in `target`'s folder (no temp files), in no particular order.
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     /// Remove an object; removing one that is not there is not an error.

@@ -92,6 +92,64 @@ impl TestMoto {
         .status
     }
 
+    /// The object at `key` in `bucket`, read whole (a signed GET, with boto3 from the
+    /// tests' virtual environment).
+    pub fn object(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.boto3(
+            "sys.stdout.buffer.write(s3.get_object(Bucket=b, Key=k)['Body'].read())",
+            bucket,
+            key,
+            &[],
+        )
+    }
+
+    /// PUT `body` at `key` in `bucket`, over what is there (as anyone with write access
+    /// to the bucket could).
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.boto3(
+            "s3.put_object(Bucket=b, Key=k, Body=sys.stdin.buffer.read())",
+            bucket,
+            key,
+            body,
+        );
+    }
+
+    /// Run `call` in Python with `s3` (a client of this server), `b` and `k`; `input` on
+    /// its stdin; its stdout.
+    fn boto3(&self, call: &str, bucket: &str, key: &str, input: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let script = format!(
+            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             b, k = sys.argv[1], sys.argv[2]\n{call}\n",
+            self.endpoint()
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script, bucket, key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 with boto3 (./scripts/test installs it)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "boto3 {call}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = self.get(&format!("/{bucket}?list-type=2&prefix={prefix}"));
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next().map(str::to_string))
+            .collect()
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -285,16 +285,8 @@ fn replace_in(bytes: &mut [u8], from: &str, to: &str) {
 #[test]
 fn a_changed_definition_never_runs_on_the_server_of_a_restore_into_a_new_database() {
     let pg = TestPostgres::start();
-    // Any role may change its own settings: no privilege the restoring role lacks.
-    let evil = "'';COMMIT;ALTER ROLE CURRENT_USER SET application_name = 'pwned';--";
-    let comment = "a".repeat(evil.len() - 2);
-    let more = format!("COMMENT ON TABLE t IS '{comment}'");
-    let (_sb, cfg, archive) = backed_up_app(&pg, 200_000, &more);
-    let blank = blank_first_rows(&pg, 2000);
-    forge_same_size(&archive, |plain| {
-        replace_in(plain, &format!("'{comment}'"), evil);
-        blank(plain);
-    });
+    let (_sb, cfg, archive) = backed_up_app(&pg, 200_000, &EvilComment::table_comment());
+    EvilComment::forge(&pg, &archive);
 
     let run = dbkeep(
         Some(&cfg),
@@ -303,11 +295,221 @@ fn a_changed_definition_never_runs_on_the_server_of_a_restore_into_a_new_databas
     );
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("sha256"), "{}", run.stderr);
-    let pwned = "SELECT count(*) FROM pg_db_role_setting \
-                 WHERE 'application_name=pwned' = ANY(setconfig)";
-    assert_eq!(pg.psql("postgres", pwned), "0", "{}", run.stderr);
-    let fresh = "SELECT count(*) FROM pg_database WHERE datname = 'fresh'";
-    assert_eq!(pg.psql("postgres", fresh), "0", "{}", run.stderr);
+    EvilComment::assert_never_ran(&pg, &run.stderr);
+}
+
+/// A table comment whose definition, changed in the archive at the same length, commits
+/// and then changes the restoring role (any role may change its own settings: no
+/// privilege the restoring role lacks). The rows after it (~9 MB with 200,000 rows) are
+/// more than the pipe, the copy buffer and the held-back tail hold.
+struct EvilComment;
+
+impl EvilComment {
+    const EVIL: &str = "'';COMMIT;ALTER ROLE CURRENT_USER SET application_name = 'pwned';--";
+
+    fn comment() -> String {
+        "a".repeat(Self::EVIL.len() - 2)
+    }
+
+    /// Database `app` with table `t` of 200,000 rows and the comment to change.
+    fn app(pg: &TestPostgres) {
+        pg.create_db("app");
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); \
+                 INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g; {}",
+                Self::table_comment()
+            ),
+        );
+    }
+
+    /// The SQL that gives `t` the comment to change.
+    fn table_comment() -> String {
+        format!("COMMENT ON TABLE t IS '{}'", Self::comment())
+    }
+
+    /// The archive's bytes with the changed definition, at its stored size.
+    fn forged(pg: &TestPostgres, archive: &std::path::Path) -> Vec<u8> {
+        let blank = blank_first_rows(pg, 2000);
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("forging");
+        std::fs::copy(archive, &scratch).unwrap();
+        forge_same_size(&scratch, |plain| {
+            replace_in(plain, &format!("'{}'", Self::comment()), Self::EVIL);
+            blank(plain);
+        });
+        std::fs::read(&scratch).unwrap()
+    }
+
+    /// Change the archive in place (its file keeps its inode and size).
+    fn forge(pg: &TestPostgres, archive: &std::path::Path) {
+        let forged = Self::forged(pg, archive);
+        std::fs::write(archive, forged).unwrap();
+    }
+
+    /// The definition never ran.
+    fn assert_not_run(pg: &TestPostgres, said: &str) {
+        let pwned = "SELECT count(*) FROM pg_db_role_setting \
+                     WHERE 'application_name=pwned' = ANY(setconfig)";
+        assert_eq!(
+            pg.psql("postgres", pwned),
+            "0",
+            "the definition ran: {said}"
+        );
+    }
+
+    /// The definition never ran, and no `fresh` database is left.
+    fn assert_never_ran(pg: &TestPostgres, said: &str) {
+        Self::assert_not_run(pg, said);
+        let fresh = "SELECT count(*) FROM pg_database WHERE datname = 'fresh'";
+        assert_eq!(pg.psql("postgres", fresh), "0", "{said}");
+    }
+}
+
+/// The library's context for the config at `cfg`, as the CLI and the daemon build it.
+async fn in_process(cfg: &std::path::Path) -> (dbkeep::config::Config, dbkeep::ops::Context) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let cfg = dbkeep::config::load_from(Some(&text), Default::default()).unwrap();
+    let ctx = dbkeep::ops::Context::new(
+        std::sync::Arc::new(dbkeep::storage::build(&cfg).await.unwrap()),
+        std::sync::Arc::new(dbkeep::state::StateFile::beside(&cfg.daemon.work_dir)),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    (cfg, ctx)
+}
+
+/// Prove the newest backup's archive for a restore `--into` database `fresh`, let
+/// `change` change the stored archive, then run the restore: it must be refused as
+/// changed since the proof, before pg_restore reads a byte. (A runtime of its own: the
+/// test S3 server runs one.)
+fn restore_after_a_change(pg: &TestPostgres, cfg: &std::path::Path, change: impl FnOnce()) {
+    let err = restore_changed(pg, cfg, change).expect_err("an archive changed since its proof");
+    EvilComment::assert_never_ran(pg, &err);
+    assert!(err.contains("changed after its sha256 was proven"), "{err}");
+}
+
+/// Prove, let `change` change the stored archive, restore into `fresh`: the error said.
+fn restore_changed(
+    pg: &TestPostgres,
+    cfg: &std::path::Path,
+    change: impl FnOnce(),
+) -> Result<(), String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(restore_changed_in(pg, cfg, change))
+}
+
+async fn restore_changed_in(
+    pg: &TestPostgres,
+    cfg: &std::path::Path,
+    change: impl FnOnce(),
+) -> Result<(), String> {
+    use dbkeep::ops::restore;
+    let (cfg, ctx) = in_process(cfg).await;
+    let t = &cfg.targets[0];
+    let latest = "latest".parse::<restore::Selector>().unwrap();
+    let mut plan = restore::plan(&ctx, t, &latest, Some(&pg.url("fresh")), None, false)
+        .await
+        .expect("plan");
+    plan.chosen
+        .prove(&ctx)
+        .await
+        .expect("the stored archive is proven");
+    change();
+    let opts = restore::Options {
+        yes: true,
+        ..Default::default()
+    };
+    restore::execute(&ctx, t, &mut plan, &opts)
+        .await
+        .map(|_| ())
+        .map_err(|e| dbkeep::error::chain(&e))
+}
+
+/// What a restore reads is what it proved. The CLI proves an archive, then asks the
+/// operator; an archive changed while the question waits (here, in place: same inode,
+/// same size) is refused before pg_restore reads a byte of it, where it was proven
+/// again only as it streamed, and its definitions ran first.
+#[test]
+fn an_archive_changed_after_its_proof_is_never_read() {
+    let pg = TestPostgres::start();
+    let (_sb, cfg, archive) = backed_up_app(&pg, 200_000, &EvilComment::table_comment());
+    let original = std::fs::read(&archive).unwrap();
+    restore_after_a_change(&pg, &cfg, || EvilComment::forge(&pg, &archive));
+    // Another file renamed over it is refused as well (the next restore proves anew).
+    std::fs::write(&archive, original).unwrap();
+    let aside = archive.with_extension("aside");
+    std::fs::write(&aside, EvilComment::forged(&pg, &archive)).unwrap();
+    restore_after_a_change(&pg, &cfg, || std::fs::rename(&aside, &archive).unwrap());
+}
+
+/// On S3 the proven object's ETag is pinned: the restore asks for that one (`If-Match`),
+/// and refuses any other the store sends.
+#[test]
+fn an_object_replaced_after_its_proof_on_s3_is_never_read() {
+    let pg = TestPostgres::start();
+    EvilComment::app(&pg);
+    let s3 = TestS3::start("bkp");
+    let sb = Sandbox::new();
+    let cfg = sb.write_config(&format!(
+        "{}[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n",
+        s3.config_section("bkp", "prod", ""),
+        pg.url("app")
+    ));
+    let run = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let key = s3
+        .keys("bkp", "prod/")
+        .into_iter()
+        .find(|k| k.ends_with(".dump.zst"))
+        .expect("the archive on S3");
+    let stored = s3.object_path("bkp", &key);
+    let forged = EvilComment::forged(&pg, &stored);
+    restore_after_a_change(&pg, &cfg, || s3.put("bkp", &key, &forged));
+}
+
+/// A store that honours `If-Match` refuses the replaced object itself (412); one that
+/// keeps versions (an Object Lock bucket) gives back the proven version, which restores.
+#[test]
+fn a_store_refuses_a_replaced_object_or_gives_back_the_proven_version() {
+    let pg = TestPostgres::start();
+    EvilComment::app(&pg);
+    let moto = crate::common::moto::TestMoto::start("plain");
+    moto.bucket("versioned", true);
+    for bucket in ["plain", "versioned"] {
+        let sb = Sandbox::new();
+        let cfg = sb.write_config(&format!(
+            "{}[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\n",
+            moto.config_section(bucket, "prod", ""),
+            pg.url("app")
+        ));
+        let run = dbkeep(Some(&cfg), &["backup"], &[]);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let key = moto
+            .keys(bucket, "prod/")
+            .into_iter()
+            .find(|k| k.ends_with(".dump.zst"))
+            .expect("the archive on S3");
+        let dir = tempfile::tempdir().unwrap();
+        let stored = dir.path().join("stored");
+        std::fs::write(&stored, moto.object(bucket, &key)).unwrap();
+        let forged = EvilComment::forged(&pg, &stored);
+        let got = restore_changed(&pg, &cfg, || moto.put(bucket, &key, &forged));
+        if bucket == "plain" {
+            let err = got.expect_err("the replaced object");
+            EvilComment::assert_never_ran(&pg, &err);
+            assert!(err.contains("no longer has the proven object"), "{err}");
+        } else {
+            got.expect("the proven version restores");
+            EvilComment::assert_not_run(&pg, bucket);
+            assert_eq!(pg.table_checksums("fresh"), pg.table_checksums("app"));
+            pg.psql("postgres", "DROP DATABASE fresh");
+        }
+    }
 }
 
 /// pg_restore COMMITs once it read the last data block, not at the end of its input. An
@@ -644,12 +846,17 @@ fn an_archive_that_changes_during_a_schema_restore_commits_nothing() {
          FROM generate_series(1, 80000) g;",
     );
     let sb = Sandbox::new();
-    // The restoring pg_restore (`--file=-`) starts 3 s late; the TOC read does not.
+    // The restoring pg_restore (`--file=-`) says it started, then reads 3 s late; the
+    // TOC read does not wait.
+    let started = sb.path().join("restoring");
     let late = wrapped_pg_bin(
         &sb,
         &pg,
         "pg_restore",
-        "case \"$*\" in *--file=-*) sleep 3;; esac\nexec $REAL \"$@\"",
+        &format!(
+            "case \"$*\" in *--file=-*) touch {}; sleep 3;; esac\nexec $REAL \"$@\"",
+            started.display()
+        ),
     );
     let cfg = pg_config(
         &sb,
@@ -679,9 +886,20 @@ fn an_archive_that_changes_during_a_schema_restore_commits_nothing() {
             "--no-safety-backup",
         ],
     );
-    wait_for(Duration::from_secs(60), "the checksum pass done", || {
-        child.stderr().contains("checksum OK")
-    });
+    // The restore's own read of the archive is open (it opens the archive once
+    // pg_restore is running): what it reads from here is the version it proved.
+    let pid = child.child.id();
+    let reading = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == archive))
+        })
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the restore reading the archive",
+        || started.exists() && reading(),
+    );
     // Change one byte near the end of the stored archive, in place.
     {
         use std::io::{Seek, SeekFrom, Write};

@@ -73,10 +73,7 @@ pub async fn toc(tools: &Path, archive: Archive<'_>) -> Result<Toc, EngineError>
     let (child, stdin, mut stdout) = process::spawn_filter(spec)?;
     let mut sink = process::blocking_stdin(stdin)
         .map_err(EngineError::io("the input pipe of pg_restore --list"))?;
-    let reader = archive
-        .storage
-        .open(&archive.backup.target, &archive.backup.file)
-        .await?;
+    let reader = archive.open().await?;
     let backup = archive.backup.clone();
     let file = archive.backup.file.clone();
     let keys = archive.keys.cloned();

@@ -429,10 +429,7 @@ async fn read_toc(archive: Archive<'_>) -> Result<Vec<TocEntry>, EngineError> {
 }
 
 async fn read_toc_of(archive: Archive<'_>) -> Result<Vec<TocEntry>, EngineError> {
-    let reader = archive
-        .storage
-        .open(&archive.backup.target, &archive.backup.file)
-        .await?;
+    let reader = archive.open().await?;
     let backup = archive.backup.clone();
     let keys = archive.keys.cloned();
     tokio::task::spawn_blocking(move || {

@@ -657,7 +657,7 @@ impl Storage for S3Storage {
 
     async fn get_bytes(&self, target: &str, file: &str) -> Result<Vec<u8>, StorageError> {
         let key = self.inner.key(target, file);
-        let out = self.get(&key).await?;
+        let out = self.get(&key, None, None).await?;
         let len = out.content_length().unwrap_or(0).max(0) as u64;
         if len > super::MAX_SMALL_OBJECT {
             return Err(StorageError::TooLarge {
@@ -679,13 +679,54 @@ impl Storage for S3Storage {
     }
 
     async fn open(&self, target: &str, file: &str) -> Result<Box<dyn Read + Send>, StorageError> {
+        Ok(self.open_version(target, file, None).await?.reader)
+    }
+
+    /// The version is the object's ETag, and its version id in a versioned bucket; a
+    /// pinned open asks for exactly that (`If-Match`, `versionId`), so an object replaced
+    /// since is refused by the store before a byte of it is sent.
+    async fn open_version(
+        &self,
+        target: &str,
+        file: &str,
+        pin: Option<&str>,
+    ) -> Result<super::Opened, StorageError> {
         let key = self.inner.key(target, file);
-        let out = self.get(&key).await?;
+        let (etag, version_id) = match pin.map(|p| p.split_once('\n').unwrap_or((p, ""))) {
+            Some((etag, id)) => (Some(etag), Some(id).filter(|id| !id.is_empty())),
+            None => (None, None),
+        };
+        let changed = |detail: String| StorageError::Changed {
+            storage: self.inner.name,
+            file: file.to_string(),
+            detail,
+        };
+        let out = match self.get(&key, etag, version_id).await {
+            // 412 to an If-Match, or the pinned version gone.
+            Err(StorageError::Exists { .. } | StorageError::NotFound { .. }) if pin.is_some() => {
+                return Err(changed(
+                    "the store no longer has the proven object (ETag and version) under its key"
+                        .into(),
+                ))
+            }
+            other => other?,
+        };
+        // A store that ignores If-Match still names what it sends.
+        if let Some(want) = etag.filter(|e| out.e_tag() != Some(*e)) {
+            return Err(changed(format!(
+                "ETag {}, proven as {want}",
+                out.e_tag().unwrap_or("none")
+            )));
+        }
+        let version = out
+            .e_tag()
+            .map(|e| format!("{e}\n{}", out.version_id().unwrap_or("")));
         let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> =
             Box::new(out.body.into_async_read());
-        Ok(Box::new(BodyReader(tokio_util::io::SyncIoBridge::new(
-            reader,
-        ))))
+        Ok(super::Opened {
+            reader: Box::new(BodyReader(tokio_util::io::SyncIoBridge::new(reader))),
+            version,
+        })
     }
 
     async fn list(&self, target: &str) -> Result<Vec<ObjectInfo>, StorageError> {
@@ -846,9 +887,13 @@ impl S3Storage {
 }
 
 impl S3Storage {
+    /// Download `key`; with `etag` only while it still has that ETag, with `version_id`
+    /// that version.
     async fn get(
         &self,
         key: &str,
+        etag: Option<&str>,
+        version_id: Option<&str>,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
         let result = self
             .inner
@@ -858,6 +903,8 @@ impl S3Storage {
                     .get_object()
                     .bucket(&self.inner.cfg.bucket)
                     .key(key)
+                    .set_if_match(etag.map(str::to_string))
+                    .set_version_id(version_id.map(str::to_string))
                     .send()
             })
             .await;
