@@ -354,15 +354,19 @@ where
     .map_err(|e| EngineError::io("the restore stream thread")(io::Error::other(e)))?
 }
 
-/// Decompress the stored archive into the new file `dest` and fsync it; the sha256 of the
-/// stored bytes must match the manifest.
-pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), EngineError> {
+/// Decompress the stored archive into the new file `dest`; the sha256 of the stored bytes
+/// must match the manifest. Returns the file written, not yet made durable: the caller
+/// syncs it (a restore, while it checks it) or not (a scratch copy).
+pub async fn unpack_to_file(
+    archive: Archive<'_>,
+    dest: &Path,
+) -> Result<std::fs::File, EngineError> {
     let reader = archive.open().await?;
     let backup = archive.backup.clone();
     let meter = archive.meter.cloned();
     let keys = archive.keys.cloned();
     let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+    tokio::task::spawn_blocking(move || -> Result<std::fs::File, EngineError> {
         let (mut decoder, hash) = decoder(reader, &backup, keys.as_deref(), meter)?;
         let what = format!("writing {}", dest.display());
         let mut f = std::fs::OpenOptions::new()
@@ -375,8 +379,8 @@ pub async fn unpack_to_file(archive: Archive<'_>, dest: &Path) -> Result<(), Eng
                 EngineError::io(format!("unpacking {} into {}", backup.file, dest.display()))(e);
             return Err(blame(err, decoder, hash, &backup));
         }
-        f.sync_all().map_err(EngineError::io(what))?;
-        finish_hash(decoder, hash, &backup)
+        finish_hash(decoder, hash, &backup)?;
+        Ok(f)
     })
     .await
     .map_err(|e| EngineError::io("the restore thread")(io::Error::other(e)))?

@@ -75,7 +75,7 @@ pub enum EngineError {
     /// The archive does not hold what the restore asks for.
     #[error("{0}")]
     NotInArchive(String),
-    #[error("{file} is corrupt or changed while it was restored (sha256 {actual}, the manifest says {expected}); nothing was committed. Restore an older backup, or the copy on another storage (--storage)")]
+    #[error("{file} is corrupt or changed while it was restored (sha256 {actual}, the manifest says {expected}); the restore stopped before its commit. Restore an older backup, or the copy on another storage (--storage). If someone may have changed the archive on purpose, check the database and its roles: pg_restore runs an archive's definitions as it reads them, and a forged definition can commit on its own")]
     Checksum {
         file: String,
         expected: String,

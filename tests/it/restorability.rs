@@ -266,6 +266,76 @@ fn a_sqlite_drill_proves_every_row_and_catches_a_changed_value() {
     assert!(said.contains("table notes: the 2 rows differ"), "{said}");
 }
 
+/// A SQLite archive forged together with its manifest (its sha256 matches) is checked
+/// before the file goes into place: a restore checks every page's structure (`PRAGMA
+/// quick_check`), a drill checks in full (`PRAGMA integrity_check`, each index entry
+/// against its row). What fails is refused, and nothing is changed.
+#[test]
+fn a_forged_sqlite_archive_is_checked_before_it_goes_into_place() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_shop(&sb, 2000, "");
+    sqlite_exec(&db, "CREATE INDEX orders_item ON orders (item)");
+    dbkeep(Some(&cfg), &["backup", "shop"], &[]).ok();
+    let a = archive(&sb, "shop", ".sqlite.zst");
+    let live = std::fs::read(&db).unwrap();
+
+    // A page of the table overwritten: its header no longer parses.
+    tamper(&sb, &a, |mut raw| {
+        let page = usize::from(u16::from_be_bytes([raw[16], raw[17]]));
+        raw[2 * page + 1..2 * page + 8].fill(0xff);
+        raw
+    });
+    let into = sb.path().join("copy.db");
+    let into_arg = into.display().to_string();
+    let refused = dbkeep(
+        Some(&cfg),
+        &["restore", "shop", "latest", "--into", &into_arg],
+        &[],
+    );
+    assert_ne!(refused.code, 0, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("fails PRAGMA quick_check")
+            && refused.stderr.contains("Nothing was changed"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!into.exists(), "a refused file was put in place");
+    let in_place = dbkeep(
+        Some(&cfg),
+        &["restore", "shop", "latest", "--yes", "--no-safety-backup"],
+        &[],
+    );
+    assert_ne!(in_place.code, 0, "{}", in_place.stderr);
+    assert!(std::fs::read(&db).unwrap() == live, "the live file changed");
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Index entries that match no row (the index redefined over another column): the
+    // pages parse, so only the full check finds it, and a drill runs the full check.
+    let damaged = sb.path().join("damaged.db");
+    std::fs::copy(&db, &damaged).unwrap();
+    sqlite_exec(
+        &damaged,
+        "PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX orders_item ON orders (id)'
+         WHERE name = 'orders_item';",
+    );
+    let bytes = std::fs::read(&damaged).unwrap();
+    tamper(&sb, &a, |_| bytes);
+    let drill = dbkeep(Some(&cfg), &["verify", "shop", "--drill"], &[]);
+    assert_eq!(drill.code, 1, "{}\n{}", drill.stdout, drill.stderr);
+    let said = format!("{}{}", drill.stdout, drill.stderr);
+    assert!(
+        said.contains("fails PRAGMA integrity_check") && said.contains("orders_item"),
+        "{said}"
+    );
+}
+
 fn sqlite_shop(sb: &Sandbox, rows: u32, extra: &str) -> (PathBuf, PathBuf) {
     let db = sb.path().join("shop.db");
     let st = std::process::Command::new("sqlite3")

@@ -317,7 +317,11 @@ impl Engine for SqliteEngine {
         let engine = SqliteEngine::new(&self.target, self.cfg.clone());
         if purpose == Purpose::Declared {
             // Nothing is restored into it: an in-memory database is enough.
-            return Ok(Box::new(SqliteScratch { file: None, engine }));
+            return Ok(Box::new(SqliteScratch {
+                file: None,
+                engine,
+                purpose,
+            }));
         }
         crate::files::create_dir(dir)
             .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
@@ -327,6 +331,7 @@ impl Engine for SqliteEngine {
                 &format!("{}.sqlite", purpose.word()),
             )),
             engine,
+            purpose,
         }))
     }
 }
@@ -358,7 +363,13 @@ impl Restorer for SqliteRestorer {
         _cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         only_whole(mode)?;
-        let r = restore::restore_file(archive, &self.path, self.live.is_some()).await;
+        let r = restore::restore_file(
+            archive,
+            &self.path,
+            self.live.is_some(),
+            restore::Depth::Structure,
+        )
+        .await;
         if let Some(lock) = self.live {
             let _ = lock.close().await;
         }
@@ -371,6 +382,8 @@ impl Restorer for SqliteRestorer {
 struct SqliteScratch {
     file: Option<ScratchFile>,
     engine: SqliteEngine,
+    /// A drill checks the restored file in full ([`restore::Depth`]).
+    purpose: Purpose,
 }
 
 impl SqliteScratch {
@@ -390,7 +403,11 @@ impl Scratch for SqliteScratch {
         _cancel: &CancellationToken,
     ) -> Result<(), EngineError> {
         only_whole(mode)?;
-        restore::restore_file(archive, self.file()?, false).await
+        let depth = match self.purpose {
+            Purpose::Drill => restore::Depth::Full,
+            _ => restore::Depth::Structure,
+        };
+        restore::restore_file(archive, self.file()?, false, depth).await
     }
 
     async fn connect(&self) -> Result<Box<dyn Session>, EngineError> {

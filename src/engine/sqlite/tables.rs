@@ -372,6 +372,7 @@ pub async fn restore_tables(
     crate::files::create_dir(dir)
         .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
     let scratch = ScratchFile::reserve(dir, "tables.sqlite");
+    // A scratch copy, read then removed: not made durable.
     unpack_to_file(archive, scratch.path()).await?;
 
     let opts = SqliteConnectOptions::new()
