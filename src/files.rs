@@ -53,20 +53,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     written
 }
 
-/// Write `bytes` to the new file `path`, readable by its owner only (0600 whatever the
-/// umask), fsynced; never over an existing file or through a link. A write that fails
-/// (a full disk) removes the file, so no partial one is left to be taken for whole.
-pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new()
+/// Create the new, empty file `path` for reading and writing, its owner's only (0600
+/// whatever the umask); never over an existing file or through a link.
+pub fn open_private(path: &Path) -> io::Result<fs::File> {
+    let f = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    let written = f
-        .set_permissions(fs::Permissions::from_mode(0o600))
-        .and_then(|()| f.write_all(bytes))
-        .and_then(|()| f.sync_all());
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Write `bytes` to the new file `path`, readable by its owner only (0600 whatever the
+/// umask), fsynced; never over an existing file or through a link. A write that fails
+/// (a full disk) removes the file, so no partial one is left to be taken for whole.
+pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = open_private(path)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
     if written.is_err() {
         let _ = fs::remove_file(path);
     }

@@ -85,7 +85,7 @@ pub(super) async fn restore(
     // elsewhere is proven as it streams: it is renamed into place only after the check.
     let first = plan.dest.is_own() || ops_restore::proven_first(target);
     if first {
-        plan.chosen.prove(ctx).await?;
+        plan.chosen.prove(ctx, target).await?;
         eprintln!(
             "checksum OK (sha256 {}, read from {})",
             &plan.chosen.backup.sha256[..16],

@@ -199,8 +199,8 @@ fn blame<R: Read>(
 /// was wanted): when its stored bytes do not match the manifest, that mismatch is the
 /// error to report, since it names the cause; else `err`.
 pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
-    match stored_sha256(archive.storage, archive.backup).await {
-        Ok((actual, _)) if actual != archive.backup.sha256 => EngineError::Checksum {
+    match stored_sha256(archive.storage, archive.backup, None).await {
+        Ok((actual, _, _)) if actual != archive.backup.sha256 => EngineError::Checksum {
             file: archive.backup.file.clone(),
             expected: archive.backup.sha256.clone(),
             actual,
@@ -210,31 +210,104 @@ pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError 
 }
 
 /// The sha256 of `backup`'s file as stored (encrypted and compressed), read whole.
+/// With `spool`, the bytes read are also kept there, as long as it takes them: the
+/// version of the object read, and the spool when it holds all of them, come back with
+/// the sha256.
 pub async fn stored_sha256(
     storage: &dyn crate::storage::Storage,
     backup: &Backup,
-) -> Result<(String, Option<String>), EngineError> {
+    spool: Option<Spool>,
+) -> Result<(String, Option<String>, Option<Spool>), EngineError> {
     let opened = storage
         .open_version(&backup.target, &backup.file, None)
         .await?;
     let (mut reader, version) = (opened.reader, opened.version);
     let reading = format!("reading {}", backup.file);
-    let sha256 = tokio::task::spawn_blocking(move || -> io::Result<String> {
+    let file = backup.file.clone();
+    let (sha256, spool) = tokio::task::spawn_blocking(move || -> io::Result<_> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut spool = spool;
         loop {
             let n = reader.read(&mut buf)?;
             if n == 0 {
-                return Ok(hex::encode(hasher.finalize()));
+                return Ok((hex::encode(hasher.finalize()), spool));
             }
             hasher.update(&buf[..n]);
+            if let Some(s) = &mut spool {
+                if let Err(e) = s.file.write_all(&buf[..n]) {
+                    tracing::warn!(file = %file, error = %e, "cannot keep a private copy of the archive while it is proven; the restore reads it from the storage again");
+                    spool = None;
+                }
+            }
         }
     })
     .await
     .map_err(io::Error::other)
     .and_then(|r| r)
     .map_err(EngineError::io(reading))?;
-    Ok((sha256, version))
+    Ok((sha256, version, spool))
+}
+
+/// A private copy of a stored archive, taken while its sha256 was proven: an unlinked file
+/// that only this process holds, removed with it however it ends. A restore reads the
+/// proven bytes from it instead of the storage again: an archive on S3 is downloaded
+/// once, and nothing written to the storage after the proof can reach the restore.
+#[derive(Debug)]
+pub struct Spool {
+    file: std::fs::File,
+}
+
+impl Spool {
+    /// An empty spool in `dir` (`O_TMPFILE`; where the filesystem has none, a new file
+    /// removed at once), mode 0600.
+    pub fn create(dir: &Path) -> io::Result<Spool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags: i32, path: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let file = match open(libc::O_TMPFILE, dir) {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                let path = dir.join(format!(".dbkeep-spool.{:016x}", rand::random::<u64>()));
+                let f = crate::files::open_private(&path)?;
+                std::fs::remove_file(&path)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Spool { file })
+    }
+
+    /// A reader over the whole copy, from its start (each with its own position).
+    pub fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        struct At {
+            file: std::fs::File,
+            at: u64,
+        }
+        impl Read for At {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                use std::os::unix::fs::FileExt;
+                let n = self.file.read_at(buf, self.at)?;
+                self.at += n as u64;
+                Ok(n)
+            }
+        }
+        Ok(Box::new(At {
+            file: self.file.try_clone()?,
+            at: 0,
+        }))
+    }
 }
 
 fn decoder<R: Read>(

@@ -207,13 +207,26 @@ pub struct Archive<'a> {
     /// The version of the stored object whose sha256 was proven
     /// ([`crate::storage::Storage::open_version`]): when set, only that version is read.
     pub pin: Option<&'a str>,
+    /// The proven bytes, kept while they were proven: read instead of the storage.
+    pub spool: Option<&'a archive::Spool>,
 }
 
 impl Archive<'_> {
-    /// A reader over the stored object: the proven version of it, when there is one.
+    /// A reader over the stored object: its private copy, or the proven version of it,
+    /// when there is one.
     pub async fn open(
         &self,
     ) -> Result<Box<dyn std::io::Read + Send>, crate::storage::StorageError> {
+        if let Some(spool) = self.spool {
+            return spool
+                .reader()
+                .map_err(|source| crate::storage::StorageError::Io {
+                    storage: self.storage.name(),
+                    action: "read the private copy of",
+                    path: self.backup.file.clone().into(),
+                    source,
+                });
+        }
         let opened = self
             .storage
             .open_version(&self.backup.target, &self.backup.file, self.pin)

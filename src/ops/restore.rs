@@ -138,22 +138,31 @@ pub struct Chosen {
     /// Which version of the stored object was proven: the restore reads that one or none
     /// ([`crate::storage::Storage::open_version`]).
     pub pin: Option<String>,
+    /// The proven bytes of a remote archive, kept while they were proven
+    /// ([`engine::archive::Spool`]): what the restore reads.
+    pub spool: Option<std::sync::Arc<engine::archive::Spool>>,
 }
 
 impl Chosen {
     /// Prove the archive's sha256 before anything is touched, reading the chosen copy;
     /// when it cannot be read (its storage is down) or does not match, the next storage's
     /// copy is tried, and becomes the chosen one. The error is the last copy's.
-    pub async fn prove(&mut self, ctx: &Context) -> Result<(), RestoreError> {
+    /// A remote copy is kept in a private file while it is proven, when there is room
+    /// ([`spool_for`]): the restore reads it from there, not from the storage again.
+    pub async fn prove(&mut self, ctx: &Context, target: &Target) -> Result<(), RestoreError> {
         loop {
             let result = match self.archive(ctx) {
-                Ok(a) => verify_checksum(a.storage, a.backup).await,
+                Ok(a) => {
+                    let spool = spool_for(ctx, target, a.storage, a.backup);
+                    prove_copy(a.storage, a.backup, spool).await
+                }
                 Err(e) => Err(e),
             };
             match result {
-                Ok(pin) => {
+                Ok((pin, spool)) => {
                     self.proven = true;
                     self.pin = pin;
+                    self.spool = spool.map(std::sync::Arc::new);
                     return Ok(());
                 }
                 Err(e) if !self.use_next(&e) => return Err(e),
@@ -166,7 +175,7 @@ impl Chosen {
     /// before reading it ([`proven_first`]): the first copy and any copy turned to later.
     pub async fn prove_for(&mut self, ctx: &Context, target: &Target) -> Result<(), RestoreError> {
         if proven_first(target) && !self.proven {
-            self.prove(ctx).await?;
+            self.prove(ctx, target).await?;
         }
         Ok(())
     }
@@ -196,6 +205,7 @@ impl Chosen {
         self.backup = backup;
         self.proven = false;
         self.pin = None;
+        self.spool = None;
         true
     }
 
@@ -209,6 +219,7 @@ impl Chosen {
             meter: None,
             keys: self.keys.as_ref(),
             pin: self.pin.as_deref(),
+            spool: self.spool.as_deref(),
         })
     }
 }
@@ -426,6 +437,7 @@ async fn choose_copy(
             schema_from_full: None,
             proven: false,
             pin: None,
+            spool: None,
         });
     }
     if let Some(schema) = &selector.schema {
@@ -440,6 +452,7 @@ async fn choose_copy(
                 schema_from_full: None,
                 proven: false,
                 pin: None,
+                spool: None,
             });
         }
         if let Some((storage, backup)) = pick(&|b| {
@@ -454,6 +467,7 @@ async fn choose_copy(
                 schema_from_full: Some(schema.clone()),
                 proven: false,
                 pin: None,
+                spool: None,
             });
         }
         return Err(RestoreError::NotFound(format!(
@@ -471,6 +485,7 @@ async fn choose_copy(
             schema_from_full: None,
             proven: false,
             pin: None,
+            spool: None,
         });
     }
     // Each database once, however many storages hold its archive.
@@ -511,17 +526,57 @@ pub async fn verify_checksum(
     storage: &dyn Storage,
     backup: &Backup,
 ) -> Result<Option<String>, RestoreError> {
-    let (actual, version) = match engine::archive::stored_sha256(storage, backup).await {
-        Ok(actual) => actual,
-        Err(EngineError::Storage(e)) => return Err(RestoreError::Storage(e)),
-        Err(EngineError::Io { source, .. }) => {
-            return Err(RestoreError::Read {
-                file: backup.file.clone(),
-                source,
-            })
+    Ok(prove_copy(storage, backup, None).await?.0)
+}
+
+/// Where the proven bytes of `backup` on `storage` are kept for the restore: a remote
+/// storage's archive, when the target's scratch folder has room for it and 256 MiB more.
+/// A local archive is read where it is (pinned), and so is one without room: the restore
+/// then reads the storage again, as an info line says.
+pub fn spool_for(
+    ctx: &Context,
+    target: &Target,
+    storage: &dyn Storage,
+    backup: &Backup,
+) -> Option<engine::archive::Spool> {
+    if storage.folder(&backup.target).is_some() {
+        return None;
+    }
+    let dir = super::scratch_dir(ctx, target);
+    let room = crate::storage::free_space(&dir);
+    if room.is_none_or(|free| free < backup.bytes.saturating_add(256 << 20)) {
+        tracing::info!(target = %target.name, folder = %dir.display(), free = room, archive_bytes = backup.bytes, "no room for a private copy of the archive while it is proven; the restore downloads it again");
+        return None;
+    }
+    let made = crate::files::create_dir(&dir).and_then(|()| engine::archive::Spool::create(&dir));
+    match made {
+        Ok(spool) => Some(spool),
+        Err(e) => {
+            tracing::warn!(target = %target.name, folder = %dir.display(), error = %e, "cannot make a private copy of the archive while it is proven; the restore downloads it again");
+            None
         }
-        Err(e) => return Err(e.into()),
-    };
+    }
+}
+
+/// Prove `backup`'s stored sha256, keeping the bytes in `spool` if given: the version
+/// proven, and the spool when it holds every byte.
+pub async fn prove_copy(
+    storage: &dyn Storage,
+    backup: &Backup,
+    spool: Option<engine::archive::Spool>,
+) -> Result<(Option<String>, Option<engine::archive::Spool>), RestoreError> {
+    let (actual, version, spool) =
+        match engine::archive::stored_sha256(storage, backup, spool).await {
+            Ok(actual) => actual,
+            Err(EngineError::Storage(e)) => return Err(RestoreError::Storage(e)),
+            Err(EngineError::Io { source, .. }) => {
+                return Err(RestoreError::Read {
+                    file: backup.file.clone(),
+                    source,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
     if actual != backup.sha256 {
         return Err(RestoreError::Checksum {
             file: backup.file.clone(),
@@ -530,7 +585,7 @@ pub async fn verify_checksum(
             actual,
         });
     }
-    Ok(version)
+    Ok((version, spool))
 }
 
 /// A restore decided but not started: what, from where, into where, and how.
@@ -643,6 +698,7 @@ pub async fn plan_run(
             schema_from_full: None,
             proven: false,
             pin: None,
+            spool: None,
         });
     }
     if archives.is_empty() {
@@ -684,7 +740,7 @@ pub async fn execute_run(
 ) -> Result<Vec<String>, RestoreError> {
     use futures_util::StreamExt;
     for c in plan.archives.iter_mut() {
-        c.prove(ctx).await?;
+        c.prove(ctx, target).await?;
     }
     let engine = engine::build(target);
     let mode = RestoreMode::Whole { clean: false };

@@ -180,8 +180,9 @@ async fn drill_inner(
             .storages
             .get(storage)
             .ok_or_else(|| RestoreError::NotFound(format!("storage {storage} is gone")))?;
-        match verify_checksum(storage, b).await {
-            Ok(pin) => proven.push((storage, b, pin)),
+        let spool = super::restore::spool_for(ctx, target, storage, b);
+        match super::restore::prove_copy(storage, b, spool).await {
+            Ok((pin, spool)) => proven.push((storage, b, pin, spool)),
             Err(e) => {
                 if let RestoreError::Checksum { .. } = e {
                     let key = crate::state::corrupt_key(storage.name(), &b.file);
@@ -195,12 +196,13 @@ async fn drill_inner(
     }
     let archives: Vec<Archive<'_>> = proven
         .iter()
-        .map(|(storage, backup, pin)| Archive {
+        .map(|(storage, backup, pin, spool)| Archive {
             storage: *storage,
             backup,
             meter: None,
             keys: keys.as_ref(),
             pin: pin.as_deref(),
+            spool: spool.as_ref(),
         })
         .collect();
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();

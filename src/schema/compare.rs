@@ -105,7 +105,7 @@ async fn backup_models(
     let mut chosen = choose(ctx, target, sel, false).await?;
     let excluded = chosen.backup.manifest.excluded_tables.clone();
     // Proven first, and the proven version is the one read.
-    chosen.prove(ctx).await?;
+    chosen.prove(ctx, target).await?;
     let archive = chosen.archive(ctx)?;
     let dir = crate::ops::scratch_dir(ctx, target);
     let scratch = engine::build(target)

@@ -249,6 +249,39 @@ fn contract(s: &dyn Storage, rt: &tokio::runtime::Runtime) {
     assert_eq!(h.block_on(s.list(t)).unwrap().len(), 1, "{}", s.name());
 }
 
+/// A version pin: the version an open names opens again; once the object is replaced
+/// behind the storage's back (`replace`), a pinned open is refused as changed, and an
+/// open without a pin reads the new bytes. A storage that names no version pins nothing.
+fn pins(s: &dyn Storage, rt: &tokio::runtime::Runtime, replace: &dyn Fn(&str, &str, &[u8])) {
+    let h = rt.handle();
+    let (t, f) = ("app", "pinned_20261121_000001.dump.zst");
+    h.block_on(s.put_bytes(t, f, b"first".to_vec())).unwrap();
+    let read = |pin: Option<&str>| {
+        let mut opened = h.block_on(s.open_version(t, f, pin))?;
+        let mut out = Vec::new();
+        opened.reader.read_to_end(&mut out).unwrap();
+        Ok::<_, StorageError>((out, opened.version))
+    };
+    let (bytes, version) = read(None).unwrap();
+    assert_eq!(bytes, b"first", "{}", s.name());
+    let Some(version) = version else {
+        assert_eq!(s.name(), "memory", "only the test storage names no version");
+        return;
+    };
+    assert_eq!(read(Some(&version)).unwrap().0, b"first", "{}", s.name());
+    replace(t, f, b"other");
+    match read(Some(&version)) {
+        Err(StorageError::Changed { file, .. }) => assert_eq!(file, f),
+        Err(e) => panic!("{}: a replaced object: {e}", s.name()),
+        Ok((bytes, _)) => panic!(
+            "{}: a replaced object opened under the old pin: {:?}",
+            s.name(),
+            String::from_utf8_lossy(&bytes)
+        ),
+    }
+    assert_eq!(read(None).unwrap().0, b"other", "{}", s.name());
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -261,12 +294,25 @@ fn runtime() -> tokio::runtime::Runtime {
 fn local_storage_keeps_the_contract() {
     let sb = Sandbox::new();
     let s = LocalStorage::new(sb.backups());
-    contract(&s, &runtime());
+    let rt = runtime();
+    contract(&s, &rt);
+    // Another file renamed over the object.
+    pins(&s, &rt, &|t, f, bytes| {
+        let path = sb.backups().join(t).join(f);
+        let aside = path.with_extension("aside");
+        std::fs::write(&aside, bytes).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+    });
 }
 
 #[test]
 fn memory_storage_keeps_the_contract() {
-    contract(&MemoryStorage::new("memory"), &runtime());
+    let s = MemoryStorage::new("memory");
+    let rt = runtime();
+    contract(&s, &rt);
+    pins(&s, &rt, &|_, _, _| {
+        unreachable!("memory storage names no version")
+    });
 }
 
 #[test]
@@ -285,6 +331,10 @@ fn s3_storage_keeps_the_contract() {
         sb.path().to_path_buf(),
     ));
     contract(&storage, &rt);
+    // s3s-fs ignores If-Match on GET: the ETag of what it sends is what refuses it.
+    pins(&storage, &rt, &|t, f, bytes| {
+        s3.put("contract", &format!("prod/{t}/{f}"), bytes)
+    });
     assert!(
         s3.open_uploads().is_empty(),
         "multipart uploads left open: {:?}",
@@ -309,6 +359,37 @@ fn s3_storage_keeps_the_contract_on_moto_too() {
         sb.path().to_path_buf(),
     ));
     contract(&storage, &rt);
+    // moto answers a GET whose If-Match no longer holds with 412.
+    pins(&storage, &rt, &|t, f, bytes| {
+        moto.put("contract", &format!("prod/{t}/{f}"), bytes)
+    });
+    // A bucket that keeps versions (Object Lock) gives back the pinned version itself.
+    moto.bucket("versioned", true);
+    let versioned = dbkeep::config::load_from(
+        Some(&toml.replace("\"contract\"", "\"versioned\"")),
+        HashMap::new(),
+    )
+    .unwrap();
+    let kept = rt.block_on(S3Storage::new(
+        versioned.storage.s3.clone().unwrap(),
+        sb.path().to_path_buf(),
+    ));
+    let (t, f) = ("app", "kept_20261121_000001.dump.zst");
+    rt.block_on(kept.put_bytes(t, f, b"first".to_vec()))
+        .unwrap();
+    let version = rt
+        .block_on(kept.open_version(t, f, None))
+        .unwrap()
+        .version
+        .expect("an ETag and a version id");
+    moto.put("versioned", &format!("prod/{t}/{f}"), b"other");
+    let mut pinned = rt
+        .block_on(kept.open_version(t, f, Some(&version)))
+        .unwrap();
+    let mut got = Vec::new();
+    pinned.reader.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"first", "the pinned version");
+    assert_eq!(read_all(&kept, t, f, rt.handle()), b"other");
     // moto lists multipart uploads: none is left open by the writes above.
     assert_eq!(
         rt.block_on(storage.open_multipart_uploads()).unwrap(),

@@ -126,22 +126,10 @@ pub async fn open(
     // A plain copy of the whole database: created empty and private (0600) before SQLite
     // writes into it, never through a planted link. This descriptor is the file: its
     // header is set through it, and every later open by name must find it.
-    let created = {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(snapshot.path())
-            .map_err(EngineError::io(format!(
-                "creating the snapshot {}",
-                snapshot.path().display()
-            )))?;
-        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
-        f
-    };
+    let created = crate::files::open_private(snapshot.path()).map_err(EngineError::io(format!(
+        "creating the snapshot {}",
+        snapshot.path().display()
+    )))?;
     let (src, dest, stop) = (
         eng.cfg.path.clone(),
         snapshot.path().to_path_buf(),

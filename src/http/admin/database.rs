@@ -197,7 +197,7 @@ pub(super) async fn start_restore(
     let name = target.name.clone();
     let work = async move {
         let result = async {
-            plan.chosen.prove(&ctx).await?;
+            plan.chosen.prove(&ctx, &target).await?;
             let opts = restore::Options {
                 yes: true,
                 safety_backup: true,
