@@ -199,7 +199,14 @@ fn blame<R: Read>(
 /// was wanted): when its stored bytes do not match the manifest, that mismatch is the
 /// error to report, since it names the cause; else `err`.
 pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
-    match stored_sha256(archive.storage, archive.backup, None).await {
+    // Restored from its private copy: the bytes read were the proven ones.
+    if archive.spool.is_some() {
+        return err;
+    }
+    match stored_sha256(archive.storage, archive.backup, archive.pin, None).await {
+        Err(changed @ EngineError::Storage(crate::storage::StorageError::Changed { .. })) => {
+            changed
+        }
         Ok((actual, _, _)) if actual != archive.backup.sha256 => EngineError::Checksum {
             file: archive.backup.file.clone(),
             expected: archive.backup.sha256.clone(),
@@ -210,30 +217,41 @@ pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError 
 }
 
 /// The sha256 of `backup`'s file as stored (encrypted and compressed), read whole.
-/// With `spool`, the bytes read are also kept there, as long as it takes them: the
-/// version of the object read, and the spool when it holds all of them, come back with
-/// the sha256.
+/// With `pin`, only that version of the object is read. With `spool`, the bytes read are
+/// also kept there, as long as it takes them and they are no more than the manifest
+/// says: the version of the object read, and the spool when it holds all of them, come
+/// back with the sha256.
 pub async fn stored_sha256(
     storage: &dyn crate::storage::Storage,
     backup: &Backup,
+    pin: Option<&str>,
     spool: Option<Spool>,
 ) -> Result<(String, Option<String>, Option<Spool>), EngineError> {
     let opened = storage
-        .open_version(&backup.target, &backup.file, None)
+        .open_version(&backup.target, &backup.file, pin)
         .await?;
     let (mut reader, version) = (opened.reader, opened.version);
     let reading = format!("reading {}", backup.file);
     let file = backup.file.clone();
+    let limit = backup.manifest.stored_bytes;
     let (sha256, spool) = tokio::task::spawn_blocking(move || -> io::Result<_> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut spool = spool;
+        let mut read = 0u64;
         loop {
             let n = reader.read(&mut buf)?;
             if n == 0 {
                 return Ok((hex::encode(hasher.finalize()), spool));
             }
             hasher.update(&buf[..n]);
+            read += n as u64;
+            if spool.is_some() && read > limit {
+                // Not the archive of the manifest: its sha256 will say so; the scratch
+                // folder is not filled with it meanwhile.
+                tracing::warn!(file = %file, manifest_bytes = limit, "the object holds more bytes than its manifest says; no private copy is kept");
+                spool = None;
+            }
             if let Some(s) = &mut spool {
                 if let Err(e) = s.file.write_all(&buf[..n]) {
                     tracing::warn!(file = %file, error = %e, "cannot keep a private copy of the archive while it is proven; the restore reads it from the storage again");

@@ -530,9 +530,10 @@ pub async fn verify_checksum(
 }
 
 /// Where the proven bytes of `backup` on `storage` are kept for the restore: a remote
-/// storage's archive, when the target's scratch folder has room for it and 256 MiB more.
-/// A local archive is read where it is (pinned), and so is one without room: the restore
-/// then reads the storage again, as an info line says.
+/// storage's archive, when the target's scratch folder (which must exist) has room for
+/// it, for what it unpacks to (a SQLite restore, drill or diff writes that beside it),
+/// and 256 MiB more. A local archive is read where it is (pinned), and so is one without
+/// room: the restore then reads the storage again, as an info line says.
 pub fn spool_for(
     ctx: &Context,
     target: &Target,
@@ -543,13 +544,27 @@ pub fn spool_for(
         return None;
     }
     let dir = super::scratch_dir(ctx, target);
-    let room = crate::storage::free_space(&dir);
-    if room.is_none_or(|free| free < backup.bytes.saturating_add(256 << 20)) {
-        tracing::info!(target = %target.name, folder = %dir.display(), free = room, archive_bytes = backup.bytes, "no room for a private copy of the archive while it is proven; the restore downloads it again");
+    let needed = (backup.manifest.stored_bytes)
+        .saturating_add(backup.manifest.raw_bytes)
+        .saturating_add(256 << 20);
+    let why = if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        Some("the scratch folder is not a folder".to_string())
+    } else {
+        match crate::storage::free_space(&dir) {
+            None => Some("the free space of the scratch folder cannot be read".into()),
+            Some(free) if free < needed => Some(format!(
+                "{} free, {} needed (the archive, what it unpacks to, and 256 MiB)",
+                crate::storage::human_size(free),
+                crate::storage::human_size(needed)
+            )),
+            Some(_) => None,
+        }
+    };
+    if let Some(why) = why {
+        tracing::info!(target = %target.name, folder = %dir.display(), "no private copy of the archive while it is proven ({why}); the restore downloads it again");
         return None;
     }
-    let made = crate::files::create_dir(&dir).and_then(|()| engine::archive::Spool::create(&dir));
-    match made {
+    match engine::archive::Spool::create(&dir) {
         Ok(spool) => Some(spool),
         Err(e) => {
             tracing::warn!(target = %target.name, folder = %dir.display(), error = %e, "cannot make a private copy of the archive while it is proven; the restore downloads it again");
@@ -566,7 +581,7 @@ pub async fn prove_copy(
     spool: Option<engine::archive::Spool>,
 ) -> Result<(Option<String>, Option<engine::archive::Spool>), RestoreError> {
     let (actual, version, spool) =
-        match engine::archive::stored_sha256(storage, backup, spool).await {
+        match engine::archive::stored_sha256(storage, backup, None, spool).await {
             Ok(actual) => actual,
             Err(EngineError::Storage(e)) => return Err(RestoreError::Storage(e)),
             Err(EngineError::Io { source, .. }) => {

@@ -524,8 +524,18 @@ pub fn private_dir(base: &Path, target: &str) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Remove the scratch files named `*what` ([`ScratchFile::reserve`]) in `dir`, a folder
+/// that is not a storage's (a SQLite database's), whose process is gone; their names.
+pub fn remove_dead_scratch(dir: &Path, what: &str) -> Result<Vec<String>, StorageError> {
+    remove_dead(dir, &|name| name.ends_with(what))
+}
+
 /// Remove the temp files in `dir` whose writing process is gone; their names.
 fn remove_dead_temps(dir: &Path) -> Result<Vec<String>, StorageError> {
+    remove_dead(dir, &|_| true)
+}
+
+fn remove_dead(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<String>, StorageError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -535,7 +545,7 @@ fn remove_dead_temps(dir: &Path) -> Result<Vec<String>, StorageError> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if !name.starts_with(TEMP_PREFIX) || temp_owner_alive(&path, &name) {
+        if !name.starts_with(TEMP_PREFIX) || !wanted(&name) || temp_owner_alive(&path, &name) {
             continue;
         }
         match fs::remove_file(&path) {

@@ -447,6 +447,62 @@ fn an_archive_changed_after_its_proof_is_never_read() {
     restore_after_a_change(&pg, &cfg, || std::fs::rename(&aside, &archive).unwrap());
 }
 
+/// Back up with `cfg` (to bucket `bkp`, prefix `prod`): the key of the archive ending in
+/// `suffix`.
+fn backed_up_to_s3(s3: &TestS3, cfg: &std::path::Path, suffix: &str) -> String {
+    let run = dbkeep(Some(cfg), &["backup"], &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    s3.keys("bkp", "prod/")
+        .into_iter()
+        .find(|k| k.ends_with(suffix))
+        .expect("the archive on S3")
+}
+
+/// A private copy never takes more than the manifest's size: an object replaced after
+/// the listing by a larger one is proven wrong without filling the scratch folder.
+#[test]
+fn an_oversized_object_is_not_kept_while_it_is_proven() {
+    let s3 = TestS3::start("bkp");
+    let sb = Sandbox::new();
+    let (_db, local_cfg) = sqlite_target(&sb, "app", "");
+    let db = sb.path().join("app.db");
+    let cfg = sb.write_config(&format!(
+        "{}[targets.app]\nkind = \"sqlite\"\npath = \"{}\"\n",
+        s3.config_section("bkp", "prod", ""),
+        db.display()
+    ));
+    drop(local_cfg);
+    let key = backed_up_to_s3(&s3, &cfg, ".sqlite.zst");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use dbkeep::ops::restore;
+            let (cfg, ctx) = in_process(&cfg).await;
+            let t = &cfg.targets[0];
+            let latest = "latest".parse::<restore::Selector>().unwrap();
+            let plan = restore::plan(&ctx, t, &latest, None, None, false)
+                .await
+                .expect("plan");
+            let backup = &plan.chosen.backup;
+            let storage = ctx.storages.get(plan.chosen.storage).unwrap();
+            let spool = restore::spool_for(&ctx, t, storage, backup).expect("room for a copy");
+            s3.put("bkp", &key, &vec![7u8; 8 << 20]);
+            let (sha256, _, kept) =
+                dbkeep::engine::archive::stored_sha256(storage, backup, None, Some(spool))
+                    .await
+                    .unwrap();
+            assert_ne!(sha256, backup.sha256);
+            assert!(
+                kept.is_none(),
+                "8 MiB kept for a {}-byte archive",
+                backup.bytes
+            );
+        });
+}
+
 /// On S3 the proven bytes are kept in a private file while they are proven, and the
 /// restore reads them from there: an object replaced after the proof is never read, and
 /// the archive is downloaded once. (Without room for that copy, the restore downloads the
@@ -462,20 +518,38 @@ fn an_object_replaced_after_its_proof_on_s3_is_never_read() {
         s3.config_section("bkp", "prod", ""),
         pg.url("app")
     ));
-    let run = dbkeep(Some(&cfg), &["backup"], &[]);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let key = s3
-        .keys("bkp", "prod/")
-        .into_iter()
-        .find(|k| k.ends_with(".dump.zst"))
-        .expect("the archive on S3");
+    let key = backed_up_to_s3(&s3, &cfg, ".dump.zst");
     let stored = s3.object_path("bkp", &key);
+    let original = std::fs::read(&stored).unwrap();
     let forged = EvilComment::forged(&pg, &stored);
     restore_changed(&pg, &cfg, || s3.put("bkp", &key, &forged)).expect("the proven bytes restore");
     EvilComment::assert_not_run(&pg, "restored from S3");
     assert_eq!(pg.table_checksums("fresh"), pg.table_checksums("app"));
     let forged_now = std::fs::read(&stored).unwrap();
     assert_eq!(forged_now, forged, "the store holds the forged object");
+
+    // A restore that fails for its own reason (pg_restore cannot run) says so: the bytes
+    // it read were the proven ones, whatever the bucket holds now.
+    pg.psql("postgres", "DROP DATABASE fresh");
+    s3.put("bkp", &key, &original);
+    let broken = wrapped_pg_bin(
+        &sb,
+        &pg,
+        "pg_restore",
+        "echo 'pg_restore: broken on purpose' >&2\nexit 1",
+    );
+    let cfg = sb.write_config(&format!(
+        "{}[targets.app]\nkind = \"postgres\"\nurl = \"{}\"\npassword = \"{PG_PASSWORD}\"\npg_bin_dir = \"{}\"\n",
+        s3.config_section("bkp", "prod", ""),
+        pg.url("app"),
+        broken.display()
+    ));
+    let err =
+        restore_changed(&pg, &cfg, || s3.put("bkp", &key, &forged)).expect_err("pg_restore fails");
+    assert!(
+        err.contains("pg_restore") && !err.contains("sha256"),
+        "{err}"
+    );
 }
 
 /// pg_restore COMMITs once it read the last data block, not at the end of its input. An

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::{dbkeep, decompress, spawn_dbkeep, sqlite_query, Sandbox, SqliteLock};
+use crate::common::{
+    dbkeep, decompress, spawn_dbkeep, sqlite_query, sqlite_target, Sandbox, SqliteLock,
+};
 
 fn config(sb: &Sandbox, db: &std::path::Path, compression: &str) -> std::path::PathBuf {
     sb.write_config(&format!(
@@ -203,6 +205,44 @@ fn a_file_that_is_not_sqlite_fails_and_keeps_nothing() {
         run.stderr
     );
     assert!(sb.files("cache").is_empty(), "{:?}", sb.files("cache"));
+}
+
+/// A restore killed before its file went into place leaves a temp file beside the
+/// database; the next restore there removes it (its process is gone), and nothing else.
+#[test]
+fn the_temp_file_of_a_killed_restore_is_removed_by_the_next() {
+    let sb = Sandbox::new();
+    let (db, cfg) = sqlite_target(&sb, "app", "");
+    let run = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let folder = db.parent().unwrap();
+    let name =
+        |pid: u32, what: &str| folder.join(format!(".dbkeep-tmp.{pid}.00c0ffee00c0ffee.{what}"));
+    let left = name(dead, "restore.sqlite");
+    let running = name(std::process::id(), "restore.sqlite");
+    let other = name(dead, "notes.txt");
+    for f in [&left, &running, &other] {
+        std::fs::write(f, b"half a database").unwrap();
+    }
+    let into = folder.join("copy.db");
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            &into.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!left.exists(), "the killed restore's file is still there");
+    assert!(running.exists(), "the file of a live process was removed");
+    assert!(other.exists(), "a file that is no restore's was removed");
 }
 
 /// The snapshot's integrity check runs beside the stream now: an archive is still stored

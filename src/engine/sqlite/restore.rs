@@ -70,6 +70,9 @@ pub enum Depth {
     Structure,
 }
 
+/// The name ending of a restore's temp file beside its destination.
+const RESTORING: &str = "restore.sqlite";
+
 /// Decompress into a temp file beside `dest`, check it, then rename it over `dest`.
 pub async fn restore_file(
     archive: Archive<'_>,
@@ -96,7 +99,17 @@ pub async fn restore_file(
         Ok(m) => Some(m),
         Err(_) => None,
     };
-    let scratch = ScratchFile::reserve(&dir, "restore.sqlite");
+    // What a restore killed here before left (its process is gone).
+    match crate::storage::local::remove_dead_scratch(&dir, RESTORING) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(folder = %dir.display(), files = ?gone, "removed the temp files of an interrupted restore")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot remove the temp files of an interrupted restore")
+        }
+    }
+    let scratch = ScratchFile::reserve(&dir, RESTORING);
     let tmp = scratch.path().to_path_buf();
     // The file written is the one held: its mode and owner are set through it, and the
     // name must still lead to it when it is moved into place.
