@@ -189,6 +189,9 @@ impl Classify for EngineError {
                 ErrorKind::Unreachable => {
                     Some("is the server running and reachable from this host?".into())
                 }
+                ErrorKind::NoSpace => Some(
+                    "free space on the filesystem named above: a SQLite backup needs room for a snapshot of the database beside its archives, a restore for the whole unpacked database (`dbkeep list` shows its raw size); or restore --into a path on another filesystem".into(),
+                ),
                 _ => None,
             },
         }

@@ -556,6 +556,43 @@ fn a_full_disk_is_reported_as_the_storage_error_not_as_a_dying_pg_dump() {
     assert!(temp_files(&sb, "app").is_empty(), "{:?}", sb.files("app"));
 }
 
+/// A SQLite restore into a full filesystem says so and what to do, and leaves nothing
+/// there: no partial file, no temp file.
+#[test]
+fn a_sqlite_restore_into_a_full_disk_leaves_nothing_and_says_what_to_do() {
+    let sb = Sandbox::new();
+    let (db, cfg) = crate::common::sqlite_target(&sb, "app", "");
+    crate::common::sqlite_query(
+        &db,
+        "CREATE TABLE big AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+         WHERE i < 50000) SELECT i, hex(randomblob(64)) AS v FROM n;",
+    );
+    let run = dbkeep(Some(&cfg), &["backup"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let small = sb.path().join("small");
+    let _disk = Tmpfs::mount(&small, "1m");
+    let into = small.join("copy.db");
+    let run = dbkeep(
+        Some(&cfg),
+        &[
+            "restore",
+            "app",
+            "latest",
+            "--into",
+            &into.display().to_string(),
+        ],
+        &[],
+    );
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("No space left on device") && run.stderr.contains("free space"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn a_hung_dump_is_stopped_at_the_target_timeout() {
     let pg = TestPostgres::start();
