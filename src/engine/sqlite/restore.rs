@@ -44,13 +44,34 @@ pub async fn hold_write_lock(path: &Path) -> Result<SqliteConnection, EngineErro
     let mut conn = SqliteConnection::connect_with(&opts)
         .await
         .map_err(sql_err(path, "cannot open the database"))?;
-    if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
-        let _ = conn.close().await;
-        return Err(EngineError::Refused(format!(
-            "another process holds a write lock on {} ({e}); stop the application that writes to it, \
-             or restore with --into NEW_PATH",
-            path.display()
-        )));
+    // The lock is held with the WAL folded into the database and emptied: a restore
+    // killed between moving its file into place and removing the old WAL must not leave
+    // frames that SQLite would apply to the new file. A writer may add frames between
+    // the checkpoint and the lock, so a few tries; a reader on an old snapshot keeps the
+    // WAL from emptying, and then the lock is held all the same, as a warning says.
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    for attempt in 1..=3 {
+        // A no-op on a rollback-journal database; SQLITE_BUSY leaves the WAL as it is.
+        let _ = sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await;
+        if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await {
+            let _ = conn.close().await;
+            return Err(EngineError::Refused(format!(
+                "another process holds a write lock on {} ({e}); stop the application that writes to it, \
+                 or restore with --into NEW_PATH",
+                path.display()
+            )));
+        }
+        let frames = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if frames == 0 {
+            break;
+        }
+        if attempt == 3 {
+            tracing::warn!(path = %path.display(), wal_bytes = frames, "the WAL of the live database could not be emptied (a reader holds an old snapshot); if this restore is killed right after it moves the new file into place, remove that WAL by hand before the application opens the database");
+            break;
+        }
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
     }
     Ok(conn)
 }
@@ -254,4 +275,50 @@ pub async fn verify_tables(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libsqlite3_sys as ffi;
+
+    fn wal_len(db: &Path) -> u64 {
+        std::fs::metadata(format!("{}-wal", db.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// While a restore holds the live database's write lock, its WAL is empty: frames an
+    /// application left there are in the database file, and none could be applied to the
+    /// restored file if the restore died between moving it in and removing the WAL.
+    #[tokio::test]
+    async fn the_wal_is_folded_in_and_empty_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("live.db");
+        let app = super::super::raw::Conn::open(
+            &db,
+            ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_CREATE,
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        app.exec("PRAGMA journal_mode = WAL").unwrap();
+        app.exec("PRAGMA wal_autocheckpoint = 0").unwrap();
+        app.exec("CREATE TABLE t (a)").unwrap();
+        app.exec(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+             INSERT INTO t SELECT hex(randomblob(100)) FROM n",
+        )
+        .unwrap();
+        assert!(wal_len(&db) > 0, "the application's frames are in the WAL");
+        let held = hold_write_lock(&db).await.unwrap();
+        assert_eq!(wal_len(&db), 0, "the WAL while the lock is held");
+        held.close().await.unwrap();
+        // The rows are in the database file itself, and the application goes on.
+        let reader = super::super::raw::Conn::read_only(&db).unwrap();
+        let mut n = reader.prepare("SELECT count(*) FROM t").unwrap();
+        assert!(n.step().unwrap());
+        assert_eq!(n.text(0), "2000");
+        drop(n);
+        app.exec("INSERT INTO t VALUES ('after')").unwrap();
+    }
 }
