@@ -1,7 +1,7 @@
 //! Operator experience: what a new user and a DBA meet first (issue 20), one test per
 //! item.
 
-use crate::common::{dbkeep, dbkeep_in, sqlite_target, Sandbox};
+use crate::common::{dbkeep, dbkeep_in, pg_config, sqlite_target, Sandbox, TestPostgres};
 
 #[test]
 fn without_any_config_the_error_says_where_it_looked() {
@@ -984,4 +984,35 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// A scratch database a killed drill left behind (it holds a restored copy of the data)
+/// is named by the doctor, with the statement that drops it; a user's database of a like
+/// name is not.
+#[test]
+fn the_doctor_names_the_scratch_databases_a_killed_run_left() {
+    let pg = TestPostgres::start();
+    pg.create_db("app");
+    pg.create_db("dbkeep_drill_app_0badc0de");
+    pg.create_db("dbkeep_app");
+    let sb = Sandbox::new();
+    let cfg = pg_config(&sb, &pg, "app", "");
+    let doctor = dbkeep(Some(&cfg), &["doctor", "app"], &[]);
+    assert!(
+        doctor
+            .stdout
+            .contains("DROP DATABASE dbkeep_drill_app_0badc0de")
+            && !doctor.stdout.contains("DROP DATABASE dbkeep_app"),
+        "{}",
+        doctor.stdout
+    );
+    pg.psql("postgres", "DROP DATABASE dbkeep_drill_app_0badc0de");
+    let doctor = dbkeep(Some(&cfg), &["doctor", "app"], &[]);
+    assert!(
+        doctor
+            .stdout
+            .contains("none left behind by an interrupted run"),
+        "{}",
+        doctor.stdout
+    );
 }

@@ -86,6 +86,7 @@ pub async fn doctor(e: &PostgresEngine, wants: Wants) -> Vec<Check> {
             )
         });
     }
+    out.push(leftover_scratch(&mut conn).await);
     let _ = conn.close().await;
     if wants.drills {
         out.push(scratch_check(e, "drills", Purpose::Drill).await);
@@ -229,6 +230,49 @@ async fn dump_rights(
 
 /// A server target: which databases a run would back up now, and whether the role may
 /// connect to each (one it may not fails the run).
+/// Scratch databases (of drills, schema diffs and checks, `--table` restores) that no
+/// session uses: a run killed before it could drop its own leaves one behind, holding a
+/// restored copy of the data. Named, with the statements that drop them.
+async fn leftover_scratch(conn: &mut sqlx::PgConnection) -> Check {
+    let feature = "scratch databases";
+    let rows: Result<Vec<(String,)>, _> = sqlx::query_as(
+        "SELECT d.datname::text FROM pg_database d \
+         WHERE d.datname LIKE 'dbkeep\\_%' \
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) \
+         ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await;
+    let left: Vec<String> = match rows {
+        Ok(r) => r
+            .into_iter()
+            .map(|(n,)| n)
+            .filter(|n| super::database::is_scratch(n))
+            .collect(),
+        Err(err) => return Check::new(feature, Verdict::Cannot, crate::engine::sql_message(&err)),
+    };
+    if left.is_empty() {
+        return Check::new(
+            feature,
+            Verdict::Ok,
+            "none left behind by an interrupted run",
+        );
+    }
+    Check::new(
+        feature,
+        Verdict::Limited,
+        format!(
+            "{} left behind by runs killed before they could drop them, each a restored copy of the data: {}; unless a dbkeep run is using them right now, drop them: {}",
+            left.len(),
+            left.join(", "),
+            left.iter()
+                .map(|d| format!("DROP DATABASE {}", crate::engine::model::sql_ident(d)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    )
+}
+
 async fn databases(conn: &mut sqlx::PgConnection, e: &PostgresEngine, role: &str) -> Check {
     let names = match super::dump::discover(e, conn).await {
         Ok(n) => n,
