@@ -200,10 +200,11 @@ fn blame<R: Read>(
 /// error to report, since it names the cause; else `err`.
 pub async fn mismatch_or(archive: Archive<'_>, err: EngineError) -> EngineError {
     // Restored from its private copy: the bytes read were the proven ones.
-    if archive.spool.is_some() {
+    if archive.proof.is_some_and(|p| p.spool.is_some()) {
         return err;
     }
-    match stored_sha256(archive.storage, archive.backup, archive.pin, None).await {
+    let pin = archive.proof.and_then(|p| p.pin.as_deref());
+    match stored_sha256(archive.storage, archive.backup, pin, None).await {
         Err(changed @ EngineError::Storage(crate::storage::StorageError::Changed { .. })) => {
             changed
         }
@@ -267,6 +268,15 @@ pub async fn stored_sha256(
     Ok((sha256, version, spool))
 }
 
+/// What proving an archive's sha256 leaves for the restore that reads it next: the
+/// version of the stored object proven ([`crate::storage::Storage::open_version`]),
+/// which is the only one read, and its bytes, when they were kept while they were proven.
+#[derive(Debug, Default)]
+pub struct Proof {
+    pub pin: Option<String>,
+    pub spool: Option<Spool>,
+}
+
 /// A private copy of a stored archive, taken while its sha256 was proven: an unlinked file
 /// that only this process holds, removed with it however it ends. A restore reads the
 /// proven bytes from it instead of the storage again: an archive on S3 is downloaded
@@ -281,15 +291,13 @@ impl Spool {
     /// removed at once), mode 0600.
     pub fn create(dir: &Path) -> io::Result<Spool> {
         use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags: i32, path: &Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(flags)
-                .open(path)
-        };
-        let file = match open(libc::O_TMPFILE, dir) {
+        let unnamed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        let file = match unnamed {
             Ok(f) => f,
             Err(e)
                 if matches!(

@@ -207,11 +207,9 @@ pub struct Archive<'a> {
     pub meter: Option<&'a std::sync::Arc<crate::progress::Meter>>,
     /// The private keys, when the archive is encrypted.
     pub keys: Option<&'a std::sync::Arc<crate::crypt::Identities>>,
-    /// The version of the stored object whose sha256 was proven
-    /// ([`crate::storage::Storage::open_version`]): when set, only that version is read.
-    pub pin: Option<&'a str>,
-    /// The proven bytes, kept while they were proven: read instead of the storage.
-    pub spool: Option<&'a archive::Spool>,
+    /// What proving its sha256 left: only the version proven is read, from its private
+    /// copy when there is one.
+    pub proof: Option<&'a archive::Proof>,
 }
 
 impl Archive<'_> {
@@ -220,7 +218,7 @@ impl Archive<'_> {
     pub async fn open(
         &self,
     ) -> Result<Box<dyn std::io::Read + Send>, crate::storage::StorageError> {
-        if let Some(spool) = self.spool {
+        if let Some(spool) = self.proof.and_then(|p| p.spool.as_ref()) {
             return spool
                 .reader()
                 .map_err(|source| crate::storage::StorageError::Io {
@@ -232,7 +230,11 @@ impl Archive<'_> {
         }
         let opened = self
             .storage
-            .open_version(&self.backup.target, &self.backup.file, self.pin)
+            .open_version(
+                &self.backup.target,
+                &self.backup.file,
+                self.proof.and_then(|p| p.pin.as_deref()),
+            )
             .await?;
         Ok(opened.reader)
     }

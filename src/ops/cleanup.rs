@@ -428,7 +428,7 @@ async fn plan_on_good_copies(
                 continue;
             }
             match verify_checksum(s, b).await {
-                Ok(_) => {}
+                Ok(()) => {}
                 Err(e @ RestoreError::Checksum { .. }) => {
                     let why = e.to_string();
                     tracing::error!(target = name, storage = s.name(), file = %b.file, error = %why, "the newest backup no longer matches its manifest; it is not counted, and older backups are kept in its place");

@@ -132,15 +132,10 @@ pub struct Chosen {
     pub fallbacks: Vec<(&'static str, Backup)>,
     /// The private keys, when the archive is encrypted.
     pub keys: Option<std::sync::Arc<crate::crypt::Identities>>,
-    /// The chosen copy's sha256 was proven (by [`Chosen::prove`]); a turn to another
-    /// copy clears it.
-    pub proven: bool,
-    /// Which version of the stored object was proven: the restore reads that one or none
-    /// ([`crate::storage::Storage::open_version`]).
-    pub pin: Option<String>,
-    /// The proven bytes of a remote archive, kept while they were proven
-    /// ([`engine::archive::Spool`]): what the restore reads.
-    pub spool: Option<std::sync::Arc<engine::archive::Spool>>,
+    /// Set once the chosen copy's sha256 was proven (by [`Chosen::prove`]): the version
+    /// proven, which the restore reads or nothing, and its private copy if one was kept.
+    /// A turn to another copy clears it.
+    pub proof: Option<std::sync::Arc<engine::archive::Proof>>,
 }
 
 impl Chosen {
@@ -159,10 +154,8 @@ impl Chosen {
                 Err(e) => Err(e),
             };
             match result {
-                Ok((pin, spool)) => {
-                    self.proven = true;
-                    self.pin = pin;
-                    self.spool = spool.map(std::sync::Arc::new);
+                Ok(proof) => {
+                    self.proof = Some(std::sync::Arc::new(proof));
                     return Ok(());
                 }
                 Err(e) if !self.use_next(&e) => return Err(e),
@@ -174,7 +167,7 @@ impl Chosen {
     /// Prove the chosen copy, unless it was, when a restore of `target` must prove it
     /// before reading it ([`proven_first`]): the first copy and any copy turned to later.
     pub async fn prove_for(&mut self, ctx: &Context, target: &Target) -> Result<(), RestoreError> {
-        if proven_first(target) && !self.proven {
+        if proven_first(target) && self.proof.is_none() {
             self.prove(ctx, target).await?;
         }
         Ok(())
@@ -203,9 +196,7 @@ impl Chosen {
         );
         self.storage = storage;
         self.backup = backup;
-        self.proven = false;
-        self.pin = None;
-        self.spool = None;
+        self.proof = None;
         true
     }
 
@@ -218,8 +209,7 @@ impl Chosen {
             backup: &self.backup,
             meter: None,
             keys: self.keys.as_ref(),
-            pin: self.pin.as_deref(),
-            spool: self.spool.as_deref(),
+            proof: self.proof.as_deref(),
         })
     }
 }
@@ -435,9 +425,7 @@ async fn choose_copy(
             backup,
             storage,
             schema_from_full: None,
-            proven: false,
-            pin: None,
-            spool: None,
+            proof: None,
         });
     }
     if let Some(schema) = &selector.schema {
@@ -450,9 +438,7 @@ async fn choose_copy(
                 backup,
                 storage,
                 schema_from_full: None,
-                proven: false,
-                pin: None,
-                spool: None,
+                proof: None,
             });
         }
         if let Some((storage, backup)) = pick(&|b| {
@@ -465,9 +451,7 @@ async fn choose_copy(
                 backup,
                 storage,
                 schema_from_full: Some(schema.clone()),
-                proven: false,
-                pin: None,
-                spool: None,
+                proof: None,
             });
         }
         return Err(RestoreError::NotFound(format!(
@@ -483,9 +467,7 @@ async fn choose_copy(
             backup,
             storage,
             schema_from_full: None,
-            proven: false,
-            pin: None,
-            spool: None,
+            proof: None,
         });
     }
     // Each database once, however many storages hold its archive.
@@ -519,14 +501,9 @@ pub fn proven_first(target: &Target) -> bool {
     matches!(target.source, crate::config::SourceConfig::Postgres(_))
 }
 
-/// Stream the stored archive and compare its sha256 with the manifest.
-/// Prove `backup`'s stored sha256; returns the version of the object proven, which a
-/// restore then pins ([`Chosen::pin`]).
-pub async fn verify_checksum(
-    storage: &dyn Storage,
-    backup: &Backup,
-) -> Result<Option<String>, RestoreError> {
-    Ok(prove_copy(storage, backup, None).await?.0)
+/// Read the stored archive whole and compare its sha256 with the manifest.
+pub async fn verify_checksum(storage: &dyn Storage, backup: &Backup) -> Result<(), RestoreError> {
+    prove_copy(storage, backup, None).await.map(drop)
 }
 
 /// Where the proven bytes of `backup` on `storage` are kept for the restore: a remote
@@ -544,7 +521,9 @@ pub fn spool_for(
         return None;
     }
     let dir = super::scratch_dir(ctx, target);
-    let needed = (backup.manifest.stored_bytes)
+    let needed = backup
+        .manifest
+        .stored_bytes
         .saturating_add(backup.manifest.raw_bytes)
         .saturating_add(256 << 20);
     let why = if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
@@ -579,7 +558,7 @@ pub async fn prove_copy(
     storage: &dyn Storage,
     backup: &Backup,
     spool: Option<engine::archive::Spool>,
-) -> Result<(Option<String>, Option<engine::archive::Spool>), RestoreError> {
+) -> Result<engine::archive::Proof, RestoreError> {
     let (actual, version, spool) =
         match engine::archive::stored_sha256(storage, backup, None, spool).await {
             Ok(actual) => actual,
@@ -600,7 +579,10 @@ pub async fn prove_copy(
             actual,
         });
     }
-    Ok((version, spool))
+    Ok(engine::archive::Proof {
+        pin: version,
+        spool,
+    })
 }
 
 /// A restore decided but not started: what, from where, into where, and how.
@@ -711,9 +693,7 @@ pub async fn plan_run(
             backup: b.clone(),
             storage,
             schema_from_full: None,
-            proven: false,
-            pin: None,
-            spool: None,
+            proof: None,
         });
     }
     if archives.is_empty() {

@@ -50,7 +50,7 @@ pub async fn verify_all(ctx: &Context, target: &Target) -> Result<Vec<Checked>, 
         for b in listing.complete {
             let key = crate::state::corrupt_key(s.name(), &b.file);
             let problem = match verify_checksum(s, &b).await {
-                Ok(_) => {
+                Ok(()) => {
                     ctx.state.update(&target.name, |st| {
                         st.corrupt.remove(&key);
                     });
@@ -182,7 +182,7 @@ async fn drill_inner(
             .ok_or_else(|| RestoreError::NotFound(format!("storage {storage} is gone")))?;
         let spool = super::restore::spool_for(ctx, target, storage, b);
         match super::restore::prove_copy(storage, b, spool).await {
-            Ok((pin, spool)) => proven.push((storage, b, pin, spool)),
+            Ok(proof) => proven.push((storage, b, proof)),
             Err(e) => {
                 if let RestoreError::Checksum { .. } = e {
                     let key = crate::state::corrupt_key(storage.name(), &b.file);
@@ -196,13 +196,12 @@ async fn drill_inner(
     }
     let archives: Vec<Archive<'_>> = proven
         .iter()
-        .map(|(storage, backup, pin, spool)| Archive {
+        .map(|(storage, backup, proof)| Archive {
             storage: *storage,
             backup,
             meter: None,
             keys: keys.as_ref(),
-            pin: pin.as_deref(),
-            spool: spool.as_ref(),
+            proof: Some(proof),
         })
         .collect();
     let tables: usize = newest.iter().map(|(_, b)| b.manifest.tables.len()).sum();

@@ -228,8 +228,6 @@ async fn dump_rights(
     Check::new("dump", Verdict::Cannot, problems.join("; "))
 }
 
-/// A server target: which databases a run would back up now, and whether the role may
-/// connect to each (one it may not fails the run).
 /// Scratch databases (of drills, schema diffs and checks, `--table` restores) that no
 /// session uses: a run killed before it could drop its own leaves one behind, holding a
 /// restored copy of the data. Named, with the statements that drop them.
@@ -273,6 +271,8 @@ async fn leftover_scratch(conn: &mut sqlx::PgConnection) -> Check {
     )
 }
 
+/// A server target: which databases a run would back up now, and whether the role may
+/// connect to each (one it may not fails the run).
 async fn databases(conn: &mut sqlx::PgConnection, e: &PostgresEngine, role: &str) -> Check {
     let names = match super::dump::discover(e, conn).await {
         Ok(n) => n,
